@@ -1,0 +1,50 @@
+//! `engine`: the command-line front end. Each subcommand lives in its own module; errors from the
+//! library crates arrive as typed errors and leave here as one line on stderr with a non-zero exit.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod inspect;
+
+#[derive(Parser)]
+#[command(name = "engine", version, about = "A native LLM inference engine for GGUF models, with hybrid (LightTransfer) attention")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the header, metadata and tensor table of a GGUF file.
+    Inspect(inspect::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Inspect(args) => inspect::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        // A reader that went away (`engine inspect F | head`) is not an error.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the chain of causes joined, the most specific last.
+            let msg: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+            eprintln!("error: {}", msg.join(": "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
+}
+
+/// `-m PATH` or, when absent, the default model (shared by every subcommand that loads a model).
+#[allow(dead_code)]
+pub fn resolve_model(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    Ok(engine::model_path::resolve(explicit.as_deref())?)
+}

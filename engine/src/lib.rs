@@ -1,0 +1,7 @@
+//! The inference engine.
+//!
+//! - [`gguf`]: the GGUF reader (zero copy over a memory map) and the atomic writer.
+//! - [`model_path`]: where the default model lives and how to fetch it.
+
+pub mod gguf;
+pub mod model_path;
