@@ -1,1 +1,1 @@
-//! Benchmarks live in the `[[bench]]` targets of this package; `cargo bench -p engine-benches`.
+//! Benchmarks live in the `[[bench]]` targets of this package (`cargo bench -p engine-benches`).

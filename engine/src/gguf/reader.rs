@@ -382,7 +382,7 @@ impl<'a> Parser<'a> {
         }
         let offset = self.pos as u64;
         let bytes = self.take(len, what)?;
-        if std::str::from_utf8(bytes).is_err() {
+        if simdutf8::basic::from_utf8(bytes).is_err() {
             return Err(GgufError::InvalidUtf8 { what: what(), offset });
         }
         Ok((offset as usize, offset as usize + len as usize))
@@ -426,6 +426,38 @@ impl<'a> Parser<'a> {
         Ok(())
     }
 
+    /// Validates `count` strings in a row. This is the hot loop of opening a model (a vocabulary
+    /// holds 262,144 tokens), so it first walks the lengths only, then checks UTF-8 once over the
+    /// whole run: when every length is below 128, each 8-byte length prefix is ASCII, and since
+    /// no multi-byte UTF-8 sequence can contain or cross an ASCII byte, the run is valid UTF-8
+    /// exactly when every string in it is. Anything else (a longer string, invalid bytes) goes
+    /// through the general per-string path, which also gives the precise error.
+    fn skip_strings(&mut self, key: &str, count: u64) -> Result<(), GgufError> {
+        let buf = self.buf;
+        let start = self.pos;
+        let mut pos = start;
+        let mut all_short = true;
+        for _ in 0..count {
+            let Some(b) = buf.get(pos..pos + 8) else { break };
+            let mut a = [0u8; 8];
+            a.copy_from_slice(b);
+            let len = u64::from_le_bytes(a);
+            if len >= 128 || len as usize > buf.len() - pos - 8 {
+                all_short = false;
+                break;
+            }
+            pos += 8 + len as usize;
+        }
+        if all_short && simdutf8::basic::from_utf8(&buf[start..pos]).is_ok() {
+            self.pos = pos;
+            return Ok(());
+        }
+        for _ in 0..count {
+            self.string(&|| format!("string element of key {key:?}"), MAX_STRING_LEN)?;
+        }
+        Ok(())
+    }
+
     /// Validates an array header and its elements; returns (elem type, count, elements start).
     fn array(&mut self, key: &str, depth: usize) -> Result<(ValueType, usize, usize), GgufError> {
         if depth > MAX_ARRAY_DEPTH {
@@ -451,6 +483,7 @@ impl<'a> Parser<'a> {
                 let size = t.fixed_size().unwrap_or(1) as u64;
                 self.take(count * size, || format!("elements of key {key:?}"))?;
             }
+            ValueType::String => self.skip_strings(key, count)?,
             t => {
                 for _ in 0..count {
                     self.skip_value(key, t, depth)?;

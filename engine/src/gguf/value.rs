@@ -251,13 +251,11 @@ impl<'a> Array<'a> {
     }
 
     /// The elements of a string array, borrowed; `None` for other element types.
-    pub fn strings(&self) -> Option<impl Iterator<Item = &'a str> + 'a> {
-        (self.elem == ValueType::String).then(|| {
-            self.iter().map(|v| match v {
-                Value::String(s) => s,
-                _ => "",
-            })
-        })
+    ///
+    /// This is how a tokenizer reads a 262,144-entry vocabulary, so it walks the length-prefixed
+    /// strings directly instead of going through [`Value`].
+    pub fn strings(&self) -> Option<StrIter<'a>> {
+        (self.elem == ValueType::String).then_some(StrIter { remaining: self.len, bytes: self.bytes })
     }
 
     /// Copies the elements into a typed vector when the element type is exactly `T`'s.
@@ -298,6 +296,34 @@ impl<'a> Array<'a> {
                     .collect(),
             ),
         }
+    }
+}
+
+/// Iterator over the strings of a string [`Array`].
+pub struct StrIter<'a> {
+    remaining: usize,
+    bytes: &'a [u8],
+}
+
+impl<'a> Iterator for StrIter<'a> {
+    type Item = &'a str;
+
+    #[inline]
+    fn next(&mut self) -> Option<&'a str> {
+        if self.remaining == 0 {
+            return None;
+        }
+        self.remaining -= 1;
+        let len = usize::try_from(le_u64(self.bytes)?).ok()?;
+        let s = self.bytes.get(8..8usize.checked_add(len)?)?;
+        self.bytes = &self.bytes[8 + len..];
+        // SAFETY: an Array is only built by the reader over an element run it validated as
+        // UTF-8 when it opened the file, and the bytes it borrows are immutable.
+        Some(unsafe { std::str::from_utf8_unchecked(s) })
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.remaining, Some(self.remaining))
     }
 }
 
@@ -357,8 +383,8 @@ fn decode_one(ty: ValueType, b: &[u8]) -> Option<(Value<'_>, usize)> {
     match ty {
         ValueType::String => {
             let len = usize::try_from(le_u64(b)?).ok()?;
-            let s = std::str::from_utf8(b.get(8..8usize.checked_add(len)?)?).ok()?;
-            Some((Value::String(s), 8 + len))
+            let bytes = b.get(8..8usize.checked_add(len)?)?;
+            Some((Value::String(std::str::from_utf8(bytes).ok()?), 8 + len))
         }
         ValueType::Array => {
             let elem = ValueType::from_id(u32::from_le_bytes(b.get(..4)?.try_into().ok()?))?;
