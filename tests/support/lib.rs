@@ -1,6 +1,9 @@
 //! Helpers shared by the integration tests: building GGUF images by hand, finding the default
 //! model, locating the `engine` binary.
 
+pub mod bin;
+pub mod craft;
+
 use std::path::PathBuf;
 
 /// The default model, if it is in the cache. Tests that need it say so and skip otherwise,

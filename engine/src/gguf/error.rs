@@ -23,7 +23,8 @@ pub enum GgufError {
     #[error("truncated file: {what} at offset {offset} needs {need} bytes, only {have} left")]
     Truncated { what: String, offset: u64, need: u64, have: u64 },
 
-    #[error("not a GGUF file: magic is {found:?}, expected \"GGUF\"")]
+    /// `found` is the four bytes escaped as in a byte string literal (`\x7fELF`).
+    #[error("not a GGUF file: magic is \"{found}\", expected \"GGUF\"")]
     BadMagic { found: String },
 
     #[error("GGUF version field reads {raw:#010x}: this is a big-endian (byte-swapped) GGUF file; only little-endian files are supported")]

@@ -438,7 +438,11 @@ impl<'a> Parser<'a> {
         let mut pos = start;
         let mut all_short = true;
         for _ in 0..count {
-            let Some(b) = buf.get(pos..pos + 8) else { break };
+            // Fewer than `count` strings fit: the per-string path below reports where it ends.
+            let Some(b) = buf.get(pos..pos + 8) else {
+                all_short = false;
+                break;
+            };
             let mut a = [0u8; 8];
             a.copy_from_slice(b);
             let len = u64::from_le_bytes(a);
@@ -497,7 +501,7 @@ impl<'a> Parser<'a> {
         // Header.
         let magic = self.take(4, || "magic".into())?;
         if magic != GGUF_MAGIC {
-            let found = magic.iter().map(|&b| if b.is_ascii_graphic() { (b as char).to_string() } else { format!("\\x{b:02x}") }).collect();
+            let found = magic.escape_ascii().to_string();
             return Err(GgufError::BadMagic { found });
         }
         let version = self.u32(|| "version".into())?;

@@ -241,7 +241,7 @@ impl<'a> Array<'a> {
     pub fn get(&self, i: usize) -> Option<Value<'a>> {
         let size = self.elem.fixed_size()?;
         let start = i.checked_mul(size)?;
-        let bytes = self.bytes.get(start..start + size)?;
+        let bytes = self.bytes.get(start..start.checked_add(size)?)?;
         decode_fixed(self.elem, bytes)
     }
 
