@@ -6,7 +6,9 @@
 //!
 //! - [`types`]: every GGML type id with its block size and bytes per block, and the one checked
 //!   function that computes a tensor's byte size.
+//! - [`quants`]: the block formats, zero-copy block views, reference (de)quantizers as ggml's.
 
+pub mod quants;
 pub mod types;
 
 pub use types::{GgmlType, SizeError};

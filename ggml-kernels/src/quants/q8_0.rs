@@ -1,0 +1,70 @@
+//! Q8_0: blocks of 32 weights, one f16 scale and 32 signed 8-bit quants; 8.5 bits per weight.
+//!
+//! Layout (34 bytes): `d: f16`, then `qs: [i8; 32]`; element `j` decodes to `qs[j] * d`. Used
+//! both for weights and as the activation format that Q4_0, Q4_1 (via Q8_1), Q5_x, Q8_0 and
+//! IQ4_NL dot products pair with.
+
+use half::f16;
+
+use super::{impl_block, impl_quantize};
+
+/// Elements per Q8_0 block.
+pub const QK8_0: usize = 32;
+
+/// One Q8_0 block, as ggml's `block_q8_0`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BlockQ8_0 {
+    /// Scale.
+    pub d: f16,
+    /// Quants.
+    pub qs: [i8; QK8_0],
+}
+
+const _: () = assert!(std::mem::size_of::<BlockQ8_0>() == 34);
+const _: () = assert!(std::mem::size_of::<BlockQ8_0>() == super::type_size_of(crate::GgmlType::Q8_0));
+
+impl_block!(BlockQ8_0, Q8_0, BlockQ8_0 { d: f16::ZERO, qs: [0; QK8_0] });
+impl_quantize!(BlockQ8_0);
+
+/// Reference dequantization (ggml's `dequantize_row_q8_0`).
+///
+/// Precondition: `out.len() == blocks.len() * 32` (debug-asserted).
+pub fn dequantize_row(blocks: &[BlockQ8_0], out: &mut [f32]) {
+    debug_assert_eq!(out.len(), blocks.len() * QK8_0);
+    for (b, y) in blocks.iter().zip(out.chunks_exact_mut(QK8_0)) {
+        let d = b.d.to_f32();
+        for (y, &q) in y.iter_mut().zip(&b.qs) {
+            *y = f32::from(q) * d;
+        }
+    }
+}
+
+/// Reference quantization (ggml's `quantize_row_q8_0_ref`): `d = max|x| / 127`, each element
+/// rounded half away from zero.
+///
+/// Precondition: `x.len() == out.len() * 32` (debug-asserted).
+pub fn quantize_row(x: &[f32], out: &mut [BlockQ8_0]) {
+    debug_assert_eq!(x.len(), out.len() * QK8_0);
+    for (xb, b) in x.chunks_exact(QK8_0).zip(out.iter_mut()) {
+        let (d, id) = scale_of(xb);
+        b.d = f16::from_f32(d);
+        for (q, &v) in b.qs.iter_mut().zip(xb) {
+            *q = (v * id).round() as i8;
+        }
+    }
+}
+
+/// The scale `max|x| / 127` of a block and its inverse (0 for an all-zero block), computed as
+/// ggml's Q8_0 and Q8_1 reference quantizers do.
+pub(crate) fn scale_of(xb: &[f32]) -> (f32, f32) {
+    let mut amax = 0.0f32;
+    for &v in xb {
+        // ggml's MAX(amax, fabsf(v)), kept in that form.
+        let a = v.abs();
+        amax = if amax > a { amax } else { a };
+    }
+    let d = amax / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    (d, id)
+}
