@@ -1,0 +1,203 @@
+//! Element-wise and row-wise operations of the forward pass: RMSNorm, RoPE, activations, softmax.
+//!
+//! These are the scalar reference versions, written for clarity; each states its shapes. Rows are
+//! contiguous (`x[row * n .. (row + 1) * n]`), as in ggml.
+
+/// RMSNorm of each row of `x` (rows of `w.len()` elements), times `w`, into `out`:
+/// `out = x / sqrt(mean(x^2) + eps) * w`. The sum of squares is accumulated in f64, as ggml does.
+///
+/// Precondition (debug-asserted): `x.len() == out.len()`, a whole number of rows.
+pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let n = w.len();
+    debug_assert!(n > 0 && x.len() == out.len() && x.len() % n == 0);
+    for (xr, yr) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+        let scale = rms_scale(xr, eps);
+        for ((y, &v), &g) in yr.iter_mut().zip(xr).zip(w) {
+            *y = v * scale * g;
+        }
+    }
+}
+
+/// RMSNorm in place, each row of `x` (rows of `w.len()` elements).
+pub fn rms_norm_inplace(x: &mut [f32], w: &[f32], eps: f32) {
+    let n = w.len();
+    debug_assert!(n > 0 && x.len() % n == 0);
+    for xr in x.chunks_exact_mut(n) {
+        let scale = rms_scale(xr, eps);
+        for (v, &g) in xr.iter_mut().zip(w) {
+            *v *= scale * g;
+        }
+    }
+}
+
+#[inline]
+fn rms_scale(x: &[f32], eps: f32) -> f32 {
+    let sum: f64 = x.iter().map(|&v| (v as f64) * (v as f64)).sum();
+    let mean = (sum / x.len() as f64) as f32;
+    1.0 / (mean + eps).sqrt()
+}
+
+/// How RoPE pairs the dimensions of a head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeKind {
+    /// Adjacent pairs `(2i, 2i+1)` (ggml's "normal" mode: Llama, Mistral as converted to GGUF).
+    Norm,
+    /// Pairs `(i, i + d/2)` (GPT-NeoX: Gemma, Qwen2).
+    Neox,
+}
+
+/// The rotation angles' frequencies: `base^(-2i/d)` for `i < d/2`, each divided by `freq_scale`'s
+/// inverse (linear position scaling: `theta = pos * freq_scale * base^(-2i/d)`).
+#[derive(Clone, Debug)]
+pub struct RopeTable {
+    pub kind: RopeKind,
+    /// Rotated dimensions per head (≤ head_dim; the rest pass through).
+    pub n_rot: usize,
+    inv_freq: Vec<f64>,
+}
+
+impl RopeTable {
+    pub fn new(kind: RopeKind, n_rot: usize, base: f32, freq_scale: f32) -> RopeTable {
+        let inv_freq = (0..n_rot / 2)
+            .map(|i| freq_scale as f64 * (base as f64).powf(-2.0 * i as f64 / n_rot as f64))
+            .collect();
+        RopeTable { kind, n_rot, inv_freq }
+    }
+
+    /// Rotates every head of one token's vector `x` (`n_head * head_dim` elements) to position `pos`.
+    pub fn apply(&self, x: &mut [f32], head_dim: usize, pos: i64) {
+        debug_assert!(head_dim >= self.n_rot && x.len() % head_dim == 0);
+        let half = self.n_rot / 2;
+        // cos/sin per frequency, once per call (shared by all heads).
+        let mut cs = [(0f32, 0f32); 256];
+        let mut cs_vec;
+        let cs: &mut [(f32, f32)] = if half <= cs.len() {
+            &mut cs[..half]
+        } else {
+            cs_vec = vec![(0f32, 0f32); half];
+            &mut cs_vec
+        };
+        for (c, &f) in cs.iter_mut().zip(&self.inv_freq) {
+            let theta = pos as f64 * f;
+            *c = (theta.cos() as f32, theta.sin() as f32);
+        }
+        for head in x.chunks_exact_mut(head_dim) {
+            for (i, &(cos, sin)) in cs.iter().enumerate() {
+                let (a, b) = match self.kind {
+                    RopeKind::Norm => (2 * i, 2 * i + 1),
+                    RopeKind::Neox => (i, i + half),
+                };
+                let (x0, x1) = (head[a], head[b]);
+                head[a] = x0 * cos - x1 * sin;
+                head[b] = x0 * sin + x1 * cos;
+            }
+        }
+    }
+}
+
+/// GELU with the tanh approximation (Gemma's `gelu_pytorch_tanh`).
+#[inline]
+pub fn gelu_tanh(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + 0.044_715 * x * x)).tanh())
+}
+
+/// SiLU: `x * sigmoid(x)`.
+#[inline]
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// The gated FFN's middle: `gate = act(gate) * up`, element-wise, in place in `gate`.
+pub fn gated_act(gate: &mut [f32], up: &[f32], act: fn(f32) -> f32) {
+    debug_assert_eq!(gate.len(), up.len());
+    for (g, &u) in gate.iter_mut().zip(up) {
+        *g = act(*g) * u;
+    }
+}
+
+/// `y += x`.
+pub fn add_assign(y: &mut [f32], x: &[f32]) {
+    debug_assert_eq!(y.len(), x.len());
+    for (a, &b) in y.iter_mut().zip(x) {
+        *a += b;
+    }
+}
+
+/// `y *= s`.
+pub fn scale(y: &mut [f32], s: f32) {
+    for a in y.iter_mut() {
+        *a *= s;
+    }
+}
+
+/// Softmax of `x` in place; returns the log-sum-exp of the input.
+pub fn softmax_inplace(x: &mut [f32]) -> f32 {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if max == f32::NEG_INFINITY {
+        x.iter_mut().for_each(|v| *v = 0.0);
+        return f32::NEG_INFINITY;
+    }
+    let mut sum = 0f64;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v as f64;
+    }
+    let inv = (1.0 / sum) as f32;
+    x.iter_mut().for_each(|v| *v *= inv);
+    max + (sum as f32).ln()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rms_norm_of_constant_row_is_weight() {
+        let x = [3.0f32; 8];
+        let w = [0.5f32; 8];
+        let mut y = [0f32; 8];
+        rms_norm(&x, &w, 0.0, &mut y);
+        assert!(y.iter().all(|&v| (v - 0.5).abs() < 1e-6), "{y:?}");
+    }
+
+    #[test]
+    fn rope_at_position_zero_is_identity_and_preserves_norm() {
+        for kind in [RopeKind::Norm, RopeKind::Neox] {
+            let t = RopeTable::new(kind, 8, 10000.0, 1.0);
+            let x: Vec<f32> = (0..16).map(|i| i as f32 * 0.1 - 0.7).collect();
+            let mut y = x.clone();
+            t.apply(&mut y, 8, 0);
+            assert_eq!(x, y);
+            t.apply(&mut y, 8, 17);
+            let n0: f32 = x.iter().map(|v| v * v).sum();
+            let n1: f32 = y.iter().map(|v| v * v).sum();
+            assert!((n0 - n1).abs() < 1e-4);
+        }
+    }
+
+    #[test]
+    fn rope_neox_rotates_first_pair_by_pos() {
+        let t = RopeTable::new(RopeKind::Neox, 4, 10000.0, 1.0);
+        // Dimension 0 pairs with 2; its frequency is 1, so position p rotates by p radians.
+        let mut x = [1.0f32, 0.0, 0.0, 0.0];
+        t.apply(&mut x, 4, 1);
+        assert!((x[0] - 1f32.cos()).abs() < 1e-6 && (x[2] - 1f32.sin()).abs() < 1e-6, "{x:?}");
+    }
+
+    #[test]
+    fn softmax_returns_lse() {
+        let mut x = [1.0f32, 2.0, 3.0];
+        let lse = softmax_inplace(&mut x);
+        let expect = (1f32.exp() + 2f32.exp() + 3f32.exp()).ln();
+        assert!((lse - expect).abs() < 1e-5);
+        assert!((x.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn activations_match_closed_forms() {
+        assert!((gelu_tanh(1.0) - 0.841_192).abs() < 1e-5);
+        assert!((silu(1.0) - 0.731_058_6).abs() < 1e-6);
+        assert_eq!(gelu_tanh(0.0), 0.0);
+    }
+}
