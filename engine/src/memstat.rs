@@ -29,3 +29,10 @@ pub fn mapping_rss_kib(path: &Path) -> Option<u64> {
     }
     Some(total)
 }
+
+/// Memory the kernel says can be allocated without swapping (`MemAvailable`), in bytes.
+pub fn available_bytes() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kib| kib * 1024)
+}

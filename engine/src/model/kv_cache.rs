@@ -1,0 +1,277 @@
+//! The KV cache: allocated once per layer, sized by what each layer can ever attend to.
+//!
+//! A layer's cache is a set of slots. Slot `s` holds the keys and values of one position for
+//! every KV head and remembers that position (`pos[s]`, -1 when empty), so the attention kernel
+//! masks by position and the slots may wrap. Where a position goes:
+//!
+//! - full attention: slot = position, `n_ctx` slots;
+//! - native sliding window `w`: a ring of `w + n_batch` slots (the batch margin lets a whole
+//!   batch be written before it is attended to without overwriting a key an earlier query of the
+//!   same batch still needs), or `n_ctx` if smaller;
+//! - streaming (LightTransfer's lazy layers): `sink` fixed slots for the first positions, then a
+//!   ring for the recent window.
+
+use half::f16;
+
+use ggml_kernels::attention::{AttnMask, KvView};
+
+use super::ModelError;
+
+/// Element type of the cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum KvType {
+    #[default]
+    F16,
+    F32,
+}
+
+impl KvType {
+    pub fn bytes(self) -> usize {
+        match self {
+            KvType::F16 => 2,
+            KvType::F32 => 4,
+        }
+    }
+}
+
+/// What a layer attends to, and so how much cache it keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayerKind {
+    Full,
+    /// The model's own sliding window.
+    Window { window: u32 },
+    /// A lazy layer run as streaming attention: `sink` first positions plus the last `window`.
+    Streaming { sink: u32, window: u32 },
+}
+
+impl LayerKind {
+    pub fn mask(self) -> AttnMask {
+        match self {
+            LayerKind::Full => AttnMask::CAUSAL,
+            LayerKind::Window { window } => AttnMask { window: Some(window), sink: 0 },
+            LayerKind::Streaming { sink, window } => AttnMask { window: Some(window), sink },
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            LayerKind::Full => "full",
+            LayerKind::Window { .. } => "sliding-window",
+            LayerKind::Streaming { .. } => "streaming",
+        }
+    }
+}
+
+enum Store {
+    F16(Vec<f16>),
+    F32(Vec<f32>),
+}
+
+impl Store {
+    fn new(ty: KvType, n: usize) -> Store {
+        match ty {
+            KvType::F16 => Store::F16(vec![f16::ZERO; n]),
+            KvType::F32 => Store::F32(vec![0.0; n]),
+        }
+    }
+
+    fn write(&mut self, start: usize, src: &[f32]) {
+        match self {
+            Store::F16(d) => d[start..start + src.len()].iter_mut().zip(src).for_each(|(o, &v)| *o = f16::from_f32(v)),
+            Store::F32(d) => d[start..start + src.len()].copy_from_slice(src),
+        }
+    }
+
+    fn view(&self) -> KvView<'_> {
+        match self {
+            Store::F16(d) => KvView::F16(d),
+            Store::F32(d) => KvView::F32(d),
+        }
+    }
+}
+
+/// One layer's cache.
+pub struct LayerCache {
+    pub kind: LayerKind,
+    /// Slots kept before the ring (streaming layers' sinks).
+    sink_slots: usize,
+    n_slots: usize,
+    /// Elements of one slot's keys (`n_head_kv * head_dim`) and values.
+    k_row: usize,
+    v_row: usize,
+    k: Store,
+    v: Store,
+    pos: Vec<i64>,
+    ty: KvType,
+}
+
+impl LayerCache {
+    fn slot(&self, pos: usize) -> usize {
+        if pos < self.sink_slots {
+            pos
+        } else {
+            self.sink_slots + (pos - self.sink_slots) % (self.n_slots - self.sink_slots)
+        }
+    }
+
+    /// Stores the keys and values of consecutive positions `pos0..` (`k`: `[n][k_row]`).
+    pub fn write(&mut self, pos0: usize, k: &[f32], v: &[f32]) {
+        let n = k.len() / self.k_row;
+        debug_assert_eq!(v.len(), n * self.v_row);
+        for i in 0..n {
+            let s = self.slot(pos0 + i);
+            self.k.write(s * self.k_row, &k[i * self.k_row..(i + 1) * self.k_row]);
+            self.v.write(s * self.v_row, &v[i * self.v_row..(i + 1) * self.v_row]);
+            self.pos[s] = (pos0 + i) as i64;
+        }
+    }
+
+    pub fn keys(&self) -> KvView<'_> {
+        self.k.view()
+    }
+
+    pub fn values(&self) -> KvView<'_> {
+        self.v.view()
+    }
+
+    /// Position held by each slot (-1: empty).
+    pub fn positions(&self) -> &[i64] {
+        &self.pos
+    }
+
+    pub fn n_slots(&self) -> usize {
+        self.n_slots
+    }
+
+    /// Bytes allocated for keys and values.
+    pub fn bytes(&self) -> usize {
+        self.n_slots * (self.k_row + self.v_row) * self.ty.bytes()
+    }
+
+    fn clear(&mut self) {
+        self.pos.iter_mut().for_each(|p| *p = -1);
+    }
+}
+
+/// Shape of the cache to allocate.
+#[derive(Clone, Debug)]
+pub struct KvCacheParams {
+    pub n_ctx: usize,
+    /// Largest number of tokens written in one forward call.
+    pub n_batch: usize,
+    pub ty: KvType,
+    pub k_row: usize,
+    pub v_row: usize,
+}
+
+/// Every layer's cache.
+pub struct KvCache {
+    pub layers: Vec<LayerCache>,
+    pub n_ctx: usize,
+}
+
+impl KvCache {
+    /// Allocates the cache. Errors (before allocating) when it would not fit in `max_bytes`.
+    pub fn new(p: &KvCacheParams, kinds: &[LayerKind], max_bytes: Option<u64>) -> Result<KvCache, ModelError> {
+        let slots = |kind: LayerKind| -> (usize, usize) {
+            match kind {
+                LayerKind::Full => (p.n_ctx, 0),
+                LayerKind::Window { window } => ((window as usize).saturating_add(p.n_batch).min(p.n_ctx), 0),
+                LayerKind::Streaming { sink, window } => {
+                    let n = (sink as usize).saturating_add(window as usize).min(p.n_ctx);
+                    (n, (sink as usize).min(n.saturating_sub(1)))
+                }
+            }
+        };
+        let need: u64 = kinds
+            .iter()
+            .map(|&k| slots(k).0 as u64 * (p.k_row + p.v_row) as u64 * p.ty.bytes() as u64)
+            .sum();
+        if let Some(avail) = max_bytes {
+            if need > avail {
+                return Err(ModelError::OutOfMemory { what: "KV cache", need, avail });
+            }
+        }
+        let layers = kinds
+            .iter()
+            .map(|&kind| {
+                let (n_slots, sink_slots) = slots(kind);
+                LayerCache {
+                    kind,
+                    sink_slots,
+                    n_slots,
+                    k_row: p.k_row,
+                    v_row: p.v_row,
+                    k: Store::new(p.ty, n_slots * p.k_row),
+                    v: Store::new(p.ty, n_slots * p.v_row),
+                    pos: vec![-1; n_slots],
+                    ty: p.ty,
+                }
+            })
+            .collect();
+        Ok(KvCache { layers, n_ctx: p.n_ctx })
+    }
+
+    /// Forgets every position (the allocation stays).
+    pub fn clear(&mut self) {
+        self.layers.iter_mut().for_each(LayerCache::clear);
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.layers.iter().map(LayerCache::bytes).sum()
+    }
+
+    /// Bytes by layer kind label, in a fixed order.
+    pub fn bytes_by_kind(&self) -> Vec<(&'static str, usize, usize)> {
+        let mut out: Vec<(&'static str, usize, usize)> = Vec::new();
+        for l in &self.layers {
+            let label = l.kind.label();
+            match out.iter_mut().find(|(k, _, _)| *k == label) {
+                Some(e) => {
+                    e.1 += 1;
+                    e.2 += l.bytes();
+                }
+                None => out.push((label, 1, l.bytes())),
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params() -> KvCacheParams {
+        KvCacheParams { n_ctx: 100, n_batch: 8, ty: KvType::F32, k_row: 2, v_row: 2 }
+    }
+
+    #[test]
+    fn sizes_by_kind() {
+        let kinds = [LayerKind::Full, LayerKind::Window { window: 16 }, LayerKind::Streaming { sink: 4, window: 12 }];
+        let c = KvCache::new(&params(), &kinds, None).unwrap();
+        assert_eq!(c.layers[0].n_slots(), 100);
+        assert_eq!(c.layers[1].n_slots(), 24);
+        assert_eq!(c.layers[2].n_slots(), 16, "a streaming layer holds exactly sink + window");
+        assert_eq!(c.bytes(), (100 + 24 + 16) * 4 * 4);
+    }
+
+    #[test]
+    fn streaming_ring_keeps_sinks_and_recent_window() {
+        let kinds = [LayerKind::Streaming { sink: 2, window: 3 }];
+        let mut c = KvCache::new(&params(), &kinds, None).unwrap();
+        for p in 0..10 {
+            c.layers[0].write(p, &[p as f32; 2], &[p as f32; 2]);
+        }
+        let mut held: Vec<i64> = c.layers[0].positions().to_vec();
+        held.sort();
+        assert_eq!(held, [0, 1, 7, 8, 9]);
+    }
+
+    #[test]
+    fn too_large_is_an_error_before_allocation() {
+        let kinds = [LayerKind::Full; 4];
+        let e = KvCache::new(&params(), &kinds, Some(10)).err().unwrap();
+        assert!(e.to_string().contains("6400") && e.to_string().contains("10"), "{e}");
+    }
+}

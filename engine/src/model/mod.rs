@@ -1,0 +1,272 @@
+//! Models: hyperparameters ([`config`]), weights ([`weights`]), the KV cache ([`kv_cache`]) and one
+//! forward pass per architecture ([`gemma3`], [`llama`]), each reading top to bottom.
+//!
+//! A [`Model`] borrows an open [`GgufFile`]; a [`Session`] owns a KV cache and evaluates tokens.
+
+pub mod config;
+pub mod gemma3;
+pub mod kv_cache;
+pub mod llama;
+pub mod weights;
+
+use ggml_kernels::matmul::{matmul, QMatrix};
+
+use crate::gguf::{GgufError, GgufFile};
+use config::{Arch, ModelConfig};
+use kv_cache::{KvCache, KvCacheParams, KvType, LayerKind};
+use weights::Weights;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    #[error("unsupported architecture {0:?} (supported: gemma3, llama, mistral, qwen2)")]
+    UnsupportedArch(String),
+    #[error("bad hyperparameters: {0}")]
+    Config(String),
+    #[error("tensor {0:?} is missing")]
+    MissingTensor(String),
+    #[error("tensor {name:?} has shape {got:?}, expected {expected:?}")]
+    TensorShape { name: String, expected: Vec<u64>, got: Vec<u64> },
+    #[error("tensor {0:?}: {1}")]
+    Tensor(String, String),
+    #[error("{what} needs {need} bytes, only {avail} available")]
+    OutOfMemory { what: &'static str, need: u64, avail: u64 },
+    #[error("token id {id} is outside the vocabulary of {n_vocab}")]
+    BadToken { id: u32, n_vocab: usize },
+    #[error("context full: {need} positions needed, the context holds {n_ctx}")]
+    ContextFull { need: usize, n_ctx: usize },
+    #[error("non-finite logits at position {pos}: the model produced NaN or infinity")]
+    NonFinite { pos: usize },
+    #[error("kernel error: {0}")]
+    Kernel(String),
+}
+
+/// A model ready to run: its configuration and weights borrowed from the file.
+pub struct Model<'a> {
+    pub cfg: ModelConfig,
+    pub weights: Weights<'a>,
+}
+
+impl<'a> Model<'a> {
+    pub fn load(file: &'a GgufFile) -> Result<Model<'a>, ModelError> {
+        let cfg = ModelConfig::from_gguf(file)?;
+        let weights = Weights::load(file, &cfg)?;
+        Ok(Model { cfg, weights })
+    }
+
+    /// Attention kind of each layer as the model defines it.
+    pub fn native_layer_kinds(&self) -> Vec<LayerKind> {
+        self.cfg
+            .layers
+            .iter()
+            .map(|l| match l.window {
+                Some(window) => LayerKind::Window { window },
+                None => LayerKind::Full,
+            })
+            .collect()
+    }
+
+    /// Bytes of all weight matrices and vectors.
+    pub fn weight_bytes(&self) -> u64 {
+        let w = &self.weights;
+        let mut n = w.token_embd.data.len() as u64 + (w.output_norm.len() * 4) as u64;
+        if !std::ptr::eq(w.output.data, w.token_embd.data) {
+            n += w.output.data.len() as u64;
+        }
+        for l in &w.layers {
+            for m in [&l.wq, &l.wk, &l.wv, &l.wo, &l.ffn_gate, &l.ffn_up, &l.ffn_down] {
+                n += m.data.len() as u64;
+            }
+        }
+        n
+    }
+}
+
+/// Settings of a session.
+#[derive(Clone, Debug)]
+pub struct SessionParams {
+    pub n_ctx: usize,
+    /// Most tokens evaluated in one forward call; longer inputs are split.
+    pub n_batch: usize,
+    pub kv_type: KvType,
+    /// Per-layer attention kinds; `None` uses the model's own.
+    pub layer_kinds: Option<Vec<LayerKind>>,
+}
+
+impl Default for SessionParams {
+    fn default() -> Self {
+        SessionParams { n_ctx: 4096, n_batch: 512, kv_type: KvType::F16, layer_kinds: None }
+    }
+}
+
+/// A conversation's state: the KV cache and how many positions it holds.
+pub struct Session<'m, 'a> {
+    pub model: &'m Model<'a>,
+    pub cache: KvCache,
+    n_past: usize,
+    n_batch: usize,
+}
+
+/// Which positions of a forward call produce logits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    Last,
+    All,
+}
+
+impl<'m, 'a> Session<'m, 'a> {
+    pub fn new(model: &'m Model<'a>, p: &SessionParams) -> Result<Self, ModelError> {
+        if p.n_ctx == 0 || p.n_batch == 0 {
+            return Err(ModelError::Config("n_ctx and n_batch must be positive".into()));
+        }
+        let kinds = p.layer_kinds.clone().unwrap_or_else(|| model.native_layer_kinds());
+        if kinds.len() != model.cfg.n_layer {
+            return Err(ModelError::Config(format!("{} layer kinds for {} layers", kinds.len(), model.cfg.n_layer)));
+        }
+        let c = &model.cfg;
+        let params = KvCacheParams {
+            n_ctx: p.n_ctx,
+            n_batch: p.n_batch,
+            ty: p.kv_type,
+            k_row: c.n_head_kv * c.head_dim,
+            v_row: c.n_head_kv * c.head_dim_v,
+        };
+        let avail = crate::memstat::available_bytes();
+        let cache = KvCache::new(&params, &kinds, avail)?;
+        Ok(Session { model, cache, n_past: 0, n_batch: p.n_batch })
+    }
+
+    /// Positions held.
+    pub fn n_past(&self) -> usize {
+        self.n_past
+    }
+
+    pub fn n_ctx(&self) -> usize {
+        self.cache.n_ctx
+    }
+
+    /// Forgets the conversation.
+    pub fn reset(&mut self) {
+        self.cache.clear();
+        self.n_past = 0;
+    }
+
+    /// Evaluates `tokens` after what the session holds; returns logits (`n_vocab` for
+    /// [`Logits::Last`], `tokens.len() * n_vocab` for [`Logits::All`]).
+    pub fn eval(&mut self, tokens: &[u32], which: Logits) -> Result<Vec<f32>, ModelError> {
+        let n_vocab = self.model.cfg.n_vocab;
+        if let Some(&id) = tokens.iter().find(|&&t| t as usize >= n_vocab) {
+            return Err(ModelError::BadToken { id, n_vocab });
+        }
+        if self.n_past + tokens.len() > self.cache.n_ctx {
+            return Err(ModelError::ContextFull { need: self.n_past + tokens.len(), n_ctx: self.cache.n_ctx });
+        }
+        let mut logits = Vec::new();
+        let chunks: Vec<&[u32]> = tokens.chunks(self.n_batch).collect();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let last_chunk = i + 1 == chunks.len();
+            let want = match which {
+                Logits::All => Logits::All,
+                Logits::Last if last_chunk => Logits::Last,
+                Logits::Last => Logits::Last, // computed but dropped: only the final chunk's is kept
+            };
+            let out = match self.model.cfg.arch {
+                Arch::Gemma3 => gemma3::forward(self.model, &mut self.cache, chunk, self.n_past, want)?,
+                Arch::Llama | Arch::Qwen2 => llama::forward(self.model, &mut self.cache, chunk, self.n_past, want)?,
+            };
+            if let Some(bad) = out.iter().position(|v| !v.is_finite()) {
+                let row = bad / n_vocab;
+                let pos = if want == Logits::All { self.n_past + row } else { self.n_past + chunk.len() - 1 };
+                return Err(ModelError::NonFinite { pos });
+            }
+            self.n_past += chunk.len();
+            if which == Logits::All {
+                logits.extend_from_slice(&out);
+            } else if last_chunk {
+                logits = out;
+            }
+        }
+        Ok(logits)
+    }
+}
+
+/// `out = W x` for `n` vectors, mapping kernel errors.
+pub(crate) fn mm(w: &QMatrix<'_>, x: &[f32], n: usize) -> Result<Vec<f32>, ModelError> {
+    let mut out = vec![0f32; n * w.rows];
+    matmul(w, x, n, &mut out).map_err(|e| ModelError::Kernel(e.to_string()))?;
+    Ok(out)
+}
+
+/// Adds `bias` to each of the rows of `x`.
+pub(crate) fn add_bias(x: &mut [f32], bias: Option<&Vec<f32>>) {
+    if let Some(b) = bias {
+        for row in x.chunks_exact_mut(b.len()) {
+            ggml_kernels::ops::add_assign(row, b);
+        }
+    }
+}
+
+/// The embeddings of `tokens`, `[n][n_embd]`, times `scale` when given.
+pub(crate) fn embed(m: &Model<'_>, tokens: &[u32], scale: Option<f32>) -> Result<Vec<f32>, ModelError> {
+    let e = m.cfg.n_embd;
+    let mut x = vec![0f32; tokens.len() * e];
+    for (row, &t) in x.chunks_exact_mut(e).zip(tokens) {
+        m.weights.token_embd.dequantize_row(t as usize, row).map_err(|err| ModelError::Kernel(err.to_string()))?;
+        if let Some(s) = scale {
+            ggml_kernels::ops::scale(row, s);
+        }
+    }
+    Ok(x)
+}
+
+/// Final norm and output projection for the rows `which` asks for.
+pub(crate) fn output_logits(m: &Model<'_>, x: &[f32], n: usize, which: Logits) -> Result<Vec<f32>, ModelError> {
+    let e = m.cfg.n_embd;
+    let rows = match which {
+        Logits::All => x.to_vec(),
+        Logits::Last => x[(n - 1) * e..n * e].to_vec(),
+    };
+    let n_rows = rows.len() / e;
+    let mut normed = vec![0f32; rows.len()];
+    ggml_kernels::ops::rms_norm(&rows, &m.weights.output_norm, m.cfg.rms_eps, &mut normed);
+    mm(&m.weights.output, &normed, n_rows)
+}
+
+/// Attention of a batch over one layer's cache after writing the batch's keys and values.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attend(
+    m: &Model<'_>,
+    cache: &mut KvCache,
+    il: usize,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    pos0: usize,
+    n: usize,
+) -> Vec<f32> {
+    let c = &m.cfg;
+    let layer = &mut cache.layers[il];
+    layer.write(pos0, k, v);
+    let qpos: Vec<i64> = (pos0..pos0 + n).map(|p| p as i64).collect();
+    let mut out = vec![0f32; n * c.n_head * c.head_dim_v];
+    let shape = ggml_kernels::attention::AttnShape {
+        n_head: c.n_head,
+        n_head_kv: c.n_head_kv,
+        head_dim: c.head_dim,
+        head_dim_v: c.head_dim_v,
+        scale: c.attn_scale,
+    };
+    ggml_kernels::attention::attention(
+        &shape,
+        q,
+        &qpos,
+        layer.keys(),
+        layer.values(),
+        layer.positions(),
+        layer.kind.mask(),
+        &mut out,
+        None,
+    );
+    out
+}

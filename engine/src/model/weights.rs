@@ -1,0 +1,136 @@
+//! The model's tensors, found by their GGUF names and checked against the hyperparameters.
+//!
+//! Matrices stay in the file's map ([`QMatrix`] borrows it); the small norm and bias vectors are
+//! converted to f32 once.
+
+use ggml_kernels::matmul::QMatrix;
+use ggml_kernels::quants::dequantize;
+
+use crate::gguf::{GgufFile, TensorInfo};
+
+use super::config::{Arch, ModelConfig};
+use super::ModelError;
+
+/// One transformer block.
+pub struct LayerWeights<'a> {
+    /// `[n_embd]`
+    pub attn_norm: Vec<f32>,
+    /// `[n_embd] -> [n_head * head_dim]`
+    pub wq: QMatrix<'a>,
+    /// `[n_embd] -> [n_head_kv * head_dim]`
+    pub wk: QMatrix<'a>,
+    /// `[n_embd] -> [n_head_kv * head_dim_v]`
+    pub wv: QMatrix<'a>,
+    /// `[n_head * head_dim_v] -> [n_embd]`
+    pub wo: QMatrix<'a>,
+    /// Qwen2's Q/K/V biases.
+    pub bq: Option<Vec<f32>>,
+    pub bk: Option<Vec<f32>>,
+    pub bv: Option<Vec<f32>>,
+    /// Gemma 3's per-head Q/K RMSNorms, `[head_dim]`.
+    pub q_norm: Option<Vec<f32>>,
+    pub k_norm: Option<Vec<f32>>,
+    /// Gemma 3's norm of the attention output, `[n_embd]`.
+    pub post_attn_norm: Option<Vec<f32>>,
+    /// `[n_embd]`
+    pub ffn_norm: Vec<f32>,
+    /// `[n_embd] -> [n_ff]`
+    pub ffn_gate: QMatrix<'a>,
+    pub ffn_up: QMatrix<'a>,
+    /// `[n_ff] -> [n_embd]`
+    pub ffn_down: QMatrix<'a>,
+    /// Gemma 3's norm of the FFN output, `[n_embd]`.
+    pub post_ffw_norm: Option<Vec<f32>>,
+}
+
+pub struct Weights<'a> {
+    /// `[n_embd] x n_vocab` rows.
+    pub token_embd: QMatrix<'a>,
+    /// `[n_embd]`
+    pub output_norm: Vec<f32>,
+    /// `[n_embd] -> [n_vocab]`; the embedding matrix itself when the output is tied.
+    pub output: QMatrix<'a>,
+    pub layers: Vec<LayerWeights<'a>>,
+}
+
+struct Loader<'a> {
+    f: &'a GgufFile,
+}
+
+impl<'a> Loader<'a> {
+    fn info(&self, name: &str) -> Result<&'a TensorInfo, ModelError> {
+        self.f.tensor(name).ok_or_else(|| ModelError::MissingTensor(name.to_string()))
+    }
+
+    fn check_shape(&self, t: &TensorInfo, shape: &[usize]) -> Result<(), ModelError> {
+        let want: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
+        if t.dims() != want.as_slice() {
+            return Err(ModelError::TensorShape { name: t.name.clone(), expected: want, got: t.dims().to_vec() });
+        }
+        Ok(())
+    }
+
+    /// A matrix of `rows` rows of `cols` elements.
+    fn matrix(&self, name: &str, cols: usize, rows: usize) -> Result<QMatrix<'a>, ModelError> {
+        let t = self.info(name)?;
+        self.check_shape(t, &[cols, rows])?;
+        QMatrix::new(t.ty, cols, rows, self.f.tensor_data(t)).map_err(|e| ModelError::Tensor(name.to_string(), e.to_string()))
+    }
+
+    /// A vector of `n` elements as f32; it must be finite.
+    fn vector(&self, name: &str, n: usize) -> Result<Vec<f32>, ModelError> {
+        let t = self.info(name)?;
+        self.check_shape(t, &[n])?;
+        let mut out = vec![0f32; n];
+        dequantize(t.ty, self.f.tensor_data(t), &mut out).map_err(|e| ModelError::Tensor(name.to_string(), e.to_string()))?;
+        if let Some(i) = out.iter().position(|v| !v.is_finite()) {
+            return Err(ModelError::Tensor(name.to_string(), format!("element {i} is {}", out[i])));
+        }
+        Ok(out)
+    }
+
+    fn opt_vector(&self, name: &str, n: usize) -> Result<Option<Vec<f32>>, ModelError> {
+        if self.f.tensor(name).is_some() {
+            self.vector(name, n).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+}
+
+impl<'a> Weights<'a> {
+    pub fn load(f: &'a GgufFile, cfg: &ModelConfig) -> Result<Weights<'a>, ModelError> {
+        let l = Loader { f };
+        let (e, hd, hdv) = (cfg.n_embd, cfg.head_dim, cfg.head_dim_v);
+        let token_embd = l.matrix("token_embd.weight", e, cfg.n_vocab)?;
+        let output = if f.tensor("output.weight").is_some() { l.matrix("output.weight", e, cfg.n_vocab)? } else { token_embd };
+        let gemma = cfg.arch == Arch::Gemma3;
+        let qwen = cfg.arch == Arch::Qwen2;
+        let mut layers = Vec::with_capacity(cfg.n_layer);
+        for il in 0..cfg.n_layer {
+            let n = |s: &str| format!("blk.{il}.{s}");
+            let req = |name: String, len: usize, on: bool| -> Result<Option<Vec<f32>>, ModelError> {
+                if on { l.vector(&name, len).map(Some) } else { l.opt_vector(&name, len) }
+            };
+            layers.push(LayerWeights {
+                attn_norm: l.vector(&n("attn_norm.weight"), e)?,
+                wq: l.matrix(&n("attn_q.weight"), e, cfg.n_head * hd)?,
+                wk: l.matrix(&n("attn_k.weight"), e, cfg.n_head_kv * hd)?,
+                wv: l.matrix(&n("attn_v.weight"), e, cfg.n_head_kv * hdv)?,
+                wo: l.matrix(&n("attn_output.weight"), cfg.n_head * hdv, e)?,
+                bq: req(n("attn_q.bias"), cfg.n_head * hd, qwen)?,
+                bk: req(n("attn_k.bias"), cfg.n_head_kv * hd, qwen)?,
+                bv: req(n("attn_v.bias"), cfg.n_head_kv * hdv, qwen)?,
+                q_norm: req(n("attn_q_norm.weight"), hd, gemma)?,
+                k_norm: req(n("attn_k_norm.weight"), hd, gemma)?,
+                post_attn_norm: req(n("post_attention_norm.weight"), e, gemma)?,
+                ffn_norm: l.vector(&n("ffn_norm.weight"), e)?,
+                ffn_gate: l.matrix(&n("ffn_gate.weight"), e, cfg.n_ff)?,
+                ffn_up: l.matrix(&n("ffn_up.weight"), e, cfg.n_ff)?,
+                ffn_down: l.matrix(&n("ffn_down.weight"), cfg.n_ff, e)?,
+                post_ffw_norm: req(n("post_ffw_norm.weight"), e, gemma)?,
+            });
+        }
+        Ok(Weights { token_embd, output_norm: l.vector("output_norm.weight", e)?, output, layers })
+    }
+}
