@@ -283,11 +283,14 @@ impl<'a> GgufWriter<'a> {
             _ => PathBuf::from("."),
         };
         let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out.gguf".into());
-        let tmp = tempfile::Builder::new()
-            .prefix(&format!(".{file_name}."))
-            .suffix(".partial")
-            .tempfile_in(&dir)
-            .map_err(io)?;
+        let prefix = format!(".{file_name}.");
+        let mut builder = tempfile::Builder::new();
+        builder.prefix(&prefix).suffix(".partial");
+        // The file becomes the output: give it the mode File::create would (0666 less the umask),
+        // not the 0600 of a private temporary file.
+        #[cfg(unix)]
+        builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+        let tmp = builder.tempfile_in(&dir).map_err(io)?;
         let written = {
             let mut buffered = BufWriter::with_capacity(1 << 20, tmp.as_file());
             let n = self.write_to(&mut buffered, progress)?;
