@@ -14,7 +14,8 @@ use super::{impl_block, impl_quantize};
 pub const QK4_NL: usize = 32;
 
 /// The 16 levels of IQ4_NL and IQ4_XS, ascending.
-pub const KVALUES_IQ4NL: [i8; 16] = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113];
+pub const KVALUES_IQ4NL: [i8; 16] =
+    [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113];
 
 /// One IQ4_NL block, as ggml's `block_iq4_nl`.
 #[repr(C)]
@@ -217,7 +218,17 @@ mod tests {
 
     #[test]
     fn best_index_picks_the_nearest_level_and_breaks_ties_upwards() {
-        for (x, i) in [(-200.0f32, 0u8), (-127.0, 0), (-115.5, 1), (-115.6, 0), (0.0, 8), (-4.5, 8), (-4.51, 7), (113.0, 15), (1e9, 15)] {
+        for (x, i) in [
+            (-200.0f32, 0u8),
+            (-127.0, 0),
+            (-115.5, 1),
+            (-115.6, 0),
+            (0.0, 8),
+            (-4.5, 8),
+            (-4.51, 7),
+            (113.0, 15),
+            (1e9, 15),
+        ] {
             assert_eq!(best_index(x), i, "{x}");
         }
         for (i, &k) in KVALUES_IQ4NL.iter().enumerate() {

@@ -29,7 +29,11 @@ pub struct BlockIQ4XS {
 const _: () = assert!(std::mem::size_of::<BlockIQ4XS>() == 136);
 const _: () = assert!(std::mem::size_of::<BlockIQ4XS>() == super::type_size_of(crate::GgmlType::IQ4_XS));
 
-impl_block!(BlockIQ4XS, IQ4_XS, BlockIQ4XS { d: f16::ZERO, scales_h: 0, scales_l: [0; QK_K / 64], qs: [0; QK_K / 2] });
+impl_block!(
+    BlockIQ4XS,
+    IQ4_XS,
+    BlockIQ4XS { d: f16::ZERO, scales_h: 0, scales_l: [0; QK_K / 64], qs: [0; QK_K / 2] }
+);
 impl_quantize!(BlockIQ4XS);
 
 /// Reference dequantization (ggml's `dequantize_row_iq4_xs`).
@@ -40,7 +44,8 @@ pub fn dequantize_row(blocks: &[BlockIQ4XS], out: &mut [f32]) {
     for (b, y) in blocks.iter().zip(out.chunks_exact_mut(QK_K)) {
         let d = b.d.to_f32();
         for (ib, (yb, qs)) in y.chunks_exact_mut(32).zip(b.qs.chunks_exact(16)).enumerate() {
-            let ls = ((b.scales_l[ib / 2] >> (4 * (ib % 2))) & 0xF) | ((((b.scales_h >> (2 * ib)) & 3) as u8) << 4);
+            let ls = ((b.scales_l[ib / 2] >> (4 * (ib % 2))) & 0xF)
+                | ((((b.scales_h >> (2 * ib)) & 3) as u8) << 4);
             let dl = d * (i32::from(ls) - 32) as f32;
             let (lo, hi) = yb.split_at_mut(16);
             for ((&q, y0), y1) in qs.iter().zip(lo).zip(hi) {

@@ -237,9 +237,7 @@ pub fn as_bytes<B: Block>(blocks: &[B]) -> &[u8] {
 fn as_bytes_mut<B: Block>(blocks: &mut [B]) -> &mut [u8] {
     // SAFETY: as in `as_bytes`; any bytes written back form a valid `B` because `B: Pod` accepts
     // every bit pattern.
-    unsafe {
-        std::slice::from_raw_parts_mut(blocks.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(blocks))
-    }
+    unsafe { std::slice::from_raw_parts_mut(blocks.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(blocks)) }
 }
 
 /// Which direction of conversion an error is about.
@@ -281,10 +279,9 @@ impl fmt::Display for QuantError {
             QuantError::NotWholeElements { ty, len, block_size } => {
                 write!(f, "{ty}: {len} values is not a whole number of {block_size}-element blocks")
             }
-            QuantError::LengthMismatch { ty, encoded_elements, float_elements } => write!(
-                f,
-                "{ty}: the encoded data holds {encoded_elements} elements but the float buffer has {float_elements}"
-            ),
+            QuantError::LengthMismatch { ty, encoded_elements, float_elements } => {
+                write!(f, "{ty}: the encoded data holds {encoded_elements} elements, the floats {float_elements}")
+            }
         }
     }
 }
@@ -318,7 +315,9 @@ fn dequantize_blocks<B: Block>(bytes: &[u8], out: &mut [f32]) -> Result<(), Quan
             // Misaligned: copy a few blocks at a time into an aligned buffer.
             let mut tmp = [B::ZERO; COPY_CHUNK];
             let type_size = std::mem::size_of::<B>();
-            for (src, dst) in bytes.chunks(COPY_CHUNK * type_size).zip(out.chunks_mut(COPY_CHUNK * B::BLOCK_SIZE)) {
+            for (src, dst) in
+                bytes.chunks(COPY_CHUNK * type_size).zip(out.chunks_mut(COPY_CHUNK * B::BLOCK_SIZE))
+            {
                 let tmp = &mut tmp[..src.len() / type_size];
                 as_bytes_mut(tmp).copy_from_slice(src);
                 B::dequantize_row(tmp, dst);
@@ -335,7 +334,8 @@ fn quantize_blocks<B: Quantize>(x: &[f32], out: &mut [u8]) -> Result<(), QuantEr
         Err(_) => {
             let mut tmp = [B::ZERO; COPY_CHUNK];
             let type_size = std::mem::size_of::<B>();
-            for (src, dst) in x.chunks(COPY_CHUNK * B::BLOCK_SIZE).zip(out.chunks_mut(COPY_CHUNK * type_size)) {
+            for (src, dst) in x.chunks(COPY_CHUNK * B::BLOCK_SIZE).zip(out.chunks_mut(COPY_CHUNK * type_size))
+            {
                 let tmp = &mut tmp[..dst.len() / type_size];
                 B::quantize_row(src, tmp);
                 dst.copy_from_slice(as_bytes(tmp));
@@ -436,8 +436,23 @@ pub fn can_dequantize(ty: GgmlType) -> bool {
     use GgmlType as T;
     matches!(
         ty,
-        T::F32 | T::F16 | T::BF16 | T::Q4_0 | T::Q4_1 | T::Q5_0 | T::Q5_1 | T::Q8_0 | T::Q8_1 | T::Q2_K
-            | T::Q3_K | T::Q4_K | T::Q5_K | T::Q6_K | T::Q8_K | T::IQ4_NL | T::IQ4_XS
+        T::F32
+            | T::F16
+            | T::BF16
+            | T::Q4_0
+            | T::Q4_1
+            | T::Q5_0
+            | T::Q5_1
+            | T::Q8_0
+            | T::Q8_1
+            | T::Q2_K
+            | T::Q3_K
+            | T::Q4_K
+            | T::Q5_K
+            | T::Q6_K
+            | T::Q8_K
+            | T::IQ4_NL
+            | T::IQ4_XS
     )
 }
 
@@ -485,15 +500,9 @@ mod tests {
             blocks::<BlockQ4_0>(&bytes[..35]).unwrap_err(),
             BlockCastError::Length { len: 35, type_size: 18 }
         );
-        assert_eq!(
-            blocks::<BlockQ4_0>(&bytes[1..37]).unwrap_err(),
-            BlockCastError::Misaligned { align: 2 }
-        );
+        assert_eq!(blocks::<BlockQ4_0>(&bytes[1..37]).unwrap_err(), BlockCastError::Misaligned { align: 2 });
         assert_eq!(blocks::<BlockQ8K>(&bytes[..292]).map(|b| b.len()), Ok(1));
-        assert_eq!(
-            blocks::<BlockQ8K>(&bytes[2..294]).unwrap_err(),
-            BlockCastError::Misaligned { align: 4 }
-        );
+        assert_eq!(blocks::<BlockQ8K>(&bytes[2..294]).unwrap_err(), BlockCastError::Misaligned { align: 4 });
         assert_eq!(blocks::<BlockQ4_0>(&[]).map(|b| b.len()), Ok(0));
     }
 }

@@ -34,7 +34,13 @@ const _: () = assert!(std::mem::size_of::<BlockQ5K>() == super::type_size_of(cra
 impl_block!(
     BlockQ5K,
     Q5_K,
-    BlockQ5K { d: f16::ZERO, dmin: f16::ZERO, scales: [0; K_SCALE_SIZE], qh: [0; QK_K / 8], qs: [0; QK_K / 2] }
+    BlockQ5K {
+        d: f16::ZERO,
+        dmin: f16::ZERO,
+        scales: [0; K_SCALE_SIZE],
+        qh: [0; QK_K / 8],
+        qs: [0; QK_K / 2]
+    }
 );
 impl_quantize!(BlockQ5K);
 

@@ -28,7 +28,8 @@ pub struct BlockQ6K {
 const _: () = assert!(std::mem::size_of::<BlockQ6K>() == 210);
 const _: () = assert!(std::mem::size_of::<BlockQ6K>() == super::type_size_of(crate::GgmlType::Q6_K));
 
-const ZERO: BlockQ6K = BlockQ6K { ql: [0; QK_K / 2], qh: [0; QK_K / 4], scales: [0; QK_K / 16], d: f16::ZERO };
+const ZERO: BlockQ6K =
+    BlockQ6K { ql: [0; QK_K / 2], qh: [0; QK_K / 4], scales: [0; QK_K / 16], d: f16::ZERO };
 
 impl_block!(BlockQ6K, Q6_K, ZERO);
 impl_quantize!(BlockQ6K);
