@@ -30,7 +30,7 @@ pub struct BlockIQ4NL {
 const _: () = assert!(std::mem::size_of::<BlockIQ4NL>() == 18);
 const _: () = assert!(std::mem::size_of::<BlockIQ4NL>() == super::type_size_of(crate::GgmlType::IQ4_NL));
 
-impl_block!(BlockIQ4NL, IQ4_NL, BlockIQ4NL { d: f16::ZERO, qs: [0; QK4_NL / 2] });
+impl_block!(BlockIQ4NL, IQ4_NL, QK4_NL, BlockIQ4NL { d: f16::ZERO, qs: [0; QK4_NL / 2] });
 impl_quantize!(BlockIQ4NL);
 
 /// Reference dequantization (ggml's `dequantize_row_iq4_nl`).

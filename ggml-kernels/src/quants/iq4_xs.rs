@@ -32,6 +32,7 @@ const _: () = assert!(std::mem::size_of::<BlockIQ4XS>() == super::type_size_of(c
 impl_block!(
     BlockIQ4XS,
     IQ4_XS,
+    QK_K,
     BlockIQ4XS { d: f16::ZERO, scales_h: 0, scales_l: [0; QK_K / 64], qs: [0; QK_K / 2] }
 );
 impl_quantize!(BlockIQ4XS);

@@ -99,16 +99,20 @@ pub trait Quantize: Block {
     fn quantize_row(x: &[f32], out: &mut [Self]);
 }
 
-/// Implements the sealed marker and [`Block`] for a format, from its module's functions.
+/// Implements the sealed marker and [`Block`] for a format, from its module's functions:
+/// `impl_block!(struct, GgmlType variant, elements per block, zero value)`.
 macro_rules! impl_block {
-    ($block:ty, $ty:ident, $zero:expr) => {
+    ($block:ty, $ty:ident, $qk:expr, $zero:expr) => {
+        // The module's elements-per-block constant, which its kernels chunk by, is the table's.
+        const _: () = assert!($qk == $crate::quants::block_size_of($crate::types::GgmlType::$ty));
+
         // SAFETY: the struct is `#[repr(C)]`, made only of integers, `f32`, `half::f16` and arrays
         // of them, and its size assertion (in the same module) proves there is no padding.
         unsafe impl $crate::quants::sealed::Pod for $block {}
 
         impl $crate::quants::Block for $block {
             const TYPE: $crate::types::GgmlType = $crate::types::GgmlType::$ty;
-            const BLOCK_SIZE: usize = $crate::quants::block_size_of($crate::types::GgmlType::$ty);
+            const BLOCK_SIZE: usize = $qk;
             const ZERO: Self = $zero;
 
             fn dequantize_row(blocks: &[Self], out: &mut [f32]) {
@@ -280,7 +284,10 @@ impl fmt::Display for QuantError {
                 write!(f, "{ty}: {len} values is not a whole number of {block_size}-element blocks")
             }
             QuantError::LengthMismatch { ty, encoded_elements, float_elements } => {
-                write!(f, "{ty}: the encoded data holds {encoded_elements} elements, the floats {float_elements}")
+                write!(
+                    f,
+                    "{ty}: the encoded data holds {encoded_elements} elements, the floats {float_elements}"
+                )
             }
         }
     }

@@ -30,6 +30,7 @@ const _: () = assert!(std::mem::size_of::<BlockQ2K>() == super::type_size_of(cra
 impl_block!(
     BlockQ2K,
     Q2_K,
+    QK_K,
     BlockQ2K { scales: [0; QK_K / 16], qs: [0; QK_K / 4], d: f16::ZERO, dmin: f16::ZERO }
 );
 impl_quantize!(BlockQ2K);

@@ -33,6 +33,7 @@ const _: () = assert!(std::mem::size_of::<BlockQ3K>() == super::type_size_of(cra
 impl_block!(
     BlockQ3K,
     Q3_K,
+    QK_K,
     BlockQ3K { hmask: [0; QK_K / 8], qs: [0; QK_K / 4], scales: [0; 12], d: f16::ZERO }
 );
 impl_quantize!(BlockQ3K);

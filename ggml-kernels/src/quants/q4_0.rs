@@ -23,7 +23,7 @@ pub struct BlockQ4_0 {
 const _: () = assert!(std::mem::size_of::<BlockQ4_0>() == 18);
 const _: () = assert!(std::mem::size_of::<BlockQ4_0>() == super::type_size_of(crate::GgmlType::Q4_0));
 
-impl_block!(BlockQ4_0, Q4_0, BlockQ4_0 { d: f16::ZERO, qs: [0; QK4_0 / 2] });
+impl_block!(BlockQ4_0, Q4_0, QK4_0, BlockQ4_0 { d: f16::ZERO, qs: [0; QK4_0 / 2] });
 impl_quantize!(BlockQ4_0);
 
 /// Reference dequantization (ggml's `dequantize_row_q4_0`).

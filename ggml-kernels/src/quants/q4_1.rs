@@ -26,7 +26,7 @@ pub struct BlockQ4_1 {
 const _: () = assert!(std::mem::size_of::<BlockQ4_1>() == 20);
 const _: () = assert!(std::mem::size_of::<BlockQ4_1>() == super::type_size_of(crate::GgmlType::Q4_1));
 
-impl_block!(BlockQ4_1, Q4_1, BlockQ4_1 { d: f16::ZERO, m: f16::ZERO, qs: [0; QK4_1 / 2] });
+impl_block!(BlockQ4_1, Q4_1, QK4_1, BlockQ4_1 { d: f16::ZERO, m: f16::ZERO, qs: [0; QK4_1 / 2] });
 impl_quantize!(BlockQ4_1);
 
 /// Reference dequantization (ggml's `dequantize_row_q4_1`).

@@ -34,6 +34,7 @@ const _: () = assert!(std::mem::size_of::<BlockQ4K>() == super::type_size_of(cra
 impl_block!(
     BlockQ4K,
     Q4_K,
+    QK_K,
     BlockQ4K { d: f16::ZERO, dmin: f16::ZERO, scales: [0; K_SCALE_SIZE], qs: [0; QK_K / 2] }
 );
 impl_quantize!(BlockQ4K);

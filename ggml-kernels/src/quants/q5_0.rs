@@ -26,7 +26,7 @@ pub struct BlockQ5_0 {
 const _: () = assert!(std::mem::size_of::<BlockQ5_0>() == 22);
 const _: () = assert!(std::mem::size_of::<BlockQ5_0>() == super::type_size_of(crate::GgmlType::Q5_0));
 
-impl_block!(BlockQ5_0, Q5_0, BlockQ5_0 { d: f16::ZERO, qh: [0; 4], qs: [0; QK5_0 / 2] });
+impl_block!(BlockQ5_0, Q5_0, QK5_0, BlockQ5_0 { d: f16::ZERO, qh: [0; 4], qs: [0; QK5_0 / 2] });
 impl_quantize!(BlockQ5_0);
 
 /// Reference dequantization (ggml's `dequantize_row_q5_0`).

@@ -28,7 +28,7 @@ pub struct BlockQ5_1 {
 const _: () = assert!(std::mem::size_of::<BlockQ5_1>() == 24);
 const _: () = assert!(std::mem::size_of::<BlockQ5_1>() == super::type_size_of(crate::GgmlType::Q5_1));
 
-impl_block!(BlockQ5_1, Q5_1, BlockQ5_1 { d: f16::ZERO, m: f16::ZERO, qh: [0; 4], qs: [0; QK5_1 / 2] });
+impl_block!(BlockQ5_1, Q5_1, QK5_1, BlockQ5_1 { d: f16::ZERO, m: f16::ZERO, qh: [0; 4], qs: [0; QK5_1 / 2] });
 impl_quantize!(BlockQ5_1);
 
 /// Reference dequantization (ggml's `dequantize_row_q5_1`).

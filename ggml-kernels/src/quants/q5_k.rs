@@ -34,6 +34,7 @@ const _: () = assert!(std::mem::size_of::<BlockQ5K>() == super::type_size_of(cra
 impl_block!(
     BlockQ5K,
     Q5_K,
+    QK_K,
     BlockQ5K {
         d: f16::ZERO,
         dmin: f16::ZERO,

@@ -31,7 +31,7 @@ const _: () = assert!(std::mem::size_of::<BlockQ6K>() == super::type_size_of(cra
 const ZERO: BlockQ6K =
     BlockQ6K { ql: [0; QK_K / 2], qh: [0; QK_K / 4], scales: [0; QK_K / 16], d: f16::ZERO };
 
-impl_block!(BlockQ6K, Q6_K, ZERO);
+impl_block!(BlockQ6K, Q6_K, QK_K, ZERO);
 impl_quantize!(BlockQ6K);
 
 /// Reference dequantization (ggml's `dequantize_row_q6_K`).

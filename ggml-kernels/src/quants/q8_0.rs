@@ -24,7 +24,7 @@ pub struct BlockQ8_0 {
 const _: () = assert!(std::mem::size_of::<BlockQ8_0>() == 34);
 const _: () = assert!(std::mem::size_of::<BlockQ8_0>() == super::type_size_of(crate::GgmlType::Q8_0));
 
-impl_block!(BlockQ8_0, Q8_0, BlockQ8_0 { d: f16::ZERO, qs: [0; QK8_0] });
+impl_block!(BlockQ8_0, Q8_0, QK8_0, BlockQ8_0 { d: f16::ZERO, qs: [0; QK8_0] });
 impl_quantize!(BlockQ8_0);
 
 /// Reference dequantization (ggml's `dequantize_row_q8_0`).

@@ -27,7 +27,7 @@ pub struct BlockQ8_1 {
 const _: () = assert!(std::mem::size_of::<BlockQ8_1>() == 36);
 const _: () = assert!(std::mem::size_of::<BlockQ8_1>() == super::type_size_of(crate::GgmlType::Q8_1));
 
-impl_block!(BlockQ8_1, Q8_1, BlockQ8_1 { d: f16::ZERO, s: f16::ZERO, qs: [0; QK8_1] });
+impl_block!(BlockQ8_1, Q8_1, QK8_1, BlockQ8_1 { d: f16::ZERO, s: f16::ZERO, qs: [0; QK8_1] });
 impl_quantize!(BlockQ8_1);
 
 /// Dequantization: `qs[j] * d` (ggml defines none for this type).

@@ -23,7 +23,7 @@ pub struct BlockQ8K {
 const _: () = assert!(std::mem::size_of::<BlockQ8K>() == 292);
 const _: () = assert!(std::mem::size_of::<BlockQ8K>() == super::type_size_of(crate::GgmlType::Q8_K));
 
-impl_block!(BlockQ8K, Q8_K, BlockQ8K { d: 0.0, qs: [0; QK_K], bsums: [0; QK_K / 16] });
+impl_block!(BlockQ8K, Q8_K, QK_K, BlockQ8K { d: 0.0, qs: [0; QK_K], bsums: [0; QK_K / 16] });
 impl_quantize!(BlockQ8K);
 
 /// Reference dequantization (ggml's `dequantize_row_q8_K`).
