@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod inspect;
+mod tokenize;
 
 #[derive(Parser)]
 #[command(name = "engine", version, about = "A native LLM inference engine for GGUF models, with hybrid (LightTransfer) attention")]
@@ -19,12 +20,15 @@ struct Cli {
 enum Command {
     /// Print the header, metadata and tensor table of a GGUF file.
     Inspect(inspect::Args),
+    /// Print the token ids of a text under a model's tokenizer.
+    Tokenize(tokenize::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Inspect(args) => inspect::run(args),
+        Command::Tokenize(args) => tokenize::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -44,7 +48,6 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 }
 
 /// `-m PATH` or, when absent, the default model (shared by every subcommand that loads a model).
-#[allow(dead_code)]
 pub fn resolve_model(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     Ok(engine::model_path::resolve(explicit.as_deref())?)
 }

@@ -3,9 +3,11 @@
 //! - [`gguf`]: the GGUF reader (zero copy over a memory map) and the atomic writer.
 //! - [`model_path`]: where the default model lives and how to fetch it.
 //! - [`memstat`]: resident-memory figures from `/proc`.
+//! - [`tokenizer`]: text to token ids and back from GGUF metadata, matching llama.cpp (SPM).
 //! - [`model`]: hyperparameters, weights, KV cache and the forward pass of each architecture.
 
 pub mod gguf;
 pub mod memstat;
 pub mod model;
 pub mod model_path;
+pub mod tokenizer;
