@@ -72,7 +72,7 @@ fn default_model_round_trips_byte_for_byte() {
 }
 
 fn synthetic_round_trip(alignment: Option<u32>) {
-    let synth = Synth::new(SynthOptions { alignment, nested_arrays: true });
+    let synth = Synth::new(SynthOptions { alignment, nested_arrays: true, ..SynthOptions::default() });
     let dir = tempfile::tempdir().expect("tempdir");
     let first = dir.path().join("synthetic.gguf");
     write(&mut synth.writer(), &first);
@@ -202,7 +202,7 @@ fn check_no_mmap_matches_mmap(path: &Path) {
 fn no_mmap_reads_the_same_as_mmap() {
     let dir = tempfile::tempdir().expect("tempdir");
     for alignment in [None, Some(64)] {
-        let synth = Synth::new(SynthOptions { alignment, nested_arrays: true });
+        let synth = Synth::new(SynthOptions { alignment, nested_arrays: true, ..SynthOptions::default() });
         let path = dir.path().join(format!("synthetic-{alignment:?}.gguf"));
         write(&mut synth.writer(), &path);
         check_no_mmap_matches_mmap(&path);

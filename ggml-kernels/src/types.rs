@@ -46,6 +46,8 @@ pub enum GgmlType {
     TQ1_0 = 34,
     TQ2_0 = 35,
     MXFP4 = 39,
+    NVFP4 = 40,
+    Q1_0 = 41,
 }
 
 /// Elements per super-block of the K-quants and most IQ types.
@@ -108,6 +110,8 @@ table! {
     TQ1_0,   QK_K, 54,  true; // 1.6875 bpw
     TQ2_0,   QK_K, 66,  true; // 2.0625 bpw
     MXFP4,   32,  17,  true;  // 4.25 bpw: e8m0 scale + 16 bytes of e2m1 nibbles
+    NVFP4,   64,  36,  true;  // 4.5 bpw: 4 scale bytes + 32 bytes of e2m1 nibbles
+    Q1_0,    128, 18,  true;  // 1.125 bpw: f16 scale + 16 bytes of 1-bit weights
 }
 
 /// Why a tensor size could not be computed.
@@ -234,7 +238,7 @@ mod tests {
             assert_eq!(GgmlType::from_name(t.name), Some(t.ty));
             assert_eq!(t.ty.traits().name, t.name);
         }
-        for removed in [4u32, 5, 31, 32, 33, 36, 37, 38, 40, 1000] {
+        for removed in [4u32, 5, 31, 32, 33, 36, 37, 38, 42, 1000] {
             assert_eq!(GgmlType::from_id(removed), None, "id {removed}");
         }
     }
