@@ -21,7 +21,7 @@ impl Tokenizer {
     /// spaces, a byte token's byte, a user-defined token's text as is, and a control or unknown
     /// token's text only when `render_special`. Unused and undefined tokens produce nothing.
     pub fn append_piece(&self, id: TokenId, render_special: bool, out: &mut Vec<u8>) -> Result<(), TokenizerError> {
-        let text = self.vocab.text(id).ok_or(TokenizerError::InvalidTokenId { id, n_vocab: self.n_vocab() })?;
+        let text = self.vocab.text(id).ok_or_else(|| TokenizerError::InvalidTokenId { id, n_vocab: self.n_vocab() })?;
         let attr = self.vocab.attrs[id as usize];
         let special = TokenAttr::CONTROL.with(TokenAttr::UNKNOWN);
         if attr.has(special) {

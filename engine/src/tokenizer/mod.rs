@@ -149,7 +149,7 @@ impl Tokenizer {
         let types = read_types(file, n)?;
         let texts = tokens.strings().ok_or(TokenizerError::MissingKey(keys::TOKENS))?;
         let attrs = types.iter().map(|&t| TokenAttr::from_type(t)).collect();
-        let mut vocab = Vocab::build(texts, n, scores, attrs)?;
+        let mut vocab = Vocab::build(texts, n, tokens.raw_bytes().len(), scores, attrs)?;
 
         // Byte tokens must say which byte they are, each byte once.
         let mut byte_ids: [Option<TokenId>; 256] = [None; 256];

@@ -23,25 +23,34 @@ use super::vocab::{TokenId, Vocab};
 pub(crate) const SPACE_ESCAPE: &str = "\u{2581}";
 
 /// A piece of the text being merged: a byte range of the escaped text, linked to its live
-/// neighbours. A piece merged into its left neighbour has `len == 0`.
+/// neighbours. A piece merged into its left neighbour has `len == 0`. `id` is the token a merge
+/// made of it (`NO_ID` for a single character as split).
 #[derive(Clone, Copy)]
 struct Symbol {
-    start: usize,
-    len: usize,
-    prev: usize,
-    next: usize,
+    start: u32,
+    len: u32,
+    prev: u32,
+    next: u32,
+    id: TokenId,
 }
 
-const NONE: usize = usize::MAX;
+const NONE: u32 = u32::MAX;
+const NO_ID: TokenId = TokenId::MAX;
 
-/// A candidate merge of the pieces `left` and `right` (adjacent when queued) into a token of
-/// score `score` and `size` bytes. It is stale when either piece has changed since.
+/// The longest text merged as one unit. Symbol indices and offsets are 32-bit (llama.cpp's are
+/// `int`); a longer stretch of text without special tokens is tokenized in pieces of this size,
+/// cut at a character boundary. No real prompt comes near it.
+pub(crate) const MAX_MERGE_BYTES: usize = 1 << 31;
+
+/// A candidate merge of the pieces `left` and `right` (adjacent when queued) into token `id`
+/// of score `score` and `size` bytes. It is stale when either piece has changed since.
 #[derive(Clone, Copy)]
 struct Bigram {
     score: f32,
-    left: usize,
-    right: usize,
-    size: usize,
+    left: u32,
+    right: u32,
+    size: u32,
+    id: TokenId,
 }
 
 impl PartialEq for Bigram {
@@ -95,38 +104,51 @@ impl SpmSession {
             }
             self.escaped.push_str(part);
         }
-        if self.escaped.is_empty() {
-            return;
-        }
         let text = std::mem::take(&mut self.escaped);
-        self.merge(vocab, &text);
-        self.emit(vocab, byte_tokens, &text, out);
+        let mut rest = text.as_str();
+        while !rest.is_empty() {
+            let mut cut = rest.len().min(MAX_MERGE_BYTES);
+            while !rest.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            let (piece, tail) = rest.split_at(cut);
+            self.merge(vocab, piece);
+            self.emit(vocab, byte_tokens, piece, out);
+            rest = tail;
+        }
         self.escaped = text;
     }
 
+    /// `text` is at most `MAX_MERGE_BYTES` long, so every offset and index fits in a `u32`.
     fn merge(&mut self, vocab: &Vocab, text: &str) {
+        debug_assert!(text.len() <= MAX_MERGE_BYTES);
         self.symbols.clear();
         self.queue.clear();
-        for (i, (start, c)) in text.char_indices().enumerate() {
-            let len = c.len_utf8();
-            let next = if start + len == text.len() { NONE } else { i + 1 };
-            let prev = if i == 0 { NONE } else { i - 1 };
-            self.symbols.push(Symbol { start, len, prev, next });
+        let mut prev = NONE;
+        for (start, c) in text.char_indices() {
+            let i = self.symbols.len() as u32;
+            self.symbols.push(Symbol { start: start as u32, len: c.len_utf8() as u32, prev, next: i + 1, id: NO_ID });
+            prev = i;
         }
-        for right in 1..self.symbols.len() {
+        if let Some(last) = self.symbols.last_mut() {
+            last.next = NONE;
+        }
+        for right in 1..self.symbols.len() as u32 {
             self.try_add_bigram(vocab, text, right - 1, right);
         }
         while let Some(b) = self.queue.pop() {
-            let (l, r) = (self.symbols[b.left], self.symbols[b.right]);
+            let (l, r) = (self.symbols[b.left as usize], self.symbols[b.right as usize]);
             if l.len == 0 || r.len == 0 || l.len + r.len != b.size {
                 continue; // one of the two has merged since this pair was queued
             }
             // The right piece joins the left one and leaves the chain.
-            self.symbols[b.left].len += r.len;
-            self.symbols[b.right].len = 0;
-            self.symbols[b.left].next = r.next;
+            let left = &mut self.symbols[b.left as usize];
+            left.len += r.len;
+            left.next = r.next;
+            left.id = b.id;
+            self.symbols[b.right as usize].len = 0;
             if r.next != NONE {
-                self.symbols[r.next].prev = b.left;
+                self.symbols[r.next as usize].prev = b.left;
             }
             self.try_add_bigram(vocab, text, l.prev, b.left);
             self.try_add_bigram(vocab, text, b.left, r.next);
@@ -134,31 +156,36 @@ impl SpmSession {
     }
 
     #[inline]
-    fn try_add_bigram(&mut self, vocab: &Vocab, text: &str, left: usize, right: usize) {
+    fn try_add_bigram(&mut self, vocab: &Vocab, text: &str, left: u32, right: u32) {
         if left == NONE || right == NONE {
             return;
         }
-        let (l, r) = (self.symbols[left], self.symbols[right]);
+        let (l, r) = (self.symbols[left as usize], self.symbols[right as usize]);
         let size = l.len + r.len;
-        if size > vocab.max_token_len {
+        if size as usize > vocab.max_token_len {
             return;
         }
         // Adjacent pieces are adjacent byte ranges of the text.
-        let Some(piece) = text.get(l.start..l.start + size) else { return };
+        let start = l.start as usize;
+        let Some(piece) = text.get(start..start + size as usize) else { return };
         if let Some(id) = vocab.find(piece) {
             let score = vocab.scores[id as usize];
-            self.queue.push(Bigram { score, left, right, size });
+            self.queue.push(Bigram { score, left, right, size, id });
         }
     }
 
     fn emit(&self, vocab: &Vocab, byte_tokens: &[TokenId; 256], text: &str, out: &mut Vec<TokenId>) {
         let mut i = if self.symbols.is_empty() { NONE } else { 0 };
         while i != NONE {
-            let s = self.symbols[i];
-            let piece = &text[s.start..s.start + s.len];
-            match vocab.find(piece) {
-                Some(id) => out.push(id),
-                None => out.extend(piece.bytes().map(|b| byte_tokens[b as usize])),
+            let s = self.symbols[i as usize];
+            if s.id != NO_ID {
+                out.push(s.id);
+            } else {
+                let piece = &text[s.start as usize..(s.start + s.len) as usize];
+                match vocab.find(piece) {
+                    Some(id) => out.push(id),
+                    None => out.extend(piece.bytes().map(|b| byte_tokens[b as usize])),
+                }
             }
             i = s.next;
         }

@@ -4,7 +4,7 @@
 //! open-addressing table of ids that compares against that string, so building it allocates
 //! nothing per token and looking up a slice of the input allocates nothing at all.
 
-use std::hash::{BuildHasher, RandomState};
+use std::hash::{BuildHasher, Hasher, RandomState};
 
 use super::error::TokenizerError;
 
@@ -105,11 +105,13 @@ impl Vocab {
     pub(crate) fn build<'a>(
         texts: impl Iterator<Item = &'a str>,
         n: usize,
+        text_bytes: usize,
         scores: Vec<f32>,
         attrs: Vec<TokenAttr>,
     ) -> Result<Vocab, TokenizerError> {
         debug_assert!(scores.len() == n && attrs.len() == n);
-        let mut text = String::new();
+        // `text_bytes` is a hint (the encoded array's size bounds the texts' total).
+        let mut text = String::with_capacity(text_bytes);
         let mut offsets = Vec::with_capacity(n + 1);
         offsets.push(0);
         for (id, t) in texts.take(n).enumerate() {
@@ -127,16 +129,15 @@ impl Vocab {
                 n_vocab: n,
             });
         }
-        let mut vocab = Vocab { text, offsets, scores, attrs, map: PieceMap::with_capacity(n), max_token_len: 0 };
-        for id in 0..n {
-            let len = vocab.offsets[id + 1] - vocab.offsets[id];
-            vocab.max_token_len = vocab.max_token_len.max(len);
-            if let Err(first) = vocab.map.insert(&vocab.text, &vocab.offsets, id as TokenId) {
-                let text = vocab.text_of(id).to_string();
-                return Err(TokenizerError::DuplicateToken { text, first, second: id as TokenId });
+        let max_token_len = offsets.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
+        let map = match PieceMap::build(&text, &offsets) {
+            Ok(map) => map,
+            Err((first, second)) => {
+                let dup = text[offsets[first as usize]..offsets[first as usize + 1]].to_string();
+                return Err(TokenizerError::DuplicateToken { text: dup, first, second });
             }
-        }
-        Ok(vocab)
+        };
+        Ok(Vocab { text, offsets, scores, attrs, map, max_token_len })
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -165,43 +166,108 @@ impl Vocab {
     }
 }
 
-/// Open-addressing hash table from token text to id. Slots hold `id + 1` (0 is empty) and the
-/// high bits of the hash, so most failed probes end without touching the texts. The hash is
-/// SipHash with a per-process random key: a crafted vocabulary cannot force quadratic probing.
+/// Open-addressing hash table (linear probing) from token text to id.
+///
+/// A slot holds the id, a tag (high hash bits and the length) and the first 8 bytes of the text,
+/// so a lookup of a key of up to 8 bytes — most lookups while tokenizing — reads one slot and
+/// nothing else, and a failed probe almost never touches the texts.
+///
+/// The hash is a keyed folded-multiply hash (the construction of aHash's and foldhash's fallback
+/// paths) with a random key per table: a few nanoseconds for a token-sized key, which matters
+/// because tokenizing looks up two or three slices per input character, and a key the file's
+/// author cannot know, so a crafted vocabulary cannot aim for long probe chains.
 struct PieceMap {
-    /// `(id + 1, hash tag)`; `(0, _)` is an empty slot.
-    slots: Vec<(u32, u32)>,
+    slots: Vec<Slot>,
     mask: usize,
-    hasher: RandomState,
+    key: [u64; 2],
+}
+
+#[derive(Clone, Copy, Default)]
+struct Slot {
+    /// `id + 1`; 0 marks an empty slot.
+    id1: u32,
+    /// High 24 bits of the hash, and the length (255 for 255 or more) in the low 8.
+    tag: u32,
+    /// The first 8 bytes of the text, zero-padded.
+    prefix: u64,
+}
+
+/// What a key contributes to a slot.
+#[inline(always)]
+fn slot_key(b: &[u8], h: u64) -> (u32, u64) {
+    let tag = ((h >> 40) as u32) << 8 | b.len().min(255) as u32;
+    let mut p = [0u8; 8];
+    let n = b.len().min(8);
+    p[..n].copy_from_slice(&b[..n]);
+    (tag, u64::from_le_bytes(p))
 }
 
 impl PieceMap {
-    fn with_capacity(n: usize) -> PieceMap {
+    fn new(n: usize) -> PieceMap {
         // At most half full: short probe sequences.
         let cap = (n.max(4) * 2).next_power_of_two();
-        PieceMap { slots: vec![(0, 0); cap], mask: cap - 1, hasher: RandomState::new() }
+        // Two random words from the standard library's per-process SipHash keys.
+        let seed = RandomState::new();
+        let mut h = seed.build_hasher();
+        h.write_u64(0x9E37_79B9_7F4A_7C15);
+        let k0 = h.finish();
+        h.write_u64(k0);
+        let key = [k0, h.finish() | 1];
+        PieceMap { slots: vec![Slot::default(); cap], mask: cap - 1, key }
+    }
+
+    /// A table of every token; on two tokens with the same text, returns their ids.
+    ///
+    /// Inserting 262,144 keys in id order would touch the table at random, a cache miss each;
+    /// so the keys are first hashed in order, then grouped by the region of the table they land
+    /// in (a counting sort), and inserted region by region.
+    fn build(text: &str, offsets: &[usize]) -> Result<PieceMap, (TokenId, TokenId)> {
+        let n = offsets.len() - 1;
+        let mut map = PieceMap::new(n);
+        let bits = map.mask.count_ones();
+        let shift = bits.saturating_sub(8); // 256 regions
+        let n_regions = (map.mask >> shift) + 1;
+        let mut hashes = Vec::with_capacity(n);
+        let mut counts = vec![0usize; n_regions + 1];
+        for id in 0..n {
+            let h = map.hash(&text.as_bytes()[offsets[id]..offsets[id + 1]]);
+            hashes.push(h);
+            counts[((h as usize & map.mask) >> shift) + 1] += 1;
+        }
+        for r in 1..counts.len() {
+            counts[r] += counts[r - 1];
+        }
+        let mut order = vec![0u32; n];
+        for (id, &h) in hashes.iter().enumerate() {
+            let r = (h as usize & map.mask) >> shift;
+            order[counts[r]] = id as u32;
+            counts[r] += 1;
+        }
+        for id in order {
+            let key = &text.as_bytes()[offsets[id as usize]..offsets[id as usize + 1]];
+            map.insert(text, offsets, key, hashes[id as usize], id)?;
+        }
+        Ok(map)
     }
 
     #[inline]
-    fn hash(&self, s: &str) -> u64 {
-        self.hasher.hash_one(s.as_bytes())
+    fn hash(&self, b: &[u8]) -> u64 {
+        keyed_hash(b, self.key)
     }
 
-    /// Inserts `id`; on a duplicate text, returns the id already there.
-    fn insert(&mut self, text: &str, offsets: &[usize], id: TokenId) -> Result<(), TokenId> {
-        let key = &text[offsets[id as usize]..offsets[id as usize + 1]];
-        let h = self.hash(key);
-        let tag = (h >> 32) as u32;
+    fn insert(&mut self, text: &str, offsets: &[usize], key: &[u8], h: u64, id: TokenId) -> Result<(), (TokenId, TokenId)> {
+        let (tag, prefix) = slot_key(key, h);
         let mut i = h as usize & self.mask;
         loop {
-            let (slot, slot_tag) = self.slots[i];
-            if slot == 0 {
-                self.slots[i] = (id + 1, tag);
+            let slot = self.slots[i];
+            if slot.id1 == 0 {
+                self.slots[i] = Slot { id1: id + 1, tag, prefix };
                 return Ok(());
             }
-            let other = slot - 1;
-            if slot_tag == tag && &text[offsets[other as usize]..offsets[other as usize + 1]] == key {
-                return Err(other);
+            let other = (slot.id1 - 1) as usize;
+            if slot.tag == tag && slot.prefix == prefix && &text.as_bytes()[offsets[other]..offsets[other + 1]] == key {
+                let (a, b) = (other as TokenId, id);
+                return Err((a.min(b), a.max(b)));
             }
             i = (i + 1) & self.mask;
         }
@@ -209,21 +275,71 @@ impl PieceMap {
 
     #[inline]
     fn find(&self, text: &str, offsets: &[usize], key: &str) -> Option<TokenId> {
+        let key = key.as_bytes();
         let h = self.hash(key);
-        let tag = (h >> 32) as u32;
+        let (tag, prefix) = slot_key(key, h);
         let mut i = h as usize & self.mask;
         loop {
-            let (slot, slot_tag) = self.slots[i];
-            if slot == 0 {
+            let slot = self.slots[i];
+            if slot.id1 == 0 {
                 return None;
             }
-            let id = (slot - 1) as usize;
-            if slot_tag == tag && &text[offsets[id]..offsets[id + 1]] == key {
-                return Some(slot - 1);
+            if slot.tag == tag && slot.prefix == prefix {
+                let id = (slot.id1 - 1) as usize;
+                // Equal length and first 8 bytes: equal, unless the key is longer.
+                if key.len() <= 8 || &text.as_bytes()[offsets[id]..offsets[id + 1]] == key {
+                    return Some(id as TokenId);
+                }
             }
             i = (i + 1) & self.mask;
         }
     }
+}
+
+/// `a * b` as 128 bits, folded to 64 by xor of the halves.
+#[inline(always)]
+fn folded_mul(a: u64, b: u64) -> u64 {
+    let p = (a as u128) * (b as u128);
+    (p as u64) ^ ((p >> 64) as u64)
+}
+
+#[inline(always)]
+fn le64(b: &[u8], at: usize) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(w)
+}
+
+/// Hashes `b` under `key`: 16 bytes at a time through a folded multiply; the tail (or a short
+/// key) as two overlapping words, and the length mixed in, so no two lengths share a state.
+#[inline]
+fn keyed_hash(b: &[u8], key: [u64; 2]) -> u64 {
+    const K: u64 = 0x5851_F42D_4C95_7F2D;
+    let mut h = key[0] ^ (b.len() as u64).wrapping_mul(K);
+    let (lo, hi) = if b.len() >= 8 {
+        let mut i = 0;
+        while b.len() - i > 16 {
+            h = folded_mul(le64(b, i) ^ h, le64(b, i + 8) ^ key[1]);
+            i += 16;
+        }
+        let n = b.len();
+        if n - i > 8 {
+            (le64(b, i), le64(b, n - 8))
+        } else {
+            (le64(b, n - 8), 0)
+        }
+    } else if b.len() >= 4 {
+        let n = b.len();
+        let w = |at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]) as u64;
+        (w(0), w(n - 4))
+    } else if !b.is_empty() {
+        let n = b.len();
+        ((b[0] as u64) | (b[n / 2] as u64) << 8 | (b[n - 1] as u64) << 16, 0)
+    } else {
+        (0, 0)
+    };
+    h = folded_mul(lo ^ h, hi ^ key[1]);
+    folded_mul(h, K ^ key[0])
 }
 
 /// The byte a byte token stands for: its text must be `<0xHH>` (either case of hex digit).
@@ -241,7 +357,7 @@ mod tests {
 
     fn vocab(texts: &[&str]) -> Result<Vocab, TokenizerError> {
         let n = texts.len();
-        Vocab::build(texts.iter().copied(), n, vec![0.0; n], vec![TokenAttr::NORMAL; n])
+        Vocab::build(texts.iter().copied(), n, 0, vec![0.0; n], vec![TokenAttr::NORMAL; n])
     }
 
     #[test]
@@ -268,6 +384,19 @@ mod tests {
         let v = vocab(&["a", "", "b"]).unwrap();
         assert_eq!(v.text(1), Some("[EMPTY_1]"));
         assert_eq!(v.find("[EMPTY_1]"), Some(1));
+    }
+
+    #[test]
+    fn hash_separates_lengths_and_contents() {
+        let key = [0x1234_5678_9abc_def0, 0x0fed_cba9_8765_4321];
+        let mut seen = std::collections::HashSet::new();
+        let mut keys: Vec<Vec<u8>> = vec![vec![], vec![0], vec![0, 0], vec![0; 3], vec![0; 8], vec![0; 9], vec![0; 16]];
+        keys.extend((0..40).map(|n| vec![b'a'; n + 17]));
+        keys.extend((0u32..5000).map(|i| i.to_le_bytes().to_vec()));
+        keys.extend((0u32..5000).map(|i| format!("piece{i}").into_bytes()));
+        for k in &keys {
+            assert!(seen.insert(keyed_hash(k, key)), "collision on {k:?}");
+        }
     }
 
     #[test]
