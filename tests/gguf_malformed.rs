@@ -115,6 +115,11 @@ fn one_kv(ty: ValueType, value: &[u8]) -> Vec<u8> {
     Craft::new().kv("k", ty, value).build()
 }
 
+/// One more than the largest ggml type id the type table knows (new types are added at the end).
+fn next_type_id() -> u32 {
+    (0..4096).filter(|&id| GgmlType::from_id(id).is_some()).max().unwrap_or(0) + 1
+}
+
 /// A file with one tensor info given raw and `data_len` bytes of data.
 fn tensor_file(name: &[u8], n_dims: u32, dims: &[u64], type_id: u32, offset: u64, data_len: usize) -> Vec<u8> {
     Craft::new().tensor_raw(name, n_dims, dims, type_id, offset).data(&vec![0; data_len]).build()
@@ -264,7 +269,9 @@ bad_files! {
         => ["tensor \"t\"", "shape [4294967296, 4294967296]", "overflows"];
     /// The element count fits in 63 bits but the byte count (4 bytes each) does not.
     byte_size_overflow: tensor_file(b"t", 1, &[1 << 62], F32, 0, 32) => ["tensor \"t\"", "F32", "overflows"];
-    unknown_tensor_type: tensor_file(b"t", 1, &[4], 40, 0, 32) => ["tensor \"t\"", "unknown ggml type id 40"];
+    /// The id just past the newest type the table knows.
+    unknown_tensor_type: tensor_file(b"t", 1, &[4], next_type_id(), 0, 32)
+        => ["tensor \"t\"", &format!("unknown ggml type id {}", next_type_id())];
     /// Q4_2 (id 4) was removed from ggml; it must not be taken for a current type.
     removed_tensor_type_4: tensor_file(b"t", 1, &[4], 4, 0, 32) => ["tensor \"t\"", "unknown ggml type id 4"];
     unknown_tensor_type_max: tensor_file(b"t", 1, &[4], u32::MAX, 0, 32) => ["unknown ggml type id 4294967295"];
@@ -613,6 +620,7 @@ fn cli_inspect_rejects_bad_files() {
     let chosen = [
         "empty_file",
         "bad_magic",
+        "bad_magic_binary",
         "version_1",
         "byte_swapped_header",
         "array_count_beyond_bytes_left",
