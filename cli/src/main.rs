@@ -6,7 +6,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod common;
 mod inspect;
+mod run;
 mod tokenize;
 
 #[derive(Parser)]
@@ -20,6 +22,8 @@ struct Cli {
 enum Command {
     /// Print the header, metadata and tensor table of a GGUF file.
     Inspect(inspect::Args),
+    /// Generate text from a prompt (one shot).
+    Run(run::Args),
     /// Print the token ids of a text under a model's tokenizer.
     Tokenize(tokenize::Args),
 }
@@ -28,6 +32,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Inspect(args) => inspect::run(args),
+        Command::Run(args) => run::run(args),
         Command::Tokenize(args) => tokenize::run(args),
     };
     match result {

@@ -5,9 +5,13 @@
 //! - [`memstat`]: resident-memory figures from `/proc`.
 //! - [`tokenizer`]: text to token ids and back from GGUF metadata, matching llama.cpp (SPM).
 //! - [`model`]: hyperparameters, weights, KV cache and the forward pass of each architecture.
+//! - [`sampling`]: greedy and llama.cpp's sampler chain, seeded.
+//! - [`generate`]: the prompt-then-decode loop shared by `run` and `chat`.
 
+pub mod generate;
 pub mod gguf;
 pub mod memstat;
 pub mod model;
 pub mod model_path;
+pub mod sampling;
 pub mod tokenizer;

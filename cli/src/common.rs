@@ -1,0 +1,127 @@
+//! Options and loading shared by the subcommands that run a model.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use engine::gguf::{GgufFile, OpenOptions};
+use engine::model::kv_cache::KvType;
+use engine::model::SessionParams;
+use engine::sampling::SamplerParams;
+use engine::tokenizer::Tokenizer;
+
+/// Which model, and how to run it.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ModelArgs {
+    /// GGUF model file; without it, the default model (Gemma 3 270M) from the cache.
+    #[arg(short = 'm', long = "model")]
+    pub model: Option<PathBuf>,
+    /// Context size in tokens (0: the model's training context).
+    #[arg(short = 'c', long = "ctx-size", default_value_t = 4096)]
+    pub ctx_size: usize,
+    /// Most prompt tokens evaluated per forward pass.
+    #[arg(short = 'b', long = "batch-size", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch_size: u32,
+    /// CPU threads (default: all available).
+    #[arg(short = 't', long = "threads")]
+    pub threads: Option<usize>,
+    /// KV cache element type.
+    #[arg(long = "kv-type", default_value = "f16", value_parser = ["f16", "f32"])]
+    pub kv_type: String,
+    /// Read the model into memory instead of mapping it.
+    #[arg(long)]
+    pub no_mmap: bool,
+}
+
+/// Sampling settings (llama.cpp's names and defaults).
+#[derive(clap::Args, Clone, Debug)]
+pub struct SamplingArgs {
+    /// Temperature; 0 is greedy.
+    #[arg(long = "temp", default_value_t = 0.8)]
+    pub temp: f32,
+    /// Top-k (0: off).
+    #[arg(long = "top-k", default_value_t = 40)]
+    pub top_k: usize,
+    /// Top-p (1: off).
+    #[arg(long = "top-p", default_value_t = 0.95)]
+    pub top_p: f32,
+    /// Min-p (0: off).
+    #[arg(long = "min-p", default_value_t = 0.05)]
+    pub min_p: f32,
+    /// Repetition penalty (1: off).
+    #[arg(long = "repeat-penalty", default_value_t = 1.0)]
+    pub repeat_penalty: f32,
+    /// Tokens the repetition penalty looks back over.
+    #[arg(long = "repeat-last-n", default_value_t = 64)]
+    pub repeat_last_n: usize,
+    /// Random seed (default: a new one each run, printed in the summary).
+    #[arg(short = 's', long = "seed")]
+    pub seed: Option<u64>,
+}
+
+impl SamplingArgs {
+    /// Checked sampler settings; the seed drawn when none was given.
+    pub fn params(&self) -> anyhow::Result<SamplerParams> {
+        let seed = self.seed.unwrap_or_else(|| {
+            let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            t.as_nanos() as u64 ^ std::process::id() as u64
+        });
+        let p = SamplerParams {
+            temp: self.temp,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repeat_penalty: self.repeat_penalty,
+            repeat_last_n: self.repeat_last_n,
+            seed,
+        };
+        p.validate()?;
+        Ok(p)
+    }
+}
+
+/// Sets the number of worker threads for the kernels (once per process).
+pub fn init_threads(threads: Option<usize>) -> anyhow::Result<usize> {
+    let n = match threads {
+        Some(0) => anyhow::bail!("--threads must be at least 1"),
+        Some(n) => n,
+        None => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+    };
+    // A second call in one process (tests) keeps the first pool: not an error.
+    let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+    Ok(rayon::current_num_threads())
+}
+
+/// Opens the model file named by `-m` (or the default model).
+pub fn open_model(args: &ModelArgs) -> anyhow::Result<GgufFile> {
+    let path = crate::resolve_model(args.model.clone())?;
+    GgufFile::open_with(&path, OpenOptions { no_mmap: args.no_mmap }).with_context(|| format!("loading {}", path.display()))
+}
+
+pub fn tokenizer(file: &GgufFile) -> anyhow::Result<Tokenizer> {
+    Tokenizer::from_gguf(file).context("building the tokenizer")
+}
+
+impl ModelArgs {
+    /// Session settings for a model trained with `n_ctx_train` positions.
+    pub fn session_params(&self, n_ctx_train: usize) -> SessionParams {
+        let n_ctx = if self.ctx_size == 0 { n_ctx_train } else { self.ctx_size };
+        SessionParams {
+            n_ctx,
+            n_batch: self.batch_size as usize,
+            kv_type: if self.kv_type == "f32" { KvType::F32 } else { KvType::F16 },
+            layer_kinds: None,
+        }
+    }
+}
+
+/// Bytes as KiB/MiB/GiB.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{bytes} B") } else { format!("{v:.1} {}", UNITS[u]) }
+}

@@ -1,0 +1,82 @@
+//! `engine run`: one-shot generation. Only the generated text goes to stdout, streamed as it
+//! comes; the summary (speeds, KV cache) goes to stderr.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use engine::generate::{generate, GenerateParams};
+use engine::model::{Model, Session};
+use engine::sampling::Sampler;
+use engine::tokenizer::TokenizeOptions;
+
+use crate::common::{human_bytes, init_threads, open_model, tokenizer, ModelArgs, SamplingArgs};
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    /// The prompt.
+    #[arg(short = 'p', long = "prompt", conflicts_with = "file")]
+    prompt: Option<String>,
+    /// Read the prompt from a file.
+    #[arg(short = 'f', long = "file")]
+    file: Option<PathBuf>,
+    /// Tokens to generate (-1: until end of generation or a full context).
+    #[arg(short = 'n', long = "n-predict", default_value_t = 128, allow_negative_numbers = true)]
+    n_predict: i64,
+    /// Do not print the prompt before the generated text.
+    #[arg(long)]
+    no_display_prompt: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let prompt = match (&args.prompt, &args.file) {
+        (Some(p), _) => p.clone(),
+        (None, Some(f)) => std::fs::read_to_string(f).with_context(|| format!("reading the prompt from {}", f.display()))?,
+        (None, None) => anyhow::bail!("give a prompt with -p TEXT or -f FILE"),
+    };
+    let n_predict = match args.n_predict {
+        -1 => None,
+        n if n >= 0 => Some(n as usize),
+        n => anyhow::bail!("-n {n}: use a count of tokens, or -1 for no limit"),
+    };
+    let sampler_params = args.sampling.params()?;
+    let threads = init_threads(args.model.threads)?;
+    let file = open_model(&args.model)?;
+    let tok = tokenizer(&file)?;
+    let model = Model::load(&file).context("loading the model")?;
+    let mut session = Session::new(&model, &args.model.session_params(model.cfg.n_ctx_train))?;
+    let mut sampler = Sampler::new(sampler_params.clone())?;
+
+    let ids = tok.tokenize(&prompt, TokenizeOptions::default());
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    if !args.no_display_prompt {
+        write!(out, "{prompt}")?;
+        out.flush()?;
+    }
+    let stats = generate(&mut session, &tok, &mut sampler, &ids, &GenerateParams { n_predict, stop: None }, |text| {
+        out.write_all(text.as_bytes())?;
+        out.flush()
+    })?;
+    writeln!(out)?;
+    drop(out);
+
+    eprintln!();
+    eprintln!("model:      {} ({}, {})", file.path().display(), model.cfg.describe(), human_bytes(model.weight_bytes()));
+    eprintln!("prompt:     {} tokens, {:.2} tokens/s", stats.n_prompt, stats.prompt_tps());
+    eprintln!("generation: {} tokens, {:.2} tokens/s ({:?})", stats.n_gen, stats.gen_tps(), stats.stop);
+    let kv: Vec<String> = session
+        .cache
+        .bytes_by_kind()
+        .iter()
+        .map(|(kind, layers, bytes)| format!("{kind} {layers} layers {}", human_bytes(*bytes as u64)))
+        .collect();
+    eprintln!("kv cache:   {} for {} positions ({})", human_bytes(session.cache.bytes() as u64), session.n_ctx(), kv.join(", "));
+    eprintln!("sampling:   seed {}, temp {}, top-k {}, top-p {}, min-p {}; {threads} threads",
+        sampler_params.seed, sampler_params.temp, sampler_params.top_k, sampler_params.top_p, sampler_params.min_p);
+    Ok(())
+}
