@@ -7,11 +7,14 @@
 //! - [`types`]: every GGML type id with its block size and bytes per block, and the one checked
 //!   function that computes a tensor's byte size.
 //! - [`quants`]: the block formats, zero-copy block views, reference (de)quantizers as ggml's.
+//! - [`dot`]: dot products of weight rows with quantized activation rows (scalar references,
+//!   AVX2, AVX-512 VNNI and NEON kernels) and the kernel table filled at start-up.
 //! - [`matmul`]: quantized weight matrix times f32 activations.
 //! - [`attention`]: attention over a KV cache with causal, window and sink+window masks.
 //! - [`ops`]: RMSNorm, RoPE, activations, softmax.
 
 pub mod attention;
+pub mod dot;
 pub mod matmul;
 pub mod ops;
 pub mod quants;

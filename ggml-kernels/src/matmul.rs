@@ -2,14 +2,27 @@
 //!
 //! A weight matrix is stored as ggml stores it: `rows` rows of `cols` elements, each row a run of
 //! blocks (`ne[0] = cols`, `ne[1] = rows`). `y = W x` computes, for each of `n` input vectors,
-//! one output per weight row.
+//! one output per weight row; the output is `[n][rows]`.
 //!
-//! This is the reference path: each weight row is dequantized to f32 once and dotted with every
-//! input vector. Work is split over weight rows with rayon. Faster kernels (activations quantized
-//! to Q8, integer SIMD dot products) replace it type by type and are checked against it.
+//! [`matmul`] works as ggml does: the activations are quantized once per call to the weight
+//! type's [`VecDotType`] and every output is an integer-SIMD dot product from the kernel table
+//! ([`Kernels::best`]).
+//!
+//! - Decode (`n == 1`) is bound by memory bandwidth: each weight byte is read once. The rows are
+//!   split over the rayon pool in contiguous runs of about [`MATVEC_TASK_BYTES`], so each thread
+//!   streams its own part of the matrix; small matrices run on the calling thread.
+//! - Prefill (`n > 1`) is bound by arithmetic: types with a GEMM tile compute 4 weight rows x 4
+//!   activation rows per inner loop, so each unpacked weight block is reused four times from
+//!   registers and each activation block four times from L1. Tasks are runs of
+//!   [`GEMM_TASK_ROWS`] weight rows; within a task the activations are taken
+//!   [`GEMM_ACT_BLOCK`] rows at a time so they stay in L2.
+//!
+//! [`matmul_reference`] is the slow, simple path (dequantize each row, `f32` dot products) that
+//! the fast one is tested against; types without a dot product (Q8_1 or Q8_K weights) use it.
 
 use rayon::prelude::*;
 
+use crate::dot::{DotFn, Kernels, QuantizedActs, TileFn, VecDotType, TILE};
 use crate::quants::{dequantize, QuantError};
 use crate::types::GgmlType;
 
@@ -78,12 +91,157 @@ impl<'a> QMatrix<'a> {
     }
 }
 
+/// Bytes of weights one decode task reads: large enough that rayon's scheduling cost (about a
+/// microsecond) is small next to the reads, small enough that two threads share the work evenly.
+pub const MATVEC_TASK_BYTES: usize = 256 * 1024;
+
+/// Below this many weight bytes a product runs on the calling thread: waking the pool would cost
+/// more than it saves.
+pub const SERIAL_BYTES: usize = 128 * 1024;
+
+/// Weight rows per prefill task (a multiple of the tile height).
+pub const GEMM_TASK_ROWS: usize = 16;
+
+/// Activation rows a prefill task takes at a time, so they stay in L2 while its weight tiles
+/// pass over them.
+pub const GEMM_ACT_BLOCK: usize = 64;
+
+/// `out[t][r] = sum_c W[r][c] * x[t][c]` for `n` input vectors `x` (`n * cols`) into `out`
+/// (`n * rows`), with the best kernels of this CPU.
+///
+/// The activations are quantized to the weight type's [`VecDotType`] first, as ggml does, so the
+/// result differs from [`matmul_reference`] by that rounding (about 0.4% of each block's
+/// largest activation, relative). Errors: the shapes of `x` and `out`, a data size that does not
+/// match the matrix, and types with neither a dot product nor a dequantizer.
+pub fn matmul(w: &QMatrix<'_>, x: &[f32], n: usize, out: &mut [f32]) -> Result<(), MatError> {
+    matmul_with(Kernels::best(), w, x, n, out)
+}
+
+/// [`matmul`] with the kernels of a given table (tests and benchmarks run every variant).
+pub fn matmul_with(k: &Kernels, w: &QMatrix<'_>, x: &[f32], n: usize, out: &mut [f32]) -> Result<(), MatError> {
+    if x.len() != n * w.cols {
+        return Err(MatError::Shape { what: "matmul input", expected: n * w.cols, got: x.len() });
+    }
+    if out.len() != n * w.rows {
+        return Err(MatError::Shape { what: "matmul output", expected: n * w.rows, got: out.len() });
+    }
+    let (Some(dot), Some(vdt)) = (k.dot_fn(w.ty), VecDotType::for_weight(w.ty)) else {
+        return matmul_reference(w, x, n, out);
+    };
+    // The kernels read raw memory, so the matrix must be exactly what it claims to be (its
+    // fields are public; `QMatrix::new` checks this too).
+    let expected = w.ty.tensor_nbytes(&[w.cols as u64, w.rows as u64]).ok();
+    if expected != Some(w.data.len() as u64) {
+        return Err(MatError::DataSize { ty: w.ty, cols: w.cols, rows: w.rows, expected, got: w.data.len() });
+    }
+    if n == 0 {
+        return Ok(());
+    }
+    let tile = if n > 1 { k.tile_fn(w.ty) } else { None };
+    let acts = QuantizedActs::new(k, vdt, x, n, w.cols, tile.is_some())
+        .map_err(|_| MatError::Shape { what: "matmul input row", expected: w.cols, got: w.cols })?;
+    if n == 1 {
+        matvec(dot, w, &acts, out);
+    } else {
+        gemm(dot, tile, w, &acts, out);
+    }
+    Ok(())
+}
+
+/// `out[r] = W[r] . a` for the one activation row of `acts`.
+fn matvec(dot: DotFn, w: &QMatrix<'_>, acts: &QuantizedActs, out: &mut [f32]) {
+    let rb = w.row_bytes();
+    let nb = acts.blocks_per_row();
+    let rows_per_task = (MATVEC_TASK_BYTES / rb).max(1);
+    let run = |r0: usize, o: &mut [f32]| {
+        let a = acts.row_ptr(0);
+        for (i, y) in o.iter_mut().enumerate() {
+            let row = &w.data[(r0 + i) * rb..(r0 + i + 1) * rb];
+            // SAFETY: `row` is one whole weight row of `nb` blocks (the data size was checked),
+            // `a` one activation row of `nb` blocks of the matching format, and `dot` comes from
+            // a table handed out only on CPUs that run it.
+            *y = unsafe { dot(nb, row.as_ptr(), a) };
+        }
+    };
+    if w.data.len() < SERIAL_BYTES || rayon::current_num_threads() == 1 {
+        run(0, out);
+    } else {
+        out.par_chunks_mut(rows_per_task).enumerate().for_each(|(c, o)| run(c * rows_per_task, o));
+    }
+}
+
+/// A raw output pointer shared by prefill tasks that write disjoint parts of it.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+
+// SAFETY: the pointer is only written through, by tasks whose output elements are disjoint (see
+// `gemm`), while the slice it points into is borrowed mutably by the caller.
+unsafe impl Send for SharedOut {}
+// SAFETY: as above.
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// `out[t][r] = W[r] . a[t]` for every activation row of `acts`, over tasks of
+/// [`GEMM_TASK_ROWS`] weight rows, with `tile` where the type has one.
+fn gemm(dot: DotFn, tile: Option<TileFn>, w: &QMatrix<'_>, acts: &QuantizedActs, out: &mut [f32]) {
+    let (rows, n) = (w.rows, acts.rows());
+    let rb = w.row_bytes();
+    let nb = acts.blocks_per_row();
+    debug_assert_eq!(out.len(), n * rows);
+    let shared = SharedOut(out.as_mut_ptr());
+    let task = |task: usize| {
+        let out = shared.get();
+        let (r0, r1) = (task * GEMM_TASK_ROWS, ((task + 1) * GEMM_TASK_ROWS).min(rows));
+        for tb in (0..n).step_by(GEMM_ACT_BLOCK) {
+            let te = (tb + GEMM_ACT_BLOCK).min(n);
+            for rt in (r0..r1).step_by(TILE) {
+                let mr = TILE.min(r1 - rt);
+                let wt = w.data[rt * rb..].as_ptr();
+                for t in (tb..te).step_by(TILE) {
+                    let nr = TILE.min(te - t);
+                    // SAFETY (both arms): weight rows `rt..rt + mr` and activation rows
+                    // `t..t + nr` exist (bounds of the loops; the data size was checked), the
+                    // activations carry the sums tiles need (`QuantizedActs::new` was asked for
+                    // them when there is a tile), and the outputs `(t + j) * rows + rt + i` lie in
+                    // `out` and belong to this task's rows only, so no two tasks write the same
+                    // element. The kernels run on this CPU (their table was handed out).
+                    unsafe {
+                        let o = out.add(t * rows + rt);
+                        if let Some(tile) = tile {
+                            debug_assert!(acts.has_tile_sums());
+                            tile(&acts.tile_args(wt, rb, mr, t, nr, o, rows));
+                        } else {
+                            for j in 0..nr {
+                                let a = acts.row_ptr(t + j);
+                                for i in 0..mr {
+                                    *o.add(j * rows + i) = dot(nb, wt.add(i * rb), a);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    let tasks = rows.div_ceil(GEMM_TASK_ROWS);
+    if rayon::current_num_threads() == 1 {
+        (0..tasks).for_each(task);
+    } else {
+        (0..tasks).into_par_iter().for_each(task);
+    }
+}
+
 /// Weight rows per parallel task: enough work to amortise scheduling, few enough to balance.
 const ROWS_PER_TASK: usize = 16;
 
-/// `out[t][r] = sum_c W[r][c] * x[t][c]` for `n` input vectors `x` (`n * cols`) into `out`
-/// (`n * rows`).
-pub fn matmul(w: &QMatrix<'_>, x: &[f32], n: usize, out: &mut [f32]) -> Result<(), MatError> {
+/// The reference product: each weight row dequantized to `f32` once and dotted with every input
+/// vector, rows split over rayon. Same contract as [`matmul`], without the activation rounding.
+pub fn matmul_reference(w: &QMatrix<'_>, x: &[f32], n: usize, out: &mut [f32]) -> Result<(), MatError> {
     if x.len() != n * w.cols {
         return Err(MatError::Shape { what: "matmul input", expected: n * w.cols, got: x.len() });
     }
@@ -158,6 +316,94 @@ mod tests {
                 assert!((out[t * rows + r] - expect).abs() < 1e-4, "t{t} r{r}");
             }
         }
+    }
+
+    use crate::dot::tests::{dequant, magnitude, quantize_ref, random_acts, random_weights, tolerance, Acts, Rng, Scales};
+    use crate::dot::{Isa, WEIGHT_TYPES};
+
+    /// Checks `got` (from `matmul_with`) against `matmul_reference` output by output. The bound
+    /// is what quantizing the activations can change, `sum |w_i| |x_i - q(x)_i|`, plus the `f32`
+    /// rounding bound of the dot tests (and the f16 rounding of Q8_1's stored sum).
+    fn check_against_reference(k: &Kernels, w: &QMatrix<'_>, x: &[f32], n: usize, got: &[f32]) {
+        let mut want = vec![0f32; n * w.rows];
+        matmul_reference(w, x, n, &mut want).unwrap();
+        let vdt = VecDotType::for_weight(w.ty).unwrap();
+        for t in 0..n {
+            let xt = &x[t * w.cols..(t + 1) * w.cols];
+            let a = quantize_ref(vdt, xt);
+            let xq = dequant(vdt.ggml_type(), &a, w.cols);
+            for r in 0..w.rows {
+                let wr = w.row(r);
+                let wd = dequant(w.ty, wr, w.cols);
+                let shift: f64 = wd.iter().zip(xt.iter().zip(&xq)).map(|(&p, (&u, &v))| f64::from(p).abs() * f64::from(u - v).abs()).sum();
+                let mag = magnitude(w.ty, wr, &a, w.cols) + wd.iter().zip(xt).map(|(&p, &u)| f64::from(p * u).abs()).sum::<f64>();
+                let extra = if vdt == VecDotType::Q8_1 { 1e-3 * mag } else { 0.0 };
+                let tol = 1.001 * shift + tolerance(w.cols, mag) + extra;
+                let (g, e) = (got[t * w.rows + r], want[t * w.rows + r]);
+                assert!(
+                    (f64::from(g) - f64::from(e)).abs() <= tol,
+                    "{} {} {}x{} n {n} (t {t}, r {r}): matmul {g}, reference {e}, tolerance {tol}",
+                    k.isa(), w.ty, w.cols, w.rows
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn matmul_matches_the_reference_for_every_type_and_table() {
+        let mut rng = Rng::new(5);
+        for k in Kernels::available() {
+            for ty in WEIGHT_TYPES {
+                // Three blocks per row; 37 rows is no multiple of the tile or the task.
+                let cols = 3 * ty.block_size().max(32);
+                let rows = 37;
+                let data = random_weights(ty, rows * cols / ty.block_size(), &mut rng, Scales::Normal);
+                let w = QMatrix::new(ty, cols, rows, &data).unwrap();
+                // n = 70 spans two activation blocks of a prefill task, with a partial tile.
+                for n in [1usize, 2, 5, 70] {
+                    let x = random_acts(n * cols, &mut rng, Acts::Spiky);
+                    let mut out = vec![f32::NAN; n * rows];
+                    matmul_with(k, &w, &x, n, &mut out).unwrap();
+                    check_against_reference(k, &w, &x, n, &out);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn threaded_matvec_matches_the_reference() {
+        // Large enough to be split over threads, with a partial last task.
+        let mut rng = Rng::new(9);
+        for ty in WEIGHT_TYPES {
+            let cols = 2048;
+            let rb = ty.row_nbytes(cols as u64).unwrap() as usize;
+            let rows = (3 * MATVEC_TASK_BYTES / rb).max(3 * SERIAL_BYTES / rb) + 5;
+            let data = random_weights(ty, rows * cols / ty.block_size(), &mut rng, Scales::Mixed);
+            let w = QMatrix::new(ty, cols, rows, &data).unwrap();
+            let x = random_acts(cols, &mut rng, Acts::Normal);
+            let mut out = vec![f32::NAN; rows];
+            matmul(&w, &x, 1, &mut out).unwrap();
+            check_against_reference(Kernels::best(), &w, &x, 1, &out);
+        }
+    }
+
+    #[test]
+    fn matmul_keeps_the_reference_errors() {
+        let k = Kernels::best();
+        // No dot product and no dequantizer: the reference's error.
+        let m = QMatrix::new(GgmlType::IQ2_XXS, 256, 1, &[0u8; 66]).unwrap();
+        assert_eq!(
+            matmul(&m, &[0.0; 256], 1, &mut [0.0; 1]),
+            Err(MatError::Quant(QuantError::Unsupported { ty: GgmlType::IQ2_XXS, op: crate::quants::QuantOp::Dequantize }))
+        );
+        // A matrix built by hand with too little data is refused before any kernel reads it.
+        let bad = QMatrix { ty: GgmlType::Q4_0, cols: 64, rows: 2, data: &[0u8; 36] };
+        assert!(matches!(matmul_with(k, &bad, &[0.0; 64], 1, &mut [0.0; 2]), Err(MatError::DataSize { .. })));
+        // Q8_K weights have no dot product and go through the reference.
+        let q8k = vec![0u8; 292];
+        let m = QMatrix::new(GgmlType::Q8_K, 256, 1, &q8k).unwrap();
+        assert_eq!(matmul(&m, &[1.0; 256], 1, &mut [5.0; 1]), Ok(()));
+        assert!(Isa::Scalar.is_available());
     }
 
     #[test]

@@ -1,0 +1,611 @@
+//! Dot products of weight rows with activation rows, and the kernel table that picks the fastest
+//! version this CPU can run.
+//!
+//! ggml never multiplies quantized weights by `f32` activations directly: it first quantizes the
+//! activations to the weight type's `vec_dot_type` ([`VecDotType`]) and then sums integer
+//! products block by block. The pairs are ggml's: Q8_0 activations for Q4_0, Q5_0, Q8_0 and
+//! IQ4_NL weights; Q8_1 (Q8_0 plus the block sum) for Q4_1 and Q5_1; Q8_K for the K-quants and
+//! IQ4_XS. F32, F16 and BF16 weights are dotted with the `f32` activations themselves (ggml
+//! rounds them to F16/BF16 first; keeping them in `f32` is exact where ggml is not).
+//!
+//! Every pair has a scalar reference in [`scalar`], written as ggml's generic `ggml_vec_dot_*`
+//! (exact integer sums per block, scales applied once per block), and SIMD versions beside it:
+//!
+//! - `avx2`: AVX2 + FMA + F16C for every type, and 4x4 register-blocked GEMM tiles for Q4_0,
+//!   Q5_0, Q8_0 and Q4_K;
+//! - `vnni`: AVX-512 VNNI (`vpdpbusd`/`vpdpwssd` on 256-bit registers) for the types where it
+//!   saves instructions; everything else comes from `avx2`;
+//! - `neon`: AArch64 NEON for the most common types.
+//!
+//! The SIMD kernels compute the same integer sums per block as the references, so they differ
+//! from them only in the order of the `f32` additions (tested against a bound proportional to the
+//! magnitudes summed, see the tests). The activation quantizers are bit-exact with the reference
+//! quantizers of [`crate::quants`].
+//!
+//! [`Kernels`] is the table: one per instruction set ([`Isa`]), each entry the best kernel of that
+//! set or below, filled once at first use from `is_x86_feature_detected!` /
+//! `is_aarch64_feature_detected!`, so no `target-cpu` flag is needed. [`Kernels::best`] is the
+//! table the engine uses; [`Kernels::for_isa`] hands out any other this CPU supports, so tests
+//! and benchmarks can run every variant.
+//!
+//! All kernels read weights and activations with unaligned loads: rows come straight from a
+//! mapped file and need not be aligned for the block structs.
+
+use std::fmt;
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+
+use crate::quants::float16::f16_to_f32;
+use crate::types::GgmlType;
+
+pub mod scalar;
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx2_gemm;
+#[cfg(target_arch = "x86_64")]
+mod vnni;
+
+#[cfg(target_arch = "aarch64")]
+mod neon;
+
+#[cfg(test)]
+pub(crate) mod tests;
+
+/// The activation format a weight type's dot product reads.
+#[allow(non_camel_case_types)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum VecDotType {
+    /// Plain `f32` (for F32, F16 and BF16 weights).
+    F32,
+    /// Q8_0 blocks of 32.
+    Q8_0,
+    /// Q8_1 blocks of 32 (Q8_0 plus `d * sum`).
+    Q8_1,
+    /// Q8_K super-blocks of 256.
+    Q8_K,
+}
+
+impl VecDotType {
+    /// Every activation format, in table order.
+    pub const ALL: [VecDotType; 4] = [VecDotType::F32, VecDotType::Q8_0, VecDotType::Q8_1, VecDotType::Q8_K];
+
+    /// The activation format ggml pairs with weights of type `ty`, or `None` if there is no dot
+    /// product for `ty`.
+    pub fn for_weight(ty: GgmlType) -> Option<VecDotType> {
+        use GgmlType as T;
+        Some(match ty {
+            T::F32 | T::F16 | T::BF16 => VecDotType::F32,
+            T::Q4_0 | T::Q5_0 | T::Q8_0 | T::IQ4_NL => VecDotType::Q8_0,
+            T::Q4_1 | T::Q5_1 => VecDotType::Q8_1,
+            T::Q2_K | T::Q3_K | T::Q4_K | T::Q5_K | T::Q6_K | T::IQ4_XS => VecDotType::Q8_K,
+            _ => return None,
+        })
+    }
+
+    /// The GGML type of the format.
+    pub fn ggml_type(self) -> GgmlType {
+        match self {
+            VecDotType::F32 => GgmlType::F32,
+            VecDotType::Q8_0 => GgmlType::Q8_0,
+            VecDotType::Q8_1 => GgmlType::Q8_1,
+            VecDotType::Q8_K => GgmlType::Q8_K,
+        }
+    }
+
+    /// Elements per block (1 for `f32`).
+    pub fn block_size(self) -> usize {
+        self.ggml_type().block_size()
+    }
+
+    /// Bytes per block.
+    pub fn type_size(self) -> usize {
+        self.ggml_type().type_size()
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// An instruction set with its own kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Isa {
+    /// Portable Rust: the references.
+    Scalar,
+    /// x86-64 with AVX2, FMA and F16C.
+    Avx2,
+    /// x86-64 with AVX2, FMA, F16C, AVX-512 VL and AVX-512 VNNI.
+    Avx512Vnni,
+    /// AArch64 with NEON.
+    Neon,
+}
+
+impl Isa {
+    /// Every instruction set the crate knows, worst first.
+    pub const ALL: [Isa; 4] = [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni, Isa::Neon];
+
+    /// True if this CPU can run the set's kernels.
+    pub fn is_available(self) -> bool {
+        match self {
+            Isa::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => {
+                std::is_x86_feature_detected!("avx2")
+                    && std::is_x86_feature_detected!("fma")
+                    && std::is_x86_feature_detected!("f16c")
+            }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => {
+                Isa::Avx2.is_available()
+                    && std::is_x86_feature_detected!("avx512f")
+                    && std::is_x86_feature_detected!("avx512vl")
+                    && std::is_x86_feature_detected!("avx512vnni")
+            }
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => std::arch::is_aarch64_feature_detected!("neon"),
+            #[allow(unreachable_patterns)]
+            _ => false,
+        }
+    }
+
+    /// The name printed in logs and benchmarks.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512Vnni => "avx512vnni",
+            Isa::Neon => "neon",
+        }
+    }
+}
+
+impl fmt::Display for Isa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Why a checked dot product or quantization refused its arguments.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DotError {
+    /// There is no dot product for weights of this type.
+    Unsupported(GgmlType),
+    /// A buffer's length does not match the others.
+    Length { what: &'static str, expected: usize, got: usize },
+}
+
+impl fmt::Display for DotError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DotError::Unsupported(ty) => write!(f, "no dot product for {ty} weights"),
+            DotError::Length { what, expected, got } => write!(f, "{what}: expected {expected}, got {got}"),
+        }
+    }
+}
+
+impl std::error::Error for DotError {}
+
+// ---------------------------------------------------------------------------------------------
+// Kernel signatures
+
+/// A row dot product: `nb` weight blocks at `w` times `nb` activation blocks at `a` (elements
+/// for F32/F16/BF16 weights against `f32`).
+///
+/// # Safety
+///
+/// Both pointers must cover `nb` readable blocks of their formats (no alignment needed), and the
+/// CPU must support the instruction set the kernel was written for (the table guarantees this).
+pub(crate) type DotFn = unsafe fn(nb: usize, w: *const u8, a: *const u8) -> f32;
+
+/// An activation quantizer: `nb` blocks of `f32` at `x` into `nb` blocks at `out`.
+///
+/// # Safety
+///
+/// `x` must cover `nb` blocks of readable `f32`s and `out` `nb` writable blocks (no alignment
+/// needed); the CPU must support the kernel's instruction set.
+pub(crate) type QuantFn = unsafe fn(x: *const f32, nb: usize, out: *mut u8);
+
+/// A GEMM tile: `out[j * ldo + i] = dot(weight row i, activation row j)` for `i < mr`, `j < nr`
+/// (`mr, nr <= 4`).
+///
+/// # Safety
+///
+/// Every pointer in `t` must cover what [`Tile`] describes, and the CPU must support the
+/// kernel's instruction set.
+pub(crate) type TileFn = unsafe fn(t: &Tile);
+
+/// The arguments of a [`TileFn`].
+pub(crate) struct Tile {
+    /// Blocks per row.
+    pub nb: usize,
+    /// First weight row; rows are `ldw` bytes apart.
+    pub w: *const u8,
+    pub ldw: usize,
+    /// Weight rows in the tile (1..=4).
+    pub mr: usize,
+    /// First activation row; rows are `lda` bytes apart.
+    pub a: *const u8,
+    pub lda: usize,
+    /// Per-block `(d, d * sum(qs))` of the first activation row (Q8_0 activations only, else
+    /// unused); rows are `ldaux` floats apart.
+    pub aux: *const f32,
+    pub ldaux: usize,
+    /// Activation rows in the tile (1..=4).
+    pub nr: usize,
+    /// Output for (weight row 0, activation row 0); activation rows are `ldo` floats apart.
+    pub out: *mut f32,
+    pub ldo: usize,
+}
+
+/// Largest tile side.
+pub(crate) const TILE: usize = 4;
+
+// ---------------------------------------------------------------------------------------------
+// The table
+
+/// The weight types with a dot product, in table order.
+pub const WEIGHT_TYPES: [GgmlType; 15] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::Q2_K,
+    GgmlType::Q3_K,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+    GgmlType::IQ4_NL,
+    GgmlType::IQ4_XS,
+];
+
+const N_TYPES: usize = WEIGHT_TYPES.len();
+
+fn slot(ty: GgmlType) -> Option<usize> {
+    WEIGHT_TYPES.iter().position(|&t| t == ty)
+}
+
+/// A kernel and the instruction set it was written for.
+#[derive(Clone, Copy)]
+struct Entry<F> {
+    f: F,
+    isa: Isa,
+}
+
+/// The kernels of one instruction set: for every weight type a dot product (and for some a GEMM
+/// tile), for every activation format a quantizer. Entries the set has no kernel for hold the
+/// best kernel of a lower set (ultimately the scalar reference).
+///
+/// A table is only handed out ([`Kernels::best`], [`Kernels::for_isa`]) when the CPU supports
+/// its instruction set, which is what makes calling its kernels sound.
+pub struct Kernels {
+    isa: Isa,
+    dot: [Entry<DotFn>; N_TYPES],
+    tile: [Option<Entry<TileFn>>; N_TYPES],
+    quant: [Entry<QuantFn>; 4],
+}
+
+impl Kernels {
+    /// The portable table.
+    fn scalar() -> Kernels {
+        use scalar as s;
+        let dots: [DotFn; N_TYPES] = [
+            s::dot_f32,
+            s::dot_f16,
+            s::dot_bf16,
+            s::dot_q4_0,
+            s::dot_q4_1,
+            s::dot_q5_0,
+            s::dot_q5_1,
+            s::dot_q8_0,
+            s::dot_q2_k,
+            s::dot_q3_k,
+            s::dot_q4_k,
+            s::dot_q5_k,
+            s::dot_q6_k,
+            s::dot_iq4_nl,
+            s::dot_iq4_xs,
+        ];
+        let quants: [QuantFn; 4] = [s::quantize_f32, s::quantize_q8_0, s::quantize_q8_1, s::quantize_q8_k];
+        Kernels {
+            isa: Isa::Scalar,
+            dot: dots.map(|f| Entry { f, isa: Isa::Scalar }),
+            tile: [None; N_TYPES],
+            quant: quants.map(|f| Entry { f, isa: Isa::Scalar }),
+        }
+    }
+
+    /// Replaces the dot product of `ty` with `f`, written for `isa`.
+    #[allow(dead_code)] // Unused on targets with no SIMD module.
+    fn set_dot(&mut self, ty: GgmlType, isa: Isa, f: DotFn) {
+        if let Some(i) = slot(ty) {
+            self.dot[i] = Entry { f, isa };
+        }
+    }
+
+    /// Sets the GEMM tile of `ty`.
+    #[allow(dead_code)]
+    fn set_tile(&mut self, ty: GgmlType, isa: Isa, f: TileFn) {
+        if let Some(i) = slot(ty) {
+            self.tile[i] = Some(Entry { f, isa });
+        }
+    }
+
+    /// Replaces the quantizer of `vdt`.
+    #[allow(dead_code)]
+    fn set_quant(&mut self, vdt: VecDotType, isa: Isa, f: QuantFn) {
+        self.quant[vdt.index()] = Entry { f, isa };
+    }
+
+    /// Builds the table of `isa`: the scalar table with each set's kernels laid over it, lowest
+    /// set first.
+    fn build(isa: Isa) -> Kernels {
+        let mut k = Kernels::scalar();
+        k.isa = isa;
+        match isa {
+            Isa::Scalar => {}
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => avx2::install(&mut k),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => {
+                avx2::install(&mut k);
+                vnni::install(&mut k);
+            }
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => neon::install(&mut k),
+            #[allow(unreachable_patterns)]
+            _ => {}
+        }
+        k
+    }
+
+    /// Every table this CPU supports, worst first; built on first use.
+    fn all() -> &'static [Kernels] {
+        static TABLES: OnceLock<Vec<Kernels>> = OnceLock::new();
+        TABLES.get_or_init(|| Isa::ALL.iter().filter(|i| i.is_available()).map(|&i| Kernels::build(i)).collect())
+    }
+
+    /// The best table for this CPU.
+    pub fn best() -> &'static Kernels {
+        let all = Kernels::all();
+        // The scalar table is always there, so `all` is never empty.
+        &all[all.len() - 1]
+    }
+
+    /// The table of `isa`, if this CPU supports it.
+    pub fn for_isa(isa: Isa) -> Option<&'static Kernels> {
+        Kernels::all().iter().find(|k| k.isa == isa)
+    }
+
+    /// Every table this CPU supports, worst first.
+    pub fn available() -> &'static [Kernels] {
+        Kernels::all()
+    }
+
+    /// The instruction set of this table.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// The instruction set of the dot product this table uses for `ty`.
+    pub fn dot_isa(&self, ty: GgmlType) -> Option<Isa> {
+        slot(ty).map(|i| self.dot[i].isa)
+    }
+
+    /// The instruction set of the GEMM tile this table has for `ty`, if any.
+    pub fn tile_isa(&self, ty: GgmlType) -> Option<Isa> {
+        slot(ty).and_then(|i| self.tile[i].map(|e| e.isa))
+    }
+
+    /// The instruction set of the quantizer this table uses for `vdt`.
+    pub fn quant_isa(&self, vdt: VecDotType) -> Isa {
+        self.quant[vdt.index()].isa
+    }
+
+    pub(crate) fn dot_fn(&self, ty: GgmlType) -> Option<DotFn> {
+        slot(ty).map(|i| self.dot[i].f)
+    }
+
+    pub(crate) fn tile_fn(&self, ty: GgmlType) -> Option<TileFn> {
+        slot(ty).and_then(|i| self.tile[i].map(|e| e.f))
+    }
+
+    /// Dot product of one weight row (`w`, encoded as `ty`) with one activation row (`a`,
+    /// encoded as `ty`'s [`VecDotType`]; little-endian `f32` bytes for float weights).
+    pub fn dot(&self, ty: GgmlType, w: &[u8], a: &[u8]) -> Result<f32, DotError> {
+        let (Some(f), Some(vdt)) = (self.dot_fn(ty), VecDotType::for_weight(ty)) else {
+            return Err(DotError::Unsupported(ty));
+        };
+        let ts = ty.type_size();
+        if !is_multiple(w.len(), ts) {
+            return Err(DotError::Length { what: "weight bytes (a multiple of the block size)", expected: w.len() / ts * ts, got: w.len() });
+        }
+        let nb = w.len() / ts;
+        let expect = nb * vdt.type_size() * ty.block_size() / vdt.block_size();
+        if a.len() != expect {
+            return Err(DotError::Length { what: "activation bytes", expected: expect, got: a.len() });
+        }
+        // Float weights count elements, and each is one 4-byte activation.
+        // SAFETY: `w` holds `nb` weight blocks and `a` the matching activation blocks (checked
+        // above); the table is only handed out when the CPU supports its kernels.
+        Ok(unsafe { f(nb, w.as_ptr(), a.as_ptr()) })
+    }
+
+    /// Quantizes `x` to `vdt` into `out` (which must be exactly the encoded size).
+    pub fn quantize(&self, vdt: VecDotType, x: &[f32], out: &mut [u8]) -> Result<(), DotError> {
+        let bs = vdt.block_size();
+        if !is_multiple(x.len(), bs) {
+            return Err(DotError::Length { what: "activations (a multiple of the block size)", expected: x.len() / bs * bs, got: x.len() });
+        }
+        let nb = x.len() / bs;
+        if out.len() != nb * vdt.type_size() {
+            return Err(DotError::Length { what: "quantized bytes", expected: nb * vdt.type_size(), got: out.len() });
+        }
+        // SAFETY: lengths checked above; the table's kernels run on this CPU.
+        unsafe { (self.quant[vdt.index()].f)(x.as_ptr(), nb, out.as_mut_ptr()) };
+        Ok(())
+    }
+
+    /// Computes a GEMM tile with this table's tile kernel for `ty`: `w` holds `mr` weight rows
+    /// (1..=4) of `acts.cols()` elements, `out` is `[nr][mr]` (`nr` in 1..=4), and `out[j * mr + i]`
+    /// becomes the dot product of weight row `i` with activation row `t0 + j`. `acts` must carry
+    /// the per-block sums ([`QuantizedActs::new`] with `with_sums`) when its format is Q8_0. For
+    /// tests and benchmarks; `matmul` calls tiles directly.
+    pub fn tile(&self, ty: GgmlType, w: &[u8], acts: &QuantizedActs, t0: usize, out: &mut [f32]) -> Result<(), DotError> {
+        let Some(f) = self.tile_fn(ty) else { return Err(DotError::Unsupported(ty)) };
+        if VecDotType::for_weight(ty) != Some(acts.vdt) {
+            return Err(DotError::Unsupported(ty));
+        }
+        let bad_len = |what, expected, got| DotError::Length { what, expected, got };
+        let ldw = acts.nb * ty.type_size() * acts.vdt.block_size() / ty.block_size();
+        if w.is_empty() || !is_multiple(w.len(), ldw) || w.len() / ldw > TILE {
+            return Err(bad_len("weight bytes (1 to 4 rows)", ldw, w.len()));
+        }
+        let mr = w.len() / ldw;
+        if out.is_empty() || !is_multiple(out.len(), mr) || out.len() / mr > TILE {
+            return Err(bad_len("tile outputs (1 to 4 activation rows)", mr, out.len()));
+        }
+        let nr = out.len() / mr;
+        if t0 + nr > acts.n {
+            return Err(bad_len("activation rows", t0 + nr, acts.n));
+        }
+        if !acts.has_tile_sums() {
+            return Err(bad_len("per-block sums", acts.nb * acts.n * 2, 0));
+        }
+        let t = acts.tile_args(w.as_ptr(), ldw, mr, t0, nr, out.as_mut_ptr(), mr);
+        // SAFETY: `w` holds `mr` rows, `acts` rows `t0..t0 + nr` exist (with their sums), `out`
+        // holds `mr * nr` floats with activation rows `mr` apart; the CPU runs this table.
+        unsafe { f(&t) };
+        Ok(())
+    }
+}
+
+/// `n % m == 0` for `m > 0` (`usize::is_multiple_of` is newer than the workspace's MSRV).
+fn is_multiple(n: usize, m: usize) -> bool {
+    n / m * m == n
+}
+
+// ---------------------------------------------------------------------------------------------
+// Quantized activations
+
+/// `n` activation rows of `cols` elements quantized to one [`VecDotType`], as one buffer of
+/// encoded rows, and (on request, for the Q8_0 GEMM tiles) each Q8_0 block's `(d, d * sum(qs))`
+/// as `f32`.
+pub struct QuantizedActs {
+    vdt: VecDotType,
+    cols: usize,
+    n: usize,
+    nb: usize,
+    row_bytes: usize,
+    data: Vec<u8>,
+    /// `[n][nb][2]`: `(d, d * sum(qs))` per Q8_0 block, or empty.
+    sums: Vec<f32>,
+}
+
+/// Rows quantized per parallel task.
+const QUANT_ROWS_PER_TASK: usize = 4;
+
+impl QuantizedActs {
+    /// Quantizes `x` (`n` rows of `cols`) with `kernels`' quantizer for `vdt`; rows are
+    /// quantized in parallel when there are several. `with_sums` also records the per-block sums
+    /// the Q8_0 GEMM tiles need.
+    pub fn new(kernels: &Kernels, vdt: VecDotType, x: &[f32], n: usize, cols: usize, with_sums: bool) -> Result<QuantizedActs, DotError> {
+        let bs = vdt.block_size();
+        if !is_multiple(cols, bs) || cols == 0 {
+            return Err(DotError::Length { what: "row length (a multiple of the block size)", expected: cols.div_ceil(bs).max(1) * bs, got: cols });
+        }
+        if x.len() != n * cols {
+            return Err(DotError::Length { what: "activations", expected: n * cols, got: x.len() });
+        }
+        let nb = cols / bs;
+        let row_bytes = nb * vdt.type_size();
+        let mut data = vec![0u8; n * row_bytes];
+        let quant = kernels.quant[vdt.index()].f;
+        let work = |(xr, or): (&[f32], &mut [u8])| {
+            for (xr, or) in xr.chunks_exact(cols).zip(or.chunks_exact_mut(row_bytes)) {
+                // SAFETY: `xr` is one row of `nb` blocks of floats, `or` its encoded size; the
+                // table's kernels run on this CPU.
+                unsafe { quant(xr.as_ptr(), nb, or.as_mut_ptr()) };
+            }
+        };
+        if n > 1 {
+            x.par_chunks(QUANT_ROWS_PER_TASK * cols).zip(data.par_chunks_mut(QUANT_ROWS_PER_TASK * row_bytes)).for_each(work);
+        } else {
+            work((x, &mut data));
+        }
+        let mut sums = Vec::new();
+        if with_sums && vdt == VecDotType::Q8_0 {
+            sums = vec![0f32; n * nb * 2];
+            for (s, b) in sums.chunks_exact_mut(2).zip(data.chunks_exact(vdt.type_size())) {
+                let d = f16_to_f32(u16::from_le_bytes([b[0], b[1]]));
+                let sum: i32 = b[2..].iter().map(|&q| i32::from(q as i8)).sum();
+                s[0] = d;
+                s[1] = d * sum as f32;
+            }
+        }
+        Ok(QuantizedActs { vdt, cols, n, nb, row_bytes, data, sums })
+    }
+
+    /// The format of the rows.
+    pub fn vec_dot_type(&self) -> VecDotType {
+        self.vdt
+    }
+
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.n
+    }
+
+    /// Elements per row.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// The encoded bytes of row `t`.
+    pub fn row(&self, t: usize) -> &[u8] {
+        &self.data[t * self.row_bytes..(t + 1) * self.row_bytes]
+    }
+
+    /// Blocks per row (elements for `f32`).
+    pub(crate) fn blocks_per_row(&self) -> usize {
+        self.nb
+    }
+
+    /// Pointer to row `t`. Precondition: `t < n` (debug-asserted).
+    pub(crate) fn row_ptr(&self, t: usize) -> *const u8 {
+        debug_assert!(t < self.n);
+        self.data[t * self.row_bytes..].as_ptr()
+    }
+
+    /// True if the per-block sums were recorded (or the format needs none).
+    pub(crate) fn has_tile_sums(&self) -> bool {
+        self.vdt != VecDotType::Q8_0 || !self.sums.is_empty()
+    }
+
+    /// Tile arguments for weight rows at `w` (`ldw` bytes apart) and activation rows
+    /// `t0..t0 + nr`, writing `out[j * ldo + i]`. Precondition: `t0 + nr <= n` (debug-asserted).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn tile_args(&self, w: *const u8, ldw: usize, mr: usize, t0: usize, nr: usize, out: *mut f32, ldo: usize) -> Tile {
+        debug_assert!(t0 + nr <= self.n);
+        let aux = if self.sums.is_empty() { std::ptr::null() } else { self.sums[t0 * self.nb * 2..].as_ptr() };
+        Tile {
+            nb: self.nb,
+            w,
+            ldw,
+            mr,
+            a: self.row_ptr(t0),
+            lda: self.row_bytes,
+            aux,
+            ldaux: self.nb * 2,
+            nr,
+            out,
+            ldo,
+        }
+    }
+}
