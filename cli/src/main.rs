@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod chat;
 mod common;
 mod inspect;
 mod run;
@@ -20,6 +21,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Chat with a model (interactive; the default model when no -m is given).
+    Chat(chat::Args),
     /// Print the header, metadata and tensor table of a GGUF file.
     Inspect(inspect::Args),
     /// Generate text from a prompt (one shot).
@@ -31,6 +34,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Chat(args) => chat::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Run(args) => run::run(args),
         Command::Tokenize(args) => tokenize::run(args),

@@ -43,6 +43,9 @@ pub struct GenStats {
     pub n_decode: usize,
     pub gen_time: Duration,
     pub stop: StopReason,
+    /// The generated tokens the session now holds (an ending end-of-generation token is not
+    /// among them: it was never evaluated).
+    pub tokens: Vec<u32>,
 }
 
 impl GenStats {
@@ -90,6 +93,7 @@ pub fn generate(
     let mut decoder = tokenizer.stream_decoder(false);
     let mut n_gen = 0;
     let mut n_decode = 0;
+    let mut tokens = Vec::new();
     let stop = loop {
         if stopped() {
             break StopReason::Interrupted;
@@ -106,6 +110,7 @@ pub fn generate(
         }
         // Every token shown is also evaluated, so the session holds the whole conversation.
         logits = session.eval(&[token], Logits::Last)?;
+        tokens.push(token);
         n_decode += 1;
         if params.n_predict.is_some_and(|n| n_gen >= n) {
             break StopReason::TokenLimit;
@@ -118,5 +123,5 @@ pub fn generate(
     if !rest.is_empty() {
         on_text(&rest)?;
     }
-    Ok(GenStats { n_prompt: prompt.len(), prompt_time, n_gen, n_decode, gen_time: t1.elapsed(), stop })
+    Ok(GenStats { n_prompt: prompt.len(), prompt_time, n_gen, n_decode, gen_time: t1.elapsed(), stop, tokens })
 }

@@ -6,8 +6,10 @@
 //! - [`tokenizer`]: text to token ids and back from GGUF metadata, matching llama.cpp (SPM).
 //! - [`model`]: hyperparameters, weights, KV cache and the forward pass of each architecture.
 //! - [`sampling`]: greedy and llama.cpp's sampler chain, seeded.
+//! - [`chat`]: chat templates (sandboxed minijinja, built-ins) and message tokenization.
 //! - [`generate`]: the prompt-then-decode loop shared by `run` and `chat`.
 
+pub mod chat;
 pub mod generate;
 pub mod gguf;
 pub mod memstat;

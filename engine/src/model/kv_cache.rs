@@ -151,6 +151,17 @@ impl LayerCache {
     fn clear(&mut self) {
         self.pos.iter_mut().for_each(|p| *p = -1);
     }
+
+    /// Forgets positions `n..`. Returns false when a position that the next query (at `n`)
+    /// must see was already overwritten by the ring, so the layer cannot go back that far.
+    fn truncate(&mut self, n: usize) -> bool {
+        let n = n as i64;
+        self.pos.iter_mut().filter(|p| **p >= n).for_each(|p| *p = -1);
+        let mask = self.kind.mask();
+        let held = self.pos.iter().filter(|&&p| p >= 0 && mask.visible(n, p)).count() as i64;
+        let needed = (0..n).filter(|&p| mask.visible(n, p)).count() as i64;
+        held == needed
+    }
 }
 
 /// Shape of the cache to allocate.
@@ -221,6 +232,19 @@ impl KvCache {
         self.layers.iter().map(LayerCache::bytes).sum()
     }
 
+    /// Forgets positions `n..` in every layer; false (with the cache cleared) when some layer
+    /// can no longer serve position `n`, in which case the caller must evaluate from scratch.
+    pub fn truncate(&mut self, n: usize) -> bool {
+        let mut ok = true;
+        for l in &mut self.layers {
+            ok &= l.truncate(n);
+        }
+        if !ok {
+            self.clear();
+        }
+        ok
+    }
+
     /// Bytes by layer kind label, in a fixed order.
     pub fn bytes_by_kind(&self) -> Vec<(&'static str, usize, usize)> {
         let mut out: Vec<(&'static str, usize, usize)> = Vec::new();
@@ -266,6 +290,22 @@ mod tests {
         let mut held: Vec<i64> = c.layers[0].positions().to_vec();
         held.sort();
         assert_eq!(held, [0, 1, 7, 8, 9]);
+    }
+
+    #[test]
+    fn truncate_goes_back_while_the_ring_still_holds_the_window() {
+        let kinds = [LayerKind::Full, LayerKind::Window { window: 4 }];
+        let mut c = KvCache::new(&params(), &kinds, None).unwrap();
+        for p in 0..20 {
+            c.layers[0].write(p, &[0.0; 2], &[0.0; 2]);
+            c.layers[1].write(p, &[0.0; 2], &[0.0; 2]);
+        }
+        // The ring has 4 + 8 slots: positions 8..20 are held; going back to 15 needs 12..15.
+        assert!(c.truncate(15));
+        assert!(c.layers[0].positions().iter().all(|&p| p < 15));
+        // Going back to 9 needs positions 6..9, which the ring has overwritten.
+        assert!(!c.truncate(9));
+        assert!(c.layers[0].positions().iter().all(|&p| p < 0), "cleared when it cannot truncate");
     }
 
     #[test]

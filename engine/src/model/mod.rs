@@ -152,6 +152,17 @@ impl<'m, 'a> Session<'m, 'a> {
         self.n_past = 0;
     }
 
+    /// Keeps only the first `n` positions. Returns false when the cache could not go back that
+    /// far (a sliding window already dropped what position `n` needs); the session is then empty.
+    pub fn truncate(&mut self, n: usize) -> bool {
+        if n >= self.n_past {
+            return true;
+        }
+        let ok = self.cache.truncate(n);
+        self.n_past = if ok { n } else { 0 };
+        ok
+    }
+
     /// Evaluates `tokens` after what the session holds; returns logits (`n_vocab` for
     /// [`Logits::Last`], `tokens.len() * n_vocab` for [`Logits::All`]).
     pub fn eval(&mut self, tokens: &[u32], which: Logits) -> Result<Vec<f32>, ModelError> {
