@@ -138,7 +138,7 @@ pub fn matmul_with(k: &Kernels, w: &QMatrix<'_>, x: &[f32], n: usize, out: &mut 
         return Ok(());
     }
     let tile = if n > 1 { k.tile_fn(w.ty) } else { None };
-    let acts = QuantizedActs::new(k, vdt, x, n, w.cols, tile.is_some())
+    let acts = QuantizedActs::new(k, vdt, x, n, w.cols)
         .map_err(|_| MatError::Shape { what: "matmul input row", expected: w.cols, got: w.cols })?;
     if n == 1 {
         matvec(dot, w, &acts, out);
@@ -154,13 +154,13 @@ fn matvec(dot: DotFn, w: &QMatrix<'_>, acts: &QuantizedActs, out: &mut [f32]) {
     let nb = acts.blocks_per_row();
     let rows_per_task = (MATVEC_TASK_BYTES / rb).max(1);
     let run = |r0: usize, o: &mut [f32]| {
-        let a = acts.row_ptr(0);
+        let (a, aux) = (acts.row_ptr(0), acts.side_ptr(0));
         for (i, y) in o.iter_mut().enumerate() {
             let row = &w.data[(r0 + i) * rb..(r0 + i + 1) * rb];
             // SAFETY: `row` is one whole weight row of `nb` blocks (the data size was checked),
-            // `a` one activation row of `nb` blocks of the matching format, and `dot` comes from
-            // a table handed out only on CPUs that run it.
-            *y = unsafe { dot(nb, row.as_ptr(), a) };
+            // `a` one activation row of `nb` blocks of the matching format with its side data
+            // `aux`, and `dot` comes from a table handed out only on CPUs that run it.
+            *y = unsafe { dot(nb, row.as_ptr(), a, aux) };
         }
     };
     if w.data.len() < SERIAL_BYTES || rayon::current_num_threads() == 1 {
@@ -205,21 +205,19 @@ fn gemm(dot: DotFn, tile: Option<TileFn>, w: &QMatrix<'_>, acts: &QuantizedActs,
                 for t in (tb..te).step_by(TILE) {
                     let nr = TILE.min(te - t);
                     // SAFETY (both arms): weight rows `rt..rt + mr` and activation rows
-                    // `t..t + nr` exist (bounds of the loops; the data size was checked), the
-                    // activations carry the sums tiles need (`QuantizedActs::new` was asked for
-                    // them when there is a tile), and the outputs `(t + j) * rows + rt + i` lie in
+                    // `t..t + nr` exist, with their side data (bounds of the loops; the data size
+                    // was checked), and the outputs `(t + j) * rows + rt + i` lie in
                     // `out` and belong to this task's rows only, so no two tasks write the same
                     // element. The kernels run on this CPU (their table was handed out).
                     unsafe {
                         let o = out.add(t * rows + rt);
                         if let Some(tile) = tile {
-                            debug_assert!(acts.has_tile_sums());
                             tile(&acts.tile_args(wt, rb, mr, t, nr, o, rows));
                         } else {
                             for j in 0..nr {
-                                let a = acts.row_ptr(t + j);
+                                let (a, aux) = (acts.row_ptr(t + j), acts.side_ptr(t + j));
                                 for i in 0..mr {
-                                    *o.add(j * rows + i) = dot(nb, wt.add(i * rb), a);
+                                    *o.add(j * rows + i) = dot(nb, wt.add(i * rb), a, aux);
                                 }
                             }
                         }

@@ -231,125 +231,139 @@ const Q8K_BSUMS: usize = 260;
 // ---------------------------------------------------------------------------------------------
 // Blocks of 32 against Q8_0 / Q8_1
 
-/// A loop over blocks of 32 with two accumulators: `$body(i)` returns `(d, lanes)` for block
-/// `i`, and the result is the sum of `d * lanes` over all blocks.
-macro_rules! two_acc_loop {
-    ($nb:expr, |$i:ident| $body:expr) => {{
-        let mut acc0 = _mm256_setzero_ps();
-        let mut acc1 = _mm256_setzero_ps();
-        let mut $i = 0;
-        while $i + 1 < $nb {
-            let (d, p) = $body;
-            acc0 = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc0);
-            $i += 1;
-            let (d, p) = $body;
-            acc1 = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc1);
-            $i += 1;
+/// Four IEEE halves at `p`, `p + stride`, `p + 2 * stride`, `p + 3 * stride`, as `f32`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn f16x4(p: *const u8, stride: usize) -> __m128 {
+    // SAFETY: the caller guarantees two readable bytes at each of the four addresses.
+    let h = unsafe {
+        [
+            u64::from(read_unaligned(p.cast::<u16>())),
+            u64::from(read_unaligned(p.add(stride).cast::<u16>())),
+            u64::from(read_unaligned(p.add(2 * stride).cast::<u16>())),
+            u64::from(read_unaligned(p.add(3 * stride).cast::<u16>())),
+        ]
+    };
+    let packed = h[0] | (h[1] << 16) | (h[2] << 32) | (h[3] << 48);
+    _mm_cvtph_ps(_mm_cvtsi64_si128(packed as i64))
+}
+
+/// The row loop of the 32-element block types, four blocks per step.
+///
+/// `$ints` gives, for the weight block at `$x` and the activation block at `$y`, eight i32 lanes
+/// that sum to the block's integer dot product. Four blocks' lanes are reduced to four sums with
+/// one `vphaddd` tree, converted once and scaled by a vector of `dx * dy` (the `dy` as `f32` from
+/// the side data), so the float work per block is a quarter of a block-at-a-time loop.
+///
+/// With `corr = (offset, factor)` the result also gets `factor * sum(h * c)` where `h` is the f16
+/// at `offset` in each weight block and `c` the side-data sum of the activation block: the offset
+/// correction of unsigned quants (`-8 * dx * dy * sum(y)` for Q4_0) or the `m * s` term of
+/// Q4_1/Q5_1.
+macro_rules! blocks32_x4 {
+    ($nb:expr, $w:expr, $wsize:expr, $a:expr, $asize:expr, $aux:expr, corr = $corr:expr, |$x:ident, $y:ident| $ints:expr) => {{
+        let (nb, w, a, aux): (usize, *const u8, *const u8, *const f32) = ($nb, $w, $a, $aux);
+        let corr: Option<(usize, f32)> = $corr;
+        let (dys, cys) = (aux, aux.add(nb));
+        let mut acc = _mm256_setzero_ps();
+        let mut cacc = _mm_setzero_ps();
+        let mut i = 0;
+        while i + 4 <= nb {
+            let i0 = { let ($x, $y) = (w.add(i * $wsize), a.add(i * $asize)); $ints };
+            let i1 = { let ($x, $y) = (w.add((i + 1) * $wsize), a.add((i + 1) * $asize)); $ints };
+            let i2 = { let ($x, $y) = (w.add((i + 2) * $wsize), a.add((i + 2) * $asize)); $ints };
+            let i3 = { let ($x, $y) = (w.add((i + 3) * $wsize), a.add((i + 3) * $asize)); $ints };
+            // Lanes k and k + 4 of `h` hold the two halves of block i + k's sum.
+            let h = _mm256_hadd_epi32(_mm256_hadd_epi32(i0, i1), _mm256_hadd_epi32(i2, i3));
+            let dx = f16x4(w.add(i * $wsize), $wsize);
+            let d = _mm_mul_ps(dx, _mm_loadu_ps(dys.add(i)));
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(h), _mm256_set_m128(d, d), acc);
+            if let Some((off, _)) = corr {
+                let hx = if off == 0 { dx } else { f16x4(w.add(i * $wsize + off), $wsize) };
+                cacc = _mm_fmadd_ps(hx, _mm_loadu_ps(cys.add(i)), cacc);
+            }
+            i += 4;
         }
-        if $i < $nb {
-            let (d, p) = $body;
-            acc0 = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc0);
+        let mut tail = 0.0f32;
+        let mut ctail = 0.0f32;
+        while i < nb {
+            let lanes = { let ($x, $y) = (w.add(i * $wsize), a.add(i * $asize)); $ints };
+            let dx = load_f16(w.add(i * $wsize));
+            tail += hsum_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(lanes), _mm256_set1_ps(dx * *dys.add(i))));
+            if let Some((off, _)) = corr {
+                ctail += load_f16(w.add(i * $wsize + off)) * *cys.add(i);
+            }
+            i += 1;
         }
-        hsum_ps(_mm256_add_ps(acc0, acc1))
+        let main = hsum_ps(acc) + tail;
+        match corr {
+            Some((_, factor)) => main + factor * (hsum_ps128(cacc) + ctail),
+            None => main,
+        }
     }};
 }
 
-/// Q4_0 x Q8_0.
+/// Q4_0 x Q8_0: unsigned nibbles against the activations, `8 * dx * dy * sum(y)` subtracted.
 ///
 /// # Safety
 ///
-/// As [`super::DotFn`]; the CPU must have AVX2, FMA and F16C.
+/// As [`super::DotFn`] (reads `aux`); the CPU must have AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_q4_0(nb: usize, w: *const u8, a: *const u8) -> f32 {
-    let off = _mm256_set1_epi8(8);
-    two_acc_loop!(nb, |i| {
-        // SAFETY: block `i < nb` of both rows is readable (the caller's contract).
-        unsafe {
-            let (x, y) = (w.add(i * Q4_0), a.add(i * Q8_0));
-            let d = _mm256_set1_ps(load_f16(x) * load_f16(y));
-            let qx = _mm256_sub_epi8(nibbles(x.add(2)), off);
-            (d, dot_i8(qx, load256(y.add(2))))
-        }
-    })
+pub(super) unsafe fn dot_q4_0(nb: usize, w: *const u8, a: *const u8, aux: *const f32) -> f32 {
+    // SAFETY: blocks `< nb` of both rows and `2 * nb` side floats are readable (the caller's
+    // contract); every address the macro forms is inside them.
+    unsafe { blocks32_x4!(nb, w, Q4_0, a, Q8_0, aux, corr = Some((0, -8.0)), |x, y| dot_u8(nibbles(x.add(2)), load256(y.add(2)))) }
 }
 
-/// Q4_1 x Q8_1.
+/// Q4_1 x Q8_1: unsigned nibbles, plus `m * s` per block.
 ///
 /// # Safety
 ///
-/// As [`super::DotFn`]; the CPU must have AVX2, FMA and F16C.
+/// As [`super::DotFn`] (reads `aux`); the CPU must have AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_q4_1(nb: usize, w: *const u8, a: *const u8) -> f32 {
-    let mut summs = 0.0f32;
-    let s = two_acc_loop!(nb, |i| {
-        // SAFETY: block `i < nb` of both rows is readable.
-        unsafe {
-            let (x, y) = (w.add(i * Q4_1), a.add(i * Q8_1));
-            summs += load_f16(x.add(2)) * load_f16(y.add(2));
-            let d = _mm256_set1_ps(load_f16(x) * load_f16(y));
-            (d, dot_u8(nibbles(x.add(4)), load256(y.add(4))))
-        }
-    });
-    s + summs
+pub(super) unsafe fn dot_q4_1(nb: usize, w: *const u8, a: *const u8, aux: *const f32) -> f32 {
+    // SAFETY: as `dot_q4_0`.
+    unsafe { blocks32_x4!(nb, w, Q4_1, a, Q8_1, aux, corr = Some((2, 1.0)), |x, y| dot_u8(nibbles(x.add(4)), load256(y.add(4)))) }
 }
 
-/// Q5_0 x Q8_0.
-///
-/// # Safety
-///
-/// As [`super::DotFn`]; the CPU must have AVX2, FMA and F16C.
+/// The five-bit quants of a Q5_0/Q5_1 block (`qh` at `x + qh`, nibbles at `x + qs`), unsigned.
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_q5_0(nb: usize, w: *const u8, a: *const u8) -> f32 {
-    let hi = _mm256_set1_epi8(0xF0u8 as i8);
-    two_acc_loop!(nb, |i| {
-        // SAFETY: block `i < nb` of both rows is readable.
-        unsafe {
-            let (x, y) = (w.add(i * Q5_0), a.add(i * Q8_0));
-            let d = _mm256_set1_ps(load_f16(x) * load_f16(y));
-            // q - 16 as a signed byte: the nibble itself if the fifth bit is set, else nibble - 16.
-            let qx = _mm256_or_si256(nibbles(x.add(6)), _mm256_andnot_si256(bits_to_bytes(x.add(2)), hi));
-            (d, dot_i8(qx, load256(y.add(2))))
-        }
-    })
+unsafe fn q5_quants(x: *const u8, qh: usize, qs: usize) -> __m256i {
+    // SAFETY: the caller guarantees a readable block at `x`.
+    unsafe { _mm256_or_si256(nibbles(x.add(qs)), _mm256_and_si256(bits_to_bytes(x.add(qh)), _mm256_set1_epi8(0x10))) }
 }
 
-/// Q5_1 x Q8_1.
+/// Q5_0 x Q8_0: unsigned five-bit quants, `16 * dx * dy * sum(y)` subtracted.
 ///
 /// # Safety
 ///
-/// As [`super::DotFn`]; the CPU must have AVX2, FMA and F16C.
+/// As [`super::DotFn`] (reads `aux`); the CPU must have AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_q5_1(nb: usize, w: *const u8, a: *const u8) -> f32 {
-    let bit4 = _mm256_set1_epi8(0x10);
-    let mut summs = 0.0f32;
-    let s = two_acc_loop!(nb, |i| {
-        // SAFETY: block `i < nb` of both rows is readable.
-        unsafe {
-            let (x, y) = (w.add(i * Q5_1), a.add(i * Q8_1));
-            summs += load_f16(x.add(2)) * load_f16(y.add(2));
-            let d = _mm256_set1_ps(load_f16(x) * load_f16(y));
-            let qx = _mm256_or_si256(nibbles(x.add(8)), _mm256_and_si256(bits_to_bytes(x.add(4)), bit4));
-            (d, dot_u8(qx, load256(y.add(4))))
-        }
-    });
-    s + summs
+pub(super) unsafe fn dot_q5_0(nb: usize, w: *const u8, a: *const u8, aux: *const f32) -> f32 {
+    // SAFETY: as `dot_q4_0`.
+    unsafe { blocks32_x4!(nb, w, Q5_0, a, Q8_0, aux, corr = Some((0, -16.0)), |x, y| dot_u8(q5_quants(x, 2, 6), load256(y.add(2)))) }
 }
 
-/// Q8_0 x Q8_0.
+/// Q5_1 x Q8_1: unsigned five-bit quants, plus `m * s` per block.
 ///
 /// # Safety
 ///
-/// As [`super::DotFn`]; the CPU must have AVX2, FMA and F16C.
+/// As [`super::DotFn`] (reads `aux`); the CPU must have AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_q8_0(nb: usize, w: *const u8, a: *const u8) -> f32 {
-    two_acc_loop!(nb, |i| {
-        // SAFETY: block `i < nb` of both rows is readable.
-        unsafe {
-            let (x, y) = (w.add(i * Q8_0), a.add(i * Q8_0));
-            let d = _mm256_set1_ps(load_f16(x) * load_f16(y));
-            (d, dot_i8(load256(x.add(2)), load256(y.add(2))))
-        }
-    })
+pub(super) unsafe fn dot_q5_1(nb: usize, w: *const u8, a: *const u8, aux: *const f32) -> f32 {
+    // SAFETY: as `dot_q4_0`.
+    unsafe { blocks32_x4!(nb, w, Q5_1, a, Q8_1, aux, corr = Some((2, 1.0)), |x, y| dot_u8(q5_quants(x, 4, 8), load256(y.add(4)))) }
+}
+
+/// Q8_0 x Q8_0 (sign trick: the weights are signed).
+///
+/// # Safety
+///
+/// As [`super::DotFn`] (reads `aux`); the CPU must have AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_q8_0(nb: usize, w: *const u8, a: *const u8, aux: *const f32) -> f32 {
+    // SAFETY: as `dot_q4_0`.
+    unsafe { blocks32_x4!(nb, w, Q8_0, a, Q8_0, aux, corr = None, |x, y| dot_i8(load256(x.add(2)), load256(y.add(2)))) }
 }
 
 /// The IQ4_NL levels in both 128-bit halves, for `vpshufb` lookups.
@@ -361,23 +375,18 @@ pub(super) unsafe fn iq4nl_table() -> __m256i {
     _mm256_broadcastsi128_si256(t)
 }
 
-/// IQ4_NL x Q8_0.
+/// IQ4_NL x Q8_0 (table lookup with `vpshufb`, sign trick).
 ///
 /// # Safety
 ///
-/// As [`super::DotFn`]; the CPU must have AVX2, FMA and F16C.
+/// As [`super::DotFn`] (reads `aux`); the CPU must have AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_iq4_nl(nb: usize, w: *const u8, a: *const u8) -> f32 {
+pub(super) unsafe fn dot_iq4_nl(nb: usize, w: *const u8, a: *const u8, aux: *const f32) -> f32 {
     let table = iq4nl_table();
-    two_acc_loop!(nb, |i| {
-        // SAFETY: block `i < nb` of both rows is readable.
-        unsafe {
-            let (x, y) = (w.add(i * Q4_0), a.add(i * Q8_0));
-            let d = _mm256_set1_ps(load_f16(x) * load_f16(y));
-            let qx = _mm256_shuffle_epi8(table, nibbles(x.add(2)));
-            (d, dot_i8(qx, load256(y.add(2))))
-        }
-    })
+    // SAFETY: as `dot_q4_0`.
+    unsafe {
+        blocks32_x4!(nb, w, Q4_0, a, Q8_0, aux, corr = None, |x, y| dot_i8(_mm256_shuffle_epi8(table, nibbles(x.add(2))), load256(y.add(2))))
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -389,7 +398,7 @@ pub(super) unsafe fn dot_iq4_nl(nb: usize, w: *const u8, a: *const u8) -> f32 {
 ///
 /// As [`super::DotFn`]; the CPU must have AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_q2_k(nb: usize, w: *const u8, a: *const u8) -> f32 {
+pub(super) unsafe fn dot_q2_k(nb: usize, w: *const u8, a: *const u8, _aux: *const f32) -> f32 {
     let m3 = _mm256_set1_epi8(3);
     let m4 = _mm_set1_epi8(0xF);
     let mut acc = _mm256_setzero_ps();
@@ -431,7 +440,7 @@ pub(super) unsafe fn dot_q2_k(nb: usize, w: *const u8, a: *const u8) -> f32 {
 ///
 /// As [`super::DotFn`]; the CPU must have AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_q3_k(nb: usize, w: *const u8, a: *const u8) -> f32 {
+pub(super) unsafe fn dot_q3_k(nb: usize, w: *const u8, a: *const u8, _aux: *const f32) -> f32 {
     let m3 = _mm256_set1_epi8(3);
     let m4 = _mm256_set1_epi8(4);
     let mut acc = _mm256_setzero_ps();
@@ -482,7 +491,7 @@ pub(super) unsafe fn k4_min_products(mins: __m128i, y: *const u8) -> __m128i {
 ///
 /// As [`super::DotFn`]; the CPU must have AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_q4_k(nb: usize, w: *const u8, a: *const u8) -> f32 {
+pub(super) unsafe fn dot_q4_k(nb: usize, w: *const u8, a: *const u8, _aux: *const f32) -> f32 {
     let m4 = _mm256_set1_epi8(0xF);
     let mut acc = _mm256_setzero_ps();
     let mut accm = _mm_setzero_ps();
@@ -519,7 +528,7 @@ pub(super) unsafe fn dot_q4_k(nb: usize, w: *const u8, a: *const u8) -> f32 {
 ///
 /// As [`super::DotFn`]; the CPU must have AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_q5_k(nb: usize, w: *const u8, a: *const u8) -> f32 {
+pub(super) unsafe fn dot_q5_k(nb: usize, w: *const u8, a: *const u8, _aux: *const f32) -> f32 {
     let m4 = _mm256_set1_epi8(0xF);
     let bit4 = _mm256_set1_epi8(0x10);
     let mut acc = _mm256_setzero_ps();
@@ -564,7 +573,7 @@ pub(super) unsafe fn dot_q5_k(nb: usize, w: *const u8, a: *const u8) -> f32 {
 ///
 /// As [`super::DotFn`]; the CPU must have AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_q6_k(nb: usize, w: *const u8, a: *const u8) -> f32 {
+pub(super) unsafe fn dot_q6_k(nb: usize, w: *const u8, a: *const u8, _aux: *const f32) -> f32 {
     let m4 = _mm256_set1_epi8(0xF);
     let m30 = _mm256_set1_epi8(0x30);
     let mut acc0 = _mm256_setzero_ps();
@@ -614,7 +623,7 @@ pub(super) unsafe fn dot_q6_k(nb: usize, w: *const u8, a: *const u8) -> f32 {
 ///
 /// As [`super::DotFn`]; the CPU must have AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_iq4_xs(nb: usize, w: *const u8, a: *const u8) -> f32 {
+pub(super) unsafe fn dot_iq4_xs(nb: usize, w: *const u8, a: *const u8, _aux: *const f32) -> f32 {
     let table = iq4nl_table();
     let mut acc = _mm256_setzero_ps();
     for i in 0..nb {
@@ -662,7 +671,7 @@ unsafe fn float_tail(from: usize, n: usize, w: *const u8, a: *const u8, load: im
 ///
 /// As [`super::DotFn`] (`nb` is the element count); the CPU must have AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_f32(n: usize, w: *const u8, a: *const u8) -> f32 {
+pub(super) unsafe fn dot_f32(n: usize, w: *const u8, a: *const u8, _aux: *const f32) -> f32 {
     let (w, x) = (w.cast::<f32>(), a.cast::<f32>());
     let mut acc = [_mm256_setzero_ps(); 4];
     let mut i = 0;
@@ -690,7 +699,7 @@ pub(super) unsafe fn dot_f32(n: usize, w: *const u8, a: *const u8) -> f32 {
 ///
 /// As [`super::DotFn`] (`nb` is the element count); the CPU must have AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_f16(n: usize, w: *const u8, a: *const u8) -> f32 {
+pub(super) unsafe fn dot_f16(n: usize, w: *const u8, a: *const u8, _aux: *const f32) -> f32 {
     let x = a.cast::<f32>();
     let mut acc = [_mm256_setzero_ps(); 4];
     let mut i = 0;
@@ -728,7 +737,7 @@ unsafe fn bf16x8(p: *const u8) -> __m256 {
 ///
 /// As [`super::DotFn`] (`nb` is the element count); the CPU must have AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_bf16(n: usize, w: *const u8, a: *const u8) -> f32 {
+pub(super) unsafe fn dot_bf16(n: usize, w: *const u8, a: *const u8, _aux: *const f32) -> f32 {
     let x = a.cast::<f32>();
     let mut acc = [_mm256_setzero_ps(); 4];
     let mut i = 0;

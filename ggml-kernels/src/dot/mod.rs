@@ -192,13 +192,16 @@ impl std::error::Error for DotError {}
 // Kernel signatures
 
 /// A row dot product: `nb` weight blocks at `w` times `nb` activation blocks at `a` (elements
-/// for F32/F16/BF16 weights against `f32`).
+/// for F32/F16/BF16 weights against `f32`). For Q8_0 and Q8_1 activations `aux` points to the
+/// row's per-block side data ([`QuantizedActs`]: `nb` scales as `f32`, then `nb` sums); other
+/// formats pass a null pointer, and kernels that do not need it ignore it.
 ///
 /// # Safety
 ///
-/// Both pointers must cover `nb` readable blocks of their formats (no alignment needed), and the
-/// CPU must support the instruction set the kernel was written for (the table guarantees this).
-pub(crate) type DotFn = unsafe fn(nb: usize, w: *const u8, a: *const u8) -> f32;
+/// Both pointers must cover `nb` readable blocks of their formats (no alignment needed), `aux`
+/// `2 * nb` readable floats where the format has side data, and the CPU must support the
+/// instruction set the kernel was written for (the table guarantees this).
+pub(crate) type DotFn = unsafe fn(nb: usize, w: *const u8, a: *const u8, aux: *const f32) -> f32;
 
 /// An activation quantizer: `nb` blocks of `f32` at `x` into `nb` blocks at `out`.
 ///
@@ -229,8 +232,8 @@ pub(crate) struct Tile {
     /// First activation row; rows are `lda` bytes apart.
     pub a: *const u8,
     pub lda: usize,
-    /// Per-block `(d, d * sum(qs))` of the first activation row (Q8_0 activations only, else
-    /// unused); rows are `ldaux` floats apart.
+    /// Side data of the first activation row (see [`DotFn`]), or null; rows are `ldaux` floats
+    /// apart.
     pub aux: *const f32,
     pub ldaux: usize,
     /// Activation rows in the tile (1..=4).
@@ -431,10 +434,11 @@ impl Kernels {
         if a.len() != expect {
             return Err(DotError::Length { what: "activation bytes", expected: expect, got: a.len() });
         }
-        // Float weights count elements, and each is one 4-byte activation.
-        // SAFETY: `w` holds `nb` weight blocks and `a` the matching activation blocks (checked
-        // above); the table is only handed out when the CPU supports its kernels.
-        Ok(unsafe { f(nb, w.as_ptr(), a.as_ptr()) })
+        let aux = side_data(vdt, a, nb);
+        // SAFETY: `w` holds `nb` weight blocks, `a` the matching activation blocks (checked
+        // above; float weights count elements, each one 4-byte activation) and `aux` their side
+        // data; the table is only handed out when the CPU supports its kernels.
+        Ok(unsafe { f(nb, w.as_ptr(), a.as_ptr(), aux.as_ptr()) })
     }
 
     /// Quantizes `x` to `vdt` into `out` (which must be exactly the encoded size).
@@ -454,9 +458,8 @@ impl Kernels {
 
     /// Computes a GEMM tile with this table's tile kernel for `ty`: `w` holds `mr` weight rows
     /// (1..=4) of `acts.cols()` elements, `out` is `[nr][mr]` (`nr` in 1..=4), and `out[j * mr + i]`
-    /// becomes the dot product of weight row `i` with activation row `t0 + j`. `acts` must carry
-    /// the per-block sums ([`QuantizedActs::new`] with `with_sums`) when its format is Q8_0. For
-    /// tests and benchmarks; `matmul` calls tiles directly.
+    /// becomes the dot product of weight row `i` with activation row `t0 + j`. For tests and
+    /// benchmarks; `matmul` calls tiles directly.
     pub fn tile(&self, ty: GgmlType, w: &[u8], acts: &QuantizedActs, t0: usize, out: &mut [f32]) -> Result<(), DotError> {
         let Some(f) = self.tile_fn(ty) else { return Err(DotError::Unsupported(ty)) };
         if VecDotType::for_weight(ty) != Some(acts.vdt) {
@@ -475,11 +478,8 @@ impl Kernels {
         if t0 + nr > acts.n {
             return Err(bad_len("activation rows", t0 + nr, acts.n));
         }
-        if !acts.has_tile_sums() {
-            return Err(bad_len("per-block sums", acts.nb * acts.n * 2, 0));
-        }
         let t = acts.tile_args(w.as_ptr(), ldw, mr, t0, nr, out.as_mut_ptr(), mr);
-        // SAFETY: `w` holds `mr` rows, `acts` rows `t0..t0 + nr` exist (with their sums), `out`
+        // SAFETY: `w` holds `mr` rows, `acts` rows `t0..t0 + nr` exist (with side data), `out`
         // holds `mr * nr` floats with activation rows `mr` apart; the CPU runs this table.
         unsafe { f(&t) };
         Ok(())
@@ -494,9 +494,33 @@ fn is_multiple(n: usize, m: usize) -> bool {
 // ---------------------------------------------------------------------------------------------
 // Quantized activations
 
+/// The side data of one row of `nb` Q8_0 or Q8_1 blocks: `nb` scales `d` as `f32`, then `nb`
+/// sums (`d * sum(qs)` for Q8_0, the stored `s` for Q8_1). Empty for other formats.
+fn side_data(vdt: VecDotType, row: &[u8], nb: usize) -> Vec<f32> {
+    let mut out = vec![0f32; if matches!(vdt, VecDotType::Q8_0 | VecDotType::Q8_1) { 2 * nb } else { 0 }];
+    fill_side_data(vdt, row, &mut out);
+    out
+}
+
+/// Writes the side data of `row` into `out` (`2 * nb` floats, or empty).
+fn fill_side_data(vdt: VecDotType, row: &[u8], out: &mut [f32]) {
+    if out.is_empty() {
+        return;
+    }
+    let nb = out.len() / 2;
+    let (ds, sums) = out.split_at_mut(nb);
+    for ((d, s), b) in ds.iter_mut().zip(sums.iter_mut()).zip(row.chunks_exact(vdt.type_size())) {
+        *d = f16_to_f32(u16::from_le_bytes([b[0], b[1]]));
+        *s = match vdt {
+            VecDotType::Q8_1 => f16_to_f32(u16::from_le_bytes([b[2], b[3]])),
+            _ => *d * b[2..].iter().map(|&q| i32::from(q as i8)).sum::<i32>() as f32,
+        };
+    }
+}
+
 /// `n` activation rows of `cols` elements quantized to one [`VecDotType`], as one buffer of
-/// encoded rows, and (on request, for the Q8_0 GEMM tiles) each Q8_0 block's `(d, d * sum(qs))`
-/// as `f32`.
+/// encoded rows, with the side data the kernels read for Q8_0 and Q8_1 rows (per block, the
+/// scale as `f32` and the block sum; see [`DotFn`]).
 pub struct QuantizedActs {
     vdt: VecDotType,
     cols: usize,
@@ -504,8 +528,8 @@ pub struct QuantizedActs {
     nb: usize,
     row_bytes: usize,
     data: Vec<u8>,
-    /// `[n][nb][2]`: `(d, d * sum(qs))` per Q8_0 block, or empty.
-    sums: Vec<f32>,
+    /// `[n][2][nb]`: per row, the block scales then the block sums (Q8_0, Q8_1), or empty.
+    side: Vec<f32>,
 }
 
 /// Rows quantized per parallel task.
@@ -513,9 +537,8 @@ const QUANT_ROWS_PER_TASK: usize = 4;
 
 impl QuantizedActs {
     /// Quantizes `x` (`n` rows of `cols`) with `kernels`' quantizer for `vdt`; rows are
-    /// quantized in parallel when there are several. `with_sums` also records the per-block sums
-    /// the Q8_0 GEMM tiles need.
-    pub fn new(kernels: &Kernels, vdt: VecDotType, x: &[f32], n: usize, cols: usize, with_sums: bool) -> Result<QuantizedActs, DotError> {
+    /// quantized in parallel when there are several.
+    pub fn new(kernels: &Kernels, vdt: VecDotType, x: &[f32], n: usize, cols: usize) -> Result<QuantizedActs, DotError> {
         let bs = vdt.block_size();
         if !is_multiple(cols, bs) || cols == 0 {
             return Err(DotError::Length { what: "row length (a multiple of the block size)", expected: cols.div_ceil(bs).max(1) * bs, got: cols });
@@ -525,31 +548,34 @@ impl QuantizedActs {
         }
         let nb = cols / bs;
         let row_bytes = nb * vdt.type_size();
+        let side_len = if matches!(vdt, VecDotType::Q8_0 | VecDotType::Q8_1) { 2 * nb } else { 0 };
         let mut data = vec![0u8; n * row_bytes];
+        let mut side = vec![0f32; n * side_len];
         let quant = kernels.quant[vdt.index()].f;
-        let work = |(xr, or): (&[f32], &mut [u8])| {
-            for (xr, or) in xr.chunks_exact(cols).zip(or.chunks_exact_mut(row_bytes)) {
+        let work = |((xr, or), sr): ((&[f32], &mut [u8]), &mut [f32])| {
+            for (i, (xr, or)) in xr.chunks_exact(cols).zip(or.chunks_exact_mut(row_bytes)).enumerate() {
                 // SAFETY: `xr` is one row of `nb` blocks of floats, `or` its encoded size; the
                 // table's kernels run on this CPU.
                 unsafe { quant(xr.as_ptr(), nb, or.as_mut_ptr()) };
+                fill_side_data(vdt, or, &mut sr[i * side_len..(i + 1) * side_len]);
             }
         };
         if n > 1 {
-            x.par_chunks(QUANT_ROWS_PER_TASK * cols).zip(data.par_chunks_mut(QUANT_ROWS_PER_TASK * row_bytes)).for_each(work);
-        } else {
-            work((x, &mut data));
-        }
-        let mut sums = Vec::new();
-        if with_sums && vdt == VecDotType::Q8_0 {
-            sums = vec![0f32; n * nb * 2];
-            for (s, b) in sums.chunks_exact_mut(2).zip(data.chunks_exact(vdt.type_size())) {
-                let d = f16_to_f32(u16::from_le_bytes([b[0], b[1]]));
-                let sum: i32 = b[2..].iter().map(|&q| i32::from(q as i8)).sum();
-                s[0] = d;
-                s[1] = d * sum as f32;
+            let side_chunk = (QUANT_ROWS_PER_TASK * side_len).max(1);
+            if side_len == 0 {
+                x.par_chunks(QUANT_ROWS_PER_TASK * cols)
+                    .zip(data.par_chunks_mut(QUANT_ROWS_PER_TASK * row_bytes))
+                    .for_each(|(xr, or)| work(((xr, or), &mut [])));
+            } else {
+                x.par_chunks(QUANT_ROWS_PER_TASK * cols)
+                    .zip(data.par_chunks_mut(QUANT_ROWS_PER_TASK * row_bytes))
+                    .zip(side.par_chunks_mut(side_chunk))
+                    .for_each(work);
             }
+        } else {
+            work(((x, &mut data), &mut side));
         }
-        Ok(QuantizedActs { vdt, cols, n, nb, row_bytes, data, sums })
+        Ok(QuantizedActs { vdt, cols, n, nb, row_bytes, data, side })
     }
 
     /// The format of the rows.
@@ -583,9 +609,15 @@ impl QuantizedActs {
         self.data[t * self.row_bytes..].as_ptr()
     }
 
-    /// True if the per-block sums were recorded (or the format needs none).
-    pub(crate) fn has_tile_sums(&self) -> bool {
-        self.vdt != VecDotType::Q8_0 || !self.sums.is_empty()
+    /// Pointer to the side data of row `t` (see [`DotFn`]), or null for formats without.
+    /// Precondition: `t < n` (debug-asserted).
+    pub(crate) fn side_ptr(&self, t: usize) -> *const f32 {
+        debug_assert!(t < self.n);
+        if self.side.is_empty() {
+            std::ptr::null()
+        } else {
+            self.side[t * 2 * self.nb..].as_ptr()
+        }
     }
 
     /// Tile arguments for weight rows at `w` (`ldw` bytes apart) and activation rows
@@ -593,7 +625,6 @@ impl QuantizedActs {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn tile_args(&self, w: *const u8, ldw: usize, mr: usize, t0: usize, nr: usize, out: *mut f32, ldo: usize) -> Tile {
         debug_assert!(t0 + nr <= self.n);
-        let aux = if self.sums.is_empty() { std::ptr::null() } else { self.sums[t0 * self.nb * 2..].as_ptr() };
         Tile {
             nb: self.nb,
             w,
@@ -601,8 +632,8 @@ impl QuantizedActs {
             mr,
             a: self.row_ptr(t0),
             lda: self.row_bytes,
-            aux,
-            ldaux: self.nb * 2,
+            aux: self.side_ptr(t0),
+            ldaux: 2 * self.nb,
             nr,
             out,
             ldo,

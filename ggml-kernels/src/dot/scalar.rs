@@ -244,8 +244,8 @@ macro_rules! row_kernel {
         /// # Safety
         ///
         /// `w` must point to `nb` readable weight blocks and `a` to `nb` readable activation
-        /// blocks; neither needs alignment.
-        pub unsafe fn $name(nb: usize, w: *const u8, a: *const u8) -> f32 {
+        /// blocks; neither needs alignment. `_aux` is not read.
+        pub unsafe fn $name(nb: usize, w: *const u8, a: *const u8, _aux: *const f32) -> f32 {
             let (ws, as_) = (std::mem::size_of::<$wb>(), std::mem::size_of::<$ab>());
             let mut sum = 0.0f32;
             for i in 0..nb {
@@ -301,7 +301,7 @@ unsafe fn f32_at(p: *const u8, i: usize) -> f32 {
 /// # Safety
 ///
 /// `w` and `a` must each point to `n` readable `f32`s; no alignment is needed.
-pub unsafe fn dot_f32(n: usize, w: *const u8, a: *const u8) -> f32 {
+pub unsafe fn dot_f32(n: usize, w: *const u8, a: *const u8, _aux: *const f32) -> f32 {
     let mut sum = 0.0f32;
     for i in 0..n {
         // SAFETY: `i < n`.
@@ -315,7 +315,7 @@ pub unsafe fn dot_f32(n: usize, w: *const u8, a: *const u8) -> f32 {
 /// # Safety
 ///
 /// `w` must point to `n` readable halves and `a` to `n` readable `f32`s.
-pub unsafe fn dot_f16(n: usize, w: *const u8, a: *const u8) -> f32 {
+pub unsafe fn dot_f16(n: usize, w: *const u8, a: *const u8, _aux: *const f32) -> f32 {
     let mut sum = 0.0f32;
     for i in 0..n {
         // SAFETY: `i < n`.
@@ -329,7 +329,7 @@ pub unsafe fn dot_f16(n: usize, w: *const u8, a: *const u8) -> f32 {
 /// # Safety
 ///
 /// `w` must point to `n` readable bfloat16s and `a` to `n` readable `f32`s.
-pub unsafe fn dot_bf16(n: usize, w: *const u8, a: *const u8) -> f32 {
+pub unsafe fn dot_bf16(n: usize, w: *const u8, a: *const u8, _aux: *const f32) -> f32 {
     let mut sum = 0.0f32;
     for i in 0..n {
         // SAFETY: `i < n`.

@@ -10,9 +10,10 @@
 //! Tolerances. Kernels and references form the same integer sum per block, so they differ only
 //! in how the per-block `f32` terms are rounded and added. Each result is within
 //! `(k + 16) * eps * M` of the exact sum of its terms, where `k` is the number of terms and `M`
-//! the sum of their magnitudes, bounded here by `sum |w_i| |a_i|` plus, for types with a
-//! subtracted minimum, twice that minimum's share (the two parts of a block can cancel). Two
-//! such results differ by at most twice that; the tests allow `4 * (k + 16) * eps * M`.
+//! the sum of their magnitudes, bounded here by `sum |w_i| |a_i|` plus, for types whose kernels
+//! split a block into two parts that can cancel (a subtracted minimum, or an offset taken out of
+//! unsigned quants), twice the second part's share. Two such results differ by at most twice
+//! that; the tests allow `4 * (k + 16) * eps * M`.
 
 use super::*;
 use crate::quants::{self, dequantize};
@@ -98,15 +99,22 @@ fn scale_fields(ty: GgmlType) -> &'static [usize] {
     }
 }
 
-/// Byte range of each block's quants, for the types whose blocks subtract a minimum.
-fn quant_bytes_of_min_types(ty: GgmlType) -> Option<std::ops::Range<usize>> {
+/// Byte range of each block's quants, for the types whose kernels split a block's sum into two
+/// parts that can cancel: a subtracted minimum (Q4_1, Q5_1, Q2_K, Q4_K, Q5_K) or an offset taken
+/// out of unsigned quants (Q4_0, Q5_0, Q3_K, Q6_K). Dequantizing a block with these bytes zeroed
+/// gives that second part.
+fn quant_bytes(ty: GgmlType) -> Option<std::ops::Range<usize>> {
     use GgmlType as T;
     match ty {
+        T::Q4_0 => Some(2..18),
+        T::Q5_0 => Some(2..22),
         T::Q4_1 => Some(4..20),
         T::Q5_1 => Some(4..24),
         T::Q2_K => Some(16..80),
+        T::Q3_K => Some(0..96),
         T::Q4_K => Some(16..144),
         T::Q5_K => Some(16..176),
+        T::Q6_K => Some(0..192),
         _ => None,
     }
 }
@@ -196,7 +204,7 @@ pub(crate) fn magnitude(ty: GgmlType, w: &[u8], a: &[u8], elems: usize) -> f64 {
     let wd = dequant(ty, w, elems);
     let ad = dequant(vdt.ggml_type(), a, elems);
     let mut m: f64 = wd.iter().zip(&ad).map(|(&x, &y)| f64::from(x).abs() * f64::from(y).abs()).sum();
-    if let Some(r) = quant_bytes_of_min_types(ty) {
+    if let Some(r) = quant_bytes(ty) {
         let mut zeroed = w.to_vec();
         for b in zeroed.chunks_exact_mut(ty.type_size()) {
             b[r.clone()].fill(0);
@@ -390,8 +398,8 @@ fn checked_entry_points_reject_bad_lengths() {
     assert_eq!(k.dot(GgmlType::Q4_K, &[], &[]), Ok(0.0));
     assert!(matches!(k.quantize(VecDotType::Q8_0, &[0.0; 31], &mut [0; 34]), Err(DotError::Length { .. })));
     assert!(matches!(k.quantize(VecDotType::Q8_K, &[0.0; 256], &mut [0; 291]), Err(DotError::Length { .. })));
-    assert!(QuantizedActs::new(k, VecDotType::Q8_0, &[0.0; 64], 2, 33, false).is_err());
-    assert!(QuantizedActs::new(k, VecDotType::Q8_0, &[0.0; 64], 3, 32, false).is_err());
+    assert!(QuantizedActs::new(k, VecDotType::Q8_0, &[0.0; 64], 2, 33).is_err());
+    assert!(QuantizedActs::new(k, VecDotType::Q8_0, &[0.0; 64], 3, 32).is_err());
 }
 
 #[test]
@@ -410,7 +418,7 @@ fn every_tile_matches_the_scalar_dot_products() {
                     let cols = elems_of(ty, nb);
                     let n = 4;
                     let x = random_acts(n * cols, &mut rng, Acts::Spiky);
-                    let acts = QuantizedActs::new(k, vdt, &x, n, cols, true).unwrap();
+                    let acts = QuantizedActs::new(k, vdt, &x, n, cols).unwrap();
                     let w = random_weights(ty, 4 * nb, &mut rng, s);
                     let rb = nb * ty.type_size();
                     for mr in 1..=4 {
