@@ -99,7 +99,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Some("none") => None,
         Some(name) => Some(ChatTemplate::builtin_named(name)?),
     };
-    let session = Session::new(&model, &args.model.session_params(model.cfg.n_ctx_train))?;
+    let session = Session::new(&model, &args.model.session_params(model.cfg.n_ctx_train, 4096))?;
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();

@@ -15,9 +15,10 @@ pub struct ModelArgs {
     /// GGUF model file; without it, the default model (Gemma 3 270M) from the cache.
     #[arg(short = 'm', long = "model")]
     pub model: Option<PathBuf>,
-    /// Context size in tokens (0: the model's training context).
-    #[arg(short = 'c', long = "ctx-size", default_value_t = 4096)]
-    pub ctx_size: usize,
+    /// Context size in tokens (0: the model's training context). Default: 4096; for
+    /// perplexity, the chunk size, 512.
+    #[arg(short = 'c', long = "ctx-size")]
+    pub ctx_size: Option<usize>,
     /// Most prompt tokens evaluated per forward pass.
     #[arg(short = 'b', long = "batch-size", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
     pub batch_size: u32,
@@ -102,9 +103,13 @@ pub fn tokenizer(file: &GgufFile) -> anyhow::Result<Tokenizer> {
 }
 
 impl ModelArgs {
-    /// Session settings for a model trained with `n_ctx_train` positions.
-    pub fn session_params(&self, n_ctx_train: usize) -> SessionParams {
-        let n_ctx = if self.ctx_size == 0 { n_ctx_train } else { self.ctx_size };
+    /// Session settings for a model trained with `n_ctx_train` positions; `default_ctx` when
+    /// `-c` is not given.
+    pub fn session_params(&self, n_ctx_train: usize, default_ctx: usize) -> SessionParams {
+        let n_ctx = match self.ctx_size.unwrap_or(default_ctx) {
+            0 => n_ctx_train,
+            n => n,
+        };
         SessionParams {
             n_ctx,
             n_batch: self.batch_size as usize,

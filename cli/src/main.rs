@@ -6,9 +6,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod chat;
 mod common;
 mod inspect;
+mod perplexity;
 mod run;
 mod tokenize;
 
@@ -21,10 +23,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Measure throughput (llama-bench conventions: pp512, tg128, depth, mean ± stddev).
+    Bench(bench::Args),
     /// Chat with a model (interactive; the default model when no -m is given).
     Chat(chat::Args),
     /// Print the header, metadata and tensor table of a GGUF file.
     Inspect(inspect::Args),
+    /// Perplexity of a text file, by llama.cpp's method.
+    Perplexity(perplexity::Args),
     /// Generate text from a prompt (one shot).
     Run(run::Args),
     /// Print the token ids of a text under a model's tokenizer.
@@ -34,8 +40,10 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Bench(args) => bench::run(args),
         Command::Chat(args) => chat::run(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Perplexity(args) => perplexity::run(args),
         Command::Run(args) => run::run(args),
         Command::Tokenize(args) => tokenize::run(args),
     };

@@ -48,7 +48,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let file = open_model(&args.model)?;
     let tok = tokenizer(&file)?;
     let model = Model::load(&file).context("loading the model")?;
-    let mut session = Session::new(&model, &args.model.session_params(model.cfg.n_ctx_train))?;
+    let mut session = Session::new(&model, &args.model.session_params(model.cfg.n_ctx_train, 4096))?;
     let mut sampler = Sampler::new(sampler_params.clone())?;
 
     let ids = tok.tokenize(&prompt, TokenizeOptions::default());

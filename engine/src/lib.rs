@@ -7,6 +7,7 @@
 //! - [`model`]: hyperparameters, weights, KV cache and the forward pass of each architecture.
 //! - [`sampling`]: greedy and llama.cpp's sampler chain, seeded.
 //! - [`chat`]: chat templates (sandboxed minijinja, built-ins) and message tokenization.
+//! - [`perplexity`]: llama.cpp's perplexity method.
 //! - [`generate`]: the prompt-then-decode loop shared by `run` and `chat`.
 
 pub mod chat;
@@ -15,5 +16,6 @@ pub mod gguf;
 pub mod memstat;
 pub mod model;
 pub mod model_path;
+pub mod perplexity;
 pub mod sampling;
 pub mod tokenizer;

@@ -111,8 +111,26 @@ pub struct Session<'m, 'a> {
 /// Which positions of a forward call produce logits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Logits {
+    /// The last position only.
     Last,
+    /// Every position.
     All,
+    /// Positions from this index (of the call's tokens) on.
+    From(usize),
+    /// None (the tokens only fill the cache).
+    None,
+}
+
+impl Logits {
+    /// The rows of a batch of `n` tokens this asks for.
+    pub fn rows(self, n: usize) -> std::ops::Range<usize> {
+        match self {
+            Logits::Last => n.saturating_sub(1)..n,
+            Logits::All => 0..n,
+            Logits::From(k) => k.min(n)..n,
+            Logits::None => n..n,
+        }
+    }
 }
 
 impl<'m, 'a> Session<'m, 'a> {
@@ -163,8 +181,8 @@ impl<'m, 'a> Session<'m, 'a> {
         ok
     }
 
-    /// Evaluates `tokens` after what the session holds; returns logits (`n_vocab` for
-    /// [`Logits::Last`], `tokens.len() * n_vocab` for [`Logits::All`]).
+    /// Evaluates `tokens` after what the session holds; returns the logits `which` asks for,
+    /// `n_vocab` per position, in order.
     pub fn eval(&mut self, tokens: &[u32], which: Logits) -> Result<Vec<f32>, ModelError> {
         let n_vocab = self.model.cfg.n_vocab;
         if let Some(&id) = tokens.iter().find(|&&t| t as usize >= n_vocab) {
@@ -173,30 +191,23 @@ impl<'m, 'a> Session<'m, 'a> {
         if self.n_past + tokens.len() > self.cache.n_ctx {
             return Err(ModelError::ContextFull { need: self.n_past + tokens.len(), n_ctx: self.cache.n_ctx });
         }
-        let mut logits = Vec::new();
-        let chunks: Vec<&[u32]> = tokens.chunks(self.n_batch).collect();
-        for (i, chunk) in chunks.iter().enumerate() {
-            let last_chunk = i + 1 == chunks.len();
-            let want = match which {
-                Logits::All => Logits::All,
-                Logits::Last if last_chunk => Logits::Last,
-                Logits::Last => Logits::Last, // computed but dropped: only the final chunk's is kept
-            };
+        let wanted = which.rows(tokens.len());
+        let mut logits = Vec::with_capacity(wanted.len() * n_vocab);
+        for (i, chunk) in tokens.chunks(self.n_batch).enumerate() {
+            // This chunk's share of the wanted rows, relative to the chunk.
+            let b0 = i * self.n_batch;
+            let lo = wanted.start.clamp(b0, b0 + chunk.len()) - b0;
+            let hi = wanted.end.clamp(b0, b0 + chunk.len()) - b0;
+            let want = if lo >= hi { Logits::None } else { Logits::From(lo) };
             let out = match self.model.cfg.arch {
                 Arch::Gemma3 => gemma3::forward(self.model, &mut self.cache, chunk, self.n_past, want)?,
                 Arch::Llama | Arch::Qwen2 => llama::forward(self.model, &mut self.cache, chunk, self.n_past, want)?,
             };
             if let Some(bad) = out.iter().position(|v| !v.is_finite()) {
-                let row = bad / n_vocab;
-                let pos = if want == Logits::All { self.n_past + row } else { self.n_past + chunk.len() - 1 };
-                return Err(ModelError::NonFinite { pos });
+                return Err(ModelError::NonFinite { pos: self.n_past + lo + bad / n_vocab });
             }
             self.n_past += chunk.len();
-            if which == Logits::All {
-                logits.extend_from_slice(&out);
-            } else if last_chunk {
-                logits = out;
-            }
+            logits.extend_from_slice(&out);
         }
         Ok(logits)
     }
@@ -234,14 +245,14 @@ pub(crate) fn embed(m: &Model<'_>, tokens: &[u32], scale: Option<f32>) -> Result
 /// Final norm and output projection for the rows `which` asks for.
 pub(crate) fn output_logits(m: &Model<'_>, x: &[f32], n: usize, which: Logits) -> Result<Vec<f32>, ModelError> {
     let e = m.cfg.n_embd;
-    let rows = match which {
-        Logits::All => x.to_vec(),
-        Logits::Last => x[(n - 1) * e..n * e].to_vec(),
-    };
-    let n_rows = rows.len() / e;
-    let mut normed = vec![0f32; rows.len()];
-    ggml_kernels::ops::rms_norm(&rows, &m.weights.output_norm, m.cfg.rms_eps, &mut normed);
-    mm(&m.weights.output, &normed, n_rows)
+    let rows = which.rows(n);
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let x = &x[rows.start * e..rows.end * e];
+    let mut normed = vec![0f32; x.len()];
+    ggml_kernels::ops::rms_norm(x, &m.weights.output_norm, m.cfg.rms_eps, &mut normed);
+    mm(&m.weights.output, &normed, rows.len())
 }
 
 /// Attention of a batch over one layer's cache after writing the batch's keys and values.

@@ -1,0 +1,283 @@
+//! `engine bench`: throughput in llama-bench's terms, so numbers compare with llama.cpp's.
+//!
+//! Tests: `ppN` (prompt processing: N tokens in one batch), `tgN` (text generation: N tokens one
+//! at a time), `pgP,T` (both, counted together), each optionally at a depth `d` (that many tokens
+//! already in the cache, not timed). Every test runs once to warm up, then `-r` times; rows give
+//! mean ± standard deviation of tokens/s. `-o json` uses llama-bench's field names, plus ours.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use engine::gguf::GgufFile;
+use engine::model::kv_cache::KvType;
+use engine::model::{Logits, Model, Session, SessionParams};
+use engine::sampling::Rng;
+use serde_json::{json, Value};
+
+use crate::common::human_bytes;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Model files (repeat or separate with commas); default: the default model.
+    #[arg(short = 'm', long = "model", value_delimiter = ',')]
+    models: Vec<PathBuf>,
+    /// Prompt lengths to test (0: none).
+    #[arg(short = 'p', long = "n-prompt", value_delimiter = ',', default_value = "512")]
+    n_prompt: Vec<usize>,
+    /// Generation lengths to test (0: none).
+    #[arg(short = 'n', long = "n-gen", value_delimiter = ',', default_value = "128")]
+    n_gen: Vec<usize>,
+    /// Prompt-then-generation tests, as PP,TG (repeatable).
+    #[arg(long = "pg")]
+    pg: Vec<String>,
+    /// Depths: tokens already in the cache before each test.
+    #[arg(short = 'd', long = "n-depth", value_delimiter = ',', default_value = "0")]
+    depth: Vec<usize>,
+    /// Repetitions of each test (after one warm-up run).
+    #[arg(short = 'r', long = "repetitions", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    reps: u32,
+    /// Thread counts to test.
+    #[arg(short = 't', long = "threads", value_delimiter = ',')]
+    threads: Vec<usize>,
+    /// Prompt batch size.
+    #[arg(short = 'b', long = "batch-size", default_value_t = 512)]
+    batch: usize,
+    /// KV cache type.
+    #[arg(long = "kv-type", default_value = "f16", value_parser = ["f16", "f32"])]
+    kv_type: String,
+    /// Output format.
+    #[arg(short = 'o', long = "output", default_value = "md", value_parser = ["md", "json", "csv"])]
+    output: String,
+}
+
+/// One test to run.
+#[derive(Clone, Copy, Debug)]
+struct Test {
+    n_prompt: usize,
+    n_gen: usize,
+    depth: usize,
+}
+
+impl Test {
+    fn name(&self) -> String {
+        let base = match (self.n_prompt, self.n_gen) {
+            (p, 0) => format!("pp{p}"),
+            (0, g) => format!("tg{g}"),
+            (p, g) => format!("pp{p}+tg{g}"),
+        };
+        if self.depth > 0 { format!("{base} @ d{}", self.depth) } else { base }
+    }
+}
+
+/// What a row of results says.
+struct Row {
+    fields: Value,
+}
+
+const BUILD_COMMIT: &str = env!("ENGINE_BUILD_COMMIT");
+
+fn cpu_info() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_string()))
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
+/// llama.cpp's name for a `general.file_type`.
+fn ftype_name(ftype: Option<u32>) -> &'static str {
+    match ftype {
+        Some(0) => "all F32",
+        Some(1) => "F16",
+        Some(2) => "Q4_0",
+        Some(3) => "Q4_1",
+        Some(7) => "Q8_0",
+        Some(8) => "Q5_0",
+        Some(9) => "Q5_1",
+        Some(10) => "Q2_K - Medium",
+        Some(11) => "Q3_K - Small",
+        Some(12) => "Q3_K - Medium",
+        Some(13) => "Q3_K - Large",
+        Some(14) => "Q4_K - Small",
+        Some(15) => "Q4_K - Medium",
+        Some(16) => "Q5_K - Small",
+        Some(17) => "Q5_K - Medium",
+        Some(18) => "Q6_K",
+        Some(25) => "IQ4_NL - 4.5 bpw",
+        Some(30) => "IQ4_XS - 4.25 bpw",
+        Some(32) => "BF16",
+        _ => "unknown type",
+    }
+}
+
+fn model_type(file: &GgufFile, arch: &str) -> String {
+    let size = file.get_str("general.size_label").ok().flatten().unwrap_or("?");
+    let ftype = file.get_as::<u32>("general.file_type").ok().flatten();
+    format!("{arch} {size} {}", ftype_name(ftype))
+}
+
+fn mean_std(samples: &[f64]) -> (f64, f64) {
+    let n = samples.len() as f64;
+    let mean = samples.iter().sum::<f64>() / n;
+    let var = if samples.len() > 1 { samples.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
+    (mean, var.sqrt())
+}
+
+/// Runs one test once; returns tokens/s.
+fn run_once(session: &mut Session<'_, '_>, t: &Test, rng: &mut Rng) -> anyhow::Result<f64> {
+    let n_vocab = session.model.cfg.n_vocab as u64;
+    let mut random = |n: usize| -> Vec<u32> { (0..n).map(|_| (rng.next_u64() % n_vocab) as u32).collect() };
+    session.reset();
+    if t.depth > 0 {
+        let fill = random(t.depth);
+        session.eval(&fill, Logits::None)?;
+    }
+    let prompt = random(t.n_prompt);
+    let token = random(1)[0];
+    let start = Instant::now();
+    if t.n_prompt > 0 {
+        session.eval(&prompt, Logits::Last)?;
+    }
+    for _ in 0..t.n_gen {
+        session.eval(&[token], Logits::Last)?;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    Ok((t.n_prompt + t.n_gen) as f64 / secs.max(1e-9))
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let mut tests: Vec<Test> = Vec::new();
+    for &d in &args.depth {
+        tests.extend(args.n_prompt.iter().filter(|&&p| p > 0).map(|&p| Test { n_prompt: p, n_gen: 0, depth: d }));
+        tests.extend(args.n_gen.iter().filter(|&&g| g > 0).map(|&g| Test { n_prompt: 0, n_gen: g, depth: d }));
+        for pg in &args.pg {
+            let (p, g) = pg.split_once(',').with_context(|| format!("--pg {pg:?}: expected PP,TG"))?;
+            let p: usize = p.trim().parse().with_context(|| format!("--pg {pg:?}: {p:?} is not a count"))?;
+            let g: usize = g.trim().parse().with_context(|| format!("--pg {pg:?}: {g:?} is not a count"))?;
+            tests.push(Test { n_prompt: p, n_gen: g, depth: d });
+        }
+    }
+    if tests.is_empty() {
+        bail!("nothing to run: every -p, -n and --pg is empty or 0");
+    }
+    if args.batch == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    let models = if args.models.is_empty() { vec![crate::resolve_model(None)?] } else { args.models.clone() };
+    let threads = if args.threads.is_empty() {
+        vec![std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)]
+    } else {
+        args.threads.clone()
+    };
+    if threads.contains(&0) {
+        bail!("--threads must be at least 1");
+    }
+
+    let md = args.output == "md";
+    let stdout = std::io::stdout();
+    if md {
+        println!("| model                          |       size |     params | backend    | threads |            test |                  t/s |   kv cache |");
+        println!("| ------------------------------ | ---------: | ---------: | ---------- | ------: | --------------: | -------------------: | ---------: |");
+    }
+    let mut rows: Vec<Row> = Vec::new();
+    let mut rng = Rng::new(1234);
+    for path in &models {
+        let path = crate::resolve_model(Some(path.clone()))?;
+        let file = GgufFile::open(&path).with_context(|| format!("loading {}", path.display()))?;
+        let model = Model::load(&file).with_context(|| format!("loading {}", path.display()))?;
+        let arch = model.cfg.arch.name();
+        let mtype = model_type(&file, arch);
+        let n_params: u64 = file.tensors().iter().map(|t| t.n_elements()).sum();
+        let size = model.weight_bytes();
+        for &nt in &threads {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(nt).build().context("starting the thread pool")?;
+            for t in &tests {
+                let n_ctx = t.depth + t.n_prompt + t.n_gen + 1;
+                let params = SessionParams {
+                    n_ctx,
+                    n_batch: args.batch,
+                    kv_type: if args.kv_type == "f32" { KvType::F32 } else { KvType::F16 },
+                    layer_kinds: None,
+                };
+                let mut session = Session::new(&model, &params)?;
+                let samples: Vec<f64> = pool.install(|| -> anyhow::Result<Vec<f64>> {
+                    run_once(&mut session, t, &mut rng)?; // warm-up
+                    (0..args.reps).map(|_| run_once(&mut session, t, &mut rng)).collect()
+                })?;
+                let (avg, std) = mean_std(&samples);
+                let kv = session.cache.bytes() as u64;
+                if md {
+                    let mut out = stdout.lock();
+                    writeln!(
+                        out,
+                        "| {:<30} | {:>10} | {:>8.2} M | {:<10} | {:>7} | {:>15} | {:>20} | {:>10} |",
+                        mtype,
+                        human_bytes(size),
+                        n_params as f64 / 1e6,
+                        "CPU",
+                        nt,
+                        t.name(),
+                        format!("{avg:.2} ± {std:.2}"),
+                        human_bytes(kv)
+                    )?;
+                    out.flush()?;
+                }
+                rows.push(Row {
+                    fields: json!({
+                        "build_commit": BUILD_COMMIT,
+                        "cpu_info": cpu_info(),
+                        "gpu_info": "",
+                        "backends": "CPU",
+                        "model_filename": path.display().to_string(),
+                        "model_type": mtype,
+                        "model_size": size,
+                        "model_n_params": n_params,
+                        "n_batch": args.batch,
+                        "n_threads": nt,
+                        "type_k": args.kv_type,
+                        "type_v": args.kv_type,
+                        "n_prompt": t.n_prompt,
+                        "n_gen": t.n_gen,
+                        "n_depth": t.depth,
+                        "avg_ts": avg,
+                        "stddev_ts": std,
+                        "samples_ts": samples,
+                        "kv_bytes": kv,
+                        "lazy_fraction": 0.0,
+                        "n_parallel": 1,
+                    }),
+                });
+            }
+        }
+    }
+    match args.output.as_str() {
+        "json" => {
+            let all: Vec<Value> = rows.into_iter().map(|r| r.fields).collect();
+            println!("{}", serde_json::to_string_pretty(&all)?);
+        }
+        "csv" => {
+            const COLS: [&str; 17] = [
+                "build_commit", "cpu_info", "gpu_info", "backends", "model_filename", "model_type", "model_size",
+                "model_n_params", "n_threads", "n_prompt", "n_gen", "n_depth", "avg_ts", "stddev_ts", "kv_bytes",
+                "lazy_fraction", "n_parallel",
+            ];
+            println!("{}", COLS.join(","));
+            for r in rows {
+                let cells: Vec<String> = COLS
+                    .iter()
+                    .map(|c| match &r.fields[*c] {
+                        Value::String(s) => format!("\"{}\"", s.replace('"', "\"\"")),
+                        v => v.to_string(),
+                    })
+                    .collect();
+                println!("{}", cells.join(","));
+            }
+        }
+        _ => {
+            println!();
+            println!("build: {BUILD_COMMIT}, cpu: {}, gpu: none", cpu_info());
+        }
+    }
+    Ok(())
+}

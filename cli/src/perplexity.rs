@@ -1,0 +1,51 @@
+//! `engine perplexity -m MODEL -f FILE -c CTX`: llama.cpp's perplexity method and output, so
+//! the two can be compared on the same text (`Final estimate: PPL = <value> +/- <stderr>`).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use engine::model::{Model, Session};
+use engine::tokenizer::TokenizeOptions;
+
+use crate::common::{init_threads, open_model, tokenizer, ModelArgs};
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The text to score.
+    #[arg(short = 'f', long = "file")]
+    file: PathBuf,
+    /// Score at most this many chunks.
+    #[arg(long = "chunks")]
+    chunks: Option<usize>,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    init_threads(args.model.threads)?;
+    let text = std::fs::read_to_string(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
+    let file = open_model(&args.model)?;
+    let tok = tokenizer(&file)?;
+    let model = Model::load(&file).context("loading the model")?;
+    // -c is the chunk size here, as in llama-perplexity (default 512 there too).
+    let mut params = args.model.session_params(model.cfg.n_ctx_train, 512);
+    let n_ctx = params.n_ctx;
+    params.n_batch = params.n_batch.max(n_ctx);
+    let mut session = Session::new(&model, &params)?;
+    let t = Instant::now();
+    let tokens = tok.tokenize(&text, TokenizeOptions { add_special: true, parse_special: false });
+    eprintln!("tokenized {} bytes into {} tokens in {:.0} ms", text.len(), tokens.len(), t.elapsed().as_secs_f64() * 1e3);
+    let bos = if tok.add_bos() { tok.bos() } else { None };
+    eprintln!("calculating perplexity over {} chunks, n_ctx={n_ctx}", (tokens.len() / n_ctx).min(args.chunks.unwrap_or(usize::MAX)));
+    let t = Instant::now();
+    let result = engine::perplexity::perplexity(&mut session, &tokens, bos, n_ctx, args.chunks, |i, ppl| {
+        print!("[{}]{ppl:.4},", i + 1);
+        let _ = std::io::stdout().flush();
+    })?;
+    println!();
+    eprintln!("{} tokens scored in {:.1} s", result.n_scored, t.elapsed().as_secs_f64());
+    println!("Final estimate: PPL = {:.4} +/- {:.5}", result.ppl, result.stderr);
+    Ok(())
+}
