@@ -12,11 +12,13 @@
 //! - [`matmul`]: quantized weight matrix times f32 activations.
 //! - [`attention`]: attention over a KV cache with causal, window and sink+window masks.
 //! - [`ops`]: RMSNorm, RoPE, activations, softmax.
+//! - [`probe`]: memory-bandwidth and peak-throughput probes, to quote kernel speeds against.
 
 pub mod attention;
 pub mod dot;
 pub mod matmul;
 pub mod ops;
+pub mod probe;
 pub mod quants;
 pub mod types;
 

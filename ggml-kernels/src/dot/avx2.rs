@@ -210,23 +210,23 @@ pub(super) unsafe fn q3_k_scales(p: *const u8) -> __m128i {
 }
 
 // Block sizes in bytes.
-const Q4_0: usize = 18;
-const Q4_1: usize = 20;
-const Q5_0: usize = 22;
-const Q5_1: usize = 24;
-const Q8_0: usize = 34;
-const Q8_1: usize = 36;
-const Q8_K: usize = 292;
-const Q2_K: usize = 84;
-const Q3_K: usize = 110;
-const Q4_K: usize = 144;
-const Q5_K: usize = 176;
-const Q6_K: usize = 210;
-const IQ4_XS: usize = 136;
+pub(super) const Q4_0: usize = 18;
+pub(super) const Q4_1: usize = 20;
+pub(super) const Q5_0: usize = 22;
+pub(super) const Q5_1: usize = 24;
+pub(super) const Q8_0: usize = 34;
+pub(super) const Q8_1: usize = 36;
+pub(super) const Q8_K: usize = 292;
+pub(super) const Q2_K: usize = 84;
+pub(super) const Q3_K: usize = 110;
+pub(super) const Q4_K: usize = 144;
+pub(super) const Q5_K: usize = 176;
+pub(super) const Q6_K: usize = 210;
+pub(super) const IQ4_XS: usize = 136;
 
 /// Offsets inside a Q8_K block.
-const Q8K_QS: usize = 4;
-const Q8K_BSUMS: usize = 260;
+pub(super) const Q8K_QS: usize = 4;
+pub(super) const Q8K_BSUMS: usize = 260;
 
 // ---------------------------------------------------------------------------------------------
 // Blocks of 32 against Q8_0 / Q8_1
@@ -302,6 +302,9 @@ macro_rules! blocks32_x4 {
     }};
 }
 
+#[allow(unused_imports)] // Used by the VNNI module.
+pub(super) use blocks32_x4;
+
 /// Q4_0 x Q8_0: unsigned nibbles against the activations, `8 * dx * dy * sum(y)` subtracted.
 ///
 /// # Safety
@@ -328,7 +331,7 @@ pub(super) unsafe fn dot_q4_1(nb: usize, w: *const u8, a: *const u8, aux: *const
 /// The five-bit quants of a Q5_0/Q5_1 block (`qh` at `x + qh`, nibbles at `x + qs`), unsigned.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q5_quants(x: *const u8, qh: usize, qs: usize) -> __m256i {
+pub(super) unsafe fn q5_quants(x: *const u8, qh: usize, qs: usize) -> __m256i {
     // SAFETY: the caller guarantees a readable block at `x`.
     unsafe { _mm256_or_si256(nibbles(x.add(qs)), _mm256_and_si256(bits_to_bytes(x.add(qh)), _mm256_set1_epi8(0x10))) }
 }
@@ -485,19 +488,15 @@ pub(super) unsafe fn k4_min_products(mins: __m128i, y: *const u8) -> __m128i {
     _mm_madd_epi16(mins, ysum)
 }
 
-/// Q4_K x Q8_K.
-///
-/// # Safety
-///
-/// As [`super::DotFn`]; the CPU must have AVX2, FMA and F16C.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_q4_k(nb: usize, w: *const u8, a: *const u8, _aux: *const f32) -> f32 {
-    let m4 = _mm256_set1_epi8(0xF);
-    let mut acc = _mm256_setzero_ps();
-    let mut accm = _mm_setzero_ps();
-    for i in 0..nb {
-        // SAFETY: block `i < nb` of both rows is readable; every offset below is inside it.
-        unsafe {
+/// The Q4_K row loop; `$sum(acc, p, s)` adds the i16 pair sums `p` of one group, weighted by
+/// its scale `s` (i16 lanes), to the i32 lanes of `acc`.
+macro_rules! q4_k_row {
+    ($nb:expr, $w:expr, $a:expr, sum = |$acc:ident, $p:ident, $s:ident| $sum:expr) => {{
+        let (nb, w, a): (usize, *const u8, *const u8) = ($nb, $w, $a);
+        let m4 = _mm256_set1_epi8(0xF);
+        let mut acc = _mm256_setzero_ps();
+        let mut accm = _mm_setzero_ps();
+        for i in 0..nb {
             let (x, y) = (w.add(i * Q4_K), a.add(i * Q8_K));
             let dy = load_f32(y);
             let d = dy * load_f16(x);
@@ -510,16 +509,29 @@ pub(super) unsafe fn dot_q4_k(nb: usize, w: *const u8, a: *const u8, _aux: *cons
                 let q = load256(x.add(16 + 32 * c));
                 let ql = _mm256_and_si256(q, m4);
                 let qh = _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4);
-                let pl = _mm256_maddubs_epi16(ql, load256(y.add(Q8K_QS + 64 * c)));
-                let ph = _mm256_maddubs_epi16(qh, load256(y.add(Q8K_QS + 64 * c + 32)));
-                let pl = _mm256_madd_epi16(pl, _mm256_shuffle_epi8(scales, scale_shuffle_k4(2 * c)));
-                let ph = _mm256_madd_epi16(ph, _mm256_shuffle_epi8(scales, scale_shuffle_k4(2 * c + 1)));
-                sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(pl, ph));
+                let ($acc, $p, $s) = (sumi, _mm256_maddubs_epi16(ql, load256(y.add(Q8K_QS + 64 * c))), _mm256_shuffle_epi8(scales, scale_shuffle_k4(2 * c)));
+                sumi = $sum;
+                let ($acc, $p, $s) = (sumi, _mm256_maddubs_epi16(qh, load256(y.add(Q8K_QS + 64 * c + 32))), _mm256_shuffle_epi8(scales, scale_shuffle_k4(2 * c + 1)));
+                sumi = $sum;
             }
             acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
         }
-    }
-    hsum_ps(acc) + hsum_ps128(accm)
+        hsum_ps(acc) + hsum_ps128(accm)
+    }};
+}
+#[allow(unused_imports)] // Used by the VNNI module.
+pub(super) use q4_k_row;
+
+/// Q4_K x Q8_K.
+///
+/// # Safety
+///
+/// As [`super::DotFn`]; the CPU must have AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_q4_k(nb: usize, w: *const u8, a: *const u8, _aux: *const f32) -> f32 {
+    // SAFETY: super-blocks `< nb` of both rows are readable (the caller's contract); every
+    // offset the macro forms is inside them.
+    unsafe { q4_k_row!(nb, w, a, sum = |acc, p, s| _mm256_add_epi32(acc, _mm256_madd_epi16(p, s))) }
 }
 
 /// Q5_K x Q8_K.
@@ -566,21 +578,16 @@ pub(super) unsafe fn dot_q5_k(nb: usize, w: *const u8, a: *const u8, _aux: *cons
     hsum_ps(acc) + hsum_ps128(accm)
 }
 
-/// Q6_K x Q8_K. Each quant is taken unsigned (0..64) and `32 * sum(sc * ysum)` is subtracted
-/// per super-block, from the Q8_K group sums.
-///
-/// # Safety
-///
-/// As [`super::DotFn`]; the CPU must have AVX2, FMA and F16C.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_q6_k(nb: usize, w: *const u8, a: *const u8, _aux: *const f32) -> f32 {
-    let m4 = _mm256_set1_epi8(0xF);
-    let m30 = _mm256_set1_epi8(0x30);
-    let mut acc0 = _mm256_setzero_ps();
-    let mut acc1 = _mm256_setzero_ps();
-    for i in 0..nb {
-        // SAFETY: block `i < nb` of both rows is readable; every offset below is inside it.
-        unsafe {
+/// The Q6_K row loop (quants taken unsigned, `32 * sum(sc * ysum)` subtracted per super-block
+/// from the Q8_K group sums); `$sum(acc, p, s)` as in [`q4_k_row`].
+macro_rules! q6_k_row {
+    ($nb:expr, $w:expr, $a:expr, sum = |$acc:ident, $p:ident, $s:ident| $sum:expr) => {{
+        let (nb, w, a): (usize, *const u8, *const u8) = ($nb, $w, $a);
+        let m4 = _mm256_set1_epi8(0xF);
+        let m30 = _mm256_set1_epi8(0x30);
+        let mut acc0 = _mm256_setzero_ps();
+        let mut acc1 = _mm256_setzero_ps();
+        for i in 0..nb {
             let (x, y) = (w.add(i * Q6_K), a.add(i * Q8_K));
             let d = load_f32(y) * load_f16(x.add(208));
             let sc8 = load128(x.add(192));
@@ -601,9 +608,12 @@ pub(super) unsafe fn dot_q6_k(nb: usize, w: *const u8, a: *const u8, _aux: *cons
                 ];
                 for (s, &qs) in q.iter().enumerate() {
                     let c = 4 * h + s;
-                    let p = _mm256_maddubs_epi16(qs, load256(y.add(Q8K_QS + 32 * c)));
-                    let sc = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc8, scale_shuffle_16(c)));
-                    sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, sc));
+                    let ($acc, $p, $s) = (
+                        sumi,
+                        _mm256_maddubs_epi16(qs, load256(y.add(Q8K_QS + 32 * c))),
+                        _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc8, scale_shuffle_16(c))),
+                    );
+                    sumi = $sum;
                 }
             }
             sumi = _mm256_sub_epi32(sumi, _mm256_slli_epi32::<5>(corr));
@@ -613,8 +623,22 @@ pub(super) unsafe fn dot_q6_k(nb: usize, w: *const u8, a: *const u8, _aux: *cons
                 acc1 = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc1);
             }
         }
-    }
-    hsum_ps(_mm256_add_ps(acc0, acc1))
+        hsum_ps(_mm256_add_ps(acc0, acc1))
+    }};
+}
+#[allow(unused_imports)] // Used by the VNNI module.
+pub(super) use q6_k_row;
+
+/// Q6_K x Q8_K.
+///
+/// # Safety
+///
+/// As [`super::DotFn`]; the CPU must have AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_q6_k(nb: usize, w: *const u8, a: *const u8, _aux: *const f32) -> f32 {
+    // SAFETY: super-blocks `< nb` of both rows are readable (the caller's contract); every
+    // offset the macro forms is inside them.
+    unsafe { q6_k_row!(nb, w, a, sum = |acc, p, s| _mm256_add_epi32(acc, _mm256_madd_epi16(p, s))) }
 }
 
 /// IQ4_XS x Q8_K.

@@ -1,5 +1,254 @@
-//! AVX2 GEMM tiles (placeholder).
+//! AVX2 GEMM tiles: up to 4 weight rows x 4 activation rows per inner loop (prefill).
+//!
+//! A tile walks the blocks of its rows once. Each weight block is unpacked once and used against
+//! the four activation blocks from registers; each activation block is loaded once and used
+//! against the four weight rows. The sixteen integer block sums are reduced with two levels of
+//! `vphaddd` into one vector per activation row (lanes: weight row, half) or per weight row
+//! (lanes: activation row, half), so the float work per block is one convert and one or two FMAs
+//! per row instead of per pair.
+//!
+//! Tiles are generic over their height and width (`MR`, `NR` in 1..=4, constants so every loop
+//! unrolls); the table entry dispatches on the runtime `(mr, nr)` of the [`Tile`].
 
-use super::Kernels;
+use std::arch::x86_64::*;
 
-pub(super) fn install(_k: &mut Kernels) {}
+use super::avx2::{dot_i8, dot_u8, f16x4, iq4nl_table, k4_scales_mins, load256, load_f16, nibbles, scale_shuffle_k4};
+use super::{Isa, Kernels, Tile};
+use crate::types::GgmlType;
+
+/// Puts this module's tiles into `k`.
+pub(super) fn install(k: &mut Kernels) {
+    let isa = Isa::Avx2;
+    k.set_tile(GgmlType::Q4_0, isa, tile_q4_0);
+    k.set_tile(GgmlType::Q5_0, isa, tile_q5_0);
+    k.set_tile(GgmlType::Q8_0, isa, tile_q8_0);
+    k.set_tile(GgmlType::IQ4_NL, isa, tile_iq4_nl);
+    k.set_tile(GgmlType::Q4_K, isa, tile_q4_k);
+}
+
+/// Calls `$f::<MR, NR>($t)` for the tile's runtime shape.
+macro_rules! dispatch_shape {
+    ($f:ident, $t:expr) => {{
+        let t: &Tile = $t;
+        match (t.mr, t.nr) {
+            (4, 4) => $f::<4, 4>(t),
+            (4, 3) => $f::<4, 3>(t),
+            (4, 2) => $f::<4, 2>(t),
+            (4, 1) => $f::<4, 1>(t),
+            (3, 4) => $f::<3, 4>(t),
+            (3, 3) => $f::<3, 3>(t),
+            (3, 2) => $f::<3, 2>(t),
+            (3, 1) => $f::<3, 1>(t),
+            (2, 4) => $f::<2, 4>(t),
+            (2, 3) => $f::<2, 3>(t),
+            (2, 2) => $f::<2, 2>(t),
+            (2, 1) => $f::<2, 1>(t),
+            (1, 4) => $f::<1, 4>(t),
+            (1, 3) => $f::<1, 3>(t),
+            (1, 2) => $f::<1, 2>(t),
+            (1, 1) => $f::<1, 1>(t),
+            _ => debug_assert!(false, "tile shape {}x{}", t.mr, t.nr),
+        }
+    }};
+}
+pub(super) use dispatch_shape;
+
+/// Up to four IEEE halves from `MR` weight rows (`p`, `p + ldw`, ...), as `f32`; lanes from
+/// `MR` on are zero and their rows are not read.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn f16_rows<const MR: usize>(p: *const u8, ldw: usize) -> __m128 {
+    if MR == 4 {
+        // SAFETY: four rows are readable (the caller's contract).
+        return unsafe { f16x4(p, ldw) };
+    }
+    let mut v = [0f32; 4];
+    for (i, v) in v.iter_mut().enumerate().take(MR) {
+        // SAFETY: rows below `MR` are readable.
+        *v = unsafe { load_f16(p.add(i * ldw)) };
+    }
+    // SAFETY: `v` holds four floats.
+    unsafe { _mm_loadu_ps(v.as_ptr()) }
+}
+
+/// Writes the tile's results: `acc[r]` holds, in lanes `c` and `c + 4`, the two halves of output
+/// `(r, c)`; `out[j * ldo + i]` gets output `(i, j)` with `(r, c) = (j, i)` when `by_act`
+/// (accumulators per activation row), else `(r, c) = (i, j)`.
+///
+/// # Safety
+///
+/// `out` must be writable at `j * ldo + i` for `i < mr`, `j < nr`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn store_tile<const R: usize>(acc: &[__m256; R], by_act: bool, mr: usize, nr: usize, out: *mut f32, ldo: usize) {
+    for (r, a) in acc.iter().enumerate() {
+        let s = _mm_add_ps(_mm256_castps256_ps128(*a), _mm256_extractf128_ps::<1>(*a));
+        let mut v = [0f32; 4];
+        // SAFETY: `v` holds four floats.
+        unsafe { _mm_storeu_ps(v.as_mut_ptr(), s) };
+        let (count, at): (usize, fn(usize, usize, usize) -> usize) =
+            if by_act { (mr, |r, c, ldo| r * ldo + c) } else { (nr, |r, c, ldo| c * ldo + r) };
+        for (c, &v) in v.iter().enumerate().take(count) {
+            // SAFETY: the index is that of output (i, j) with i < mr, j < nr.
+            unsafe { *out.add(at(r, c, ldo)) = v };
+        }
+    }
+}
+
+/// A tile of a 32-element block type against Q8_0 activations, accumulated per activation row.
+///
+/// `prep` turns the weight block at `x` into 32 bytes; `pair` gives the eight i32 lanes of the
+/// block dot product of prepared weights `xv` with activations `yv`. With `corr = Some(f)` the
+/// prepared weights are offset and `f * dx * dy * sum(y)` is added per block (from the side
+/// data), as in the dot products.
+macro_rules! tile32 {
+    ($name:ident, $inner:ident, feat = $feat:literal, wsize = $ws:expr, corr = $corr:expr,
+     prep = |$x:ident| $prep:expr, pair = |$xv:ident, $yv:ident| $pair:expr) => {
+        /// # Safety
+        ///
+        /// As [`super::TileFn`]; the CPU must have the features of the module.
+        #[target_feature(enable = $feat)]
+        unsafe fn $inner<const MR: usize, const NR: usize>(t: &Tile) {
+            let corr: Option<f32> = $corr;
+            let low_half = _mm256_castsi256_ps(_mm256_setr_epi32(-1, -1, -1, -1, 0, 0, 0, 0));
+            let mut acc = [_mm256_setzero_ps(); NR];
+            for b in 0..t.nb {
+                // SAFETY: blocks `b < nb` of rows `< MR` (weights) and `< NR` (activations and
+                // their side data) are readable (the caller's contract).
+                unsafe {
+                    let mut xs = [_mm256_setzero_si256(); MR];
+                    for (i, xs) in xs.iter_mut().enumerate() {
+                        let $x = t.w.add(i * t.ldw + b * $ws);
+                        *xs = $prep;
+                    }
+                    let dx = super::avx2_gemm::f16_rows::<MR>(t.w.add(b * $ws), t.ldw);
+                    let dx2 = _mm256_set_m128(dx, dx);
+                    let dxc = match corr {
+                        Some(f) => _mm256_and_ps(_mm256_mul_ps(dx2, _mm256_set1_ps(f)), low_half),
+                        None => _mm256_setzero_ps(),
+                    };
+                    for (j, acc) in acc.iter_mut().enumerate() {
+                        let $yv = load256(t.a.add(j * t.lda + b * 34 + 2));
+                        let mut ints = [_mm256_setzero_si256(); 4];
+                        for (i, ints) in ints.iter_mut().enumerate().take(MR) {
+                            let $xv = xs[i];
+                            *ints = $pair;
+                        }
+                        // Lanes i and i + 4: the two halves of weight row i's block sum.
+                        let h = _mm256_hadd_epi32(_mm256_hadd_epi32(ints[0], ints[1]), _mm256_hadd_epi32(ints[2], ints[3]));
+                        let side = t.aux.add(j * t.ldaux);
+                        let dy = _mm256_broadcast_ss(&*side.add(b));
+                        *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(h), _mm256_mul_ps(dx2, dy), *acc);
+                        if corr.is_some() {
+                            *acc = _mm256_fmadd_ps(dxc, _mm256_broadcast_ss(&*side.add(t.nb + b)), *acc);
+                        }
+                    }
+                }
+            }
+            // SAFETY: outputs (i < MR, j < NR) are writable (the caller's contract).
+            unsafe { super::avx2_gemm::store_tile::<NR>(&acc, true, MR, NR, t.out, t.ldo) };
+        }
+
+        /// # Safety
+        ///
+        /// As [`super::TileFn`]; the CPU must have the features of the module.
+        unsafe fn $name(t: &Tile) {
+            // SAFETY: the caller's contract is the inner function's.
+            unsafe { super::avx2_gemm::dispatch_shape!($inner, t) }
+        }
+    };
+}
+#[allow(unused_imports)] // Used by the VNNI module.
+pub(super) use tile32;
+
+tile32!(tile_q4_0, tile_q4_0_mn, feat = "avx2,fma,f16c", wsize = 18, corr = Some(-8.0),
+    prep = |x| nibbles(x.add(2)), pair = |xv, yv| dot_u8(xv, yv));
+
+tile32!(tile_q5_0, tile_q5_0_mn, feat = "avx2,fma,f16c", wsize = 22, corr = Some(-16.0),
+    prep = |x| super::avx2::q5_quants(x, 2, 6), pair = |xv, yv| dot_u8(xv, yv));
+
+tile32!(tile_q8_0, tile_q8_0_mn, feat = "avx2,fma,f16c", wsize = 34, corr = None,
+    prep = |x| load256(x.add(2)), pair = |xv, yv| dot_i8(xv, yv));
+
+tile32!(tile_iq4_nl, tile_iq4_nl_mn, feat = "avx2,fma,f16c", wsize = 18, corr = None,
+    prep = |x| _mm256_shuffle_epi8(iq4nl_table(), nibbles(x.add(2))), pair = |xv, yv| dot_i8(xv, yv));
+
+/// The Q4_K tile, accumulated per weight row; `$sum` folds one group: `$sum(acc, q, y, scale)`
+/// returns `acc + madd(maddubs(q, y), scale)`.
+macro_rules! tile_q4_k_kernel {
+    ($name:ident, $inner:ident, feat = $feat:literal, sum = |$acc:ident, $q:ident, $y:ident, $s:ident| $sum:expr) => {
+        /// # Safety
+        ///
+        /// As [`super::TileFn`]; the CPU must have the features of the module.
+        #[target_feature(enable = $feat)]
+        unsafe fn $inner<const MR: usize, const NR: usize>(t: &Tile) {
+            let m4 = _mm256_set1_epi8(0xF);
+            let mut acc = [_mm256_setzero_ps(); MR];
+            for b in 0..t.nb {
+                // SAFETY: super-blocks `b < nb` of rows `< MR` (weights) and `< NR`
+                // (activations) are readable (the caller's contract).
+                unsafe {
+                    // Activation side: scales and the sums of each group of 32.
+                    let mut dys = [0f32; 4];
+                    let mut ysums = [_mm_setzero_si128(); 4];
+                    for j in 0..NR {
+                        let y = t.a.add(j * t.lda + b * 292);
+                        dys[j] = super::avx2::load_f32(y);
+                        let bs = load256(y.add(260));
+                        ysums[j] = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256::<1>(bs));
+                    }
+                    let dy4 = _mm_loadu_ps(dys.as_ptr());
+                    let dy8 = _mm256_set_m128(dy4, dy4);
+                    for (i, acc) in acc.iter_mut().enumerate() {
+                        let x = t.w.add(i * t.ldw + b * 144);
+                        let (sc, mins) = k4_scales_mins(x.add(4));
+                        let scales = _mm256_broadcastsi128_si256(sc);
+                        let mut s = [_mm256_setzero_si256(); 8];
+                        let mut q = [_mm256_setzero_si256(); 8];
+                        for c in 0..4 {
+                            s[2 * c] = _mm256_shuffle_epi8(scales, scale_shuffle_k4(2 * c));
+                            s[2 * c + 1] = _mm256_shuffle_epi8(scales, scale_shuffle_k4(2 * c + 1));
+                            let v = load256(x.add(16 + 32 * c));
+                            q[2 * c] = _mm256_and_si256(v, m4);
+                            q[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4);
+                        }
+                        let mut ints = [_mm256_setzero_si256(); 4];
+                        let mut mints = [_mm_setzero_si128(); 4];
+                        for j in 0..NR {
+                            let y = t.a.add(j * t.lda + b * 292 + 4);
+                            let mut sum = _mm256_setzero_si256();
+                            for k in 0..8 {
+                                let ($acc, $q, $y, $s) = (sum, q[k], load256(y.add(32 * k)), s[k]);
+                                sum = $sum;
+                            }
+                            ints[j] = sum;
+                            mints[j] = _mm_madd_epi16(mins, ysums[j]);
+                        }
+                        // Lanes j and j + 4: the two halves of activation row j's sum.
+                        let h = _mm256_hadd_epi32(_mm256_hadd_epi32(ints[0], ints[1]), _mm256_hadd_epi32(ints[2], ints[3]));
+                        let hm = _mm_hadd_epi32(_mm_hadd_epi32(mints[0], mints[1]), _mm_hadd_epi32(mints[2], mints[3]));
+                        let d = _mm256_mul_ps(_mm256_set1_ps(load_f16(x)), dy8);
+                        let dmin = _mm256_mul_ps(_mm256_set1_ps(load_f16(x.add(2))), dy8);
+                        *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(h), d, *acc);
+                        *acc = _mm256_fnmadd_ps(_mm256_zextps128_ps256(_mm_cvtepi32_ps(hm)), dmin, *acc);
+                    }
+                }
+            }
+            // SAFETY: outputs (i < MR, j < NR) are writable (the caller's contract).
+            unsafe { super::avx2_gemm::store_tile::<MR>(&acc, false, MR, NR, t.out, t.ldo) };
+        }
+
+        /// # Safety
+        ///
+        /// As [`super::TileFn`]; the CPU must have the features of the module.
+        unsafe fn $name(t: &Tile) {
+            // SAFETY: the caller's contract is the inner function's.
+            unsafe { super::avx2_gemm::dispatch_shape!($inner, t) }
+        }
+    };
+}
+#[allow(unused_imports)] // Used by the VNNI module.
+pub(super) use tile_q4_k_kernel;
+
+tile_q4_k_kernel!(tile_q4_k, tile_q4_k_mn, feat = "avx2,fma,f16c",
+    sum = |acc, q, y, s| _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(q, y), s)));

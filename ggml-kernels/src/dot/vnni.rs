@@ -1,5 +1,187 @@
-//! AVX-512 VNNI kernels (placeholder).
+//! AVX-512 VNNI kernels: the int8 products of the AVX2 kernels with `vpdpbusd` (four unsigned x
+//! signed byte products summed into each i32 lane, accumulating) and `vpdpwssd` (pairs of i16
+//! products summed into i32, accumulating) on 256-bit registers.
+//!
+//! One `vpdpbusd` replaces `vpmaddubsw` + `vpmaddwd` (+ `vpaddd`), and it cannot saturate, so
+//! signed weights need no sign trick: they are offset by 128 to make them unsigned and
+//! `128 * sum(y)` is taken out through the activation block sums. One `vpdpwssd` replaces the
+//! `vpmaddwd` + `vpaddd` that apply the K-quants' group scales.
+//!
+//! The instructions are emitted with inline assembly rather than the AVX-512 intrinsics, which
+//! need a newer Rust than the workspace's MSRV. The functions carry the AVX2 target features
+//! only; they are installed solely in the `Isa::Avx512Vnni` table, which is handed out only when
+//! AVX-512 VL and VNNI are detected, as the EVEX encodings require.
 
-use super::Kernels;
+use std::arch::asm;
+use std::arch::x86_64::*;
 
-pub(super) fn install(_k: &mut Kernels) {}
+use super::avx2::{
+    blocks32_x4, f16x4, hsum_ps, hsum_ps128, k4_min_products, k4_scales_mins, load128, load256, load_f16, load_f32, nibbles,
+    q4_k_row, q5_quants, q6_k_row, scale_shuffle_16, scale_shuffle_k4, Q4_0, Q4_K, Q5_0, Q6_K, Q8K_BSUMS, Q8K_QS, Q8_0,
+    Q8_K,
+};
+use super::avx2_gemm::{tile32, tile_q4_k_kernel};
+use super::{Isa, Kernels, Tile};
+use crate::quants::iq4_nl::KVALUES_IQ4NL;
+use crate::types::GgmlType;
+
+/// Puts this module's kernels into `k` (over the AVX2 ones).
+pub(super) fn install(k: &mut Kernels) {
+    use GgmlType as T;
+    let isa = Isa::Avx512Vnni;
+    k.set_dot(T::Q4_0, isa, dot_q4_0);
+    k.set_dot(T::Q5_0, isa, dot_q5_0);
+    k.set_dot(T::Q8_0, isa, dot_q8_0);
+    k.set_dot(T::IQ4_NL, isa, dot_iq4_nl);
+    k.set_dot(T::Q4_K, isa, dot_q4_k);
+    k.set_dot(T::Q6_K, isa, dot_q6_k);
+    k.set_tile(T::Q4_0, isa, tile_q4_0);
+    k.set_tile(T::Q5_0, isa, tile_q5_0);
+    k.set_tile(T::Q8_0, isa, tile_q8_0);
+    k.set_tile(T::IQ4_NL, isa, tile_iq4_nl);
+    k.set_tile(T::Q4_K, isa, tile_q4_k);
+}
+
+/// `acc + sum of four u8 x i8 products` per i32 lane (`vpdpbusd`).
+///
+/// # Safety
+///
+/// The CPU must have AVX-512 VL and VNNI.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dpbusd(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+    let mut acc = acc;
+    // SAFETY: register-only instruction; the caller guarantees the CPU runs it.
+    unsafe {
+        asm!("vpdpbusd {acc}, {u}, {s}", acc = inout(ymm_reg) acc, u = in(ymm_reg) u, s = in(ymm_reg) s,
+            options(pure, nomem, nostack, preserves_flags));
+    }
+    acc
+}
+
+/// `acc + sum of two i16 x i16 products` per i32 lane (`vpdpwssd`).
+///
+/// # Safety
+///
+/// The CPU must have AVX-512 VL and VNNI.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dpwssd(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
+    let mut acc = acc;
+    // SAFETY: register-only instruction; the caller guarantees the CPU runs it.
+    unsafe {
+        asm!("vpdpwssd {acc}, {a}, {b}", acc = inout(ymm_reg) acc, a = in(ymm_reg) a, b = in(ymm_reg) b,
+            options(pure, nomem, nostack, preserves_flags));
+    }
+    acc
+}
+
+/// Four byte products per lane from zero.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_u8_vnni(u: __m256i, s: __m256i) -> __m256i {
+    // SAFETY: the caller guarantees the CPU runs VNNI.
+    unsafe { dpbusd(_mm256_setzero_si256(), u, s) }
+}
+
+/// Signed bytes offset by 128 (unsigned).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn offset128(v: __m256i) -> __m256i {
+    _mm256_xor_si256(v, _mm256_set1_epi8(-128))
+}
+
+/// The IQ4_NL levels plus 128 (all in 1..=241), in both halves, for `vpshufb`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn iq4nl_table_u8() -> __m256i {
+    // SAFETY: the table is 16 bytes.
+    let t = unsafe { load128(KVALUES_IQ4NL.as_ptr().cast::<u8>()) };
+    offset128(_mm256_broadcastsi128_si256(t))
+}
+
+/// Q4_0 x Q8_0.
+///
+/// # Safety
+///
+/// As [`super::DotFn`] (reads `aux`); the CPU must have AVX2, FMA, F16C, AVX-512 VL and VNNI.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q4_0(nb: usize, w: *const u8, a: *const u8, aux: *const f32) -> f32 {
+    // SAFETY: blocks `< nb` of both rows and `2 * nb` side floats are readable; the CPU has VNNI.
+    unsafe { blocks32_x4!(nb, w, Q4_0, a, Q8_0, aux, corr = Some((0, -8.0)), |x, y| dot_u8_vnni(nibbles(x.add(2)), load256(y.add(2)))) }
+}
+
+/// Q5_0 x Q8_0.
+///
+/// # Safety
+///
+/// As [`dot_q4_0`].
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q5_0(nb: usize, w: *const u8, a: *const u8, aux: *const f32) -> f32 {
+    // SAFETY: as `dot_q4_0`.
+    unsafe { blocks32_x4!(nb, w, Q5_0, a, Q8_0, aux, corr = Some((0, -16.0)), |x, y| dot_u8_vnni(q5_quants(x, 2, 6), load256(y.add(2)))) }
+}
+
+/// Q8_0 x Q8_0: weights offset by 128, `128 * dx * dy * sum(y)` subtracted.
+///
+/// # Safety
+///
+/// As [`dot_q4_0`].
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q8_0(nb: usize, w: *const u8, a: *const u8, aux: *const f32) -> f32 {
+    // SAFETY: as `dot_q4_0`.
+    unsafe {
+        blocks32_x4!(nb, w, Q8_0, a, Q8_0, aux, corr = Some((0, -128.0)), |x, y| dot_u8_vnni(offset128(load256(x.add(2))), load256(y.add(2))))
+    }
+}
+
+/// IQ4_NL x Q8_0: levels offset by 128, `128 * dx * dy * sum(y)` subtracted.
+///
+/// # Safety
+///
+/// As [`dot_q4_0`].
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_iq4_nl(nb: usize, w: *const u8, a: *const u8, aux: *const f32) -> f32 {
+    let table = iq4nl_table_u8();
+    // SAFETY: as `dot_q4_0`.
+    unsafe {
+        blocks32_x4!(nb, w, Q4_0, a, Q8_0, aux, corr = Some((0, -128.0)), |x, y| dot_u8_vnni(_mm256_shuffle_epi8(table, nibbles(x.add(2))), load256(y.add(2))))
+    }
+}
+
+/// Q4_K x Q8_K: group scales applied with `vpdpwssd`.
+///
+/// # Safety
+///
+/// As [`super::DotFn`]; the CPU must have AVX2, FMA, F16C, AVX-512 VL and VNNI.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q4_k(nb: usize, w: *const u8, a: *const u8, _aux: *const f32) -> f32 {
+    // SAFETY: super-blocks `< nb` of both rows are readable; the CPU has VNNI.
+    unsafe { q4_k_row!(nb, w, a, sum = |acc, p, s| dpwssd(acc, p, s)) }
+}
+
+/// Q6_K x Q8_K: group scales applied with `vpdpwssd`.
+///
+/// # Safety
+///
+/// As [`dot_q4_k`].
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q6_k(nb: usize, w: *const u8, a: *const u8, _aux: *const f32) -> f32 {
+    // SAFETY: as `dot_q4_k`.
+    unsafe { q6_k_row!(nb, w, a, sum = |acc, p, s| dpwssd(acc, p, s)) }
+}
+
+tile32!(tile_q4_0, tile_q4_0_mn, feat = "avx2,fma,f16c", wsize = 18, corr = Some(-8.0),
+    prep = |x| nibbles(x.add(2)), pair = |xv, yv| dot_u8_vnni(xv, yv));
+
+tile32!(tile_q5_0, tile_q5_0_mn, feat = "avx2,fma,f16c", wsize = 22, corr = Some(-16.0),
+    prep = |x| q5_quants(x, 2, 6), pair = |xv, yv| dot_u8_vnni(xv, yv));
+
+tile32!(tile_q8_0, tile_q8_0_mn, feat = "avx2,fma,f16c", wsize = 34, corr = Some(-128.0),
+    prep = |x| offset128(load256(x.add(2))), pair = |xv, yv| dot_u8_vnni(xv, yv));
+
+tile32!(tile_iq4_nl, tile_iq4_nl_mn, feat = "avx2,fma,f16c", wsize = 18, corr = Some(-128.0),
+    prep = |x| _mm256_shuffle_epi8(iq4nl_table_u8(), nibbles(x.add(2))), pair = |xv, yv| dot_u8_vnni(xv, yv));
+
+tile_q4_k_kernel!(tile_q4_k, tile_q4_k_mn, feat = "avx2,fma,f16c",
+    sum = |acc, q, y, s| dpwssd(acc, _mm256_maddubs_epi16(q, y), s));
