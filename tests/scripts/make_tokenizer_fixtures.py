@@ -7,7 +7,8 @@ for "cases", True for "parse_special_cases"), and 300 random strings made of pie
 at odd boundaries (RANDOM_PIECES, fixed seed; the first 100 also with parse_special=True), detokenizes the ids again with llama_detokenize
 (remove_special=False, unparse_special=False), and records each token's attributes where they are
 not plain "normal", and the end-of-generation tokens. Writes
-tests/fixtures/tokenizer/gemma3_llamacpp.json.
+tests/fixtures/tokenizer/gemma3_llamacpp.json, and the same for the small vocabularies in
+tests/fixtures/tokenizer/vocabs/ (see VOCABS) into tests/fixtures/tokenizer/vocabs_llamacpp.json.
 
     python3 -m venv /tmp/llvenv && /tmp/llvenv/bin/pip install llama-cpp-python
     /tmp/llvenv/bin/python tests/scripts/make_tokenizer_fixtures.py [--model PATH]
@@ -122,6 +123,56 @@ def record(vocab, case: dict, parse_special: bool) -> dict:
     }
 
 
+# Small vocabularies from llama.cpp's own tokenizer tests (models/ggml-vocab-*.gguf, in the
+# llama.cpp sources that llama-cpp-python vendors), committed in tests/fixtures/tokenizer/vocabs/:
+# GPT-2 (byte-level BPE) and Phi-3 (SPM with a space prefix, and llama.cpp's Phi-3 rule that
+# special tokens swallow the whitespace after them). GPT-2's vocabulary is also checked under the
+# Llama 3 and Qwen 2 pre-tokenizers, by rewriting its tokenizer.ggml.pre.
+VOCABS = [
+    ("gpt-2", "ggml-vocab-gpt-2.gguf", None),
+    ("gpt-2_as_llama-bpe", "ggml-vocab-gpt-2.gguf", "llama-bpe"),
+    ("gpt-2_as_qwen2", "ggml-vocab-gpt-2.gguf", "qwen2"),
+    ("gpt-2_as_dbrx", "ggml-vocab-gpt-2.gguf", "dbrx"),
+    ("phi-3", "ggml-vocab-phi-3.gguf", None),
+]
+
+
+def with_pre(image: bytes, pre: str) -> bytes:
+    """The GGUF image with the string value of tokenizer.ggml.pre replaced (a vocabulary-only
+    file: no tensor data follows the metadata, so nothing else moves)."""
+    key = b"tokenizer.ggml.pre"
+    at = image.index(len(key).to_bytes(8, "little") + key) + 8 + len(key)
+    assert int.from_bytes(image[at:at + 4], "little") == 8, "tokenizer.ggml.pre is not a string"
+    n = int.from_bytes(image[at + 4:at + 12], "little")
+    new = pre.encode()
+    return image[:at + 4] + len(new).to_bytes(8, "little") + new + image[at + 12 + n:]
+
+
+def vocab_fixtures(prompts: dict, tmpdir: Path) -> dict:
+    texts = [c for c in prompts["cases"]] + random_cases(150, seed=7)
+    out = {}
+    for name, file, pre in VOCABS:
+        image = (FIXTURES / "vocabs" / file).read_bytes()
+        if pre is not None:
+            image = with_pre(image, pre)
+        path = tmpdir / f"{name}.gguf"
+        path.write_bytes(image)
+        llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+        vocab = llama_cpp.llama_model_get_vocab(llm.model)
+        def compact(r: dict) -> list:
+            # [ids, detokenized bytes as hex]; the texts are stored once, in "texts".
+            return [r["ids"], r["detok_hex"]]
+
+        out[name] = {
+            "file": file,
+            "pre": pre,
+            "cases": [compact(record(vocab, c, False)) for c in texts],
+            "parse_special_cases": [compact(record(vocab, c, True)) for c in texts[:60]],
+        }
+        del llm
+    return {"texts": [c["text"] for c in texts], "vocabs": out}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, default=default_model())
@@ -155,6 +206,21 @@ def main() -> int:
     doc["random_cases"] = [record(vocab, c, False) for c in rand]
     doc["random_parse_special_cases"] = [record(vocab, c, True) for c in rand[:100]]
     args.out.write_text(json.dumps(doc, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        vocabs = vocab_fixtures(prompts, Path(tmp))
+    vocab_doc = {
+        "about": "Written by tests/scripts/make_tokenizer_fixtures.py: llama.cpp's token ids for the prompts "
+        "and 150 random strings under the vocabularies in tests/fixtures/tokenizer/vocabs/.",
+        "reference": doc["reference"],
+        "format": "vocabs[name].cases[i] = [ids, detokenized bytes as hex] for texts[i] (add_special, "
+        "parse_special=False); parse_special_cases likewise for the first 60 texts with parse_special=True",
+        **vocabs,
+    }
+    vocab_out = args.out.with_name("vocabs_llamacpp.json")
+    vocab_out.write_text(json.dumps(vocab_doc, ensure_ascii=False, indent=0) + "\n", encoding="utf-8")
+    print(f"{vocab_out}: {', '.join(vocabs['vocabs'])}", file=sys.stderr)
     n_rt = sum(c["roundtrip"] for c in doc["cases"])
     print(f"{args.out}: {len(doc['cases'])} cases ({n_rt} round-trip), "
           f"{len(doc['parse_special_cases'])} parse_special cases, {len(doc['random_cases'])} random, "

@@ -2,6 +2,7 @@
 //! ever hands out whole UTF-8 characters.
 
 use super::error::TokenizerError;
+use super::bpe::{char_to_byte, clean_spaces};
 use super::spm::SPACE_ESCAPE;
 use super::vocab::{parse_byte_token, TokenAttr, TokenId};
 use super::Tokenizer;
@@ -31,6 +32,26 @@ impl Tokenizer {
         } else if attr.has(TokenAttr::USER_DEFINED) {
             out.extend_from_slice(text.as_bytes());
         } else if attr.has(TokenAttr::NORMAL) {
+            if let Some(bpe) = &self.bpe {
+                // Byte-level BPE: each character stands for one byte.
+                let table = bpe.byte_table();
+                for c in text.chars() {
+                    match char_to_byte(table, c) {
+                        Some(b) => out.push(b),
+                        None => {
+                            // As llama.cpp renders a character outside the byte table.
+                            let mut buf = [0u8; 4];
+                            out.extend_from_slice(b"[UNK_BYTE_0x");
+                            for b in c.encode_utf8(&mut buf).bytes() {
+                                out.extend_from_slice(format!("{b:02x}").as_bytes());
+                            }
+                            out.extend_from_slice(text.as_bytes());
+                            out.push(b']');
+                        }
+                    }
+                }
+                return Ok(());
+            }
             for (i, part) in text.split(SPACE_ESCAPE).enumerate() {
                 if i > 0 {
                     out.push(b' ');
@@ -55,7 +76,8 @@ impl Tokenizer {
 
     /// The bytes of a token sequence, as llama.cpp's `llama_detokenize`: when the vocabulary adds
     /// a space prefix, one leading space of the first token's piece is removed (unless a BOS was
-    /// removed before it).
+    /// removed before it); BPE vocabularies that ask for it get their spaces cleaned up
+    /// ("Hello , world" -> "Hello, world"). The streaming decoder does no such cleaning.
     pub fn detokenize(&self, ids: &[TokenId], opts: DecodeOptions) -> Result<Vec<u8>, TokenizerError> {
         let mut ids = ids;
         let mut strip_space = self.add_space_prefix;
@@ -82,6 +104,9 @@ impl Tokenizer {
                 out.remove(start);
             }
             strip_space = false;
+        }
+        if self.clean_spaces {
+            clean_spaces(&mut out);
         }
         Ok(out)
     }

@@ -17,6 +17,9 @@ pub enum TokenizerError {
     #[error("tokenizer model {0}: not supported yet")]
     UnsupportedModel(String),
 
+    #[error("tokenizer model gpt2 needs \"tokenizer.ggml.pre\" to know how to split words; it is missing (refusing to guess)")]
+    MissingPreTokenizer,
+
     #[error("key \"tokenizer.ggml.model\": unknown tokenizer model {0:?}")]
     UnknownModel(String),
 
@@ -43,6 +46,12 @@ pub enum TokenizerError {
 
     #[error("byte 0x{byte:02X} has two byte tokens: {first} and {second}")]
     DuplicateByteToken { byte: u8, first: u32, second: u32 },
+
+    #[error("key \"tokenizer.ggml.merges\": merge {rank} ({text:?}) is not two pieces separated by a space")]
+    MalformedMerge { rank: u32, text: String },
+
+    #[error("key \"tokenizer.ggml.pre\": pre-tokenizer {0:?} is not supported yet (refusing to guess how this model splits words)")]
+    UnsupportedPreTokenizer(String),
 
     #[error("duplicate token {text:?} in the vocabulary: ids {first} and {second}")]
     DuplicateToken { text: String, first: u32, second: u32 },

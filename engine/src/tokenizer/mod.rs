@@ -2,8 +2,11 @@
 //! metadata alone, giving the same ids as llama.cpp.
 //!
 //! - `tokenizer.ggml.model = "llama"`: SentencePiece-style (SPM) vocabularies with scores and
-//!   byte fallback (Llama 1/2, Mistral, Gemma 1-3), see [`spm`](self::spm).
-//! - `"gpt2"` (byte-level BPE) and the other models: refused with a clear error, for now.
+//!   byte fallback (Llama 1/2, Mistral, Gemma 1-3, Phi-3), see [`spm`](self::spm).
+//! - `"gpt2"`: byte-level BPE (GPT-2, Llama 3, Qwen 2, ...), see [`bpe`](self::bpe), with the
+//!   pre-tokenizers `tokenizer.ggml.pre` names that are implemented; any other `pre`, or none,
+//!   is refused rather than guessed.
+//! - The other models (`bert`, `t5`, `rwkv`, ...): refused with a clear error, for now.
 //!
 //! Tokenizing runs in two stages, as in llama.cpp: the text is first split at special-token
 //! strings ([`special`](self::special)), then each plain-text fragment goes through the subword
@@ -17,20 +20,24 @@
 //! arrays of different lengths, special ids beyond the vocabulary, malformed byte tokens,
 //! duplicate texts, NaN scores and missing required keys are [`TokenizerError`]s.
 
+mod bpe;
 mod decode;
 mod error;
 mod special;
 mod spm;
+mod unicode_tables;
 mod vocab;
 
+pub use bpe::PreTokenizer;
 pub use decode::{DecodeOptions, StreamDecoder};
 pub use error::TokenizerError;
 pub use vocab::{TokenAttr, TokenId, TokenType};
 
 use crate::gguf::{GgufFile, ValueType};
+use bpe::{Bpe, BpeSession};
 use special::{Fragment, SpecialMatcher};
 use spm::SpmSession;
-use vocab::{parse_byte_token, Vocab};
+use vocab::{parse_byte_token, MergeTable, Vocab};
 
 /// The largest vocabulary accepted: ids are `int32` in llama.cpp's API.
 pub const MAX_VOCAB: usize = i32::MAX as usize;
@@ -56,6 +63,8 @@ impl Default for TokenizeOptions {
 pub enum TokenizerModel {
     /// `"llama"`: SentencePiece-style, merges by score, byte fallback.
     Spm,
+    /// `"gpt2"`: byte-level BPE with ranked merges and a pre-tokenizer.
+    Bpe(PreTokenizer),
 }
 
 /// The special token ids the metadata names (`None` where it names none).
@@ -86,8 +95,12 @@ pub struct Tokenizer {
     vocab: Vocab,
     special: SpecialTokens,
     matcher: SpecialMatcher,
-    /// The token that stands for each byte of a character missing from the vocabulary.
+    /// SPM: the token that stands for each byte of a character missing from the vocabulary.
     byte_tokens: Box<[TokenId; 256]>,
+    /// BPE: merges, pre-tokenizer and byte table.
+    bpe: Option<Bpe>,
+    /// Decoding removes spaces before punctuation (BPE vocabularies, per `pre`).
+    clean_spaces: bool,
     /// Tokens that end generation, sorted.
     eog: Vec<TokenId>,
     add_bos: bool,
@@ -101,6 +114,7 @@ mod keys {
     pub const TOKENS: &str = "tokenizer.ggml.tokens";
     pub const SCORES: &str = "tokenizer.ggml.scores";
     pub const TOKEN_TYPE: &str = "tokenizer.ggml.token_type";
+    pub const MERGES: &str = "tokenizer.ggml.merges";
     pub const ADD_BOS: &str = "tokenizer.ggml.add_bos_token";
     pub const ADD_EOS: &str = "tokenizer.ggml.add_eos_token";
     pub const ADD_SPACE_PREFIX: &str = "tokenizer.ggml.add_space_prefix";
@@ -129,13 +143,20 @@ impl Tokenizer {
     /// Builds the tokenizer from the file's metadata.
     pub fn from_gguf(file: &GgufFile) -> Result<Tokenizer, TokenizerError> {
         let model_name = file.get_str(keys::MODEL)?.ok_or(TokenizerError::MissingKey(keys::MODEL))?;
-        let model = match model_name {
-            "llama" => TokenizerModel::Spm,
-            "gpt2" | "bert" | "t5" | "rwkv" | "plamo2" | "gemma4" | "hybriddna" | "whitespace" | "no_vocab"
-            | "none" => return Err(TokenizerError::UnsupportedModel(model_name.to_string())),
+        let pre = file.get_str(keys::PRE)?.map(str::to_string);
+        let (model, bpe_preset) = match model_name {
+            "llama" => (TokenizerModel::Spm, None),
+            "gpt2" => {
+                let name = pre.as_deref().ok_or(TokenizerError::MissingPreTokenizer)?;
+                let preset =
+                    bpe::preset(name).ok_or_else(|| TokenizerError::UnsupportedPreTokenizer(name.to_string()))?;
+                (TokenizerModel::Bpe(preset.pre), Some(preset))
+            }
+            "bert" | "t5" | "rwkv" | "plamo2" | "gemma4" | "hybriddna" | "whitespace" | "no_vocab" | "none" => {
+                return Err(TokenizerError::UnsupportedModel(model_name.to_string()))
+            }
             other => return Err(TokenizerError::UnknownModel(other.to_string())),
         };
-        let pre = file.get_str(keys::PRE)?.map(str::to_string);
 
         let tokens = file.get_array(keys::TOKENS, ValueType::String)?.ok_or(TokenizerError::MissingKey(keys::TOKENS))?;
         let n = tokens.len();
@@ -145,7 +166,11 @@ impl Tokenizer {
         if n > MAX_VOCAB {
             return Err(TokenizerError::VocabTooLarge { n, limit: MAX_VOCAB });
         }
-        let scores = read_scores(file, n)?;
+        // SPM merges by score; BPE files often have none (llama.cpp then uses 0).
+        let scores = match (model, file.get(keys::SCORES)) {
+            (TokenizerModel::Bpe(_), None) => vec![0.0; n],
+            _ => read_scores(file, n)?,
+        };
         let types = read_types(file, n)?;
         let texts = tokens.strings().ok_or(TokenizerError::MissingKey(keys::TOKENS))?;
         let attrs = types.iter().map(|&t| TokenAttr::from_type(t)).collect();
@@ -189,10 +214,15 @@ impl Tokenizer {
             fim_sep: special_id(keys::FIM_SEP)?,
         };
 
-        // SPM defaults, as llama.cpp has them: BOS added, no EOS, a space prefix.
-        let add_bos = file.get_as::<bool>(keys::ADD_BOS)?.unwrap_or(true);
+        // Defaults as llama.cpp has them: SPM adds a BOS and a space prefix; BPE adds a BOS
+        // only for the Llama 3 family, and no space prefix.
+        let (bos_default, prefix_default) = match bpe_preset {
+            None => (true, true),
+            Some(p) => (p.add_bos, false),
+        };
+        let add_bos = file.get_as::<bool>(keys::ADD_BOS)?.unwrap_or(bos_default);
         let add_eos = file.get_as::<bool>(keys::ADD_EOS)?.unwrap_or(false);
-        let add_space_prefix = file.get_as::<bool>(keys::ADD_SPACE_PREFIX)?.unwrap_or(true);
+        let add_space_prefix = file.get_as::<bool>(keys::ADD_SPACE_PREFIX)?.unwrap_or(prefix_default);
         if add_bos && special.bos.is_none() {
             return Err(TokenizerError::AddWithoutId { flag_key: keys::ADD_BOS, id_key: keys::BOS });
         }
@@ -200,9 +230,9 @@ impl Tokenizer {
             return Err(TokenizerError::AddWithoutId { flag_key: keys::ADD_EOS, id_key: keys::EOS });
         }
 
-        // The token for each byte: <0xHH>, else the one-byte text, else the unknown token.
+        // SPM: the token for each byte: <0xHH>, else the one-byte text, else the unknown token.
         let mut byte_tokens = Box::new([0 as TokenId; 256]);
-        for b in 0..=255u8 {
+        for b in (0..=255u8).filter(|_| model == TokenizerModel::Spm) {
             let hex = format!("<0x{b:02X}>");
             let plain = (b < 0x80).then(|| (b as char).to_string());
             byte_tokens[b as usize] = vocab
@@ -212,10 +242,35 @@ impl Tokenizer {
                 .ok_or(TokenizerError::NoByteFallback { byte: b })?;
         }
 
+        let bpe = match bpe_preset {
+            None => None,
+            Some(preset) => {
+                let merges =
+                    file.get_array(keys::MERGES, ValueType::String)?.ok_or(TokenizerError::MissingKey(keys::MERGES))?;
+                let texts = merges.strings().ok_or(TokenizerError::MissingKey(keys::MERGES))?;
+                let table = MergeTable::build(texts, merges.len(), merges.raw_bytes().len())?;
+                Some(Bpe::new(preset, table))
+            }
+        };
+        let clean_spaces = bpe_preset.is_some_and(|p| p.clean_spaces);
+
         let name = file.get_str(keys::NAME).ok().flatten().unwrap_or("");
         let eog = apply_llama_cpp_fixups(&mut vocab, &mut special, name);
         let matcher = SpecialMatcher::new(&vocab);
-        Ok(Tokenizer { model, pre, vocab, special, matcher, byte_tokens, eog, add_bos, add_eos, add_space_prefix })
+        Ok(Tokenizer {
+            model,
+            pre,
+            vocab,
+            special,
+            matcher,
+            byte_tokens,
+            bpe,
+            clean_spaces,
+            eog,
+            add_bos,
+            add_eos,
+            add_space_prefix,
+        })
     }
 
     pub fn model(&self) -> TokenizerModel {
@@ -319,6 +374,22 @@ impl Tokenizer {
                     out.extend(self.special.eos);
                 }
             }
+            TokenizerModel::Bpe(_) => {
+                let Some(bpe) = &self.bpe else { return };
+                if opts.add_special && self.add_bos {
+                    out.extend(self.special.bos);
+                }
+                let mut session = BpeSession::default();
+                for f in fragments {
+                    match f {
+                        Fragment::Text { start, end } => bpe.tokenize(&self.vocab, &mut session, &text[start..end], out),
+                        Fragment::Token(id) => out.push(id),
+                    }
+                }
+                if opts.add_special && self.add_eos {
+                    out.extend(self.special.eos);
+                }
+            }
         }
     }
 }
@@ -352,11 +423,14 @@ fn read_types(file: &GgufFile, n: usize) -> Result<Vec<TokenType>, TokenizerErro
     if a.len() != n {
         return Err(TokenizerError::LengthMismatch { key: keys::TOKEN_TYPE, len: a.len(), n_vocab: n });
     }
-    let raw = a.to_vec::<i32>().unwrap_or_default();
-    raw.iter()
-        .enumerate()
-        .map(|(id, &v)| TokenType::from_i32(v).ok_or(TokenizerError::BadTokenType { id: id as TokenId, value: v }))
-        .collect()
+    let mut types = Vec::with_capacity(n);
+    for (id, v) in a.to_vec::<i32>().unwrap_or_default().into_iter().enumerate() {
+        match TokenType::from_i32(v) {
+            Some(t) => types.push(t),
+            None => return Err(TokenizerError::BadTokenType { id: id as TokenId, value: v }),
+        }
+    }
+    Ok(types)
 }
 
 /// What llama.cpp changes after reading the vocabulary, reproduced so that special-token

@@ -340,8 +340,15 @@ fn rejects_wrong_types_and_values() {
 
 #[test]
 fn refuses_models_it_does_not_implement() {
+    let e = err(Spec::base().set("tokenizer.ggml.model", MetaValue::String("t5".into())));
+    assert_eq!(e.to_string(), "tokenizer model t5: not supported yet");
+    // Byte-level BPE without a pre-tokenizer name, or with one not implemented: refused.
     let e = err(Spec::base().set("tokenizer.ggml.model", MetaValue::String("gpt2".into())));
-    assert_eq!(e.to_string(), "tokenizer model gpt2: not supported yet");
+    assert!(matches!(e, TokenizerError::MissingPreTokenizer), "{e}");
+    let e = err(Spec::base()
+        .set("tokenizer.ggml.model", MetaValue::String("gpt2".into()))
+        .set("tokenizer.ggml.pre", MetaValue::String("deepseek-coder".into())));
+    assert!(matches!(e, TokenizerError::UnsupportedPreTokenizer(_)), "{e}");
     let e = err(Spec::base().set("tokenizer.ggml.model", MetaValue::String("mystery".into())));
     assert!(matches!(e, TokenizerError::UnknownModel(_)), "{e}");
 }

@@ -130,7 +130,7 @@ impl Vocab {
             });
         }
         let max_token_len = offsets.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
-        let map = match PieceMap::build(&text, &offsets) {
+        let map = match PieceMap::build(&text, &offsets, false) {
             Ok(map) => map,
             Err((first, second)) => {
                 let dup = text[offsets[first as usize]..offsets[first as usize + 1]].to_string();
@@ -163,6 +163,54 @@ impl Vocab {
             return None;
         }
         self.map.find(&self.text, &self.offsets, piece)
+    }
+}
+
+/// BPE merges (`tokenizer.ggml.merges`, "left right" in rank order): the rank of a pair.
+pub(crate) struct MergeTable {
+    text: String,
+    offsets: Vec<usize>,
+    /// Length of the left part of each merge (the text up to the first space after the first
+    /// byte, as llama.cpp splits it).
+    left_len: Vec<u32>,
+    map: PieceMap,
+}
+
+impl MergeTable {
+    /// Reads the merges in rank order. A merge without a separating space is an error; of two
+    /// equal merges the first (lower) rank counts, as in llama.cpp.
+    pub(crate) fn build<'a>(
+        merges: impl Iterator<Item = &'a str>,
+        n: usize,
+        text_bytes: usize,
+    ) -> Result<MergeTable, TokenizerError> {
+        let mut text = String::with_capacity(text_bytes);
+        let mut offsets = Vec::with_capacity(n + 1);
+        let mut left_len = Vec::with_capacity(n);
+        offsets.push(0);
+        for (rank, m) in merges.take(n).enumerate() {
+            // The first space at byte 1 or later (a space is never inside a character).
+            let split = m.as_bytes().iter().skip(1).position(|&b| b == b' ').map(|p| p + 1);
+            let Some(split) = split.filter(|&p| p <= u32::MAX as usize) else {
+                return Err(TokenizerError::MalformedMerge { rank: rank as u32, text: m.to_string() });
+            };
+            left_len.push(split as u32);
+            text.push_str(m);
+            offsets.push(text.len());
+        }
+        let map = PieceMap::build(&text, &offsets, true).map_err(|(first, _)| TokenizerError::MalformedMerge {
+            rank: first,
+            text: "duplicate".to_string(),
+        })?;
+        Ok(MergeTable { text, offsets, left_len, map })
+    }
+
+    /// The rank of merging a left piece of `left_len` bytes with the rest of `key`, where `key`
+    /// is "left right".
+    #[inline]
+    pub(crate) fn rank(&self, key: &str, left_len: usize) -> Option<u32> {
+        let r = self.map.find(&self.text, &self.offsets, key)?;
+        (self.left_len[r as usize] as usize == left_len).then_some(r)
     }
 }
 
@@ -221,7 +269,7 @@ impl PieceMap {
     /// Inserting 262,144 keys in id order would touch the table at random, a cache miss each;
     /// so the keys are first hashed in order, then grouped by the region of the table they land
     /// in (a counting sort), and inserted region by region.
-    fn build(text: &str, offsets: &[usize]) -> Result<PieceMap, (TokenId, TokenId)> {
+    fn build(text: &str, offsets: &[usize], keep_first: bool) -> Result<PieceMap, (TokenId, TokenId)> {
         let n = offsets.len() - 1;
         let mut map = PieceMap::new(n);
         let bits = map.mask.count_ones();
@@ -245,7 +293,7 @@ impl PieceMap {
         }
         for id in order {
             let key = &text.as_bytes()[offsets[id as usize]..offsets[id as usize + 1]];
-            map.insert(text, offsets, key, hashes[id as usize], id)?;
+            map.insert(text, offsets, key, hashes[id as usize], id, keep_first)?;
         }
         Ok(map)
     }
@@ -255,7 +303,17 @@ impl PieceMap {
         keyed_hash(b, self.key)
     }
 
-    fn insert(&mut self, text: &str, offsets: &[usize], key: &[u8], h: u64, id: TokenId) -> Result<(), (TokenId, TokenId)> {
+    /// Inserts `id`. A second entry with the same text is an error, or, with `keep_first`,
+    /// leaves the lower id in the table.
+    fn insert(
+        &mut self,
+        text: &str,
+        offsets: &[usize],
+        key: &[u8],
+        h: u64,
+        id: TokenId,
+        keep_first: bool,
+    ) -> Result<(), (TokenId, TokenId)> {
         let (tag, prefix) = slot_key(key, h);
         let mut i = h as usize & self.mask;
         loop {
@@ -267,6 +325,10 @@ impl PieceMap {
             let other = (slot.id1 - 1) as usize;
             if slot.tag == tag && slot.prefix == prefix && &text.as_bytes()[offsets[other]..offsets[other + 1]] == key {
                 let (a, b) = (other as TokenId, id);
+                if keep_first {
+                    self.slots[i].id1 = a.min(b) + 1;
+                    return Ok(());
+                }
                 return Err((a.min(b), a.max(b)));
             }
             i = (i + 1) & self.mask;
