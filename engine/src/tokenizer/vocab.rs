@@ -240,6 +240,15 @@ struct Slot {
     prefix: u64,
 }
 
+/// A key on its way into the table.
+#[derive(Clone, Copy, Default)]
+struct Entry {
+    h: u64,
+    prefix: u64,
+    tag: u32,
+    id: u32,
+}
+
 /// What a key contributes to a slot.
 #[inline(always)]
 fn slot_key(b: &[u8], h: u64) -> (u32, u64) {
@@ -275,25 +284,30 @@ impl PieceMap {
         let bits = map.mask.count_ones();
         let shift = bits.saturating_sub(8); // 256 regions
         let n_regions = (map.mask >> shift) + 1;
-        let mut hashes = Vec::with_capacity(n);
+        // Pass 1, in id order: how many keys land in each region.
+        let key_of = |id: usize| &text.as_bytes()[offsets[id]..offsets[id + 1]];
         let mut counts = vec![0usize; n_regions + 1];
         for id in 0..n {
-            let h = map.hash(&text.as_bytes()[offsets[id]..offsets[id + 1]]);
-            hashes.push(h);
+            let h = map.hash(key_of(id));
             counts[((h as usize & map.mask) >> shift) + 1] += 1;
         }
         for r in 1..counts.len() {
             counts[r] += counts[r - 1];
         }
-        let mut order = vec![0u32; n];
-        for (id, &h) in hashes.iter().enumerate() {
+        // Pass 2: everything a slot needs, grouped by region (hashing again is cheaper than
+        // keeping a second array of entries).
+        let mut order = vec![Entry::default(); n];
+        for id in 0..n {
+            let key = key_of(id);
+            let h = map.hash(key);
+            let (tag, prefix) = slot_key(key, h);
             let r = (h as usize & map.mask) >> shift;
-            order[counts[r]] = id as u32;
+            order[counts[r]] = Entry { h, prefix, tag, id: id as u32 };
             counts[r] += 1;
         }
-        for id in order {
-            let key = &text.as_bytes()[offsets[id as usize]..offsets[id as usize + 1]];
-            map.insert(text, offsets, key, hashes[id as usize], id, keep_first)?;
+        // Pass 3: insert region by region.
+        for e in order {
+            map.insert(text, offsets, e, keep_first)?;
         }
         Ok(map)
     }
@@ -303,33 +317,27 @@ impl PieceMap {
         keyed_hash(b, self.key)
     }
 
-    /// Inserts `id`. A second entry with the same text is an error, or, with `keep_first`,
+    /// Inserts an entry. A second entry with the same text is an error, or, with `keep_first`,
     /// leaves the lower id in the table.
-    fn insert(
-        &mut self,
-        text: &str,
-        offsets: &[usize],
-        key: &[u8],
-        h: u64,
-        id: TokenId,
-        keep_first: bool,
-    ) -> Result<(), (TokenId, TokenId)> {
-        let (tag, prefix) = slot_key(key, h);
-        let mut i = h as usize & self.mask;
+    fn insert(&mut self, text: &str, offsets: &[usize], e: Entry, keep_first: bool) -> Result<(), (TokenId, TokenId)> {
+        let mut i = e.h as usize & self.mask;
         loop {
             let slot = self.slots[i];
             if slot.id1 == 0 {
-                self.slots[i] = Slot { id1: id + 1, tag, prefix };
+                self.slots[i] = Slot { id1: e.id + 1, tag: e.tag, prefix: e.prefix };
                 return Ok(());
             }
-            let other = (slot.id1 - 1) as usize;
-            if slot.tag == tag && slot.prefix == prefix && &text.as_bytes()[offsets[other]..offsets[other + 1]] == key {
-                let (a, b) = (other as TokenId, id);
-                if keep_first {
-                    self.slots[i].id1 = a.min(b) + 1;
-                    return Ok(());
+            if slot.tag == e.tag && slot.prefix == e.prefix {
+                let other = (slot.id1 - 1) as usize;
+                let id = e.id as usize;
+                if text.as_bytes()[offsets[other]..offsets[other + 1]] == text.as_bytes()[offsets[id]..offsets[id + 1]] {
+                    let (a, b) = (other as TokenId, e.id);
+                    if keep_first {
+                        self.slots[i].id1 = a.min(b) + 1;
+                        return Ok(());
+                    }
+                    return Err((a.min(b), a.max(b)));
                 }
-                return Err((a.min(b), a.max(b)));
             }
             i = (i + 1) & self.mask;
         }
