@@ -742,7 +742,7 @@ pub(super) unsafe fn dot_f16(n: usize, w: *const u8, a: *const u8, _aux: *const 
             i += 8;
         }
         let s = hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
-        s + float_tail(i, n, w, a, |p| load_f16(p), 2)
+        s + float_tail(i, n, w, a, |p| crate::quants::float16::f16_to_f32(read_unaligned(p.cast::<u16>())), 2)
     }
 }
 
@@ -848,7 +848,12 @@ unsafe fn q8_block(x: *const f32) -> (f32, [__m256i; 4]) {
     let (v, amax) = unsafe { load32_amax(x) };
     let d = amax / 127.0;
     let id = _mm256_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
-    (d, v.map(|v| round_away(_mm256_mul_ps(v, id))))
+    // Loops, not closures: closures do not inherit target features on every supported Rust.
+    let mut q = [_mm256_setzero_si256(); 4];
+    for (q, &v) in q.iter_mut().zip(&v) {
+        *q = round_away(_mm256_mul_ps(v, id));
+    }
+    (d, q)
 }
 
 /// Q8_0 activation quantizer, bit-exact with `quants::q8_0::quantize_row`.
@@ -928,11 +933,12 @@ pub(super) unsafe fn quantize_q8_k(x: *const f32, nb: usize, out: *mut u8) {
             let cap = _mm256_set1_epi32(127);
             let ones = _mm256_set1_epi16(1);
             for c in 0..8 {
-                let q: [__m256i; 4] = std::array::from_fn(|k| {
+                let mut q = [_mm256_setzero_si256(); 4];
+                for (k, q) in q.iter_mut().enumerate() {
                     let v = _mm256_mul_ps(vs, _mm256_loadu_ps(xb.add(32 * c + 8 * k)));
                     let r = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
-                    _mm256_min_epi32(_mm256_cvtps_epi32(r), cap)
-                });
+                    *q = _mm256_min_epi32(_mm256_cvtps_epi32(r), cap);
+                }
                 let packed = pack_i32x32(q);
                 _mm256_storeu_si256(o.add(Q8K_QS + 32 * c).cast::<__m256i>(), packed);
                 // Group sums: pairs, then quads, then the two groups of 16 of this chunk.

@@ -221,6 +221,7 @@ pub(crate) type QuantFn = unsafe fn(x: *const f32, nb: usize, out: *mut u8);
 pub(crate) type TileFn = unsafe fn(t: &Tile);
 
 /// The arguments of a [`TileFn`].
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // Only x86 has tiles so far.
 pub(crate) struct Tile {
     /// Blocks per row.
     pub nb: usize,
