@@ -1,5 +1,6 @@
 //! The tokenizer of the default model: building it from the GGUF metadata (262,144 tokens), and
-//! tokenizing ~100 KB of mixed text (English prose, code, several scripts, whitespace runs).
+//! tokenizing ~100 KB of mixed text (English prose, code, several scripts, whitespace runs); the
+//! same text through byte-level BPE (llama.cpp's GPT-2 test vocabulary).
 //!
 //! `cargo bench -p engine-benches --bench tokenizer`. Besides criterion's timings it prints the
 //! tokens per second of one pass, the figure a perplexity run over megabytes of text pays.
@@ -60,6 +61,12 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("tokenize");
     g.throughput(Throughput::Bytes(text.len() as u64));
     g.bench_function("gemma3_100kb_mixed", |b| b.iter(|| black_box(tok.tokenize(black_box(&text), opts))));
+    // Byte-level BPE on llama.cpp's GPT-2 test vocabulary (in the repository).
+    let gpt2_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tokenizer/vocabs/ggml-vocab-gpt-2.gguf");
+    if let Ok(gpt2_file) = GgufFile::open(&gpt2_path) {
+        let gpt2 = Tokenizer::from_gguf(&gpt2_file).expect("gpt-2 tokenizer");
+        g.bench_function("gpt2_bpe_100kb_mixed", |b| b.iter(|| black_box(gpt2.tokenize(black_box(&text), opts))));
+    }
     g.finish();
 }
 
