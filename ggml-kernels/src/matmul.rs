@@ -9,8 +9,9 @@
 //! ([`Kernels::best`]).
 //!
 //! - Decode (`n == 1`) is bound by memory bandwidth: each weight byte is read once. The rows are
-//!   split over the rayon pool in contiguous runs of about [`MATVEC_TASK_BYTES`], so each thread
-//!   streams its own part of the matrix; small matrices run on the calling thread.
+//!   split over the rayon pool in contiguous runs (up to [`MATVEC_TASKS_PER_THREAD`] per thread,
+//!   each at least [`MATVEC_MIN_TASK_BYTES`]), so each thread streams its own part of the matrix;
+//!   small matrices run on the calling thread.
 //! - Prefill (`n > 1`) is bound by arithmetic: types with a GEMM tile compute 4 weight rows x 4
 //!   activation rows per inner loop, so each unpacked weight block is reused four times from
 //!   registers and each activation block four times from L1. Tasks are runs of
@@ -91,9 +92,13 @@ impl<'a> QMatrix<'a> {
     }
 }
 
-/// Bytes of weights one decode task reads: large enough that rayon's scheduling cost (about a
-/// microsecond) is small next to the reads, small enough that two threads share the work evenly.
-pub const MATVEC_TASK_BYTES: usize = 256 * 1024;
+/// Fewest weight bytes one decode task reads: enough that rayon's scheduling cost (about a
+/// microsecond) is small next to the reads.
+pub const MATVEC_MIN_TASK_BYTES: usize = 64 * 1024;
+
+/// Decode tasks per pool thread, at most: enough to even out a thread that is slowed down,
+/// few enough to keep the scheduling cost small.
+pub const MATVEC_TASKS_PER_THREAD: usize = 8;
 
 /// Below this many weight bytes a product runs on the calling thread: waking the pool would cost
 /// more than it saves.
@@ -152,7 +157,9 @@ pub fn matmul_with(k: &Kernels, w: &QMatrix<'_>, x: &[f32], n: usize, out: &mut 
 fn matvec(dot: DotFn, w: &QMatrix<'_>, acts: &QuantizedActs, out: &mut [f32]) {
     let rb = w.row_bytes();
     let nb = acts.blocks_per_row();
-    let rows_per_task = (MATVEC_TASK_BYTES / rb).max(1);
+    let threads = rayon::current_num_threads();
+    let tasks = (w.data.len() / MATVEC_MIN_TASK_BYTES).clamp(1, threads * MATVEC_TASKS_PER_THREAD);
+    let rows_per_task = w.rows.div_ceil(tasks);
     let run = |r0: usize, o: &mut [f32]| {
         let (a, aux) = (acts.row_ptr(0), acts.side_ptr(0));
         for (i, y) in o.iter_mut().enumerate() {
@@ -163,7 +170,7 @@ fn matvec(dot: DotFn, w: &QMatrix<'_>, acts: &QuantizedActs, out: &mut [f32]) {
             *y = unsafe { dot(nb, row.as_ptr(), a, aux) };
         }
     };
-    if w.data.len() < SERIAL_BYTES || rayon::current_num_threads() == 1 {
+    if w.data.len() < SERIAL_BYTES || threads == 1 {
         run(0, out);
     } else {
         out.par_chunks_mut(rows_per_task).enumerate().for_each(|(c, o)| run(c * rows_per_task, o));
@@ -375,7 +382,7 @@ mod tests {
         for ty in WEIGHT_TYPES {
             let cols = 2048;
             let rb = ty.row_nbytes(cols as u64).unwrap() as usize;
-            let rows = (3 * MATVEC_TASK_BYTES / rb).max(3 * SERIAL_BYTES / rb) + 5;
+            let rows = (3 * MATVEC_MIN_TASK_BYTES / rb).max(3 * SERIAL_BYTES / rb) + 5;
             let data = random_weights(ty, rows * cols / ty.block_size(), &mut rng, Scales::Mixed);
             let w = QMatrix::new(ty, cols, rows, &data).unwrap();
             let x = random_acts(cols, &mut rng, Acts::Normal);

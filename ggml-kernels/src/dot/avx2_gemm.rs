@@ -8,11 +8,15 @@
 //! per row instead of per pair.
 //!
 //! Tiles are generic over their height and width (`MR`, `NR` in 1..=4, constants so every loop
-//! unrolls); the table entry dispatches on the runtime `(mr, nr)` of the [`Tile`].
+//! unrolls); the table entry dispatches on the runtime `(mr, nr)` of the [`Tile`]. Types with
+//! tiles: Q4_0, Q5_0, Q8_0, IQ4_NL (accumulated per activation row), Q4_K and Q6_K (per weight
+//! row).
 
 use std::arch::x86_64::*;
 
-use super::avx2::{dot_i8, dot_u8, f16x4, iq4nl_table, k4_scales_mins, load256, load_f16, nibbles, scale_shuffle_k4};
+use super::avx2::{
+    dot_i8, dot_u8, f16x4, iq4nl_table, k4_scales_mins, load128, load256, load_f16, nibbles, scale_shuffle_16, scale_shuffle_k4,
+};
 use super::{Isa, Kernels, Tile};
 use crate::types::GgmlType;
 
@@ -24,6 +28,7 @@ pub(super) fn install(k: &mut Kernels) {
     k.set_tile(GgmlType::Q8_0, isa, tile_q8_0);
     k.set_tile(GgmlType::IQ4_NL, isa, tile_iq4_nl);
     k.set_tile(GgmlType::Q4_K, isa, tile_q4_k);
+    k.set_tile(GgmlType::Q6_K, isa, tile_q6_k);
 }
 
 /// Calls `$f::<MR, NR>($t)` for the tile's runtime shape.
@@ -251,4 +256,89 @@ macro_rules! tile_q4_k_kernel {
 pub(super) use tile_q4_k_kernel;
 
 tile_q4_k_kernel!(tile_q4_k, tile_q4_k_mn, feat = "avx2,fma,f16c",
+    sum = |acc, q, y, s| _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(q, y), s)));
+
+/// The Q6_K tile, accumulated per weight row: quants taken unsigned (0..64), `32 * sum(sc *
+/// ysum)` subtracted per pair and super-block from the Q8_K group sums; `$sum` as in the Q4_K
+/// tile.
+macro_rules! tile_q6_k_kernel {
+    ($name:ident, $inner:ident, feat = $feat:literal, sum = |$acc:ident, $q:ident, $y:ident, $s:ident| $sum:expr) => {
+        /// # Safety
+        ///
+        /// As [`super::TileFn`]; the CPU must have the features of the module.
+        #[target_feature(enable = $feat)]
+        unsafe fn $inner<const MR: usize, const NR: usize>(t: &Tile) {
+            let m4 = _mm256_set1_epi8(0xF);
+            let m30 = _mm256_set1_epi8(0x30);
+            let mut acc = [_mm256_setzero_ps(); MR];
+            for b in 0..t.nb {
+                // SAFETY: super-blocks `b < nb` of rows `< MR` (weights) and `< NR`
+                // (activations) are readable (the caller's contract).
+                unsafe {
+                    let mut dys = [0f32; 4];
+                    let mut bsums = [_mm256_setzero_si256(); 4];
+                    for j in 0..NR {
+                        let y = t.a.add(j * t.lda + b * 292);
+                        dys[j] = super::avx2::load_f32(y);
+                        bsums[j] = load256(y.add(260));
+                    }
+                    let dy4 = _mm_loadu_ps(dys.as_ptr());
+                    let dy8 = _mm256_set_m128(dy4, dy4);
+                    for (i, acc) in acc.iter_mut().enumerate() {
+                        let x = t.w.add(i * t.ldw + b * 210);
+                        let sc8 = load128(x.add(192));
+                        let sc16 = _mm256_cvtepi8_epi16(sc8);
+                        let mut s = [_mm256_setzero_si256(); 8];
+                        let mut q = [_mm256_setzero_si256(); 8];
+                        for h in 0..2 {
+                            let ql1 = load256(x.add(64 * h));
+                            let ql2 = load256(x.add(64 * h + 32));
+                            let qh = load256(x.add(128 + 32 * h));
+                            q[4 * h] = _mm256_or_si256(_mm256_and_si256(ql1, m4), _mm256_and_si256(_mm256_slli_epi16::<4>(qh), m30));
+                            q[4 * h + 1] = _mm256_or_si256(_mm256_and_si256(ql2, m4), _mm256_and_si256(_mm256_slli_epi16::<2>(qh), m30));
+                            q[4 * h + 2] =
+                                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4), _mm256_and_si256(qh, m30));
+                            q[4 * h + 3] = _mm256_or_si256(
+                                _mm256_and_si256(_mm256_srli_epi16::<4>(ql2), m4),
+                                _mm256_and_si256(_mm256_srli_epi16::<2>(qh), m30),
+                            );
+                        }
+                        for (c, s) in s.iter_mut().enumerate() {
+                            *s = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc8, scale_shuffle_16(c)));
+                        }
+                        let mut ints = [_mm256_setzero_si256(); 4];
+                        for j in 0..NR {
+                            let y = t.a.add(j * t.lda + b * 292 + 4);
+                            let mut sum = _mm256_setzero_si256();
+                            for c in 0..8 {
+                                let ($acc, $q, $y, $s) = (sum, q[c], load256(y.add(32 * c)), s[c]);
+                                sum = $sum;
+                            }
+                            let corr = _mm256_madd_epi16(sc16, bsums[j]);
+                            ints[j] = _mm256_sub_epi32(sum, _mm256_slli_epi32::<5>(corr));
+                        }
+                        // Lanes j and j + 4: the two halves of activation row j's sum.
+                        let h = _mm256_hadd_epi32(_mm256_hadd_epi32(ints[0], ints[1]), _mm256_hadd_epi32(ints[2], ints[3]));
+                        let d = _mm256_mul_ps(_mm256_set1_ps(load_f16(x.add(208))), dy8);
+                        *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(h), d, *acc);
+                    }
+                }
+            }
+            // SAFETY: outputs (i < MR, j < NR) are writable (the caller's contract).
+            unsafe { super::avx2_gemm::store_tile::<MR>(&acc, false, MR, NR, t.out, t.ldo) };
+        }
+
+        /// # Safety
+        ///
+        /// As [`super::TileFn`]; the CPU must have the features of the module.
+        unsafe fn $name(t: &Tile) {
+            // SAFETY: the caller's contract is the inner function's.
+            unsafe { super::avx2_gemm::dispatch_shape!($inner, t) }
+        }
+    };
+}
+#[allow(unused_imports)] // Used by the VNNI module.
+pub(super) use tile_q6_k_kernel;
+
+tile_q6_k_kernel!(tile_q6_k, tile_q6_k_mn, feat = "avx2,fma,f16c",
     sum = |acc, q, y, s| _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(q, y), s)));

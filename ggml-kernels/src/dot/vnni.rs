@@ -20,7 +20,7 @@ use super::avx2::{
     q4_k_row, q5_quants, q6_k_row, scale_shuffle_16, scale_shuffle_k4, Q4_0, Q4_K, Q5_0, Q6_K, Q8K_BSUMS, Q8K_QS, Q8_0,
     Q8_K,
 };
-use super::avx2_gemm::{tile32, tile_q4_k_kernel};
+use super::avx2_gemm::{tile32, tile_q4_k_kernel, tile_q6_k_kernel};
 use super::{Isa, Kernels, Tile};
 use crate::quants::iq4_nl::KVALUES_IQ4NL;
 use crate::types::GgmlType;
@@ -40,6 +40,7 @@ pub(super) fn install(k: &mut Kernels) {
     k.set_tile(T::Q8_0, isa, tile_q8_0);
     k.set_tile(T::IQ4_NL, isa, tile_iq4_nl);
     k.set_tile(T::Q4_K, isa, tile_q4_k);
+    k.set_tile(T::Q6_K, isa, tile_q6_k);
 }
 
 /// `acc + sum of four u8 x i8 products` per i32 lane (`vpdpbusd`).
@@ -184,4 +185,7 @@ tile32!(tile_iq4_nl, tile_iq4_nl_mn, feat = "avx2,fma,f16c", wsize = 18, corr = 
     prep = |x| _mm256_shuffle_epi8(iq4nl_table_u8(), nibbles(x.add(2))), pair = |xv, yv| dot_u8_vnni(xv, yv));
 
 tile_q4_k_kernel!(tile_q4_k, tile_q4_k_mn, feat = "avx2,fma,f16c",
+    sum = |acc, q, y, s| dpwssd(acc, _mm256_maddubs_epi16(q, y), s));
+
+tile_q6_k_kernel!(tile_q6_k, tile_q6_k_mn, feat = "avx2,fma,f16c",
     sum = |acc, q, y, s| dpwssd(acc, _mm256_maddubs_epi16(q, y), s));
