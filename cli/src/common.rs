@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use engine::gguf::{GgufFile, OpenOptions};
+use engine::lighttransfer::{HybridMode, HybridOptions, HybridSpec};
 use engine::model::kv_cache::KvType;
 use engine::model::SessionParams;
 use engine::sampling::SamplerParams;
@@ -31,6 +32,65 @@ pub struct ModelArgs {
     /// Read the model into memory instead of mapping it.
     #[arg(long)]
     pub no_mmap: bool,
+}
+
+/// Hybrid (LightTransfer) settings.
+#[derive(clap::Args, Clone, Debug)]
+pub struct HybridArgs {
+    /// LightTransfer-Test: make this fraction of the candidate layers lazy (streaming) on the
+    /// first prompt, choosing the highest lazy ratios; 0 turns the file's flags off too.
+    #[arg(long = "lazy")]
+    pub lazy: Option<f32>,
+    /// SimLayerKV variant: candidate layers whose lazy ratio reaches this become lazy.
+    #[arg(long = "lazy-threshold")]
+    pub lazy_threshold: Option<f32>,
+    /// Make exactly these layers lazy (comma-separated indices), overriding the file.
+    #[arg(long = "lazy-layers", value_delimiter = ',')]
+    pub lazy_layers: Option<Vec<usize>>,
+    /// Sink positions a lazy layer keeps (default: the file's, else 4).
+    #[arg(long = "sink")]
+    pub sink: Option<u32>,
+    /// Recent positions a lazy layer keeps (default: the file's, else 1020).
+    #[arg(long = "window")]
+    pub window: Option<u32>,
+    /// Queries at the end of the prompt whose attention gives the lazy ratio.
+    #[arg(long = "w-last", default_value_t = 16)]
+    pub w_last: usize,
+    /// Ignore the lighttransfer.* flags stored in the model file.
+    #[arg(long = "no-hybrid")]
+    pub no_hybrid: bool,
+}
+
+impl HybridArgs {
+    /// The mode for this model: the file's flags unless the command line says otherwise.
+    pub fn mode(&self, file: &GgufFile, model: &engine::model::Model<'_>) -> anyhow::Result<HybridMode> {
+        let spec = HybridSpec::from_gguf(file, model.cfg.n_layer)?;
+        let opts = HybridOptions {
+            lazy_fraction: self.lazy,
+            threshold: self.lazy_threshold,
+            sink: self.sink,
+            window: self.window,
+            w_last: self.w_last,
+            ignore_file: self.no_hybrid,
+            lazy_layers: self.lazy_layers.clone(),
+        };
+        Ok(opts.resolve(spec.as_ref(), &model.native_layer_kinds())?)
+    }
+}
+
+/// One line about the hybrid layers of a session, for summaries.
+pub fn describe_hybrid(mode: &HybridMode, probe: Option<&engine::lighttransfer::LazyProbe>) -> Option<String> {
+    match (mode, probe) {
+        (HybridMode::Static { lazy, .. }, _) => Some(format!("static, lazy layers {lazy:?}")),
+        (HybridMode::Test { .. }, Some(p)) => {
+            let ratios: Vec<String> =
+                p.ratios.iter().enumerate().filter_map(|(i, r)| r.map(|r| format!("{i}:{r:.3}"))).collect();
+            let mut lazy = p.made_lazy.clone();
+            lazy.sort_unstable();
+            Some(format!("LightTransfer-Test on the prompt, lazy layers {lazy:?}; ratios {}", ratios.join(" ")))
+        }
+        _ => None,
+    }
 }
 
 /// Sampling settings (llama.cpp's names and defaults).

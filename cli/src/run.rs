@@ -10,7 +10,7 @@ use engine::model::{Model, Session};
 use engine::sampling::Sampler;
 use engine::tokenizer::TokenizeOptions;
 
-use crate::common::{human_bytes, init_threads, open_model, tokenizer, ModelArgs, SamplingArgs};
+use crate::common::{describe_hybrid, human_bytes, init_threads, open_model, tokenizer, HybridArgs, ModelArgs, SamplingArgs};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -18,6 +18,8 @@ pub struct Args {
     model: ModelArgs,
     #[command(flatten)]
     sampling: SamplingArgs,
+    #[command(flatten)]
+    hybrid: HybridArgs,
     /// The prompt.
     #[arg(short = 'p', long = "prompt", conflicts_with = "file")]
     prompt: Option<String>,
@@ -48,10 +50,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let file = open_model(&args.model)?;
     let tok = tokenizer(&file)?;
     let model = Model::load(&file).context("loading the model")?;
-    let mut session = Session::new(&model, &args.model.session_params(model.cfg.n_ctx_train, 4096))?;
+    let mode = args.hybrid.mode(&file, &model)?;
+    let native = model.native_layer_kinds();
+    let mut params = args.model.session_params(model.cfg.n_ctx_train, 4096);
+    params.layer_kinds = Some(mode.kinds(&native));
+    let mut session = Session::new(&model, &params)?;
     let mut sampler = Sampler::new(sampler_params.clone())?;
 
     let ids = tok.tokenize(&prompt, TokenizeOptions::default());
+    session.cache.probe = mode.probe(&native, ids.len());
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     if !args.no_display_prompt {
@@ -64,6 +71,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     })?;
     writeln!(out)?;
     drop(out);
+    let probe = session.cache.probe.take();
 
     eprintln!();
     eprintln!("model:      {} ({}, {})", file.path().display(), model.cfg.describe(), human_bytes(model.weight_bytes()));
@@ -76,6 +84,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .map(|(kind, layers, bytes)| format!("{kind} {layers} layers {}", human_bytes(*bytes as u64)))
         .collect();
     eprintln!("kv cache:   {} for {} positions ({})", human_bytes(session.cache.bytes() as u64), session.n_ctx(), kv.join(", "));
+    if let Some(h) = describe_hybrid(&mode, probe.as_ref()) {
+        eprintln!("hybrid:     {h}");
+    }
     eprintln!("sampling:   seed {}, temp {}, top-k {}, top-p {}, min-p {}; {threads} threads",
         sampler_params.seed, sampler_params.temp, sampler_params.top_k, sampler_params.top_p, sampler_params.min_p);
     Ok(())

@@ -140,9 +140,64 @@ pub fn attention(
     }
 }
 
+/// Log-sum-exp of the scaled scores of each query row over the keys `visible(q_pos, k_pos)`
+/// admits (`lse`: `[n_q][n_head]`; `-inf` where none is visible). The lazy-ratio computation
+/// compares two such sets of rows: all causal keys, and the sink-plus-recent keys.
+#[allow(clippy::too_many_arguments)]
+pub fn score_lse(
+    s: &AttnShape,
+    q: &[f32],
+    qpos: &[i64],
+    k: KvView<'_>,
+    kpos: &[i64],
+    visible: impl Fn(i64, i64) -> bool + Sync,
+    lse: &mut [f32],
+) {
+    let group = s.n_head / s.n_head_kv;
+    debug_assert_eq!(lse.len(), qpos.len() * s.n_head);
+    lse.par_iter_mut().enumerate().for_each(|(row, l)| {
+        let (t, h) = (row / s.n_head, row % s.n_head);
+        let kvh = h / group;
+        let qrow = &q[(t * s.n_head + h) * s.head_dim..][..s.head_dim];
+        let mut kbuf = vec![0f32; s.head_dim];
+        let mut scores = Vec::with_capacity(kpos.len());
+        for (slot, &kp) in kpos.iter().enumerate() {
+            if kp >= 0 && visible(qpos[t], kp) {
+                k.read((slot * s.n_head_kv + kvh) * s.head_dim, &mut kbuf);
+                scores.push(dot_f32(qrow, &kbuf) * s.scale);
+            }
+        }
+        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        *l = if max == f32::NEG_INFINITY {
+            f32::NEG_INFINITY
+        } else {
+            max + scores.iter().map(|&x| ((x - max) as f64).exp()).sum::<f64>().ln() as f32
+        };
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn score_lse_equals_the_lse_attention_reports() {
+        let shape = AttnShape { n_head: 4, n_head_kv: 2, head_dim: 8, head_dim_v: 8, scale: 0.35 };
+        let n = 9;
+        let val = |i: usize| ((i * 2654435761) % 1000) as f32 / 500.0 - 1.0;
+        let q: Vec<f32> = (0..n * 4 * 8).map(val).collect();
+        let k: Vec<f32> = (0..n * 2 * 8).map(|i| val(i + 7)).collect();
+        let pos: Vec<i64> = (0..n as i64).collect();
+        let mask = AttnMask { window: Some(3), sink: 2 };
+        let mut out = vec![0f32; n * 4 * 8];
+        let mut lse_a = vec![0f32; n * 4];
+        attention(&shape, &q, &pos, KvView::F32(&k), KvView::F32(&k), &pos, mask, &mut out, Some(&mut lse_a));
+        let mut lse_b = vec![0f32; n * 4];
+        score_lse(&shape, &q, &pos, KvView::F32(&k), &pos, |a, b| mask.visible(a, b), &mut lse_b);
+        for (a, b) in lse_a.iter().zip(&lse_b) {
+            assert!((a - b).abs() < 1e-5, "{a} {b}");
+        }
+    }
 
     #[test]
     fn masks() {

@@ -82,6 +82,19 @@ impl Store {
         }
     }
 
+    fn read(&self, start: usize, out: &mut [f32]) {
+        match self {
+            Store::F16(d) => {
+                let n = out.len();
+                out.iter_mut().zip(&d[start..start + n]).for_each(|(o, v)| *o = v.to_f32())
+            }
+            Store::F32(d) => {
+                let n = out.len();
+                out.copy_from_slice(&d[start..start + n])
+            }
+        }
+    }
+
     fn view(&self) -> KvView<'_> {
         match self {
             Store::F16(d) => KvView::F16(d),
@@ -152,6 +165,50 @@ impl LayerCache {
         self.pos.iter_mut().for_each(|p| *p = -1);
     }
 
+    /// The keys and values of every held slot as f32, with their positions.
+    pub fn snapshot(&self) -> (Vec<f32>, Vec<f32>, Vec<i64>) {
+        let held: Vec<usize> = (0..self.n_slots).filter(|&s| self.pos[s] >= 0).collect();
+        let mut k = vec![0f32; held.len() * self.k_row];
+        let mut v = vec![0f32; held.len() * self.v_row];
+        for (i, &s) in held.iter().enumerate() {
+            self.k.read(s * self.k_row, &mut k[i * self.k_row..(i + 1) * self.k_row]);
+            self.v.read(s * self.v_row, &mut v[i * self.v_row..(i + 1) * self.v_row]);
+        }
+        (k, v, held.iter().map(|&s| self.pos[s]).collect())
+    }
+
+    /// A streaming copy of this layer: its sink positions and its most recent `window`
+    /// positions, in a cache of exactly `sink + window` slots. The full cache is freed when the
+    /// caller replaces this layer with the copy.
+    pub fn to_streaming(&self, sink: u32, window: u32) -> LayerCache {
+        let kind = LayerKind::Streaming { sink, window };
+        let n_slots = (sink + window) as usize;
+        let mut out = LayerCache {
+            kind,
+            sink_slots: (sink as usize).min(n_slots.saturating_sub(1)),
+            n_slots,
+            k_row: self.k_row,
+            v_row: self.v_row,
+            k: Store::new(self.ty, n_slots * self.k_row),
+            v: Store::new(self.ty, n_slots * self.v_row),
+            pos: vec![-1; n_slots],
+            ty: self.ty,
+        };
+        let newest = self.pos.iter().copied().max().unwrap_or(-1);
+        let mut order: Vec<usize> = (0..self.n_slots).filter(|&s| self.pos[s] >= 0).collect();
+        order.sort_by_key(|&s| self.pos[s]);
+        let (mut k, mut v) = (vec![0f32; self.k_row], vec![0f32; self.v_row]);
+        for s in order {
+            let p = self.pos[s];
+            if p < sink as i64 || p > newest - window as i64 {
+                self.k.read(s * self.k_row, &mut k);
+                self.v.read(s * self.v_row, &mut v);
+                out.write(p as usize, &k, &v);
+            }
+        }
+        out
+    }
+
     /// Forgets positions `n..`. Returns false when a position that the next query (at `n`)
     /// must see was already overwritten by the ring, so the layer cannot go back that far.
     fn truncate(&mut self, n: usize) -> bool {
@@ -179,6 +236,9 @@ pub struct KvCacheParams {
 pub struct KvCache {
     pub layers: Vec<LayerCache>,
     pub n_ctx: usize,
+    /// When set, the forward pass measures each layer's lazy ratio at the end of the prompt
+    /// (and, in LightTransfer-Test mode, turns layers lazy).
+    pub probe: Option<crate::lighttransfer::LazyProbe>,
 }
 
 impl KvCache {
@@ -220,7 +280,7 @@ impl KvCache {
                 }
             })
             .collect();
-        Ok(KvCache { layers, n_ctx: p.n_ctx })
+        Ok(KvCache { layers, n_ctx: p.n_ctx, probe: None })
     }
 
     /// Forgets every position (the allocation stays).
@@ -306,6 +366,25 @@ mod tests {
         // Going back to 9 needs positions 6..9, which the ring has overwritten.
         assert!(!c.truncate(9));
         assert!(c.layers[0].positions().iter().all(|&p| p < 0), "cleared when it cannot truncate");
+    }
+
+    #[test]
+    fn to_streaming_keeps_sinks_and_the_recent_window() {
+        let kinds = [LayerKind::Full];
+        let mut c = KvCache::new(&params(), &kinds, None).unwrap();
+        for p in 0..30 {
+            c.layers[0].write(p, &[p as f32; 2], &[-(p as f32); 2]);
+        }
+        let s = c.layers[0].to_streaming(2, 5);
+        assert_eq!(s.n_slots(), 7);
+        let (k, v, pos) = s.snapshot();
+        let mut order: Vec<usize> = (0..pos.len()).collect();
+        order.sort_by_key(|&i| pos[i]);
+        assert_eq!(order.iter().map(|&i| pos[i]).collect::<Vec<_>>(), [0, 1, 25, 26, 27, 28, 29]);
+        for &i in &order {
+            assert_eq!(k[i * 2], pos[i] as f32);
+            assert_eq!(v[i * 2], -(pos[i] as f32));
+        }
     }
 
     #[test]

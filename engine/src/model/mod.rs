@@ -255,7 +255,13 @@ pub(crate) fn output_logits(m: &Model<'_>, x: &[f32], n: usize, which: Logits) -
     mm(&m.weights.output, &normed, rows.len())
 }
 
-/// Attention of a batch over one layer's cache after writing the batch's keys and values.
+/// Attention of a batch over one layer's cache, and the batch's keys and values stored.
+///
+/// A streaming (lazy) layer holds exactly `sink + window` slots, too few to take a whole batch
+/// before attending, so for batches it attends over the cached slots plus the batch's own keys
+/// and stores the batch afterwards; other layers store first (their caches have room).
+/// When a [`crate::lighttransfer::LazyProbe`] is set and this batch ends the prompt, the layer's
+/// lazy ratio is measured here, and layers the probe selects are cut to streaming at once.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn attend(
     m: &Model<'_>,
@@ -267,28 +273,56 @@ pub(crate) fn attend(
     pos0: usize,
     n: usize,
 ) -> Vec<f32> {
+    use ggml_kernels::attention::{attention, AttnShape, KvView};
     let c = &m.cfg;
-    let layer = &mut cache.layers[il];
-    layer.write(pos0, k, v);
     let qpos: Vec<i64> = (pos0..pos0 + n).map(|p| p as i64).collect();
     let mut out = vec![0f32; n * c.n_head * c.head_dim_v];
-    let shape = ggml_kernels::attention::AttnShape {
+    let shape = AttnShape {
         n_head: c.n_head,
         n_head_kv: c.n_head_kv,
         head_dim: c.head_dim,
         head_dim_v: c.head_dim_v,
         scale: c.attn_scale,
     };
-    ggml_kernels::attention::attention(
+    let layer = &mut cache.layers[il];
+    let mask = layer.kind.mask();
+    if matches!(layer.kind, LayerKind::Streaming { .. }) && n > 1 {
+        let (mut ks, mut vs, mut kpos) = layer.snapshot();
+        ks.extend_from_slice(k);
+        vs.extend_from_slice(v);
+        kpos.extend_from_slice(&qpos);
+        attention(&shape, q, &qpos, KvView::F32(&ks), KvView::F32(&vs), &kpos, mask, &mut out, None);
+        layer.write(pos0, k, v);
+    } else {
+        layer.write(pos0, k, v);
+        attention(&shape, q, &qpos, layer.keys(), layer.values(), layer.positions(), mask, &mut out, None);
+    }
+
+    // Lazy-ratio measurement at the end of the prompt.
+    let Some(probe) = cache.probe.as_mut() else { return out };
+    if pos0 + n != probe.end {
+        return out;
+    }
+    let layer = &cache.layers[il];
+    if !probe.stream.is_candidate(layer.kind, probe.end) {
+        return out;
+    }
+    let first = probe.end.saturating_sub(probe.w_last).max(pos0);
+    let rows = first - pos0..n;
+    let qrows = &q[rows.start * c.n_head * c.head_dim..];
+    let ratio = crate::lighttransfer::lazy_ratio(
         &shape,
-        q,
-        &qpos,
+        qrows,
+        &qpos[rows],
         layer.keys(),
-        layer.values(),
         layer.positions(),
-        layer.kind.mask(),
-        &mut out,
-        None,
+        mask,
+        probe.stream,
+        probe.end as i64,
     );
+    let stream = probe.stream;
+    for j in probe.record(il, ratio) {
+        cache.layers[j] = cache.layers[j].to_streaming(stream.sink, stream.window);
+    }
     out
 }
