@@ -10,8 +10,10 @@ mod bench;
 mod chat;
 mod common;
 mod inspect;
+mod lazy;
 mod perplexity;
 mod run;
+mod synth;
 mod tokenize;
 
 #[derive(Parser)]
@@ -29,10 +31,14 @@ enum Command {
     Chat(chat::Args),
     /// Print the header, metadata and tensor table of a GGUF file.
     Inspect(inspect::Args),
+    /// Find lazy layers on a calibration text and write the hybrid flags (LightTransfer).
+    Lazy(lazy::Args),
     /// Perplexity of a text file, by llama.cpp's method.
     Perplexity(perplexity::Args),
     /// Generate text from a prompt (one shot).
     Run(run::Args),
+    /// Write a random-weight model of a named shape (test presets, real model shapes).
+    Synth(synth::Args),
     /// Print the token ids of a text under a model's tokenizer.
     Tokenize(tokenize::Args),
 }
@@ -43,8 +49,10 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::Chat(args) => chat::run(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Lazy(args) => lazy::run(args),
         Command::Perplexity(args) => perplexity::run(args),
         Command::Run(args) => run::run(args),
+        Command::Synth(args) => synth::run(args),
         Command::Tokenize(args) => tokenize::run(args),
     };
     match result {

@@ -1,0 +1,58 @@
+//! `engine synth` from the command line: a tiny model written and readable, the same file for the
+//! same seed, and bad arguments (unknown preset, type or architecture, an architecture that does
+//! not match the preset, an output that cannot be written) refused with one error line, a
+//! non-zero exit and no file left behind.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use engine::gguf::GgufFile;
+use engine::model::Model;
+use engine_tests::bin::engine_bin;
+
+fn synth(args: &[&str], out: &Path) -> Output {
+    Command::new(engine_bin()).arg("synth").args(args).arg("-o").arg(out).arg("--quiet").output().unwrap()
+}
+
+/// Runs a bad invocation: it must fail with exactly one stderr line holding `expect`, write
+/// nothing to stdout, and leave no file in `dir`.
+fn refused(args: &[&str], out: &Path, expect: &str, dir: &Path) {
+    let o = synth(args, out);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{args:?} succeeded");
+    assert_eq!(stderr.lines().count(), 1, "{args:?}: expected one error line, got {stderr:?}");
+    assert!(stderr.starts_with("error: ") && stderr.contains(expect), "{args:?}: {stderr:?} lacks {expect:?}");
+    assert!(o.stdout.is_empty());
+    let left: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(left.is_empty(), "{args:?} left {left:?}");
+}
+
+#[test]
+fn writes_a_model_our_loader_accepts_and_the_same_one_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.gguf"), dir.path().join("b.gguf"));
+    for out in [&a, &b] {
+        let o = synth(&["--arch", "qwen2", "--preset", "qwen2-tiny", "--type", "q4_k_m", "--seed", "5"], out);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    let file = GgufFile::open(&a).unwrap();
+    let model = Model::load(&file).unwrap();
+    assert_eq!(model.cfg.n_layer, 3);
+    assert_eq!(file.get_str("general.name").unwrap(), Some("qwen2-tiny"));
+}
+
+#[test]
+fn bad_arguments_are_one_line_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let out = d.join("m.gguf");
+    refused(&["--arch", "llama", "--preset", "llama-huge", "--type", "f32"], &out, "unknown preset \"llama-huge\"", d);
+    refused(&["--arch", "llama", "--preset", "gemma3-tiny", "--type", "f32"], &out, "preset \"gemma3-tiny\" is a gemma3 model, not llama", d);
+    refused(&["--arch", "gpt2", "--preset", "llama-tiny", "--type", "f32"], &out, "unknown architecture \"gpt2\"", d);
+    refused(&["--arch", "llama", "--preset", "llama-tiny", "--type", "q3_k"], &out, "unknown type \"q3_k\"", d);
+    // Unwritable outputs: a directory that does not exist, and a directory.
+    let missing = d.join("no/such/dir/m.gguf");
+    refused(&["--arch", "llama", "--preset", "llama-tiny", "--type", "f32"], &missing, "no/such/dir", d);
+    refused(&["--arch", "llama", "--preset", "llama-tiny", "--type", "f32"], d, "is a directory", d);
+}
