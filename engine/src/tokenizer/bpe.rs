@@ -16,6 +16,7 @@
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
+use super::spm::MAX_MERGE_BYTES;
 use super::unicode_tables::{LETTER, NUMBER, RUNS, WHITESPACE};
 use super::vocab::{MergeTable, TokenId, Vocab};
 
@@ -363,7 +364,18 @@ impl Bpe {
                 s.word.push(self.byte_to_char[b as usize]);
             }
             let word = std::mem::take(&mut s.word);
-            self.tokenize_word(vocab, s, &word, out);
+            // Offsets inside a word are 32-bit: a longer word (gigabytes of letters) is merged
+            // in pieces cut at character boundaries, where llama.cpp would overflow.
+            let mut rest = word.as_str();
+            while !rest.is_empty() {
+                let mut cut = rest.len().min(MAX_MERGE_BYTES);
+                while !rest.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                let (piece, tail) = rest.split_at(cut);
+                self.tokenize_word(vocab, s, piece, out);
+                rest = tail;
+            }
             s.word = word;
         }
     }
