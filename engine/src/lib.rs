@@ -12,8 +12,6 @@
 //! - [`generate`]: the prompt-then-decode loop shared by `run` and `chat`.
 //! - [`synth`]: random-weight models of named shapes (tiny test models, real model shapes), with
 //!   [`quant_mix`], llama.cpp's choice of tensor types for a file type (Q4_K_M's mix).
-//! - [`synth`]: random-weight models of named shapes (tiny test models, real model shapes), with
-//!   [`quant_mix`], llama.cpp's choice of tensor types for a file type (Q4_K_M's mix).
 
 pub mod chat;
 pub mod generate;
@@ -24,8 +22,6 @@ pub mod model;
 pub mod model_path;
 pub mod perplexity;
 pub mod quant_mix;
-pub mod quant_mix;
 pub mod sampling;
-pub mod synth;
 pub mod synth;
 pub mod tokenizer;
