@@ -10,7 +10,6 @@ mod bench;
 mod chat;
 mod common;
 mod inspect;
-mod lazy;
 mod perplexity;
 mod run;
 mod synth;
@@ -31,8 +30,6 @@ enum Command {
     Chat(chat::Args),
     /// Print the header, metadata and tensor table of a GGUF file.
     Inspect(inspect::Args),
-    /// Find lazy layers on a calibration text and write the hybrid flags (LightTransfer).
-    Lazy(lazy::Args),
     /// Perplexity of a text file, by llama.cpp's method.
     Perplexity(perplexity::Args),
     /// Generate text from a prompt (one shot).
@@ -49,7 +46,6 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::Chat(args) => chat::run(args),
         Command::Inspect(args) => inspect::run(args),
-        Command::Lazy(args) => lazy::run(args),
         Command::Perplexity(args) => perplexity::run(args),
         Command::Run(args) => run::run(args),
         Command::Synth(args) => synth::run(args),
