@@ -10,6 +10,7 @@ mod bench;
 mod chat;
 mod common;
 mod inspect;
+mod lazy;
 mod perplexity;
 mod run;
 mod synth;
@@ -30,6 +31,8 @@ enum Command {
     Chat(chat::Args),
     /// Print the header, metadata and tensor table of a GGUF file.
     Inspect(inspect::Args),
+    /// Find lazy layers on a calibration text and write the hybrid flags (LightTransfer).
+    Lazy(lazy::Args),
     /// Perplexity of a text file, by llama.cpp's method.
     Perplexity(perplexity::Args),
     /// Generate text from a prompt (one shot).
@@ -46,6 +49,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::Chat(args) => chat::run(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Lazy(args) => lazy::run(args),
         Command::Perplexity(args) => perplexity::run(args),
         Command::Run(args) => run::run(args),
         Command::Synth(args) => synth::run(args),
