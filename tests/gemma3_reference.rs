@@ -2,13 +2,20 @@
 //! dequantized), from the fixture `tests/fixtures/gemma3/hf_reference.json` made by
 //! `tests/scripts/make_gemma3_reference.py`.
 //!
-//! Tolerances, with an f32 KV cache (the math is then the same up to summation order):
+//! The model definition, on the exact path (`Model::exact_matmul`: f32 products of dequantized
+//! weights, so the math is the reference's up to summation order), with an f32 KV cache:
 //! - the top-1 token at every checked position equals the reference's, except where the
 //!   reference's own top-2 margin is below `TIE_MARGIN`;
-//! - each of the reference's top-K logits differs from ours by at most `LOGIT_TOL`;
-//! - the row's log-sum-exp differs by at most `LOGIT_TOL`.
-//! With the default f16 KV cache the same checks run with `LOGIT_TOL_F16`.
-//! The greedy continuation (32 tokens) equals the reference's.
+//! - each of the reference's top-K logits, and the row's log-sum-exp, differ from ours by at
+//!   most `LOGIT_TOL` (`LOGIT_TOL_F16` with an f16 KV cache);
+//! - the greedy continuation (32 tokens) equals the reference's.
+//!
+//! The fast path (activations quantized to 8 bits for integer dot products, f16 KV cache: what
+//! llama.cpp computes) is held to llama.cpp's own distance from the same reference, per prompt
+//! (`tests/fixtures/gemma3/llamacpp.json`, from `tests/scripts/make_gemma3_llamacpp.py`): ours
+//! must stay within `FAST_PATH_FACTOR` times llama.cpp's distance from the float32 model
+//! (measured: 0.72-1.29 for ours against llama.cpp's 0.59-1.25 on the short prompts, and 0.72
+//! against 6.85 on the 627-token prompt).
 
 use engine::gguf::GgufFile;
 use engine::model::kv_cache::KvType;
@@ -18,6 +25,8 @@ use serde_json::Value;
 const LOGIT_TOL: f32 = 0.002;
 const LOGIT_TOL_F16: f32 = 0.1;
 const TIE_MARGIN: f32 = 0.05;
+/// The fast path's bound, as a multiple of llama.cpp's own largest difference per prompt.
+const FAST_PATH_FACTOR: f32 = 1.5;
 /// Positions checked at the end of the long prompt (all logits of 640 positions would cost a
 /// 262,144-row projection each).
 const LONG_TAIL: usize = 8;
@@ -67,7 +76,7 @@ fn check_rows(case: &Case, first: usize, logits: &[f32], n_vocab: usize, tol: f3
         let pos = first + i;
         let (ids, vals) = (&case.top_ids[pos], &case.top_logits[pos]);
         let margin = vals[0] - vals[1];
-        if margin >= TIE_MARGIN {
+        if margin >= TIE_MARGIN.max(2.0 * tol) {
             assert_eq!(argmax(row), ids[0], "{:?} position {pos}: top-1 differs (reference margin {margin})", case.text);
         }
         for (&id, &v) in ids.iter().zip(vals) {
@@ -82,14 +91,23 @@ fn check_rows(case: &Case, first: usize, logits: &[f32], n_vocab: usize, tol: f3
     worst
 }
 
-fn run(kv_type: KvType, tol: f32, greedy: bool) {
+/// llama.cpp's largest logit distance from the reference, per prompt.
+fn llama_cpp_distances() -> Vec<f32> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/gemma3/llamacpp.json");
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(path).expect("fixture")).expect("json");
+    doc["cases"].as_array().unwrap().iter().map(|c| c["max_diff_from_hf"].as_f64().unwrap() as f32).collect()
+}
+
+fn run(exact: bool, kv_type: KvType, tol: impl Fn(usize) -> f32, greedy: bool) {
     let Some(path) = engine_tests::default_model() else { return };
     let file = GgufFile::open(&path).unwrap();
-    let model = Model::load(&file).unwrap();
+    let mut model = Model::load(&file).unwrap();
+    model.exact_matmul = exact;
     let n_vocab = model.cfg.n_vocab;
     let params = SessionParams { n_ctx: 1024, kv_type, ..SessionParams::default() };
     let mut worst = 0f32;
-    for case in cases() {
+    for (ci, case) in cases().into_iter().enumerate() {
+        let tol = tol(ci);
         let mut s = Session::new(&model, &params).unwrap();
         let n = case.ids.len();
         let first = if n > 64 { n - LONG_TAIL } else { 0 };
@@ -97,7 +115,9 @@ fn run(kv_type: KvType, tol: f32, greedy: bool) {
             s.eval(&case.ids[..first], Logits::Last).unwrap();
         }
         let logits = s.eval(&case.ids[first..], Logits::All).unwrap();
-        worst = worst.max(check_rows(&case, first, &logits, n_vocab, tol));
+        let case_worst = check_rows(&case, first, &logits, n_vocab, tol);
+        eprintln!("{:?}: largest difference {case_worst} (bound {tol})", &case.text[..case.text.len().min(30)]);
+        worst = worst.max(case_worst);
         if greedy {
             let mut next = argmax(&logits[logits.len() - n_vocab..]);
             let mut out = vec![next];
@@ -108,15 +128,21 @@ fn run(kv_type: KvType, tol: f32, greedy: bool) {
             assert_eq!(out, case.greedy, "{:?}: greedy continuation differs", case.text);
         }
     }
-    eprintln!("largest logit difference from the reference ({kv_type:?} KV): {worst}");
+    eprintln!("largest logit difference from the reference (exact {exact}, {kv_type:?} KV): {worst}");
 }
 
 #[test]
-fn logits_and_greedy_match_transformers_with_f32_kv() {
-    run(KvType::F32, LOGIT_TOL, true);
+fn exact_path_logits_and_greedy_match_transformers_with_f32_kv() {
+    run(true, KvType::F32, |_| LOGIT_TOL, true);
 }
 
 #[test]
-fn logits_match_transformers_with_f16_kv() {
-    run(KvType::F16, LOGIT_TOL_F16, false);
+fn exact_path_logits_match_transformers_with_f16_kv() {
+    run(true, KvType::F16, |_| LOGIT_TOL_F16, false);
+}
+
+#[test]
+fn fast_path_stays_near_llama_cpps_distance_from_transformers() {
+    let llama = llama_cpp_distances();
+    run(false, KvType::F16, |i| FAST_PATH_FACTOR * llama[i], false);
 }

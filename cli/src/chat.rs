@@ -18,7 +18,7 @@ use engine::sampling::{Sampler, SamplerParams};
 use engine::tokenizer::{TokenizeOptions, Tokenizer};
 use rustyline::error::ReadlineError;
 
-use crate::common::{human_bytes, init_threads, open_model, tokenizer, ModelArgs, SamplingArgs};
+use crate::common::{describe_hybrid, human_bytes, init_threads, open_model, tokenizer, HybridArgs, ModelArgs, SamplingArgs};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -26,6 +26,8 @@ pub struct Args {
     model: ModelArgs,
     #[command(flatten)]
     sampling: SamplingArgs,
+    #[command(flatten)]
+    hybrid: HybridArgs,
     /// Chat template: a built-in name (gemma, llama3, chatml), `file` (the model's own), or
     /// `none` (completion mode). Default: the model's own, else completion mode.
     #[arg(long = "chat-template")]
@@ -76,6 +78,11 @@ struct Chat<'m, 'a> {
     cached: Vec<u32>,
     last: Option<GenStats>,
     stop: Arc<AtomicBool>,
+    mode: engine::lighttransfer::HybridMode,
+    native: Vec<engine::model::kv_cache::LayerKind>,
+    /// What LightTransfer-Test chose on the first prompt.
+    hybrid_note: Option<String>,
+    params: engine::model::SessionParams,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -99,7 +106,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Some("none") => None,
         Some(name) => Some(ChatTemplate::builtin_named(name)?),
     };
-    let session = Session::new(&model, &args.model.session_params(model.cfg.n_ctx_train, 4096))?;
+    // Hybrid layers: the file's flags run from the first token; with --lazy the lazy set is
+    // chosen on the first prompt and kept for the rest of the conversation (later turns append
+    // to the same caches; /reset goes back to the native layers and chooses again).
+    let mode = args.hybrid.mode(&file, &model)?;
+    let native = model.native_layer_kinds();
+    let mut params = args.model.session_params(model.cfg.n_ctx_train, 4096);
+    params.layer_kinds = Some(mode.kinds(&native));
+    let session = Session::new(&model, &params)?;
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
@@ -117,6 +131,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         cached: Vec::new(),
         last: None,
         stop,
+        mode,
+        native,
+        hybrid_note: None,
+        params,
     };
 
     eprintln!("engine chat: {} ({}, {} positions of context)", file.path().display(), model.cfg.describe(), chat.session.n_ctx());
@@ -269,8 +287,13 @@ impl Chat<'_, '_> {
     fn reset(&mut self) {
         self.messages.clear();
         self.cached.clear();
-        self.session.reset();
         self.sampler.reset();
+        self.hybrid_note = None;
+        // Layers LightTransfer-Test turned lazy go back to their native kind.
+        match Session::new(self.session.model, &self.params) {
+            Ok(s) => self.session = s,
+            Err(_) => self.session.reset(),
+        }
     }
 
     fn set(&mut self, args: &str) -> anyhow::Result<()> {
@@ -315,8 +338,11 @@ impl Chat<'_, '_> {
                 cache.layers.iter().enumerate().filter(|(_, l)| l.kind.label() == kind).map(|(i, _)| i.to_string()).collect();
             println!("  {kind:<15} {layers:>3} layers {:>10}  (layers {})", human_bytes(bytes as u64), which.join(","));
         }
-        let lazy = cache.layers.iter().filter(|l| l.kind.label() == "streaming").count();
-        println!("lazy (streaming) layers: {lazy}");
+        let lazy: Vec<usize> = cache.layers.iter().enumerate().filter(|(_, l)| l.kind.label() == "streaming").map(|(i, _)| i).collect();
+        println!("lazy (streaming) layers: {} {lazy:?}", lazy.len());
+        if let Some(note) = &self.hybrid_note {
+            println!("hybrid: {note}");
+        }
     }
 
     fn save(&self, path: &Path) -> anyhow::Result<()> {
@@ -390,6 +416,9 @@ impl Chat<'_, '_> {
                 self.session.n_past()
             );
         }
+        if self.session.n_past() == 0 {
+            self.session.cache.probe = self.mode.probe(&self.native, new.len());
+        }
         self.stop.store(false, Ordering::Relaxed);
         let mut reply = String::new();
         let stdout = std::io::stdout();
@@ -401,6 +430,9 @@ impl Chat<'_, '_> {
             out.flush()
         })?;
         println!();
+        if let Some(probe) = self.session.cache.probe.take() {
+            self.hybrid_note = describe_hybrid(&self.mode, Some(&probe));
+        }
         match stats.stop {
             StopReason::Interrupted => eprintln!("[stopped]"),
             StopReason::ContextFull => eprintln!("[context full: /reset to start over]"),

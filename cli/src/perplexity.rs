@@ -9,12 +9,16 @@ use anyhow::Context;
 use engine::model::{Model, Session};
 use engine::tokenizer::TokenizeOptions;
 
-use crate::common::{init_threads, open_model, tokenizer, ModelArgs};
+use crate::common::{describe_hybrid, init_threads, open_model, tokenizer, HybridArgs, ModelArgs};
 
 #[derive(clap::Args)]
 pub struct Args {
     #[command(flatten)]
     model: ModelArgs,
+    /// Hybrid layers: stored flags or --lazy-layers stream from the first token of every chunk
+    /// (test-time selection, --lazy, is for generation, not perplexity).
+    #[command(flatten)]
+    hybrid: HybridArgs,
     /// The text to score.
     #[arg(short = 'f', long = "file")]
     file: PathBuf,
@@ -30,7 +34,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let tok = tokenizer(&file)?;
     let model = Model::load(&file).context("loading the model")?;
     // -c is the chunk size here, as in llama-perplexity (default 512 there too).
+    let mode = args.hybrid.mode(&file, &model)?;
+    if matches!(mode, engine::lighttransfer::HybridMode::Test { .. }) {
+        anyhow::bail!("perplexity takes a fixed lazy set (--lazy-layers, or the file's flags), not --lazy/--lazy-threshold");
+    }
+    if let Some(h) = describe_hybrid(&mode, None) {
+        eprintln!("hybrid: {h}");
+    }
     let mut params = args.model.session_params(model.cfg.n_ctx_train, 512);
+    params.layer_kinds = Some(mode.kinds(&model.native_layer_kinds()));
     let n_ctx = params.n_ctx;
     params.n_batch = params.n_batch.max(n_ctx);
     let mut session = Session::new(&model, &params)?;

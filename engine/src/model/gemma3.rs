@@ -24,9 +24,9 @@ pub fn forward(m: &Model<'_>, cache: &mut KvCache, tokens: &[u32], pos0: usize, 
         rms_norm(&x, &w.attn_norm, c.rms_eps, &mut h);
 
         // Q, K, V projections. q: [n][n_head][hd], k: [n][n_head_kv][hd], v: [n][n_head_kv][hd_v]
-        let mut q = mm(&w.wq, &h, n)?;
-        let mut k = mm(&w.wk, &h, n)?;
-        let v = mm(&w.wv, &h, n)?;
+        let mut q = mm(m, &w.wq, &h, n)?;
+        let mut k = mm(m, &w.wk, &h, n)?;
+        let v = mm(m, &w.wv, &h, n)?;
 
         // Per-head Q and K RMSNorms, then RoPE (NeoX) at each token's position.
         if let (Some(qn), Some(kn)) = (&w.q_norm, &w.k_norm) {
@@ -42,7 +42,7 @@ pub fn forward(m: &Model<'_>, cache: &mut KvCache, tokens: &[u32], pos0: usize, 
         let attn = attend(m, cache, il, &q, &k, &v, pos0, n);
 
         // Output projection, post-attention norm, residual.
-        let mut o = mm(&w.wo, &attn, n)?;
+        let mut o = mm(m, &w.wo, &attn, n)?;
         if let Some(pn) = &w.post_attn_norm {
             rms_norm_inplace(&mut o, pn, c.rms_eps);
         }
@@ -50,10 +50,10 @@ pub fn forward(m: &Model<'_>, cache: &mut KvCache, tokens: &[u32], pos0: usize, 
 
         // FFN: pre-norm, GELU-tanh gate times up, down, post-norm, residual.
         rms_norm(&x, &w.ffn_norm, c.rms_eps, &mut h);
-        let mut gate = mm(&w.ffn_gate, &h, n)?;
-        let up = mm(&w.ffn_up, &h, n)?;
+        let mut gate = mm(m, &w.ffn_gate, &h, n)?;
+        let up = mm(m, &w.ffn_up, &h, n)?;
         gated_act(&mut gate, &up, gelu_tanh);
-        let mut down = mm(&w.ffn_down, &gate, n)?;
+        let mut down = mm(m, &w.ffn_down, &gate, n)?;
         if let Some(pn) = &w.post_ffw_norm {
             rms_norm_inplace(&mut down, pn, c.rms_eps);
         }

@@ -23,9 +23,9 @@ pub fn forward(m: &Model<'_>, cache: &mut KvCache, tokens: &[u32], pos0: usize, 
         rms_norm(&x, &w.attn_norm, c.rms_eps, &mut h);
 
         // Q, K, V projections (+ biases for Qwen2). q: [n][n_head][hd], k, v: [n][n_head_kv][hd]
-        let mut q = mm(&w.wq, &h, n)?;
-        let mut k = mm(&w.wk, &h, n)?;
-        let mut v = mm(&w.wv, &h, n)?;
+        let mut q = mm(m, &w.wq, &h, n)?;
+        let mut k = mm(m, &w.wk, &h, n)?;
+        let mut v = mm(m, &w.wv, &h, n)?;
         add_bias(&mut q, w.bq.as_ref());
         add_bias(&mut k, w.bk.as_ref());
         add_bias(&mut v, w.bv.as_ref());
@@ -38,15 +38,15 @@ pub fn forward(m: &Model<'_>, cache: &mut KvCache, tokens: &[u32], pos0: usize, 
 
         // Attention over the cache, output projection, residual.
         let attn = attend(m, cache, il, &q, &k, &v, pos0, n);
-        let o = mm(&w.wo, &attn, n)?;
+        let o = mm(m, &w.wo, &attn, n)?;
         ggml_kernels::ops::add_assign(&mut x, &o);
 
         // FFN: pre-norm, SiLU gate times up, down, residual.
         rms_norm(&x, &w.ffn_norm, c.rms_eps, &mut h);
-        let mut gate = mm(&w.ffn_gate, &h, n)?;
-        let up = mm(&w.ffn_up, &h, n)?;
+        let mut gate = mm(m, &w.ffn_gate, &h, n)?;
+        let up = mm(m, &w.ffn_up, &h, n)?;
         gated_act(&mut gate, &up, silu);
-        let down = mm(&w.ffn_down, &gate, n)?;
+        let down = mm(m, &w.ffn_down, &gate, n)?;
         ggml_kernels::ops::add_assign(&mut x, &down);
     }
 

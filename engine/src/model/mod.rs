@@ -9,7 +9,7 @@ pub mod kv_cache;
 pub mod llama;
 pub mod weights;
 
-use ggml_kernels::matmul::{matmul, QMatrix};
+use ggml_kernels::matmul::{matmul, matmul_reference, QMatrix};
 
 use crate::gguf::{GgufError, GgufFile};
 use config::{Arch, ModelConfig};
@@ -46,13 +46,17 @@ pub enum ModelError {
 pub struct Model<'a> {
     pub cfg: ModelConfig,
     pub weights: Weights<'a>,
+    /// Compute every matrix product in f32 from dequantized weights, instead of quantizing the
+    /// activations for integer dot products (as llama.cpp does). Slow; for checking the model
+    /// definition against a float32 reference without the activation-quantization error.
+    pub exact_matmul: bool,
 }
 
 impl<'a> Model<'a> {
     pub fn load(file: &'a GgufFile) -> Result<Model<'a>, ModelError> {
         let cfg = ModelConfig::from_gguf(file)?;
         let weights = Weights::load(file, &cfg)?;
-        Ok(Model { cfg, weights })
+        Ok(Model { cfg, weights, exact_matmul: false })
     }
 
     /// Attention kind of each layer as the model defines it.
@@ -214,9 +218,10 @@ impl<'m, 'a> Session<'m, 'a> {
 }
 
 /// `out = W x` for `n` vectors, mapping kernel errors.
-pub(crate) fn mm(w: &QMatrix<'_>, x: &[f32], n: usize) -> Result<Vec<f32>, ModelError> {
+pub(crate) fn mm(m: &Model<'_>, w: &QMatrix<'_>, x: &[f32], n: usize) -> Result<Vec<f32>, ModelError> {
     let mut out = vec![0f32; n * w.rows];
-    matmul(w, x, n, &mut out).map_err(|e| ModelError::Kernel(e.to_string()))?;
+    let product = if m.exact_matmul { matmul_reference } else { matmul };
+    product(w, x, n, &mut out).map_err(|e| ModelError::Kernel(e.to_string()))?;
     Ok(out)
 }
 
@@ -252,7 +257,7 @@ pub(crate) fn output_logits(m: &Model<'_>, x: &[f32], n: usize, which: Logits) -
     let x = &x[rows.start * e..rows.end * e];
     let mut normed = vec![0f32; x.len()];
     ggml_kernels::ops::rms_norm(x, &m.weights.output_norm, m.cfg.rms_eps, &mut normed);
-    mm(&m.weights.output, &normed, rows.len())
+    mm(m, &m.weights.output, &normed, rows.len())
 }
 
 /// Attention of a batch over one layer's cache, and the batch's keys and values stored.
