@@ -196,21 +196,8 @@ fn gguf_rs_reads_our_round_tripped_default_model() {
 
 const DUMP_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/gguf_py_dump.py");
 
-/// Whether python3 with the `gguf` module is here. Outside CI its absence skips the test (with
-/// a message); under CI it fails it.
 fn gguf_py_available() -> bool {
-    let ok = Command::new("python3")
-        .args(["-c", "import gguf, numpy"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !ok {
-        if std::env::var_os("CI").is_some() {
-            panic!("CI needs python3 with the PyPI `gguf` package (pip install gguf)");
-        }
-        eprintln!("skipped: python3 with the PyPI `gguf` package is not available (pip install gguf)");
-    }
-    ok
+    engine_tests::python_gguf_available()
 }
 
 /// Runs the dump script; returns its JSON.

@@ -19,3 +19,20 @@ pub fn default_model() -> Option<PathBuf> {
         None
     }
 }
+
+/// Whether python3 with the PyPI `gguf` package (and numpy) is here. Outside CI its absence
+/// skips the caller's check (with a message); under CI it fails the test.
+pub fn python_gguf_available() -> bool {
+    let ok = std::process::Command::new("python3")
+        .args(["-c", "import gguf, numpy"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !ok {
+        if std::env::var_os("CI").is_some() {
+            panic!("CI needs python3 with the PyPI `gguf` package (pip install gguf)");
+        }
+        eprintln!("skipped: python3 with the PyPI `gguf` package is not available (pip install gguf)");
+    }
+    ok
+}
