@@ -52,7 +52,7 @@ def main():
                         "--sink", str(SINK), "--window", str(WINDOW), "--chunk", str(CTX)])
     ratios = {}
     for line in out.splitlines():
-        m = re.match(r"\s*(\d+)\s+\S+\s+([0-9.]+)\s", line)
+        m = re.match(r"\s*(\d+)\s+(?:full|sliding-window|streaming)\s+([0-9.]+)\s", line)
         if m:
             ratios[int(m.group(1))] = float(m.group(2))
     by_ratio = sorted(ratios, key=lambda i: -ratios[i])
