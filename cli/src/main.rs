@@ -9,10 +9,12 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod chat;
 mod common;
+mod convert;
 mod eval;
 mod inspect;
 mod lazy;
 mod perplexity;
+mod quantize;
 mod run;
 mod synth;
 mod tokenize;
@@ -30,6 +32,8 @@ enum Command {
     Bench(bench::Args),
     /// Chat with a model (interactive; the default model when no -m is given).
     Chat(chat::Args),
+    /// Convert a Hugging Face checkpoint directory (safetensors) to GGUF.
+    Convert(convert::Args),
     /// Evaluations: passkey retrieval.
     Eval(eval::Args),
     /// Print the header, metadata and tensor table of a GGUF file.
@@ -38,6 +42,8 @@ enum Command {
     Lazy(lazy::Args),
     /// Perplexity of a text file, by llama.cpp's method.
     Perplexity(perplexity::Args),
+    /// Quantize a GGUF file to another type (llama.cpp's tensor mixes).
+    Quantize(quantize::Args),
     /// Generate text from a prompt (one shot).
     Run(run::Args),
     /// Write a random-weight model of a named shape (test presets, real model shapes).
@@ -51,10 +57,12 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Bench(args) => bench::run(args),
         Command::Chat(args) => chat::run(args),
+        Command::Convert(args) => convert::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Lazy(args) => lazy::run(args),
         Command::Perplexity(args) => perplexity::run(args),
+        Command::Quantize(args) => quantize::run(args),
         Command::Run(args) => run::run(args),
         Command::Synth(args) => synth::run(args),
         Command::Tokenize(args) => tokenize::run(args),

@@ -10,10 +10,13 @@
 //! - [`chat`]: chat templates (sandboxed minijinja, built-ins) and message tokenization.
 //! - [`perplexity`]: llama.cpp's perplexity method.
 //! - [`generate`]: the prompt-then-decode loop shared by `run` and `chat`.
+//! - [`convert`]: Hugging Face checkpoints (safetensors, config.json, tokenizer) to GGUF, as
+//!   llama.cpp's converter writes them; [`quantize`]: GGUF to GGUF with llama.cpp's type mixes.
 //! - [`synth`]: random-weight models of named shapes (tiny test models, real model shapes), with
 //!   [`quant_mix`], llama.cpp's choice of tensor types for a file type (Q4_K_M's mix).
 
 pub mod chat;
+pub mod convert;
 pub mod generate;
 pub mod gguf;
 pub mod memstat;
@@ -21,6 +24,7 @@ pub mod lighttransfer;
 pub mod model;
 pub mod model_path;
 pub mod perplexity;
+pub mod quantize;
 pub mod quant_mix;
 pub mod sampling;
 pub mod synth;

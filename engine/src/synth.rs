@@ -327,7 +327,7 @@ pub fn plan(p: &Preset, ftype: FileType) -> Vec<TensorPlan> {
     if !p.tied_output {
         out.push(("output.weight".into(), vec![e, vocab], Init::Matrix));
     }
-    let ctx = MixContext { n_layer: p.n_layer, has_output: !p.tied_output };
+    let ctx = MixContext { n_layer: p.n_layer, has_output: !p.tied_output, n_gqa: p.n_head / p.n_head_kv.max(1) };
     out.into_iter()
         .map(|(name, ne, init)| {
             let ty = tensor_type(ftype, &name, &ne, GgmlType::F32, &ctx);
