@@ -1,0 +1,139 @@
+// Single-query attention (decode) over an f16 KV cache, with causal, window and sink+window
+// masks, returning each head's output and the log-sum-exp of its scaled, masked scores.
+// CPU reference: ggml_kernels::attention::attention (one query row).
+//
+// Cache layout: k [slot][n_head_kv][D], v [slot][n_head_kv][Dv] (f16), kpos [slot] (the absolute
+// position a slot holds; negative when empty). Query head h reads KV head h / (n_head / n_head_kv).
+// A slot at position kp is visible from the query position qp when
+//   kp >= 0 && kp <= qp && (window < 0 || qp - kp < window || kp < sink)
+// (window < 0: no window).
+//
+// Two passes (split-K, "flash decoding"): attn_decode_partial gives each (head, run of ATT_SPLIT
+// slots) to one block of ATT_WARPS warps; a warp takes one slot at a time (lanes split the head
+// dimension, so the row reads are coalesced) and keeps a running max, sum and weighted V (online
+// softmax); the warps then merge into the block's partial (max, sum, o[Dv]). attn_decode_combine
+// merges the partials of each head, normalises and writes the log-sum-exp.
+
+#define ATT_WARPS 4
+#define ATT_SPLIT 256
+#define ATT_MAX_D 256
+#define ATT_PER_LANE (ATT_MAX_D / WARP_SIZE)
+
+// Launch: grid (n_head, n_splits = ceil(n_slots / ATT_SPLIT) or 1), block (32 * ATT_WARPS).
+// part: [n_head][n_splits][2 + Dv] floats (max, sum, unnormalised output).
+extern "C" __global__ void __launch_bounds__(WARP_SIZE * ATT_WARPS)
+attn_decode_partial(const float* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v,
+                    const int* __restrict__ kpos, float* __restrict__ part, int n_slots, int n_head,
+                    int n_head_kv, int D, int Dv, float scale, int qpos, int window, int sink) {
+    __shared__ float sm_m[ATT_WARPS], sm_l[ATT_WARPS];
+    __shared__ float sm_o[ATT_WARPS][ATT_MAX_D];
+    const int h = blockIdx.x, split = blockIdx.y, n_splits = gridDim.y;
+    const int kvh = h / (n_head / n_head_kv);
+    const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
+
+    float qr[ATT_PER_LANE], o[ATT_PER_LANE];
+#pragma unroll
+    for (int i = 0; i < ATT_PER_LANE; ++i) {
+        const int d = lane + WARP_SIZE * i;
+        qr[i] = d < D ? q[(long long)h * D + d] : 0.0f;
+        o[i] = 0.0f;
+    }
+    float m = neg_inf(), l = 0.0f;
+    const int s0 = split * ATT_SPLIT;
+    const int s1 = min(s0 + ATT_SPLIT, n_slots);
+    for (int s = s0 + warp; s < s1; s += ATT_WARPS) {
+        const int kp = kpos[s];
+        const bool visible = kp >= 0 && kp <= qpos && (window < 0 || qpos - kp < window || kp < sink);
+        if (!visible) continue;  // the same for the whole warp
+        const u16* kr = k + ((long long)s * n_head_kv + kvh) * D;
+        float dot = 0.0f;
+#pragma unroll
+        for (int i = 0; i < ATT_PER_LANE; ++i) {
+            const int d = lane + WARP_SIZE * i;
+            if (d < D) dot += qr[i] * h2f(kr[d]);
+        }
+        const float score = warp_sum(dot) * scale;
+        const float m_new = fmaxf(m, score);
+        const float corr = expf(m - m_new);
+        const float p = expf(score - m_new);
+        l = l * corr + p;
+        const u16* vr = v + ((long long)s * n_head_kv + kvh) * Dv;
+#pragma unroll
+        for (int i = 0; i < ATT_PER_LANE; ++i) {
+            const int d = lane + WARP_SIZE * i;
+            if (d < Dv) o[i] = o[i] * corr + p * h2f(vr[d]);
+        }
+        m = m_new;
+    }
+
+    // Merge the warps.
+    if (lane == 0) {
+        sm_m[warp] = m;
+        sm_l[warp] = l;
+    }
+#pragma unroll
+    for (int i = 0; i < ATT_PER_LANE; ++i) {
+        const int d = lane + WARP_SIZE * i;
+        if (d < Dv) sm_o[warp][d] = o[i];
+    }
+    __syncthreads();
+    float M = neg_inf();
+#pragma unroll
+    for (int w = 0; w < ATT_WARPS; ++w) M = fmaxf(M, sm_m[w]);
+    float* out = part + ((long long)h * n_splits + split) * (2 + Dv);
+    if (M == neg_inf()) {
+        for (int d = threadIdx.x; d < Dv; d += blockDim.x) out[2 + d] = 0.0f;
+        if (threadIdx.x == 0) {
+            out[0] = neg_inf();
+            out[1] = 0.0f;
+        }
+        return;
+    }
+    float c[ATT_WARPS];
+    float L = 0.0f;
+#pragma unroll
+    for (int w = 0; w < ATT_WARPS; ++w) {
+        c[w] = expf(sm_m[w] - M);
+        L += sm_l[w] * c[w];
+    }
+    for (int d = threadIdx.x; d < Dv; d += blockDim.x) {
+        float acc = 0.0f;
+#pragma unroll
+        for (int w = 0; w < ATT_WARPS; ++w) acc += sm_o[w][d] * c[w];
+        out[2 + d] = acc;
+    }
+    if (threadIdx.x == 0) {
+        out[0] = M;
+        out[1] = L;
+    }
+}
+
+// Launch: grid (n_head), block (any multiple of 32). out: [n_head][Dv], lse: [n_head].
+extern "C" __global__ void attn_decode_combine(const float* __restrict__ part, float* __restrict__ out,
+                                               float* __restrict__ lse, int n_splits, int Dv) {
+    const int h = blockIdx.x;
+    const float* ph = part + (long long)h * n_splits * (2 + Dv);
+    float M = neg_inf();
+    for (int s = 0; s < n_splits; ++s) M = fmaxf(M, ph[(long long)s * (2 + Dv)]);
+    float* oh = out + (long long)h * Dv;
+    if (M == neg_inf()) {
+        for (int d = threadIdx.x; d < Dv; d += blockDim.x) oh[d] = 0.0f;
+        if (threadIdx.x == 0) lse[h] = neg_inf();
+        return;
+    }
+    float L = 0.0f;
+    for (int s = 0; s < n_splits; ++s) {
+        const float* ps = ph + (long long)s * (2 + Dv);
+        L += ps[1] * expf(ps[0] - M);
+    }
+    const float inv = 1.0f / L;
+    for (int d = threadIdx.x; d < Dv; d += blockDim.x) {
+        float acc = 0.0f;
+        for (int s = 0; s < n_splits; ++s) {
+            const float* ps = ph + (long long)s * (2 + Dv);
+            acc += ps[2 + d] * expf(ps[0] - M);
+        }
+        oh[d] = acc * inv;
+    }
+    if (threadIdx.x == 0) lse[h] = M + logf(L);
+}

@@ -1,0 +1,78 @@
+// Shared helpers, prepended to every kernel file before NVRTC compiles it. No headers are
+// included: NVRTC provides the built-in device functions (warp shuffles, math), and the few
+// conversions below are written in PTX so that nothing depends on the toolkit's header files.
+
+typedef unsigned char u8;
+typedef signed char i8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+
+#define WARP_SIZE 32
+#define FULL_MASK 0xffffffffu
+
+__device__ __forceinline__ float neg_inf() { return __int_as_float(0xff800000); }
+
+// IEEE half <-> float (round to nearest even, as half::f16::from_f32 and ggml do).
+__device__ __forceinline__ float h2f(u16 h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+__device__ __forceinline__ u16 f2h(float f) {
+    u16 h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+}
+
+// Four signed byte products summed into c: sum(a.i8[k] * b.i8[k]) + c.
+__device__ __forceinline__ int dp4a(int a, int b, int c) {
+    int r;
+    asm("dp4a.s32.s32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(c));
+    return r;
+}
+
+// The i-th 32-bit word at p, where p is only 2-byte aligned (Q4_0, Q5_0, Q8_0, Q6_K blocks).
+__device__ __forceinline__ int load_int_b2(const void* p, int i) {
+    const u16* x = (const u16*)p;
+    return (int)((u32)x[2 * i] | ((u32)x[2 * i + 1] << 16));
+}
+// The i-th 32-bit word at p, 4-byte aligned.
+__device__ __forceinline__ int load_int_b4(const void* p, int i) {
+    return ((const int*)p)[i];
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = WARP_SIZE / 2; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+    return v;
+}
+__device__ __forceinline__ int warp_sum_int(int v) {
+#pragma unroll
+    for (int o = WARP_SIZE / 2; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+    return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+    for (int o = WARP_SIZE / 2; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(FULL_MASK, v, o));
+    return v;
+}
+
+// Sum over a block of blockDim.x threads (a multiple of 32, at most 1024); every thread gets the
+// result. `scratch` holds 32 floats of shared memory.
+__device__ __forceinline__ float block_sum(float v, float* scratch) {
+    const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
+    const int nwarps = blockDim.x / WARP_SIZE;
+    v = warp_sum(v);
+    __syncthreads();  // scratch may still be read by a previous call
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    v = lane < nwarps ? scratch[lane] : 0.0f;
+    return warp_sum(v);
+}
+
+// ggml's Q8_1 block: scale, scale * sum of quants (both f16), 32 quants. 36 bytes, 4-byte aligned.
+struct block_q8_1 {
+    u16 d;
+    u16 s;
+    i8 qs[32];
+};

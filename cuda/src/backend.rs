@@ -1,0 +1,496 @@
+//! [`CudaBackend`]: one device, one stream, the compiled kernels, and one method per op.
+//!
+//! Every method checks its buffers' lengths against the op's shape and returns a
+//! [`CudaError`] rather than launching a kernel that would read or write out of bounds. Launches
+//! are asynchronous on the backend's stream; [`CudaBackend::download`] and
+//! [`CudaBackend::synchronize`] wait for them and report any error a kernel raised.
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::nvrtc::Ptx;
+use ggml_kernels::attention::{AttnMask, AttnShape};
+use ggml_kernels::matmul::QMatrix;
+use ggml_kernels::ops::RopeKind;
+use ggml_kernels::GgmlType;
+use half::f16;
+
+use crate::error::{driver, guarded, CudaError};
+use crate::nvrtc::{self, ModuleImage, FILES};
+use crate::DeviceInfo;
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// An element type a [`DeviceBuffer`] can hold.
+pub trait DeviceElem:
+    sealed::Sealed + cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits + Copy + Default + Unpin + 'static
+{
+}
+
+macro_rules! device_elem {
+    ($($t:ty),*) => {$(
+        impl sealed::Sealed for $t {}
+        impl DeviceElem for $t {}
+    )*};
+}
+device_elem!(f32, f16, i32, u8, u16);
+
+/// Memory on the device: `len` elements of `T`.
+pub struct DeviceBuffer<T> {
+    inner: CudaSlice<T>,
+}
+
+impl<T> DeviceBuffer<T> {
+    pub fn len(&self) -> usize {
+        self.inner.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.inner.len() == 0
+    }
+}
+
+impl<T> std::fmt::Debug for DeviceBuffer<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DeviceBuffer<{}>[{}]", std::any::type_name::<T>(), self.inner.len())
+    }
+}
+
+/// A weight matrix on the device, laid out as in GGUF: `rows` rows of `cols` elements, each row a
+/// run of blocks of `ty`.
+#[derive(Debug)]
+pub struct DeviceMatrix {
+    pub ty: GgmlType,
+    pub cols: usize,
+    pub rows: usize,
+    data: DeviceBuffer<u8>,
+}
+
+impl DeviceMatrix {
+    /// Bytes of weight data.
+    pub fn nbytes(&self) -> usize {
+        self.data.len()
+    }
+}
+
+/// The activation of a gated FFN (`gate = act(gate) * up`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GatedAct {
+    /// GELU, tanh approximation (Gemma).
+    GeluTanh,
+    /// SiLU (Llama, Mistral, Qwen 2).
+    Silu,
+}
+
+/// RoPE over `n_head` heads of `head_dim` per token (as `ggml_kernels::ops::RopeTable`).
+#[derive(Clone, Copy, Debug)]
+pub struct RopeParams {
+    pub kind: RopeKind,
+    pub n_head: usize,
+    pub head_dim: usize,
+    /// Rotated dimensions per head (even, at most `head_dim`).
+    pub n_rot: usize,
+    pub base: f32,
+    pub freq_scale: f32,
+}
+
+/// Bytes of a Q8_0 block (32 activations).
+pub const Q8_0_BYTES: usize = 34;
+/// Bytes of a Q8_1 block (32 activations).
+pub const Q8_1_BYTES: usize = 36;
+
+/// Threads per block of the matrix-vector kernels (`MV_THREADS` in matvec.cu).
+const MV_THREADS: u32 = 128;
+/// Attention: slots per block, threads per block, largest head dimension (attention.cu).
+const ATT_SPLIT: usize = 256;
+const ATT_THREADS: u32 = 128;
+pub const ATT_MAX_HEAD_DIM: usize = 256;
+
+/// The weight types [`CudaBackend::matvec`] handles.
+pub const MATVEC_TYPES: [GgmlType; 5] = [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q4_K, GgmlType::Q6_K];
+
+/// Every kernel, loaded.
+struct Kernels {
+    rms_norm: CudaFunction,
+    rope: CudaFunction,
+    gelu_mul: CudaFunction,
+    silu_mul: CudaFunction,
+    quantize_q8_0: CudaFunction,
+    quantize_q8_1: CudaFunction,
+    matvec_q8_0: CudaFunction,
+    matvec_q4_0: CudaFunction,
+    matvec_q5_0: CudaFunction,
+    matvec_q4_k: CudaFunction,
+    matvec_q6_k: CudaFunction,
+    attn_partial: CudaFunction,
+    attn_combine: CudaFunction,
+}
+
+/// The CUDA backend on one device.
+pub struct CudaBackend {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    info: DeviceInfo,
+    modules: Vec<ModuleImage>,
+    k: Kernels,
+}
+
+/// Checks a length.
+fn expect_len(what: &'static str, expected: usize, got: usize) -> Result<(), CudaError> {
+    if expected == got {
+        Ok(())
+    } else {
+        Err(CudaError::Shape { what, expected, got })
+    }
+}
+
+/// A dimension as the `int` a kernel takes.
+fn as_i32(what: &str, v: usize) -> Result<i32, CudaError> {
+    i32::try_from(v).map_err(|_| CudaError::Invalid(format!("{what} = {v} exceeds the kernels' 32-bit range")))
+}
+
+fn as_u32(what: &str, v: usize) -> Result<u32, CudaError> {
+    u32::try_from(v).map_err(|_| CudaError::Invalid(format!("{what} = {v} exceeds a grid dimension")))
+}
+
+fn cfg(grid: (u32, u32), threads: u32) -> LaunchConfig {
+    LaunchConfig { grid_dim: (grid.0, grid.1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 }
+}
+
+impl CudaBackend {
+    /// Opens device `ordinal`: creates its context and stream, and compiles (or reads from the
+    /// cache) every kernel for its architecture.
+    pub fn new(ordinal: usize) -> Result<CudaBackend, CudaError> {
+        guarded("CudaBackend::new", || Self::open(ordinal))
+    }
+
+    fn open(ordinal: usize) -> Result<CudaBackend, CudaError> {
+        let devices = crate::probe()?;
+        let info = devices
+            .into_iter()
+            .find(|d| d.ordinal == ordinal)
+            .ok_or_else(|| CudaError::Invalid(format!("no CUDA device {ordinal}")))?;
+        let ctx = CudaContext::new(ordinal).map_err(driver("cuDevicePrimaryCtxRetain"))?;
+        // SAFETY: the backend uses one stream for everything, so no buffer is used on one stream
+        // while another still works on it; cudarc's cross-stream event tracking is not needed.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.default_stream();
+        let (major, minor) = info.compute_capability;
+        let modules = nvrtc::build_all(major, minor)?;
+        let mut loaded: Vec<Arc<CudaModule>> = Vec::with_capacity(modules.len());
+        for m in &modules {
+            loaded.push(ctx.load_module(Ptx::from_binary(m.image.to_vec())).map_err(driver("cuModuleLoadData"))?);
+        }
+        let func = |name: &str| -> Result<CudaFunction, CudaError> {
+            let file = FILES
+                .iter()
+                .position(|f| f.functions.contains(&name))
+                .ok_or_else(|| CudaError::Invalid(format!("no kernel file defines {name}")))?;
+            loaded[file].load_function(name).map_err(driver("cuModuleGetFunction"))
+        };
+        let k = Kernels {
+            rms_norm: func("rms_norm_f32")?,
+            rope: func("rope_f32")?,
+            gelu_mul: func("gelu_tanh_mul_f32")?,
+            silu_mul: func("silu_mul_f32")?,
+            quantize_q8_0: func("quantize_q8_0")?,
+            quantize_q8_1: func("quantize_q8_1")?,
+            matvec_q8_0: func("matvec_q8_0")?,
+            matvec_q4_0: func("matvec_q4_0")?,
+            matvec_q5_0: func("matvec_q5_0")?,
+            matvec_q4_k: func("matvec_q4_k")?,
+            matvec_q6_k: func("matvec_q6_k")?,
+            attn_partial: func("attn_decode_partial")?,
+            attn_combine: func("attn_decode_combine")?,
+        };
+        Ok(CudaBackend { ctx, stream, info, modules, k })
+    }
+
+    /// The device.
+    pub fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+
+    /// The compiled kernel files: target, size, and whether they came from NVRTC or a cache.
+    pub fn modules(&self) -> &[ModuleImage] {
+        &self.modules
+    }
+
+    /// `len` zeroed elements.
+    pub fn alloc<T: DeviceElem>(&self, len: usize) -> Result<DeviceBuffer<T>, CudaError> {
+        let inner = self.stream.alloc_zeros::<T>(len).map_err(driver("cuMemAlloc"))?;
+        Ok(DeviceBuffer { inner })
+    }
+
+    /// A copy of `host` on the device.
+    pub fn upload<T: DeviceElem>(&self, host: &[T]) -> Result<DeviceBuffer<T>, CudaError> {
+        let inner = self.stream.clone_htod(host).map_err(driver("cuMemcpyHtoD"))?;
+        Ok(DeviceBuffer { inner })
+    }
+
+    /// Copies `host` into `dst` (same length).
+    pub fn upload_into<T: DeviceElem>(&self, host: &[T], dst: &mut DeviceBuffer<T>) -> Result<(), CudaError> {
+        expect_len("upload", dst.len(), host.len())?;
+        self.stream.memcpy_htod(host, &mut dst.inner).map_err(driver("cuMemcpyHtoD"))
+    }
+
+    /// Waits for the stream and copies `src` to the host.
+    pub fn download<T: DeviceElem>(&self, src: &DeviceBuffer<T>) -> Result<Vec<T>, CudaError> {
+        let mut host = vec![T::default(); src.len()];
+        self.stream.memcpy_dtoh(&src.inner, &mut host).map_err(driver("cuMemcpyDtoH"))?;
+        self.synchronize()?;
+        Ok(host)
+    }
+
+    /// Waits for every launch so far; reports the first error a kernel raised.
+    pub fn synchronize(&self) -> Result<(), CudaError> {
+        self.stream.synchronize().map_err(driver("cuStreamSynchronize"))?;
+        self.ctx.check_err().map_err(driver("an earlier asynchronous call"))
+    }
+
+    /// Device-to-device copy of `src` into `dst` (same length).
+    pub fn copy<T: DeviceElem>(&self, src: &DeviceBuffer<T>, dst: &mut DeviceBuffer<T>) -> Result<(), CudaError> {
+        expect_len("copy", dst.len(), src.len())?;
+        self.stream.memcpy_dtod(&src.inner, &mut dst.inner).map_err(driver("cuMemcpyDtoD"))
+    }
+
+    /// Milliseconds of device time the work that `f` launches takes, measured with CUDA events
+    /// around it on the stream.
+    pub fn time_ms(&self, f: impl FnOnce() -> Result<(), CudaError>) -> Result<f32, CudaError> {
+        use cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT;
+        let start = self.stream.record_event(Some(CU_EVENT_DEFAULT)).map_err(driver("cuEventRecord"))?;
+        f()?;
+        let end = self.stream.record_event(Some(CU_EVENT_DEFAULT)).map_err(driver("cuEventRecord"))?;
+        end.synchronize().map_err(driver("cuEventSynchronize"))?;
+        start.elapsed_ms(&end).map_err(driver("cuEventElapsedTime"))
+    }
+
+    /// Uploads a weight matrix whose type has a matrix-vector kernel.
+    pub fn upload_matrix(&self, w: &QMatrix<'_>) -> Result<DeviceMatrix, CudaError> {
+        if !MATVEC_TYPES.contains(&w.ty) {
+            return Err(CudaError::UnsupportedType(w.ty));
+        }
+        let expected = w.ty.tensor_nbytes(&[w.cols as u64, w.rows as u64]).ok();
+        if expected != Some(w.data.len() as u64) {
+            return Err(CudaError::Invalid(format!(
+                "{} matrix {}x{}: {} bytes of data, expected {expected:?}",
+                w.ty,
+                w.cols,
+                w.rows,
+                w.data.len()
+            )));
+        }
+        as_i32("matrix columns", w.cols)?;
+        as_u32("matrix rows", w.rows)?;
+        Ok(DeviceMatrix { ty: w.ty, cols: w.cols, rows: w.rows, data: self.upload(w.data)? })
+    }
+
+    /// RMSNorm of each row of `x` (rows of `w.len()` elements) times `w`, into `out`.
+    pub fn rms_norm(
+        &self,
+        x: &DeviceBuffer<f32>,
+        w: &DeviceBuffer<f32>,
+        eps: f32,
+        out: &mut DeviceBuffer<f32>,
+    ) -> Result<(), CudaError> {
+        let n = w.len();
+        if n == 0 || x.len() % n != 0 {
+            return Err(CudaError::Invalid(format!("rms_norm: {} elements are not rows of {n}", x.len())));
+        }
+        expect_len("rms_norm output", x.len(), out.len())?;
+        let rows = x.len() / n;
+        if rows == 0 {
+            return Ok(());
+        }
+        let threads = n.div_ceil(32).clamp(1, 32) as u32 * 32;
+        let n32 = as_i32("rms_norm row length", n)?;
+        let mut b = self.stream.launch_builder(&self.k.rms_norm);
+        b.arg(&x.inner).arg(&w.inner).arg(&mut out.inner).arg(&n32).arg(&eps);
+        // SAFETY: rms_norm_f32(x, w, out, n, eps) reads rows * n floats of x, n of w, and writes
+        // rows * n of out; the lengths were checked above.
+        unsafe { b.launch(cfg((as_u32("rows", rows)?, 1), threads)) }.map_err(driver("launch rms_norm_f32"))?;
+        Ok(())
+    }
+
+    /// RoPE in place on `x` (`[pos.len()][n_head][head_dim]`), token `t` rotated to `pos[t]`.
+    pub fn rope(&self, x: &mut DeviceBuffer<f32>, pos: &DeviceBuffer<i32>, p: &RopeParams) -> Result<(), CudaError> {
+        if p.n_rot % 2 != 0 || p.n_rot > p.head_dim || p.n_rot == 0 {
+            return Err(CudaError::Invalid(format!("rope: n_rot {} must be even, positive and at most head_dim {}", p.n_rot, p.head_dim)));
+        }
+        expect_len("rope input", pos.len() * p.n_head * p.head_dim, x.len())?;
+        let pairs = pos.len() * p.n_head * (p.n_rot / 2);
+        if pairs == 0 {
+            return Ok(());
+        }
+        let n_tokens = as_i32("rope tokens", pos.len())?;
+        let n_head = as_i32("n_head", p.n_head)?;
+        let head_dim = as_i32("head_dim", p.head_dim)?;
+        let n_rot = as_i32("n_rot", p.n_rot)?;
+        let mode: i32 = match p.kind {
+            RopeKind::Norm => 0,
+            RopeKind::Neox => 1,
+        };
+        let mut b = self.stream.launch_builder(&self.k.rope);
+        b.arg(&mut x.inner).arg(&pos.inner).arg(&n_tokens).arg(&n_head).arg(&head_dim).arg(&n_rot);
+        b.arg(&p.base).arg(&p.freq_scale).arg(&mode);
+        // SAFETY: rope_f32 touches x[t][h][0..n_rot] for t < n_tokens, h < n_head, reads pos[t];
+        // the lengths were checked above, and threads past the last pair return.
+        unsafe { b.launch(cfg((as_u32("rope blocks", pairs.div_ceil(256))?, 1), 256)) }.map_err(driver("launch rope_f32"))?;
+        Ok(())
+    }
+
+    /// `gate = act(gate) * up`, element-wise.
+    pub fn gated_act(&self, gate: &mut DeviceBuffer<f32>, up: &DeviceBuffer<f32>, act: GatedAct) -> Result<(), CudaError> {
+        expect_len("gated activation", gate.len(), up.len())?;
+        let n = gate.len() as i64;
+        if n == 0 {
+            return Ok(());
+        }
+        let f = match act {
+            GatedAct::GeluTanh => &self.k.gelu_mul,
+            GatedAct::Silu => &self.k.silu_mul,
+        };
+        let blocks = (gate.len().div_ceil(256)).min(65_536) as u32;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&mut gate.inner).arg(&up.inner).arg(&n);
+        // SAFETY: a grid-stride loop over i < n of gate and up, both n long.
+        unsafe { b.launch(cfg((blocks, 1), 256)) }.map_err(driver("launch gated activation"))?;
+        Ok(())
+    }
+
+    fn quantize(&self, f: &CudaFunction, block_bytes: usize, x: &DeviceBuffer<f32>, out: &mut DeviceBuffer<u8>) -> Result<(), CudaError> {
+        if x.len() % 32 != 0 {
+            return Err(CudaError::Invalid(format!("quantize: {} activations are not whole blocks of 32", x.len())));
+        }
+        let n_blocks = x.len() / 32;
+        expect_len("quantized activations (bytes)", n_blocks * block_bytes, out.len())?;
+        if n_blocks == 0 {
+            return Ok(());
+        }
+        let nb = n_blocks as i64;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&x.inner).arg(&mut out.inner).arg(&nb);
+        // SAFETY: one warp per block b < n_blocks reads x[32b..32b+32] and writes block b of out;
+        // the lengths were checked above.
+        unsafe { b.launch(cfg((as_u32("quantize blocks", n_blocks.div_ceil(8))?, 1), 256)) }.map_err(driver("launch quantize"))?;
+        Ok(())
+    }
+
+    /// Quantizes `x` (a multiple of 32 long) to Q8_0 blocks, as ggml's reference quantizer does.
+    pub fn quantize_q8_0(&self, x: &DeviceBuffer<f32>, out: &mut DeviceBuffer<u8>) -> Result<(), CudaError> {
+        self.quantize(&self.k.quantize_q8_0, Q8_0_BYTES, x, out)
+    }
+
+    /// Quantizes `x` (a multiple of 32 long) to Q8_1 blocks, the activation format of
+    /// [`CudaBackend::matvec`].
+    pub fn quantize_q8_1(&self, x: &DeviceBuffer<f32>, out: &mut DeviceBuffer<u8>) -> Result<(), CudaError> {
+        self.quantize(&self.k.quantize_q8_1, Q8_1_BYTES, x, out)
+    }
+
+    /// `out[r] = sum_c W[r][c] * x[c]`, with `x` given as `w.cols / 32` Q8_1 blocks
+    /// (from [`CudaBackend::quantize_q8_1`]).
+    pub fn matvec(&self, w: &DeviceMatrix, x_q8_1: &DeviceBuffer<u8>, out: &mut DeviceBuffer<f32>) -> Result<(), CudaError> {
+        expect_len("matvec activations (Q8_1 bytes)", w.cols / 32 * Q8_1_BYTES, x_q8_1.len())?;
+        expect_len("matvec output", w.rows, out.len())?;
+        if w.rows == 0 {
+            return Ok(());
+        }
+        let f = match w.ty {
+            GgmlType::Q8_0 => &self.k.matvec_q8_0,
+            GgmlType::Q4_0 => &self.k.matvec_q4_0,
+            GgmlType::Q5_0 => &self.k.matvec_q5_0,
+            GgmlType::Q4_K => &self.k.matvec_q4_k,
+            GgmlType::Q6_K => &self.k.matvec_q6_k,
+            t => return Err(CudaError::UnsupportedType(t)),
+        };
+        let cols = as_i32("matrix columns", w.cols)?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&w.data.inner).arg(&x_q8_1.inner).arg(&mut out.inner).arg(&cols);
+        // SAFETY: block r reads row r of w (checked at upload to be rows x cols of its type) and
+        // the cols / 32 activation blocks, and writes out[r]; the lengths were checked above.
+        unsafe { b.launch(cfg((as_u32("matrix rows", w.rows)?, 1), MV_THREADS)) }.map_err(driver("launch matvec"))?;
+        Ok(())
+    }
+
+    /// [`CudaBackend::quantize_q8_1`] of `x` into `scratch`, then [`CudaBackend::matvec`].
+    pub fn matvec_f32(
+        &self,
+        w: &DeviceMatrix,
+        x: &DeviceBuffer<f32>,
+        scratch: &mut DeviceBuffer<u8>,
+        out: &mut DeviceBuffer<f32>,
+    ) -> Result<(), CudaError> {
+        expect_len("matvec input", w.cols, x.len())?;
+        self.quantize_q8_1(x, scratch)?;
+        self.matvec(w, scratch, out)
+    }
+
+    /// Attention of one query (`q`: `[n_head][head_dim]`, at position `qpos`) over the cache
+    /// slots (`k`: `[slot][n_head_kv][head_dim]`, `v`: `[slot][n_head_kv][head_dim_v]`, f16,
+    /// positions `kpos`, negative when empty), into `out` (`[n_head][head_dim_v]`) and `lse`
+    /// (`[n_head]`: the log-sum-exp of the scaled, masked scores; `-inf` and a zero output for a
+    /// head that sees no slot). Same contract as `ggml_kernels::attention::attention` with one
+    /// query; head dimensions up to [`ATT_MAX_HEAD_DIM`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_decode(
+        &self,
+        s: &AttnShape,
+        q: &DeviceBuffer<f32>,
+        qpos: i64,
+        k: &DeviceBuffer<f16>,
+        v: &DeviceBuffer<f16>,
+        kpos: &DeviceBuffer<i32>,
+        mask: AttnMask,
+        out: &mut DeviceBuffer<f32>,
+        lse: &mut DeviceBuffer<f32>,
+    ) -> Result<(), CudaError> {
+        if s.n_head_kv == 0 || s.n_head % s.n_head_kv != 0 {
+            return Err(CudaError::Invalid(format!("attention: n_head {} is not a multiple of n_head_kv {}", s.n_head, s.n_head_kv)));
+        }
+        for (what, d) in [("head_dim", s.head_dim), ("head_dim_v", s.head_dim_v)] {
+            if d == 0 || d > ATT_MAX_HEAD_DIM {
+                return Err(CudaError::Invalid(format!("attention: {what} {d} is outside 1..={ATT_MAX_HEAD_DIM}")));
+            }
+        }
+        let n_slots = kpos.len();
+        expect_len("attention query", s.n_head * s.head_dim, q.len())?;
+        if k.len() < n_slots * s.n_head_kv * s.head_dim {
+            return Err(CudaError::Shape { what: "attention keys (at least)", expected: n_slots * s.n_head_kv * s.head_dim, got: k.len() });
+        }
+        if v.len() < n_slots * s.n_head_kv * s.head_dim_v {
+            return Err(CudaError::Shape { what: "attention values (at least)", expected: n_slots * s.n_head_kv * s.head_dim_v, got: v.len() });
+        }
+        expect_len("attention output", s.n_head * s.head_dim_v, out.len())?;
+        expect_len("attention lse", s.n_head, lse.len())?;
+        if s.n_head == 0 {
+            return Ok(());
+        }
+        let qpos = i32::try_from(qpos).map_err(|_| CudaError::Invalid(format!("attention: position {qpos} exceeds 32 bits")))?;
+        let window: i32 = match mask.window {
+            None => -1,
+            Some(w) => i32::try_from(w).unwrap_or(i32::MAX),
+        };
+        let sink = i32::try_from(mask.sink).unwrap_or(i32::MAX);
+        let n_splits = n_slots.div_ceil(ATT_SPLIT).max(1);
+        // SAFETY (of the uninitialised allocation): attn_decode_partial writes every element of
+        // every (head, split) partial before attn_decode_combine reads it.
+        let mut part = unsafe { self.stream.alloc::<f32>(s.n_head * n_splits * (2 + s.head_dim_v)) }.map_err(driver("cuMemAlloc"))?;
+        let (n_slots32, n_head, n_head_kv) = (as_i32("slots", n_slots)?, as_i32("n_head", s.n_head)?, as_i32("n_head_kv", s.n_head_kv)?);
+        let (d, dv, splits) = (s.head_dim as i32, s.head_dim_v as i32, as_i32("splits", n_splits)?);
+        let mut b = self.stream.launch_builder(&self.k.attn_partial);
+        b.arg(&q.inner).arg(&k.inner).arg(&v.inner).arg(&kpos.inner).arg(&mut part);
+        b.arg(&n_slots32).arg(&n_head).arg(&n_head_kv).arg(&d).arg(&dv).arg(&s.scale).arg(&qpos).arg(&window).arg(&sink);
+        // SAFETY: block (h, split) reads q[h], the keys and values of kv head h / group for the
+        // slots of its split (< n_slots, within k and v as checked), kpos of those slots, and
+        // writes its partial (n_head * n_splits * (2 + Dv) floats allocated above).
+        unsafe { b.launch(cfg((as_u32("n_head", s.n_head)?, as_u32("splits", n_splits)?), ATT_THREADS)) }
+            .map_err(driver("launch attn_decode_partial"))?;
+        let mut b = self.stream.launch_builder(&self.k.attn_combine);
+        b.arg(&part).arg(&mut out.inner).arg(&mut lse.inner).arg(&splits).arg(&dv);
+        // SAFETY: block h reads its n_splits partials and writes out[h][0..Dv] and lse[h].
+        unsafe { b.launch(cfg((as_u32("n_head", s.n_head)?, 1), 128)) }.map_err(driver("launch attn_decode_combine"))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,383 @@
+//! Parity of every CUDA op with the CPU reference in `ggml-kernels`, modeled on llama.cpp's
+//! test-backend-ops: random inputs (a fixed seed per case), outputs poisoned with NaN before each
+//! run so an unwritten element fails, every output checked for NaN/Inf, and the normalized mean
+//! squared error NMSE = sum (gpu - ref)^2 / sum ref^2 held to a bound per op:
+//!
+//! | op | reference | bound |
+//! |---|---|---|
+//! | RMSNorm, RoPE, GELU-tanh/SiLU gated, attention (f16 KV) | `ggml_kernels::ops`, `attention` | 1e-6 |
+//! | Q8_0 / Q8_1 activation quantization | `quants::quantize` | bytes equal |
+//! | matvec vs dequantized weights . f32 activations | `matmul::matmul_reference` | 5e-4 |
+//! | matvec vs dequantized weights . dequantized Q8_1 activations (f64) | (the same integers) | 1e-8 |
+//!
+//! The 5e-4 bound on the f32 reference covers the rounding of the activations to 8 bits, which
+//! the CPU's quantized path has as well (about 2e-5 for Gaussian data); the 1e-8 bound checks the
+//! integer kernels themselves, leaving only f32 summation order. Each case prints its measured
+//! NMSE. Without a GPU every test prints "skipped: no CUDA device (<reason>)" and passes.
+
+use std::sync::OnceLock;
+
+use engine_cuda::{CudaBackend, GatedAct, RopeParams, Q8_0_BYTES, Q8_1_BYTES};
+use ggml_kernels::attention::{attention, AttnMask, AttnShape, KvView};
+use ggml_kernels::matmul::{matmul, matmul_reference, QMatrix};
+use ggml_kernels::ops::{gated_act, gelu_tanh, rms_norm, silu, RopeKind, RopeTable};
+use ggml_kernels::quants::{dequantize, quantize};
+use ggml_kernels::GgmlType;
+use half::f16;
+
+/// The shared backend, or `None` (after printing why) when there is no usable GPU.
+fn gpu() -> Option<&'static CudaBackend> {
+    static GPU: OnceLock<Result<CudaBackend, String>> = OnceLock::new();
+    let r = GPU.get_or_init(|| match engine_cuda::probe() {
+        Err(e) => Err(e.to_string()),
+        // A GPU is there: failing to open it is a test failure, not a skip.
+        Ok(_) => Ok(CudaBackend::new(0).unwrap_or_else(|e| panic!("CudaBackend::new(0): {e}"))),
+    });
+    match r {
+        Ok(b) => Some(b),
+        Err(reason) => {
+            println!("skipped: no CUDA device ({reason})");
+            None
+        }
+    }
+}
+
+/// xorshift64*: deterministic inputs without a dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in [0, 1).
+    fn uniform(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+    }
+
+    /// Approximately standard normal (sum of 4 uniforms, rescaled).
+    fn normal(&mut self) -> f32 {
+        let s: f32 = (0..4).map(|_| self.uniform()).sum();
+        (s - 2.0) * (3.0f32).sqrt()
+    }
+
+    fn normals(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| self.normal() * scale).collect()
+    }
+}
+
+fn nmse(got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    let (mut err, mut norm) = (0f64, 0f64);
+    for (&g, &w) in got.iter().zip(want) {
+        err += (g as f64 - w as f64).powi(2);
+        norm += (w as f64).powi(2);
+    }
+    if norm == 0.0 {
+        err
+    } else {
+        err / norm
+    }
+}
+
+/// Asserts every element is finite and the NMSE is within `bound`; prints the measurement.
+fn check(case: &str, got: &[f32], want: &[f32], bound: f64) {
+    let bad = got.iter().position(|v| !v.is_finite());
+    assert!(bad.is_none(), "{case}: non-finite output at {bad:?} ({:?})", bad.map(|i| got[i]));
+    let e = nmse(got, want);
+    println!("{case}: nmse {e:.3e} (bound {bound:.0e})");
+    assert!(e <= bound, "{case}: nmse {e:.3e} > {bound:.0e}");
+}
+
+#[test]
+fn rms_norm_matches_cpu() {
+    let Some(gpu) = gpu() else { return };
+    for (i, &(rows, n)) in [(1usize, 4096usize), (5, 2304), (3, 100), (2, 1152)].iter().enumerate() {
+        let mut rng = Rng::new(100 + i as u64);
+        let x = rng.normals(rows * n, 3.0);
+        let w: Vec<f32> = (0..n).map(|_| 1.0 + 0.1 * rng.normal()).collect();
+        let mut want = vec![0f32; rows * n];
+        rms_norm(&x, &w, 1e-6, &mut want);
+        let (xd, wd) = (gpu.upload(&x).unwrap(), gpu.upload(&w).unwrap());
+        let mut out = gpu.upload(&vec![f32::NAN; rows * n]).unwrap();
+        gpu.rms_norm(&xd, &wd, 1e-6, &mut out).unwrap();
+        check(&format!("rms_norm {rows}x{n}"), &gpu.download(&out).unwrap(), &want, 1e-6);
+    }
+}
+
+#[test]
+fn rope_matches_cpu() {
+    let Some(gpu) = gpu() else { return };
+    // (n_head, head_dim, n_rot, base, freq_scale, positions)
+    type RopeCase = (usize, usize, usize, f32, f32, &'static [i32]);
+    let cases: [RopeCase; 3] = [
+        (32, 128, 128, 500_000.0, 1.0, &[4095]),
+        (4, 256, 256, 10_000.0, 1.0, &[0, 1, 131_071]),
+        (8, 64, 32, 10_000.0, 0.25, &[17, 100_000]),
+    ];
+    for (i, &(n_head, head_dim, n_rot, base, freq_scale, pos)) in cases.iter().enumerate() {
+        for kind in [RopeKind::Norm, RopeKind::Neox] {
+            let mut rng = Rng::new(200 + i as u64);
+            let x = rng.normals(pos.len() * n_head * head_dim, 1.0);
+            let table = RopeTable::new(kind, n_rot, base, freq_scale);
+            let mut want = x.clone();
+            for (t, &p) in pos.iter().enumerate() {
+                table.apply(&mut want[t * n_head * head_dim..(t + 1) * n_head * head_dim], head_dim, p as i64);
+            }
+            let mut xd = gpu.upload(&x).unwrap();
+            let pd = gpu.upload(pos).unwrap();
+            let p = RopeParams { kind, n_head, head_dim, n_rot, base, freq_scale };
+            gpu.rope(&mut xd, &pd, &p).unwrap();
+            let got = gpu.download(&xd).unwrap();
+            let case = format!("rope {kind:?} heads {n_head} dim {head_dim} rot {n_rot} pos {pos:?}");
+            check(&case, &got, &want, 1e-6);
+            let max_abs = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(max_abs < 1e-4, "{case}: max abs error {max_abs}");
+        }
+    }
+}
+
+#[test]
+fn gated_activations_match_cpu() {
+    let Some(gpu) = gpu() else { return };
+    for (i, &n) in [14_336usize, 1000, 7].iter().enumerate() {
+        for (act, f) in [(GatedAct::GeluTanh, gelu_tanh as fn(f32) -> f32), (GatedAct::Silu, silu as fn(f32) -> f32)] {
+            let mut rng = Rng::new(300 + i as u64);
+            let gate = rng.normals(n, 2.0);
+            let up = rng.normals(n, 1.0);
+            let mut want = gate.clone();
+            gated_act(&mut want, &up, f);
+            let mut gd = gpu.upload(&gate).unwrap();
+            gpu.gated_act(&mut gd, &gpu.upload(&up).unwrap(), act).unwrap();
+            check(&format!("{act:?} * up, n {n}"), &gpu.download(&gd).unwrap(), &want, 1e-6);
+        }
+    }
+}
+
+#[test]
+fn activation_quantization_matches_cpu_bytes() {
+    let Some(gpu) = gpu() else { return };
+    for (i, &n) in [4096usize, 32 * 7].iter().enumerate() {
+        let mut rng = Rng::new(400 + i as u64);
+        let mut x = rng.normals(n, 1.5);
+        x[32..64].iter_mut().for_each(|v| *v = 0.0); // an all-zero block (scale 0)
+        let xd = gpu.upload(&x).unwrap();
+        for (ty, bytes, q8_1) in [(GgmlType::Q8_0, Q8_0_BYTES, false), (GgmlType::Q8_1, Q8_1_BYTES, true)] {
+            let mut want = vec![0u8; n / 32 * bytes];
+            quantize(ty, &x, &mut want).unwrap();
+            let mut out = gpu.upload(&vec![0xABu8; n / 32 * bytes]).unwrap();
+            if q8_1 {
+                gpu.quantize_q8_1(&xd, &mut out).unwrap();
+            } else {
+                gpu.quantize_q8_0(&xd, &mut out).unwrap();
+            }
+            let got = gpu.download(&out).unwrap();
+            let diff = got.iter().zip(&want).filter(|(a, b)| a != b).count();
+            println!("quantize {ty} n {n}: {diff} of {} bytes differ from the CPU", got.len());
+            assert_eq!(diff, 0, "quantize {ty} n {n}: first difference at byte {:?}", got.iter().zip(&want).position(|(a, b)| a != b));
+        }
+    }
+}
+
+/// One matrix-vector case: random weights quantized by the CPU reference quantizer.
+fn matvec_case(gpu: &CudaBackend, ty: GgmlType, cols: usize, rows: usize, seed: u64) {
+    let mut rng = Rng::new(seed);
+    let w = rng.normals(rows * cols, 0.05);
+    let mut wq = vec![0u8; ty.tensor_nbytes(&[cols as u64, rows as u64]).unwrap() as usize];
+    quantize(ty, &w, &mut wq).unwrap();
+    let x = rng.normals(cols, 1.0);
+    let qm = QMatrix::new(ty, cols, rows, &wq).unwrap();
+
+    let mut want_f32 = vec![0f32; rows];
+    matmul_reference(&qm, &x, 1, &mut want_f32).unwrap();
+    let mut cpu_fast = vec![0f32; rows];
+    matmul(&qm, &x, 1, &mut cpu_fast).unwrap();
+
+    let dm = gpu.upload_matrix(&qm).unwrap();
+    let xd = gpu.upload(&x).unwrap();
+    let mut scratch = gpu.alloc::<u8>(cols / 32 * Q8_1_BYTES).unwrap();
+    let mut out = gpu.upload(&vec![f32::NAN; rows]).unwrap();
+    gpu.matvec_f32(&dm, &xd, &mut scratch, &mut out).unwrap();
+    let got = gpu.download(&out).unwrap();
+
+    // The same integers on the CPU: dequantized weights times the dequantized Q8_1 activations the
+    // GPU produced, summed in f64.
+    let xq_bytes = gpu.download(&scratch).unwrap();
+    let mut xq = vec![0f32; cols];
+    dequantize(GgmlType::Q8_1, &xq_bytes, &mut xq).unwrap();
+    let mut wd = vec![0f32; rows * cols];
+    dequantize(ty, &wq, &mut wd).unwrap();
+    let want_int: Vec<f32> = wd
+        .chunks_exact(cols)
+        .map(|row| row.iter().zip(&xq).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() as f32)
+        .collect();
+
+    let case = format!("matvec {ty} {cols}x{rows}");
+    check(&format!("{case} vs f32 reference"), &got, &want_f32, 5e-4);
+    check(&format!("{case} vs same-integer reference"), &got, &want_int, 1e-8);
+    println!("{case}: CPU quantized path vs f32 reference: nmse {:.3e}", nmse(&cpu_fast, &want_f32));
+}
+
+#[test]
+fn matvec_matches_cpu_for_every_weight_type() {
+    let Some(gpu) = gpu() else { return };
+    let mut seed = 500;
+    for ty in engine_cuda::MATVEC_TYPES {
+        // Rows not a multiple of anything; block counts per row that leave the last pass of the
+        // threads partly idle (2816 = 11 super-blocks, 88 blocks of 32); a single block.
+        let mut shapes = vec![(4096usize, 64usize), (2816, 33), (256, 1), (14_336, 5)];
+        if ty.block_size() == 32 {
+            shapes.extend([(224, 7), (32, 3)]);
+        }
+        for (cols, rows) in shapes {
+            seed += 1;
+            matvec_case(gpu, ty, cols, rows, seed);
+        }
+    }
+}
+
+#[test]
+fn matvec_rejects_mismatched_shapes() {
+    let Some(gpu) = gpu() else { return };
+    let w = vec![0u8; 34 * 4];
+    let dm = gpu.upload_matrix(&QMatrix::new(GgmlType::Q8_0, 64, 2, &w).unwrap()).unwrap();
+    let x = gpu.alloc::<u8>(Q8_1_BYTES).unwrap(); // one block, the matrix needs two
+    let mut out = gpu.alloc::<f32>(2).unwrap();
+    assert!(gpu.matvec(&dm, &x, &mut out).is_err());
+    let iq = vec![0u8; 136];
+    assert!(gpu.upload_matrix(&QMatrix::new(GgmlType::IQ4_XS, 256, 1, &iq).unwrap()).is_err());
+}
+
+struct AttnCase {
+    n_head: usize,
+    n_head_kv: usize,
+    head_dim: usize,
+    head_dim_v: usize,
+    kpos: Vec<i32>,
+    qpos: i64,
+    mask: AttnMask,
+}
+
+fn attention_case(gpu: &CudaBackend, c: &AttnCase, seed: u64) {
+    let mut rng = Rng::new(seed);
+    let n_slots = c.kpos.len();
+    let q = rng.normals(c.n_head * c.head_dim, 1.5);
+    let k: Vec<f16> = rng.normals(n_slots * c.n_head_kv * c.head_dim, 1.0).into_iter().map(f16::from_f32).collect();
+    let v: Vec<f16> = rng.normals(n_slots * c.n_head_kv * c.head_dim_v, 1.0).into_iter().map(f16::from_f32).collect();
+    let shape = AttnShape {
+        n_head: c.n_head,
+        n_head_kv: c.n_head_kv,
+        head_dim: c.head_dim,
+        head_dim_v: c.head_dim_v,
+        scale: 1.0 / (c.head_dim as f32).sqrt(),
+    };
+    let kpos64: Vec<i64> = c.kpos.iter().map(|&p| p as i64).collect();
+    let mut want = vec![0f32; c.n_head * c.head_dim_v];
+    let mut want_lse = vec![0f32; c.n_head];
+    attention(&shape, &q, &[c.qpos], KvView::F16(&k), KvView::F16(&v), &kpos64, c.mask, &mut want, Some(&mut want_lse));
+
+    let (qd, kd, vd, pd) = (gpu.upload(&q).unwrap(), gpu.upload(&k).unwrap(), gpu.upload(&v).unwrap(), gpu.upload(&c.kpos).unwrap());
+    let mut out = gpu.upload(&vec![f32::NAN; want.len()]).unwrap();
+    let mut lse = gpu.upload(&vec![f32::NAN; c.n_head]).unwrap();
+    gpu.attention_decode(&shape, &qd, c.qpos, &kd, &vd, &pd, c.mask, &mut out, &mut lse).unwrap();
+    let got = gpu.download(&out).unwrap();
+    let got_lse = gpu.download(&lse).unwrap();
+
+    let case = format!(
+        "attention heads {}/{} dims {}/{} slots {n_slots} q@{} {:?}",
+        c.n_head, c.n_head_kv, c.head_dim, c.head_dim_v, c.qpos, c.mask
+    );
+    check(&case, &got, &want, 1e-6);
+    for (h, (&g, &w)) in got_lse.iter().zip(&want_lse).enumerate() {
+        if w == f32::NEG_INFINITY {
+            assert_eq!(g, f32::NEG_INFINITY, "{case}: head {h} sees nothing, lse {g}");
+        } else {
+            assert!(g.is_finite() && (g - w).abs() <= 1e-4 * w.abs().max(1.0), "{case}: head {h} lse {g} vs {w}");
+        }
+    }
+    let max_lse = got_lse.iter().zip(&want_lse).filter(|(_, w)| w.is_finite()).map(|(g, w)| (g - w).abs()).fold(0f32, f32::max);
+    println!("{case}: lse max abs error {max_lse:.2e}");
+}
+
+#[test]
+fn attention_matches_cpu_for_every_mask() {
+    let Some(gpu) = gpu() else { return };
+    let in_order = |n: i32| (0..n).collect::<Vec<i32>>();
+    // A ring buffer of 300 slots holding positions 701..=1000 rotated, with 20 empty slots.
+    let ring: Vec<i32> = (0..300).map(|s| if s % 15 == 7 { -1 } else { 701 + (s + 123) % 300 }).collect();
+    let cases = [
+        AttnCase { n_head: 8, n_head_kv: 2, head_dim: 128, head_dim_v: 128, kpos: in_order(1000), qpos: 999, mask: AttnMask::CAUSAL },
+        AttnCase {
+            n_head: 8,
+            n_head_kv: 2,
+            head_dim: 128,
+            head_dim_v: 128,
+            kpos: in_order(1000),
+            qpos: 999,
+            mask: AttnMask { window: Some(256), sink: 0 },
+        },
+        AttnCase {
+            n_head: 8,
+            n_head_kv: 8,
+            head_dim: 128,
+            head_dim_v: 128,
+            kpos: in_order(1000),
+            qpos: 999,
+            mask: AttnMask { window: Some(128), sink: 4 },
+        },
+        AttnCase {
+            n_head: 4,
+            n_head_kv: 4,
+            head_dim: 256,
+            head_dim_v: 256,
+            kpos: ring,
+            qpos: 1000,
+            mask: AttnMask { window: Some(256), sink: 0 },
+        },
+        AttnCase { n_head: 10, n_head_kv: 2, head_dim: 80, head_dim_v: 80, kpos: in_order(513), qpos: 600, mask: AttnMask::CAUSAL },
+        AttnCase { n_head: 4, n_head_kv: 1, head_dim: 64, head_dim_v: 32, kpos: in_order(40), qpos: 20, mask: AttnMask::CAUSAL },
+        // Nothing visible (every slot is in the future): zero output, lse -inf.
+        AttnCase {
+            n_head: 2,
+            n_head_kv: 1,
+            head_dim: 64,
+            head_dim_v: 64,
+            kpos: (10..50).collect(),
+            qpos: 5,
+            mask: AttnMask::CAUSAL,
+        },
+    ];
+    for (i, c) in cases.iter().enumerate() {
+        attention_case(gpu, c, 600 + i as u64);
+    }
+}
+
+#[test]
+fn attention_rejects_bad_shapes() {
+    let Some(gpu) = gpu() else { return };
+    let shape = AttnShape { n_head: 4, n_head_kv: 3, head_dim: 64, head_dim_v: 64, scale: 0.125 };
+    let q = gpu.alloc::<f32>(4 * 64).unwrap();
+    let k = gpu.alloc::<f16>(64 * 3).unwrap();
+    let p = gpu.alloc::<i32>(1).unwrap();
+    let mut out = gpu.alloc::<f32>(4 * 64).unwrap();
+    let mut lse = gpu.alloc::<f32>(4).unwrap();
+    assert!(gpu.attention_decode(&shape, &q, 0, &k, &k, &p, AttnMask::CAUSAL, &mut out, &mut lse).is_err());
+}
+
+#[test]
+fn kernels_report_their_origin() {
+    let Some(gpu) = gpu() else { return };
+    let d = gpu.info();
+    println!("device {}: {} ({} MiB, cc {}.{})", d.ordinal, d.name, d.total_memory >> 20, d.compute_capability.0, d.compute_capability.1);
+    for m in gpu.modules() {
+        println!("{} -> {}: {} bytes, {:?} in {:.0} ms ({:?})", m.file, m.target, m.image.len(), m.origin, m.millis, m.cache_path);
+    }
+    assert_eq!(gpu.modules().len(), 6);
+}
