@@ -12,6 +12,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use engine::gguf::GgufFile;
 use engine::model::kv_cache::KvType;
+use engine::lighttransfer::{HybridMode, HybridOptions};
 use engine::model::{Logits, Model, Session, SessionParams};
 use engine::sampling::Rng;
 use serde_json::{json, Value};
@@ -47,6 +48,16 @@ pub struct Args {
     /// KV cache type.
     #[arg(long = "kv-type", default_value = "f16", value_parser = ["f16", "f32"])]
     kv_type: String,
+    /// Lazy fractions to test (LightTransfer-Test on the prompt, or on the depth fill for tg
+    /// tests); 0 runs the model as it is. Identification time is part of the timed prompt.
+    #[arg(long = "lazy", value_delimiter = ',', default_value = "0")]
+    lazy: Vec<f32>,
+    /// Sink positions lazy layers keep.
+    #[arg(long = "sink", default_value_t = engine::lighttransfer::DEFAULT_SINK)]
+    sink: u32,
+    /// Recent positions lazy layers keep.
+    #[arg(long = "window", default_value_t = engine::lighttransfer::DEFAULT_WINDOW)]
+    window: u32,
     /// Output format.
     #[arg(short = 'o', long = "output", default_value = "md", value_parser = ["md", "json", "csv"])]
     output: String,
@@ -124,17 +135,30 @@ fn mean_std(samples: &[f64]) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
-/// Runs one test once; returns tokens/s.
-fn run_once(session: &mut Session<'_, '_>, t: &Test, rng: &mut Rng) -> anyhow::Result<f64> {
-    let n_vocab = session.model.cfg.n_vocab as u64;
+/// Runs one test once; returns tokens/s. With a hybrid `mode`, the layers are chosen on the
+/// depth fill (for tg) or on the timed prompt (for pp), from a fresh session.
+fn run_once(
+    model: &Model<'_>,
+    params: &SessionParams,
+    mode: &HybridMode,
+    t: &Test,
+    rng: &mut Rng,
+) -> anyhow::Result<(f64, u64)> {
+    let n_vocab = model.cfg.n_vocab as u64;
+    let native = model.native_layer_kinds();
     let mut random = |n: usize| -> Vec<u32> { (0..n).map(|_| (rng.next_u64() % n_vocab) as u32).collect() };
-    session.reset();
+    let mut session = Session::new(model, params)?;
     if t.depth > 0 {
         let fill = random(t.depth);
+        session.cache.probe = mode.probe(&native, t.depth);
         session.eval(&fill, Logits::None)?;
+        session.cache.probe = None;
     }
     let prompt = random(t.n_prompt);
     let token = random(1)[0];
+    if t.depth == 0 && t.n_prompt > 0 {
+        session.cache.probe = mode.probe(&native, t.n_prompt);
+    }
     let start = Instant::now();
     if t.n_prompt > 0 {
         session.eval(&prompt, Logits::Last)?;
@@ -143,7 +167,7 @@ fn run_once(session: &mut Session<'_, '_>, t: &Test, rng: &mut Rng) -> anyhow::R
         session.eval(&[token], Logits::Last)?;
     }
     let secs = start.elapsed().as_secs_f64();
-    Ok((t.n_prompt + t.n_gen) as f64 / secs.max(1e-9))
+    Ok(((t.n_prompt + t.n_gen) as f64 / secs.max(1e-9), session.cache.bytes() as u64))
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -192,7 +216,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let size = model.weight_bytes();
         for &nt in &threads {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(nt).build().context("starting the thread pool")?;
-            for t in &tests {
+            for (&lazy, t) in args.lazy.iter().flat_map(|l| tests.iter().map(move |t| (l, t))) {
                 let n_ctx = t.depth + t.n_prompt + t.n_gen + 1;
                 let params = SessionParams {
                     n_ctx,
@@ -200,13 +224,26 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     kv_type: if args.kv_type == "f32" { KvType::F32 } else { KvType::F16 },
                     layer_kinds: None,
                 };
-                let mut session = Session::new(&model, &params)?;
-                let samples: Vec<f64> = pool.install(|| -> anyhow::Result<Vec<f64>> {
-                    run_once(&mut session, t, &mut rng)?; // warm-up
-                    (0..args.reps).map(|_| run_once(&mut session, t, &mut rng)).collect()
+                let mode = if lazy > 0.0 {
+                    let opts = HybridOptions {
+                        lazy_fraction: Some(lazy),
+                        sink: Some(args.sink),
+                        window: Some(args.window),
+                        ignore_file: true,
+                        ..HybridOptions::default()
+                    };
+                    opts.resolve(None, &model.native_layer_kinds())?
+                } else {
+                    HybridMode::Native
+                };
+                let runs: Vec<(f64, u64)> = pool.install(|| -> anyhow::Result<Vec<(f64, u64)>> {
+                    run_once(&model, &params, &mode, t, &mut rng)?; // warm-up
+                    (0..args.reps).map(|_| run_once(&model, &params, &mode, t, &mut rng)).collect()
                 })?;
+                let samples: Vec<f64> = runs.iter().map(|r| r.0).collect();
                 let (avg, std) = mean_std(&samples);
-                let kv = session.cache.bytes() as u64;
+                let kv = runs.last().map(|r| r.1).unwrap_or(0);
+                let test_name = if lazy > 0.0 { format!("{} lazy{lazy}", t.name()) } else { t.name() };
                 if md {
                     let mut out = stdout.lock();
                     writeln!(
@@ -217,7 +254,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                         n_params as f64 / 1e6,
                         "CPU",
                         nt,
-                        t.name(),
+                        test_name,
                         format!("{avg:.2} ± {std:.2}"),
                         human_bytes(kv)
                     )?;
@@ -244,7 +281,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                         "stddev_ts": std,
                         "samples_ts": samples,
                         "kv_bytes": kv,
-                        "lazy_fraction": 0.0,
+                        "lazy_fraction": lazy,
                         "n_parallel": 1,
                     }),
                 });
