@@ -302,17 +302,20 @@ pub fn score_lse(
     lse: &mut [f32],
 ) {
     let group = s.n_head / s.n_head_kv;
+    let d = s.head_dim;
     debug_assert_eq!(lse.len(), qpos.len() * s.n_head);
+    // The cache in f32 once, shared by every row.
+    let mut kf = vec![0f32; kpos.len() * s.n_head_kv * d];
+    k.read(0, &mut kf);
     lse.par_iter_mut().enumerate().for_each(|(row, l)| {
         let (t, h) = (row / s.n_head, row % s.n_head);
         let kvh = h / group;
-        let qrow = &q[(t * s.n_head + h) * s.head_dim..][..s.head_dim];
-        let mut kbuf = vec![0f32; s.head_dim];
+        let qrow = &q[(t * s.n_head + h) * d..][..d];
         let mut scores = Vec::with_capacity(kpos.len());
         for (slot, &kp) in kpos.iter().enumerate() {
             if kp >= 0 && visible(qpos[t], kp) {
-                k.read((slot * s.n_head_kv + kvh) * s.head_dim, &mut kbuf);
-                scores.push(dot_f32(qrow, &kbuf) * s.scale);
+                let start = (slot * s.n_head_kv + kvh) * d;
+                scores.push(dot(qrow, &kf[start..start + d]) * s.scale);
             }
         }
         let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
