@@ -15,7 +15,7 @@
 use std::arch::x86_64::*;
 
 use super::avx2::{
-    dot_i8, dot_u8, f16x4, iq4nl_table, k4_scales_mins, load128, load256, load_f16, nibbles, scale_shuffle_16, scale_shuffle_k4,
+    dot_i8, f16x4, iq4nl_table, k4_scales_mins, load128, load256, load_f16, nibbles, scale_shuffle_16, scale_shuffle_k4,
 };
 use super::{Isa, Kernels, Tile};
 use crate::types::GgmlType;
@@ -166,11 +166,194 @@ macro_rules! tile32 {
 #[allow(unused_imports)] // Used by the VNNI module.
 pub(super) use tile32;
 
-tile32!(tile_q4_0, tile_q4_0_mn, feat = "avx2,fma,f16c", wsize = 18, corr = Some(-8.0),
-    prep = |x| nibbles(x.add(2)), pair = |xv, yv| dot_u8(xv, yv));
+/// Two 16-byte halves in one register: `a` low, `b` high.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn combine(a: __m128i, b: __m128i) -> __m256i {
+    _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(a), b)
+}
 
-tile32!(tile_q5_0, tile_q5_0_mn, feat = "avx2,fma,f16c", wsize = 22, corr = Some(-16.0),
-    prep = |x| super::avx2::q5_quants(x, 2, 6), pair = |xv, yv| dot_u8(xv, yv));
+/// The lane of a paired tile's accumulator that holds output (weight row `i`, activation row
+/// `2 * jp + k` for `k` in 0..2): see [`tile32_pairs`].
+pub(super) const PAIR_LANE: [[usize; 2]; 4] = [[0, 2], [4, 6], [1, 3], [5, 7]];
+
+/// A tile of a 32-element block type against Q8_0 activations, with two weight rows per
+/// register.
+///
+/// `prep(x0, x1)` returns `(lo, hi)`: elements 0..16 of the block at `x0` in the low half of
+/// `lo` and those of the block at `x1` in its high half; `hi` likewise for elements 16..32. The
+/// activations' halves are broadcast to both register halves (`vbroadcasti128`, a plain load),
+/// so `pair(lo, hi, ylo, yhi)` yields eight i32 lanes: four summing to row `x0`'s block
+/// product, four to row `x1`'s. A `vphaddd` per activation row and one per pair of them then
+/// leave one accumulator per pair of activation rows whose lanes are whole outputs
+/// ([`PAIR_LANE`]), which halves the reduction and conversion work of [`tile32`], and halves the
+/// weight unpacking. `corr` as in [`tile32`].
+macro_rules! tile32_pairs {
+    ($name:ident, $inner:ident, feat = $feat:literal, wsize = $ws:expr, corr = $corr:expr,
+     prep = |$x0:ident, $x1:ident| $prep:expr, pair = |$lo:ident, $hi:ident, $ylo:ident, $yhi:ident| $pair:expr) => {
+        /// # Safety
+        ///
+        /// As [`super::TileFn`]; the CPU must have the features of the module.
+        #[target_feature(enable = $feat)]
+        unsafe fn $inner<const MR: usize, const NR: usize>(t: &Tile) {
+            let corr: Option<f32> = $corr;
+            // Lane k holds weight row [0, 2, 0, 2, 1, 3, 1, 3][k].
+            let row_of_lane = _mm256_setr_epi32(0, 2, 0, 2, 1, 3, 1, 3);
+            let mut acc = [_mm256_setzero_ps(); 2];
+            for b in 0..t.nb {
+                // SAFETY: blocks `b < nb` of rows `< MR` (weights) and `< NR` (activations and
+                // their side data) are readable (the caller's contract). A missing partner row
+                // is replaced by row 0, whose results land in lanes that are never stored.
+                unsafe {
+                    let row = |i: usize| if i < MR { t.w.add(i * t.ldw + b * $ws) } else { t.w.add(b * $ws) };
+                    let ($x0, $x1) = (row(0), row(1));
+                    let (lo0, hi0) = $prep;
+                    let (lo1, hi1) = if MR > 2 {
+                        let ($x0, $x1) = (row(2), row(3));
+                        $prep
+                    } else {
+                        (_mm256_setzero_si256(), _mm256_setzero_si256())
+                    };
+                    let dx4 = super::avx2_gemm::f16_rows::<MR>(t.w.add(b * $ws), t.ldw);
+                    let dx = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(dx4), row_of_lane);
+                    let dxc = match corr {
+                        Some(f) => _mm256_mul_ps(dx, _mm256_set1_ps(f)),
+                        None => _mm256_setzero_ps(),
+                    };
+                    for (jp, acc) in acc.iter_mut().enumerate().take(NR.div_ceil(2)) {
+                        let mut h = [_mm256_setzero_si256(); 2];
+                        let mut dys = [_mm256_setzero_ps(); 2];
+                        let mut cys = [_mm256_setzero_ps(); 2];
+                        for k in 0..2 {
+                            let j = 2 * jp + k;
+                            if j >= NR {
+                                break;
+                            }
+                            let y = t.a.add(j * t.lda + b * 34 + 2);
+                            let $ylo = _mm256_broadcastsi128_si256(super::avx2::load128(y));
+                            let $yhi = _mm256_broadcastsi128_si256(super::avx2::load128(y.add(16)));
+                            let r0 = {
+                                let ($lo, $hi) = (lo0, hi0);
+                                $pair
+                            };
+                            let r1 = if MR > 2 {
+                                let ($lo, $hi) = (lo1, hi1);
+                                $pair
+                            } else {
+                                _mm256_setzero_si256()
+                            };
+                            h[k] = _mm256_hadd_epi32(r0, r1);
+                            let side = t.aux.add(j * t.ldaux);
+                            dys[k] = _mm256_broadcast_ss(&*side.add(b));
+                            if corr.is_some() {
+                                cys[k] = _mm256_broadcast_ss(&*side.add(t.nb + b));
+                            }
+                        }
+                        // Lanes: (row, act) = (0, j) (2, j) (0, j') (2, j') (1, j) (3, j) (1, j') (3, j').
+                        let sums = _mm256_cvtepi32_ps(_mm256_hadd_epi32(h[0], h[1]));
+                        let dy = _mm256_blend_ps::<0b1100_1100>(dys[0], dys[1]);
+                        *acc = _mm256_fmadd_ps(sums, _mm256_mul_ps(dx, dy), *acc);
+                        if corr.is_some() {
+                            *acc = _mm256_fmadd_ps(dxc, _mm256_blend_ps::<0b1100_1100>(cys[0], cys[1]), *acc);
+                        }
+                    }
+                }
+            }
+            for (jp, acc) in acc.iter().enumerate().take(NR.div_ceil(2)) {
+                let mut v = [0f32; 8];
+                // SAFETY: `v` holds eight floats; outputs (i < MR, j < NR) are writable (the
+                // caller's contract).
+                unsafe {
+                    _mm256_storeu_ps(v.as_mut_ptr(), *acc);
+                    for k in 0..2 {
+                        let j = 2 * jp + k;
+                        if j < NR {
+                            for i in 0..MR {
+                                *t.out.add(j * t.ldo + i) = v[super::avx2_gemm::PAIR_LANE[i][k]];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+
+        /// # Safety
+        ///
+        /// As [`super::TileFn`]; the CPU must have the features of the module.
+        unsafe fn $name(t: &Tile) {
+            // SAFETY: the caller's contract is the inner function's.
+            unsafe { super::avx2_gemm::dispatch_shape!($inner, t) }
+        }
+    };
+}
+#[allow(unused_imports)] // Used by the VNNI module.
+pub(super) use tile32_pairs;
+
+/// Q4_0 weight rows `x0`, `x1` paired: (elements 0..16, elements 16..32) as unsigned nibbles.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn q4_0_pair(x0: *const u8, x1: *const u8) -> (__m256i, __m256i) {
+    // SAFETY: the caller guarantees a readable block at each pointer.
+    let v = unsafe { combine(super::avx2::load128(x0.add(2)), super::avx2::load128(x1.add(2))) };
+    let m4 = _mm256_set1_epi8(0xF);
+    (_mm256_and_si256(v, m4), _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4))
+}
+
+/// Q5_0 weight rows `x0`, `x1` paired: (elements 0..16, 16..32) as unsigned five-bit quants.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn q5_0_pair(x0: *const u8, x1: *const u8) -> (__m256i, __m256i) {
+    // SAFETY: the caller guarantees a readable block at each pointer.
+    let (v, q0, q1) = unsafe {
+        (combine(super::avx2::load128(x0.add(6)), super::avx2::load128(x1.add(6))), super::avx2::load_u32(x0.add(2)), super::avx2::load_u32(x1.add(2)))
+    };
+    let m4 = _mm256_set1_epi8(0xF);
+    let spread = combine(_mm_set1_epi32(q0 as i32), _mm_set1_epi32(q1 as i32));
+    // Byte k of each half takes qh byte k / 8 (elements 0..16) or 2 + k / 8 (elements 16..32),
+    // and is all ones exactly when bit k % 8 of it is set.
+    let sel_lo = _mm256_set_epi64x(0x0101_0101_0101_0101, 0, 0x0101_0101_0101_0101, 0);
+    let sel_hi = _mm256_set_epi64x(0x0303_0303_0303_0303, 0x0202_0202_0202_0202, 0x0303_0303_0303_0303, 0x0202_0202_0202_0202);
+    (
+        _mm256_or_si256(_mm256_and_si256(v, m4), fifth_bits(spread, sel_lo)),
+        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(v), m4), fifth_bits(spread, sel_hi)),
+    )
+}
+
+/// Byte `k` of the result is 0x10 if bit `k % 8` of byte `sel[k]` of `spread` (within its
+/// 128-bit half) is set, else 0.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn fifth_bits(spread: __m256i, sel: __m256i) -> __m256i {
+    let b = _mm256_or_si256(_mm256_shuffle_epi8(spread, sel), _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe));
+    _mm256_and_si256(_mm256_cmpeq_epi8(b, _mm256_set1_epi64x(-1)), _mm256_set1_epi8(0x10))
+}
+
+/// Q8_0 weight rows `x0`, `x1` paired: (elements 0..16, 16..32), signed.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn q8_0_pair(x0: *const u8, x1: *const u8) -> (__m256i, __m256i) {
+    use super::avx2::load128;
+    // SAFETY: the caller guarantees a readable block at each pointer.
+    unsafe { (combine(load128(x0.add(2)), load128(x1.add(2))), combine(load128(x0.add(18)), load128(x1.add(18)))) }
+}
+
+/// Unsigned x signed byte products of a paired tile, summed to i32 without VNNI: both halves'
+/// pair sums fit i16 together while the unsigned quants stay below 32.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn pair_u8_small(lo: __m256i, hi: __m256i, ylo: __m256i, yhi: __m256i) -> __m256i {
+    let p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, ylo), _mm256_maddubs_epi16(hi, yhi));
+    _mm256_madd_epi16(p, _mm256_set1_epi16(1))
+}
+
+tile32_pairs!(tile_q4_0, tile_q4_0_mn, feat = "avx2,fma,f16c", wsize = 18, corr = Some(-8.0),
+    prep = |x0, x1| q4_0_pair(x0, x1), pair = |lo, hi, ylo, yhi| pair_u8_small(lo, hi, ylo, yhi));
+
+tile32_pairs!(tile_q5_0, tile_q5_0_mn, feat = "avx2,fma,f16c", wsize = 22, corr = Some(-16.0),
+    prep = |x0, x1| q5_0_pair(x0, x1), pair = |lo, hi, ylo, yhi| pair_u8_small(lo, hi, ylo, yhi));
+
+// Q8_0 and IQ4_NL stay one row per register on AVX2: with the sign trick each half's pair sums
+// can reach 2 * 128 * 127, so two halves no longer fit i16 together.
 
 tile32!(tile_q8_0, tile_q8_0_mn, feat = "avx2,fma,f16c", wsize = 34, corr = None,
     prep = |x| load256(x.add(2)), pair = |xv, yv| dot_i8(xv, yv));

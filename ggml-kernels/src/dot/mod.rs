@@ -11,11 +11,16 @@
 //! Every pair has a scalar reference in [`scalar`], written as ggml's generic `ggml_vec_dot_*`
 //! (exact integer sums per block, scales applied once per block), and SIMD versions beside it:
 //!
-//! - `avx2`: AVX2 + FMA + F16C for every type, and 4x4 register-blocked GEMM tiles for Q4_0,
-//!   Q5_0, Q8_0 and Q4_K;
-//! - `vnni`: AVX-512 VNNI (`vpdpbusd`/`vpdpwssd` on 256-bit registers) for the types where it
-//!   saves instructions; everything else comes from `avx2`;
-//! - `neon`: AArch64 NEON for the most common types.
+//! - `avx2`: AVX2 + FMA + F16C dot products for every type, bit-exact activation quantizers, and
+//!   (`avx2_gemm`) 4x4 register-blocked GEMM tiles for Q4_0, Q5_0, Q8_0, IQ4_NL, Q4_K and Q6_K;
+//! - `vnni`: AVX-512 VNNI (`vpdpbusd`/`vpdpwssd` on 256-bit registers) dot products for Q4_0,
+//!   Q5_0, Q8_0, IQ4_NL, Q4_K and Q6_K and tiles for the same types; everything else comes from
+//!   `avx2`;
+//! - `neon`: AArch64 NEON dot products for Q4_0, Q5_0, Q8_0, IQ4_NL, Q4_K, Q6_K and F32.
+//!
+//! Q8_0 and Q8_1 activation rows travel with side data (each block's scale as `f32` and its sum,
+//! see [`QuantizedActs`]), which lets kernels treat Q4_0/Q5_0 quants as unsigned and take the
+//! offset out once per block, and handle four blocks per step with one vector of scales.
 //!
 //! The SIMD kernels compute the same integer sums per block as the references, so they differ
 //! from them only in the order of the `f32` additions (tested against a bound proportional to the

@@ -20,7 +20,7 @@ use super::avx2::{
     q4_k_row, q5_quants, q6_k_row, scale_shuffle_16, scale_shuffle_k4, Q4_0, Q4_K, Q5_0, Q6_K, Q8K_BSUMS, Q8K_QS, Q8_0,
     Q8_K,
 };
-use super::avx2_gemm::{tile32, tile_q4_k_kernel, tile_q6_k_kernel};
+use super::avx2_gemm::{q4_0_pair, q5_0_pair, q8_0_pair, tile32_pairs, tile_q4_k_kernel, tile_q6_k_kernel};
 use super::{Isa, Kernels, Tile};
 use crate::quants::iq4_nl::KVALUES_IQ4NL;
 use crate::types::GgmlType;
@@ -172,17 +172,31 @@ unsafe fn dot_q6_k(nb: usize, w: *const u8, a: *const u8, _aux: *const f32) -> f
     unsafe { q6_k_row!(nb, w, a, sum = |acc, p, s| dpwssd(acc, p, s)) }
 }
 
-tile32!(tile_q4_0, tile_q4_0_mn, feat = "avx2,fma,f16c", wsize = 18, corr = Some(-8.0),
-    prep = |x| nibbles(x.add(2)), pair = |xv, yv| dot_u8_vnni(xv, yv));
+/// Both halves of a paired tile: `dpbusd(dpbusd(0, lo, ylo), hi, yhi)`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn pair_vnni(lo: __m256i, hi: __m256i, ylo: __m256i, yhi: __m256i) -> __m256i {
+    // SAFETY: the caller guarantees the CPU runs VNNI.
+    unsafe { dpbusd(dpbusd(_mm256_setzero_si256(), lo, ylo), hi, yhi) }
+}
 
-tile32!(tile_q5_0, tile_q5_0_mn, feat = "avx2,fma,f16c", wsize = 22, corr = Some(-16.0),
-    prep = |x| q5_quants(x, 2, 6), pair = |xv, yv| dot_u8_vnni(xv, yv));
+tile32_pairs!(tile_q4_0, tile_q4_0_mn, feat = "avx2,fma,f16c", wsize = 18, corr = Some(-8.0),
+    prep = |x0, x1| q4_0_pair(x0, x1), pair = |lo, hi, ylo, yhi| pair_vnni(lo, hi, ylo, yhi));
 
-tile32!(tile_q8_0, tile_q8_0_mn, feat = "avx2,fma,f16c", wsize = 34, corr = Some(-128.0),
-    prep = |x| offset128(load256(x.add(2))), pair = |xv, yv| dot_u8_vnni(xv, yv));
+tile32_pairs!(tile_q5_0, tile_q5_0_mn, feat = "avx2,fma,f16c", wsize = 22, corr = Some(-16.0),
+    prep = |x0, x1| q5_0_pair(x0, x1), pair = |lo, hi, ylo, yhi| pair_vnni(lo, hi, ylo, yhi));
 
-tile32!(tile_iq4_nl, tile_iq4_nl_mn, feat = "avx2,fma,f16c", wsize = 18, corr = Some(-128.0),
-    prep = |x| _mm256_shuffle_epi8(iq4nl_table_u8(), nibbles(x.add(2))), pair = |xv, yv| dot_u8_vnni(xv, yv));
+tile32_pairs!(tile_q8_0, tile_q8_0_mn, feat = "avx2,fma,f16c", wsize = 34, corr = Some(-128.0),
+    prep = |x0, x1| { let (lo, hi) = q8_0_pair(x0, x1); (offset128(lo), offset128(hi)) },
+    pair = |lo, hi, ylo, yhi| pair_vnni(lo, hi, ylo, yhi));
+
+tile32_pairs!(tile_iq4_nl, tile_iq4_nl_mn, feat = "avx2,fma,f16c", wsize = 18, corr = Some(-128.0),
+    prep = |x0, x1| {
+        let (lo, hi) = q4_0_pair(x0, x1);
+        let table = iq4nl_table_u8();
+        (_mm256_shuffle_epi8(table, lo), _mm256_shuffle_epi8(table, hi))
+    },
+    pair = |lo, hi, ylo, yhi| pair_vnni(lo, hi, ylo, yhi));
 
 tile_q4_k_kernel!(tile_q4_k, tile_q4_k_mn, feat = "avx2,fma,f16c",
     sum = |acc, q, y, s| dpwssd(acc, _mm256_maddubs_epi16(q, y), s));
