@@ -1,0 +1,78 @@
+//! `engine bench` output: the markdown table has llama-bench's shape, `-o json` is one JSON
+//! array with llama-bench's field names (plus ours), `-o csv` has a header and one row per test,
+//! and a failure leaves no partial JSON behind.
+
+use std::process::Command;
+
+use engine_tests::{bin::engine_bin, default_model};
+
+fn bench(model: &std::path::Path, extra: &[&str]) -> std::process::Output {
+    Command::new(engine_bin())
+        .args(["bench", "-m"])
+        .arg(model)
+        .args(["-p", "16", "-n", "4", "-r", "2", "-t", "1"])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn markdown_table_has_llama_bench_shape() {
+    let Some(model) = default_model() else { return };
+    let out = bench(&model, &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let header: Vec<&str> = lines[0].split('|').map(str::trim).filter(|c| !c.is_empty()).collect();
+    assert_eq!(&header[..7], ["model", "size", "params", "backend", "threads", "test", "t/s"]);
+    assert!(lines[1].starts_with("| ---") && lines[1].contains("---: |"), "{}", lines[1]);
+    let rows: Vec<&str> = lines[2..].iter().copied().filter(|l| l.starts_with('|')).collect();
+    assert_eq!(rows.len(), 2);
+    assert!(rows[0].contains(" pp16 ") && rows[1].contains(" tg4 "));
+    for r in &rows {
+        assert_eq!(r.matches('|').count(), lines[0].matches('|').count(), "{r}");
+        assert!(r.contains(" ± "), "{r}");
+    }
+    assert!(text.contains("build: "), "the table is stamped with the build");
+}
+
+#[test]
+fn json_output_parses_with_llama_bench_fields() {
+    let Some(model) = default_model() else { return };
+    let out = bench(&model, &["-o", "json", "-d", "0,8"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    let rows = doc.as_array().expect("an array");
+    assert_eq!(rows.len(), 4, "pp16 and tg4 at depths 0 and 8");
+    for key in [
+        "model_filename", "model_type", "model_size", "model_n_params", "backends", "cpu_info", "gpu_info", "build_commit",
+        "n_threads", "n_prompt", "n_gen", "n_depth", "avg_ts", "stddev_ts", "samples_ts", "kv_bytes", "lazy_fraction",
+        "n_parallel",
+    ] {
+        assert!(rows.iter().all(|r| r.get(key).is_some()), "missing {key}");
+    }
+    assert_eq!(rows[0]["samples_ts"].as_array().unwrap().len(), 2);
+    assert_eq!(rows[2]["n_depth"], 8);
+    assert!(rows.iter().all(|r| r["avg_ts"].as_f64().unwrap() > 0.0));
+}
+
+#[test]
+fn csv_has_a_header_and_a_row_per_test() {
+    let Some(model) = default_model() else { return };
+    let out = bench(&model, &["-o", "csv"]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].starts_with("build_commit,cpu_info"));
+    assert_eq!(lines.len(), 3);
+}
+
+#[test]
+fn a_failure_leaves_no_partial_output() {
+    let out = Command::new(engine_bin()).args(["bench", "-m", "/nonexistent.gguf", "-o", "json"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty(), "stdout: {}", String::from_utf8_lossy(&out.stdout));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("error:") && err.contains("/nonexistent.gguf"));
+}
