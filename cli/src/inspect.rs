@@ -8,6 +8,8 @@ use anyhow::Context;
 use engine::gguf::{GgufFile, OpenOptions, Value};
 use serde_json::{json, Value as Json};
 
+use crate::common::human_bytes;
+
 /// Array elements shown when arrays are summarised.
 const SUMMARY_ITEMS: usize = 8;
 
@@ -59,16 +61,6 @@ fn totals(file: &GgufFile) -> BTreeMap<&'static str, TypeTotal> {
     m
 }
 
-fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 { format!("{bytes} B") } else { format!("{v:.2} {}", UNITS[u]) }
-}
 
 fn tensor_bytes(file: &GgufFile) -> u64 {
     file.tensors().iter().map(|t| t.nbytes).sum()
@@ -76,7 +68,7 @@ fn tensor_bytes(file: &GgufFile) -> u64 {
 
 fn write_text(out: &mut impl Write, file: &GgufFile, max_items: Option<usize>) -> anyhow::Result<()> {
     writeln!(out, "file:        {}", file.path().display())?;
-    writeln!(out, "size:        {} bytes ({})", file.file_len(), human(file.file_len()))?;
+    writeln!(out, "size:        {} bytes ({})", file.file_len(), human_bytes(file.file_len()))?;
     writeln!(out, "gguf:        version {}, alignment {}, {} metadata keys, {} tensors",
         file.version(), file.alignment(), file.kv_count(), file.tensors().len())?;
     writeln!(out, "tensor data: offset {}, {} bytes ({} in tensors, {} padding)",
@@ -102,11 +94,11 @@ fn write_text(out: &mut impl Write, file: &GgufFile, max_items: Option<usize>) -
     writeln!(out, "\ntotals by type:")?;
     for (name, tot) in totals(file) {
         writeln!(out, "  {name:<7}  {:>4} tensors  {:>12} elements  {:>12} bytes  ({})",
-            tot.count, tot.elements, tot.bytes, human(tot.bytes))?;
+            tot.count, tot.elements, tot.bytes, human_bytes(tot.bytes))?;
     }
     let n: u64 = file.tensors().iter().map(|t| t.n_elements()).sum();
     writeln!(out, "  {:<7}  {:>4} tensors  {:>12} elements  {:>12} bytes  ({})",
-        "total", file.tensors().len(), n, tensor_bytes(file), human(tensor_bytes(file)))?;
+        "total", file.tensors().len(), n, tensor_bytes(file), human_bytes(tensor_bytes(file)))?;
     Ok(())
 }
 
