@@ -87,7 +87,11 @@ pub fn describe_hybrid(mode: &HybridMode, probe: Option<&engine::lighttransfer::
                 p.ratios.iter().enumerate().filter_map(|(i, r)| r.map(|r| format!("{i}:{r:.3}"))).collect();
             let mut lazy = p.made_lazy.clone();
             lazy.sort_unstable();
-            Some(format!("LightTransfer-Test on the prompt, lazy layers {lazy:?}; ratios {}", ratios.join(" ")))
+            Some(format!(
+                "LightTransfer-Test on the prompt, lazy layers {lazy:?} (identification {:.1} ms); ratios {}",
+                p.elapsed.as_secs_f64() * 1e3,
+                ratios.join(" ")
+            ))
         }
         _ => None,
     }

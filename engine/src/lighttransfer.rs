@@ -189,6 +189,8 @@ pub struct LazyProbe {
     heap: BinaryHeap<(OrdF32, usize)>,
     /// Layers turned lazy, in the order they were chosen.
     pub made_lazy: Vec<usize>,
+    /// Time spent measuring ratios and cutting layers to streaming (the identification cost).
+    pub elapsed: std::time::Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, PartialOrd)]
@@ -203,7 +205,16 @@ impl Ord for OrdF32 {
 
 impl LazyProbe {
     pub fn new(n_layer: usize, stream: StreamParams, w_last: usize, end: usize, selection: Selection) -> LazyProbe {
-        LazyProbe { stream, w_last, end, selection, ratios: vec![None; n_layer], heap: BinaryHeap::new(), made_lazy: Vec::new() }
+        LazyProbe {
+            stream,
+            w_last,
+            end,
+            selection,
+            ratios: vec![None; n_layer],
+            heap: BinaryHeap::new(),
+            made_lazy: Vec::new(),
+            elapsed: std::time::Duration::ZERO,
+        }
     }
 
     /// Records layer `il`'s ratio; returns the layers to turn lazy now.

@@ -312,6 +312,7 @@ pub(crate) fn attend(
     if !probe.stream.is_candidate(layer.kind, probe.end) {
         return out;
     }
+    let t0 = std::time::Instant::now();
     let first = probe.end.saturating_sub(probe.w_last).max(pos0);
     let rows = first - pos0..n;
     let qrows = &q[rows.start * c.n_head * c.head_dim..];
@@ -326,8 +327,12 @@ pub(crate) fn attend(
         probe.end as i64,
     );
     let stream = probe.stream;
-    for j in probe.record(il, ratio) {
+    let lazy = probe.record(il, ratio);
+    for &j in &lazy {
         cache.layers[j] = cache.layers[j].to_streaming(stream.sink, stream.window);
+    }
+    if let Some(p) = cache.probe.as_mut() {
+        p.elapsed += t0.elapsed();
     }
     out
 }
