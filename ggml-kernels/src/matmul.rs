@@ -146,22 +146,35 @@ pub fn matmul_with(k: &Kernels, w: &QMatrix<'_>, x: &[f32], n: usize, out: &mut 
     let acts = QuantizedActs::new(k, vdt, x, n, w.cols)
         .map_err(|_| MatError::Shape { what: "matmul input row", expected: w.cols, got: w.cols })?;
     if n == 1 {
-        matvec(dot, w, &acts, out);
+        matvec(dot, k.matvec_fn(w.ty), w, &acts, out);
     } else {
         gemm(dot, tile, w, &acts, out);
     }
     Ok(())
 }
 
-/// `out[r] = W[r] . a` for the one activation row of `acts`.
-fn matvec(dot: DotFn, w: &QMatrix<'_>, acts: &QuantizedActs, out: &mut [f32]) {
+/// `out[r] = W[r] . a` for the one activation row of `acts`, four rows per call where the type
+/// has a multi-row kernel.
+fn matvec(dot: DotFn, rows4: Option<TileFn>, w: &QMatrix<'_>, acts: &QuantizedActs, out: &mut [f32]) {
     let rb = w.row_bytes();
     let nb = acts.blocks_per_row();
     let threads = rayon::current_num_threads();
     let tasks = (w.data.len() / MATVEC_MIN_TASK_BYTES).clamp(1, threads * MATVEC_TASKS_PER_THREAD);
-    let rows_per_task = w.rows.div_ceil(tasks);
+    // Whole groups of four rows per task, for the multi-row kernels.
+    let rows_per_task = w.rows.div_ceil(tasks).div_ceil(TILE) * TILE;
     let run = |r0: usize, o: &mut [f32]| {
         let (a, aux) = (acts.row_ptr(0), acts.side_ptr(0));
+        if let Some(rows4) = rows4 {
+            for (i, o4) in o.chunks_mut(TILE).enumerate() {
+                let r = r0 + i * TILE;
+                let wt = w.data[r * rb..(r + o4.len()) * rb].as_ptr();
+                // SAFETY: `wt` holds `o4.len()` (1..=4) whole weight rows (the data size was
+                // checked), activation row 0 exists with its side data, and `o4` holds one
+                // output per row; the kernel runs on this CPU (its table was handed out).
+                unsafe { rows4(&acts.tile_args(wt, rb, o4.len(), 0, 1, o4.as_mut_ptr(), 1)) };
+            }
+            return;
+        }
         for (i, y) in o.iter_mut().enumerate() {
             let row = &w.data[(r0 + i) * rb..(r0 + i + 1) * rb];
             // SAFETY: `row` is one whole weight row of `nb` blocks (the data size was checked),

@@ -29,6 +29,8 @@ pub(super) fn install(k: &mut Kernels) {
     k.set_tile(GgmlType::IQ4_NL, isa, tile_iq4_nl);
     k.set_tile(GgmlType::Q4_K, isa, tile_q4_k);
     k.set_tile(GgmlType::Q6_K, isa, tile_q6_k);
+    k.set_matvec(GgmlType::Q4_0, isa, matvec_q4_0);
+    k.set_matvec(GgmlType::Q5_0, isa, matvec_q5_0);
 }
 
 /// Calls `$f::<MR, NR>($t)` for the tile's runtime shape.
@@ -289,6 +291,136 @@ macro_rules! tile32_pairs {
 #[allow(unused_imports)] // Used by the VNNI module.
 pub(super) use tile32_pairs;
 
+/// A decode kernel for up to four weight rows against one activation row (a [`Tile`] with
+/// `nr == 1`), two rows per register as in [`tile32_pairs`], four blocks per step.
+///
+/// For each pair of rows, four blocks' products are reduced by one `vphaddd` tree into
+/// `[row 2p: blocks b..b+4 | row 2p+1: blocks b..b+4]`, converted once and scaled by the
+/// vector of `dx * dy`, so the unpacking and the float work per block and row are about half
+/// those of a one-row dot product. Remaining blocks go one at a time. The next four rows are
+/// prefetched meanwhile (see the loop).
+macro_rules! matvec4_pairs {
+    ($name:ident, $inner:ident, feat = $feat:literal, wsize = $ws:expr, corr = $corr:expr,
+     prep = |$x0:ident, $x1:ident| $prep:expr, pair = |$lo:ident, $hi:ident, $ylo:ident, $yhi:ident| $pair:expr) => {
+        /// # Safety
+        ///
+        /// As [`super::TileFn`] with `nr == 1`; the CPU must have the features of the module.
+        #[target_feature(enable = $feat)]
+        unsafe fn $inner<const MR: usize>(t: &Tile) {
+            let corr: Option<f32> = $corr;
+            let factor = _mm256_set1_ps(corr.map_or(0.0, |f| f));
+            let (dys, cys) = (t.aux, t.aux.add(t.nb));
+            let npairs = MR.div_ceil(2);
+            let mut acc = [_mm256_setzero_ps(); 2];
+            let mut tacc = [_mm256_setzero_ps(); 2];
+            // SAFETY: blocks `< nb` of rows `< MR` and of the activation row with its side data
+            // are readable (the caller's contract); a missing partner row is replaced by row 0,
+            // whose results land in lanes that are never stored.
+            unsafe {
+                let row = |i: usize| if i < MR { t.w.add(i * t.ldw) } else { t.w };
+                let mut b = 0;
+                // Reading four rows side by side defeats the hardware prefetchers, which follow
+                // one stream through a page well and four poorly. So the next group of rows (the
+                // bytes right after these) is prefetched in order, spread over this group's steps.
+                // Prefetches never fault; past the matrix's end they only waste a request.
+                let next = t.w.wrapping_add(MR * t.ldw);
+                let lines = (MR * t.ldw).div_ceil(64);
+                let per_step = lines.div_ceil((t.nb / 4).max(1));
+                let mut line = 0;
+                while b + 4 <= t.nb {
+                    for _ in 0..per_step {
+                        if line < lines {
+                            _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(64 * line).cast::<i8>());
+                            line += 1;
+                        }
+                    }
+                    let mut ylo = [_mm256_setzero_si256(); 4];
+                    let mut yhi = [_mm256_setzero_si256(); 4];
+                    for k in 0..4 {
+                        let y = t.a.add((b + k) * 34 + 2);
+                        ylo[k] = _mm256_broadcastsi128_si256(super::avx2::load128(y));
+                        yhi[k] = _mm256_broadcastsi128_si256(super::avx2::load128(y.add(16)));
+                    }
+                    let dy4 = _mm_loadu_ps(dys.add(b));
+                    let dy = _mm256_set_m128(dy4, dy4);
+                    for (p, acc) in acc.iter_mut().enumerate().take(npairs) {
+                        let (r0, r1) = (row(2 * p), row(2 * p + 1));
+                        let mut r = [_mm256_setzero_si256(); 4];
+                        for (k, r) in r.iter_mut().enumerate() {
+                            let ($x0, $x1) = (r0.add((b + k) * $ws), r1.add((b + k) * $ws));
+                            let ($lo, $hi) = $prep;
+                            let ($ylo, $yhi) = (ylo[k], yhi[k]);
+                            *r = $pair;
+                        }
+                        // Lanes 0..4: row 2p, blocks b..b+4; lanes 4..8: row 2p + 1.
+                        let h = _mm256_hadd_epi32(_mm256_hadd_epi32(r[0], r[1]), _mm256_hadd_epi32(r[2], r[3]));
+                        let dx = _mm256_set_m128(f16x4(r1.add(b * $ws), $ws), f16x4(r0.add(b * $ws), $ws));
+                        *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(h), _mm256_mul_ps(dx, dy), *acc);
+                        if corr.is_some() {
+                            let cy4 = _mm_loadu_ps(cys.add(b));
+                            let cy = _mm256_set_m128(cy4, cy4);
+                            *acc = _mm256_fmadd_ps(_mm256_mul_ps(dx, factor), cy, *acc);
+                        }
+                    }
+                    b += 4;
+                }
+                // One block at a time: lanes 0..4 and 4..8 hold parts of the two rows' sums.
+                let first = _mm256_setr_ps(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0);
+                while b < t.nb {
+                    let y = t.a.add(b * 34 + 2);
+                    let ($ylo, $yhi) = (
+                        _mm256_broadcastsi128_si256(super::avx2::load128(y)),
+                        _mm256_broadcastsi128_si256(super::avx2::load128(y.add(16))),
+                    );
+                    for (p, tacc) in tacc.iter_mut().enumerate().take(npairs) {
+                        let (r0, r1) = (row(2 * p).add(b * $ws), row(2 * p + 1).add(b * $ws));
+                        let ($x0, $x1) = (r0, r1);
+                        let ($lo, $hi) = $prep;
+                        let r = $pair;
+                        let dx = _mm256_set_m128(_mm_set1_ps(load_f16(r1)), _mm_set1_ps(load_f16(r0)));
+                        *tacc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(r), _mm256_mul_ps(dx, _mm256_set1_ps(*dys.add(b))), *tacc);
+                        if corr.is_some() {
+                            let c = _mm256_mul_ps(_mm256_mul_ps(dx, factor), first);
+                            *tacc = _mm256_fmadd_ps(c, _mm256_set1_ps(*cys.add(b)), *tacc);
+                        }
+                    }
+                    b += 1;
+                }
+                for p in 0..npairs {
+                    let v = _mm256_add_ps(acc[p], tacc[p]);
+                    let mut lanes = [0f32; 8];
+                    _mm256_storeu_ps(lanes.as_mut_ptr(), v);
+                    for k in 0..2 {
+                        let i = 2 * p + k;
+                        if i < MR {
+                            let s = &lanes[4 * k..4 * k + 4];
+                            *t.out.add(i) = (s[0] + s[1]) + (s[2] + s[3]);
+                        }
+                    }
+                }
+            }
+        }
+
+        /// # Safety
+        ///
+        /// As [`super::TileFn`] with `nr == 1`; the CPU must have the features of the module.
+        unsafe fn $name(t: &Tile) {
+            debug_assert_eq!(t.nr, 1);
+            // SAFETY: the caller's contract is the inner function's.
+            unsafe {
+                match t.mr {
+                    4 => $inner::<4>(t),
+                    3 => $inner::<3>(t),
+                    2 => $inner::<2>(t),
+                    _ => $inner::<1>(t),
+                }
+            }
+        }
+    };
+}
+#[allow(unused_imports)] // Used by the VNNI module.
+pub(super) use matvec4_pairs;
+
 /// Q4_0 weight rows `x0`, `x1` paired: (elements 0..16, elements 16..32) as unsigned nibbles.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -350,6 +482,12 @@ tile32_pairs!(tile_q4_0, tile_q4_0_mn, feat = "avx2,fma,f16c", wsize = 18, corr 
     prep = |x0, x1| q4_0_pair(x0, x1), pair = |lo, hi, ylo, yhi| pair_u8_small(lo, hi, ylo, yhi));
 
 tile32_pairs!(tile_q5_0, tile_q5_0_mn, feat = "avx2,fma,f16c", wsize = 22, corr = Some(-16.0),
+    prep = |x0, x1| q5_0_pair(x0, x1), pair = |lo, hi, ylo, yhi| pair_u8_small(lo, hi, ylo, yhi));
+
+matvec4_pairs!(matvec_q4_0, matvec_q4_0_m, feat = "avx2,fma,f16c", wsize = 18, corr = Some(-8.0),
+    prep = |x0, x1| q4_0_pair(x0, x1), pair = |lo, hi, ylo, yhi| pair_u8_small(lo, hi, ylo, yhi));
+
+matvec4_pairs!(matvec_q5_0, matvec_q5_0_m, feat = "avx2,fma,f16c", wsize = 22, corr = Some(-16.0),
     prep = |x0, x1| q5_0_pair(x0, x1), pair = |lo, hi, ylo, yhi| pair_u8_small(lo, hi, ylo, yhi));
 
 // Q8_0 and IQ4_NL stay one row per register on AVX2: with the sign trick each half's pair sums

@@ -297,6 +297,8 @@ pub struct Kernels {
     isa: Isa,
     dot: [Entry<DotFn>; N_TYPES],
     tile: [Option<Entry<TileFn>>; N_TYPES],
+    /// Decode kernels for up to four rows at once (a [`TileFn`] called with `nr == 1`).
+    matvec: [Option<Entry<TileFn>>; N_TYPES],
     quant: [Entry<QuantFn>; 4],
 }
 
@@ -326,6 +328,7 @@ impl Kernels {
             isa: Isa::Scalar,
             dot: dots.map(|f| Entry { f, isa: Isa::Scalar }),
             tile: [None; N_TYPES],
+            matvec: [None; N_TYPES],
             quant: quants.map(|f| Entry { f, isa: Isa::Scalar }),
         }
     }
@@ -343,6 +346,14 @@ impl Kernels {
     fn set_tile(&mut self, ty: GgmlType, isa: Isa, f: TileFn) {
         if let Some(i) = slot(ty) {
             self.tile[i] = Some(Entry { f, isa });
+        }
+    }
+
+    /// Sets the multi-row decode kernel of `ty`.
+    #[allow(dead_code)]
+    fn set_matvec(&mut self, ty: GgmlType, isa: Isa, f: TileFn) {
+        if let Some(i) = slot(ty) {
+            self.matvec[i] = Some(Entry { f, isa });
         }
     }
 
@@ -425,6 +436,15 @@ impl Kernels {
         slot(ty).and_then(|i| self.tile[i].map(|e| e.f))
     }
 
+    /// The instruction set of the multi-row decode kernel this table has for `ty`, if any.
+    pub fn matvec_isa(&self, ty: GgmlType) -> Option<Isa> {
+        slot(ty).and_then(|i| self.matvec[i].map(|e| e.isa))
+    }
+
+    pub(crate) fn matvec_fn(&self, ty: GgmlType) -> Option<TileFn> {
+        slot(ty).and_then(|i| self.matvec[i].map(|e| e.f))
+    }
+
     /// Dot product of one weight row (`w`, encoded as `ty`) with one activation row (`a`,
     /// encoded as `ty`'s [`VecDotType`]; little-endian `f32` bytes for float weights).
     pub fn dot(&self, ty: GgmlType, w: &[u8], a: &[u8]) -> Result<f32, DotError> {
@@ -488,6 +508,31 @@ impl Kernels {
         // SAFETY: `w` holds `mr` rows, `acts` rows `t0..t0 + nr` exist (with side data), `out`
         // holds `mr * nr` floats with activation rows `mr` apart; the CPU runs this table.
         unsafe { f(&t) };
+        Ok(())
+    }
+}
+
+impl Kernels {
+    /// Computes up to four rows of a decode product with this table's multi-row kernel for `ty`:
+    /// `w` holds `mr` weight rows (1..=4) of `acts.cols()` elements and `out[i]` becomes the dot
+    /// product of row `i` with activation row `t`. For tests and benchmarks.
+    pub fn matvec_rows(&self, ty: GgmlType, w: &[u8], acts: &QuantizedActs, t: usize, out: &mut [f32]) -> Result<(), DotError> {
+        let Some(f) = self.matvec_fn(ty) else { return Err(DotError::Unsupported(ty)) };
+        if VecDotType::for_weight(ty) != Some(acts.vdt) {
+            return Err(DotError::Unsupported(ty));
+        }
+        let ldw = acts.nb * ty.type_size() * acts.vdt.block_size() / ty.block_size();
+        let mr = out.len();
+        if !(1..=TILE).contains(&mr) || w.len() != mr * ldw {
+            return Err(DotError::Length { what: "weight bytes (1 to 4 rows, one per output)", expected: mr.clamp(1, TILE) * ldw, got: w.len() });
+        }
+        if t >= acts.n {
+            return Err(DotError::Length { what: "activation rows", expected: t + 1, got: acts.n });
+        }
+        let args = acts.tile_args(w.as_ptr(), ldw, mr, t, 1, out.as_mut_ptr(), mr);
+        // SAFETY: `w` holds `mr` rows, activation row `t` exists with its side data, `out` holds
+        // `mr` floats; the CPU runs this table.
+        unsafe { f(&args) };
         Ok(())
     }
 }

@@ -449,3 +449,44 @@ fn every_tile_matches_the_scalar_dot_products() {
     }
     println!("checked {checked} tile outputs");
 }
+
+#[test]
+fn every_multi_row_decode_kernel_matches_the_scalar_dot_products() {
+    let scalar = Kernels::for_isa(Isa::Scalar).unwrap();
+    let mut rng = Rng::new(13);
+    let mut checked = 0;
+    for k in Kernels::available() {
+        for ty in WEIGHT_TYPES {
+            if k.matvec_isa(ty).is_none() {
+                continue;
+            }
+            let vdt = VecDotType::for_weight(ty).unwrap();
+            // Block counts with and without a remainder after the four-block steps.
+            for &nb in &[1usize, 2, 3, 4, 5, 8, 9, 11] {
+                for s in [Scales::Normal, Scales::Mixed, Scales::Huge, Scales::Tiny] {
+                    let cols = elems_of(ty, nb);
+                    let x = random_acts(2 * cols, &mut rng, Acts::Spiky);
+                    let acts = QuantizedActs::new(k, vdt, &x, 2, cols).unwrap();
+                    let w = random_weights(ty, 4 * nb, &mut rng, s);
+                    let rb = nb * ty.type_size();
+                    for mr in 1..=4 {
+                        let mut out = vec![f32::NAN; mr];
+                        k.matvec_rows(ty, &w[..mr * rb], &acts, 1, &mut out).unwrap();
+                        for (i, &got) in out.iter().enumerate() {
+                            let (wr, ar) = (&w[i * rb..(i + 1) * rb], acts.row(1));
+                            let want = scalar.dot(ty, wr, ar).unwrap();
+                            let tol = tolerance(cols, magnitude(ty, wr, ar, cols));
+                            assert!(
+                                (f64::from(got) - f64::from(want)).abs() <= tol,
+                                "{} {ty} rows {mr} nb {nb} {s:?} (row {i}): kernel {got}, reference {want}, tolerance {tol}",
+                                k.isa()
+                            );
+                            checked += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    println!("checked {checked} multi-row decode outputs");
+}

@@ -20,7 +20,7 @@ use super::avx2::{
     q4_k_row, q5_quants, q6_k_row, scale_shuffle_16, scale_shuffle_k4, Q4_0, Q4_K, Q5_0, Q6_K, Q8K_BSUMS, Q8K_QS, Q8_0,
     Q8_K,
 };
-use super::avx2_gemm::{q4_0_pair, q5_0_pair, q8_0_pair, tile32_pairs, tile_q4_k_kernel, tile_q6_k_kernel};
+use super::avx2_gemm::{matvec4_pairs, q4_0_pair, q5_0_pair, q8_0_pair, tile32_pairs, tile_q4_k_kernel, tile_q6_k_kernel};
 use super::{Isa, Kernels, Tile};
 use crate::quants::iq4_nl::KVALUES_IQ4NL;
 use crate::types::GgmlType;
@@ -41,6 +41,9 @@ pub(super) fn install(k: &mut Kernels) {
     k.set_tile(T::IQ4_NL, isa, tile_iq4_nl);
     k.set_tile(T::Q4_K, isa, tile_q4_k);
     k.set_tile(T::Q6_K, isa, tile_q6_k);
+    k.set_matvec(T::Q4_0, isa, matvec_q4_0);
+    k.set_matvec(T::Q5_0, isa, matvec_q5_0);
+    k.set_matvec(T::IQ4_NL, isa, matvec_iq4_nl);
 }
 
 /// `acc + sum of four u8 x i8 products` per i32 lane (`vpdpbusd`).
@@ -203,3 +206,17 @@ tile_q4_k_kernel!(tile_q4_k, tile_q4_k_mn, feat = "avx2,fma,f16c",
 
 tile_q6_k_kernel!(tile_q6_k, tile_q6_k_mn, feat = "avx2,fma,f16c",
     sum = |acc, q, y, s| dpwssd(acc, _mm256_maddubs_epi16(q, y), s));
+
+matvec4_pairs!(matvec_q4_0, matvec_q4_0_m, feat = "avx2,fma,f16c", wsize = 18, corr = Some(-8.0),
+    prep = |x0, x1| q4_0_pair(x0, x1), pair = |lo, hi, ylo, yhi| pair_vnni(lo, hi, ylo, yhi));
+
+matvec4_pairs!(matvec_q5_0, matvec_q5_0_m, feat = "avx2,fma,f16c", wsize = 22, corr = Some(-16.0),
+    prep = |x0, x1| q5_0_pair(x0, x1), pair = |lo, hi, ylo, yhi| pair_vnni(lo, hi, ylo, yhi));
+
+matvec4_pairs!(matvec_iq4_nl, matvec_iq4_nl_m, feat = "avx2,fma,f16c", wsize = 18, corr = Some(-128.0),
+    prep = |x0, x1| {
+        let (lo, hi) = q4_0_pair(x0, x1);
+        let table = iq4nl_table_u8();
+        (_mm256_shuffle_epi8(table, lo), _mm256_shuffle_epi8(table, hi))
+    },
+    pair = |lo, hi, ylo, yhi| pair_vnni(lo, hi, ylo, yhi));
