@@ -124,11 +124,18 @@ fn engine_lazy_writes_flags_gguf_py_reads_and_run_uses_them() {
         .arg(&path)
         .args(["--calib", calib, "--ratio", "0.5", "--sink", "4", "--window", "60", "--chunk", "128", "--chunks", "2", "-o"])
         .arg(&out)
+        .arg("--report")
+        .arg(dir.path().join("report.png"))
         .output()
         .unwrap();
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let table = String::from_utf8_lossy(&r.stdout);
     assert!(table.contains("9 of 18 candidate layers lazy"), "{table}");
+    let png = std::fs::read(dir.path().join("report.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "the report is a PNG");
+    // IHDR: width = 2 * 20 + 18 * (24 + 8) = 616, height = 340.
+    assert_eq!(u32::from_be_bytes(png[16..20].try_into().unwrap()), 616);
+    assert_eq!(u32::from_be_bytes(png[20..24].try_into().unwrap()), 340);
 
     // Tensors byte-identical, flags as the spec says.
     let (a, b) = (GgufFile::open(&path).unwrap(), GgufFile::open(&out).unwrap());

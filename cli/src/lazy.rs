@@ -41,6 +41,65 @@ pub struct Args {
     /// Use at most this many chunks.
     #[arg(long = "chunks")]
     chunks: Option<usize>,
+    /// Draw the per-layer mean ratios as a bar chart (PNG): lazy layers orange, full blue,
+    /// non-candidates grey; a grid line every 0.1.
+    #[arg(long = "report")]
+    report: Option<PathBuf>,
+}
+
+/// Writes a bar chart of `ratios` (one bar per layer) to `path`, atomically.
+fn draw_report(path: &std::path::Path, ratios: &[Option<f32>], lazy: &[bool]) -> anyhow::Result<()> {
+    const BAR: u32 = 24;
+    const GAP: u32 = 8;
+    const H: u32 = 300;
+    const MARGIN: u32 = 20;
+    let n = ratios.len() as u32;
+    let width = MARGIN * 2 + n * (BAR + GAP);
+    let height = H + MARGIN * 2;
+    let mut img = vec![255u8; (width * height * 3) as usize];
+    let mut put = |x: u32, y: u32, rgb: [u8; 3]| {
+        if x < width && y < height {
+            let i = ((y * width + x) * 3) as usize;
+            img[i..i + 3].copy_from_slice(&rgb);
+        }
+    };
+    // Grid lines at 0.1 steps, the 1.0 line darker.
+    for step in 0..=10 {
+        let y = MARGIN + H - H * step / 10;
+        let c = if step == 10 || step == 0 { [120, 120, 120] } else { [225, 225, 225] };
+        for x in MARGIN..width - MARGIN {
+            put(x, y, c);
+        }
+    }
+    for (i, r) in ratios.iter().enumerate() {
+        let (value, color) = match r {
+            Some(v) if lazy[i] => (*v, [230, 126, 34]),
+            Some(v) => (*v, [52, 101, 164]),
+            None => (1.0, [190, 190, 190]),
+        };
+        let h = (value.clamp(0.0, 1.0) * H as f32) as u32;
+        let x0 = MARGIN + GAP / 2 + i as u32 * (BAR + GAP);
+        for x in x0..x0 + BAR {
+            for y in MARGIN + H - h..MARGIN + H {
+                put(x, y, color);
+            }
+        }
+    }
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let tmp = tempfile::NamedTempFile::new_in(&dir).with_context(|| format!("creating a file in {}", dir.display()))?;
+    {
+        let mut enc = png::Encoder::new(std::io::BufWriter::new(tmp.as_file()), width, height);
+        enc.set_color(png::ColorType::Rgb);
+        enc.set_depth(png::BitDepth::Eight);
+        let mut w = enc.write_header().context("writing the PNG header")?;
+        w.write_image_data(&img).context("writing the PNG")?;
+    }
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -111,6 +170,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         stream.sink,
         stream.window
     );
+    if let Some(report) = &args.report {
+        draw_report(report, &means, &lazy)?;
+        eprintln!("wrote {}", report.display());
+    }
     let spec = HybridSpec {
         lazy,
         stream,
