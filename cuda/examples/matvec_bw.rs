@@ -10,7 +10,7 @@
 //! bandwidth counts the bytes each product must move: the weights, the Q8_1 activations and the
 //! f32 output. A device-to-device copy gives the measured ceiling (bytes read plus written).
 
-use engine_cuda::{CudaBackend, CudaError, DeviceMatrix, Q8_1_BYTES};
+use engine_cuda::{CudaBackend, CudaError, DeviceMatrix, MatvecKernel, Q8_1_BYTES};
 use ggml_kernels::attention::{AttnMask, AttnShape};
 use ggml_kernels::matmul::QMatrix;
 use ggml_kernels::GgmlType;
@@ -82,6 +82,7 @@ fn main() -> Result<(), CudaError> {
         info.compute_capability.0,
         info.compute_capability.1
     );
+    println!("multiprocessors: {}", gpu.multiprocessors());
     for m in gpu.modules() {
         println!("  {} -> {}: {} bytes ({:?}, {:.0} ms)", m.file, m.target, m.image.len(), m.origin, m.millis);
     }
@@ -102,18 +103,15 @@ fn main() -> Result<(), CudaError> {
     drop((src, dst));
 
     println!();
-    println!("| type | cols x rows | weights MB | us/call median [min, max] | GB/s | % of peak | % of d2d copy |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| type | cols x rows | kernel | weights MB | us/call median [min, max] | GB/s | % of peak | % of d2d copy |");
+    println!("|---|---|---|---|---|---|---|---|");
     let mut rng = Rng(0x1234_5678_9abc_def1);
-    let cases = [
-        (GgmlType::Q4_K, 4096, 14_336),
-        (GgmlType::Q8_0, 4096, 14_336),
-        (GgmlType::Q4_K, 14_336, 4096),
-        (GgmlType::Q8_0, 14_336, 4096),
-        (GgmlType::Q6_K, 4096, 14_336),
-        (GgmlType::Q4_0, 4096, 14_336),
-        (GgmlType::Q5_0, 4096, 14_336),
-    ];
+    // Llama 3 8B's FFN matrices both ways (ffn_up/gate: 4096 x 14336, ffn_down: 14336 x 4096),
+    // attn_q/attn_output (4096 x 4096) and attn_k/attn_v (4096 x 1024).
+    let mut cases = Vec::new();
+    for ty in engine_cuda::MATVEC_TYPES {
+        cases.extend([(ty, 4096, 14_336), (ty, 14_336, 4096), (ty, 4096, 4096), (ty, 4096, 1024)]);
+    }
     for (ty, cols, rows) in cases {
         let host = random_matrix(ty, cols, rows, &mut rng);
         let n_copies = ROTATE_BYTES.div_ceil(host.len()).clamp(2, 32);
@@ -124,26 +122,30 @@ fn main() -> Result<(), CudaError> {
         let mut xq = gpu.alloc::<u8>(cols / 32 * Q8_1_BYTES)?;
         gpu.quantize_q8_1(&xd, &mut xq)?;
         let mut out = gpu.alloc::<f32>(rows)?;
-        for i in 0..20 {
-            gpu.matvec(&mats[i % n_copies], &xq, &mut out)?;
+        let auto = gpu.auto_matvec(ty, rows);
+        for kernel in MatvecKernel::ALL {
+            for i in 0..20 {
+                gpu.matvec_with(kernel, &mats[i % n_copies], &xq, &mut out)?;
+            }
+            gpu.synchronize()?;
+            let mut per_call: Vec<f64> = (0..REPS)
+                .map(|_| {
+                    gpu.time_ms(|| (0..ITERS).try_for_each(|i| gpu.matvec_with(kernel, &mats[i % n_copies], &xq, &mut out)))
+                        .map(|ms| ms as f64 * 1e3 / ITERS as f64)
+                })
+                .collect::<Result<_, _>>()?;
+            let (lo, hi) = (per_call.iter().copied().fold(f64::INFINITY, f64::min), per_call.iter().copied().fold(0.0, f64::max));
+            let us = median(&mut per_call);
+            let bytes = host.len() + xq.len() + rows * 4;
+            let gbs = bytes as f64 / (us * 1e-6) / 1e9;
+            println!(
+                "| {ty} | {cols} x {rows} | {kernel:?}{} | {:.1} | {us:.2} [{lo:.2}, {hi:.2}] | {gbs:.0} | {:.1}% | {:.1}% |",
+                if kernel == auto { " (auto)" } else { "" },
+                host.len() as f64 / 1e6,
+                100.0 * gbs / peak_gbs,
+                100.0 * gbs / copy_gbs
+            );
         }
-        gpu.synchronize()?;
-        let mut per_call: Vec<f64> = (0..REPS)
-            .map(|_| {
-                gpu.time_ms(|| (0..ITERS).try_for_each(|i| gpu.matvec(&mats[i % n_copies], &xq, &mut out)))
-                    .map(|ms| ms as f64 * 1e3 / ITERS as f64)
-            })
-            .collect::<Result<_, _>>()?;
-        let (lo, hi) = (per_call.iter().copied().fold(f64::INFINITY, f64::min), per_call.iter().copied().fold(0.0, f64::max));
-        let us = median(&mut per_call);
-        let bytes = host.len() + xq.len() + rows * 4;
-        let gbs = bytes as f64 / (us * 1e-6) / 1e9;
-        println!(
-            "| {ty} | {cols} x {rows} | {:.1} | {us:.2} [{lo:.2}, {hi:.2}] | {gbs:.0} | {:.1}% | {:.1}% |",
-            host.len() as f64 / 1e6,
-            100.0 * gbs / peak_gbs,
-            100.0 * gbs / copy_gbs
-        );
     }
 
     // Activation quantization of a 4096-vector, and one decode attention step.

@@ -101,12 +101,38 @@ pub const Q8_0_BYTES: usize = 34;
 /// Bytes of a Q8_1 block (32 activations).
 pub const Q8_1_BYTES: usize = 36;
 
-/// Threads per block of the matrix-vector kernels (`MV_THREADS` in matvec.cu).
+/// Threads per block of the version 1 matrix-vector kernels (`MV_THREADS` in matvec.cu).
 const MV_THREADS: u32 = 128;
+/// Warps per block of the version 2 kernels (`MV2_WARPS`).
+const MV2_WARPS: usize = 4;
+
+/// Which matrix-vector kernel runs (matvec.cu keeps both versions, benchmarked against each
+/// other by `examples/matvec_bw.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MatvecKernel {
+    /// Version 1: one block of 128 threads per row and a block-wide reduction (the shape of
+    /// llama.cpp's mmvq).
+    BlockPerRow,
+    /// Version 2 with 1, 2 or 4 warps per row: no block-wide barrier for one warp per row,
+    /// unrolled straight-line passes, and 16-byte quant loads for Q4_K.
+    WarpsPerRow(u32),
+    /// Version 2 with the warps per row [`CudaBackend::auto_matvec`] picks for the shape.
+    Auto,
+}
+
+impl MatvecKernel {
+    /// Every explicit kernel (the parity tests run each).
+    pub const ALL: [MatvecKernel; 4] =
+        [MatvecKernel::BlockPerRow, MatvecKernel::WarpsPerRow(1), MatvecKernel::WarpsPerRow(2), MatvecKernel::WarpsPerRow(4)];
+}
+
 /// Attention: slots per block, threads per block, largest head dimension (attention.cu).
 const ATT_SPLIT: usize = 256;
 const ATT_THREADS: u32 = 128;
 pub const ATT_MAX_HEAD_DIM: usize = 256;
+
+/// The kernel [`CudaBackend::matvec`] uses.
+pub const DEFAULT_MATVEC: MatvecKernel = MatvecKernel::Auto;
 
 /// The weight types [`CudaBackend::matvec`] handles.
 pub const MATVEC_TYPES: [GgmlType; 5] = [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q4_K, GgmlType::Q6_K];
@@ -119,11 +145,10 @@ struct Kernels {
     silu_mul: CudaFunction,
     quantize_q8_0: CudaFunction,
     quantize_q8_1: CudaFunction,
-    matvec_q8_0: CudaFunction,
-    matvec_q4_0: CudaFunction,
-    matvec_q5_0: CudaFunction,
-    matvec_q4_k: CudaFunction,
-    matvec_q6_k: CudaFunction,
+    /// Version 1, per type of [`MATVEC_TYPES`].
+    matvec1: Vec<CudaFunction>,
+    /// Version 2 with 1, 2 and 4 warps per row, per type of [`MATVEC_TYPES`].
+    matvec2: Vec<[CudaFunction; 3]>,
     attn_partial: CudaFunction,
     attn_combine: CudaFunction,
 }
@@ -133,8 +158,14 @@ pub struct CudaBackend {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     info: DeviceInfo,
+    multiprocessors: usize,
     modules: Vec<ModuleImage>,
     k: Kernels,
+}
+
+/// The type's name in kernel names (`q4_k`).
+fn kernel_type_name(t: GgmlType) -> String {
+    t.to_string().to_lowercase()
 }
 
 /// Checks a length.
@@ -177,6 +208,10 @@ impl CudaBackend {
         // while another still works on it; cudarc's cross-stream event tracking is not needed.
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.default_stream();
+        let multiprocessors = ctx
+            .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(driver("cuDeviceGetAttribute"))?
+            .max(1) as usize;
         let (major, minor) = info.compute_capability;
         let modules = nvrtc::build_all(major, minor)?;
         let mut loaded: Vec<Arc<CudaModule>> = Vec::with_capacity(modules.len());
@@ -197,20 +232,41 @@ impl CudaBackend {
             silu_mul: func("silu_mul_f32")?,
             quantize_q8_0: func("quantize_q8_0")?,
             quantize_q8_1: func("quantize_q8_1")?,
-            matvec_q8_0: func("matvec_q8_0")?,
-            matvec_q4_0: func("matvec_q4_0")?,
-            matvec_q5_0: func("matvec_q5_0")?,
-            matvec_q4_k: func("matvec_q4_k")?,
-            matvec_q6_k: func("matvec_q6_k")?,
+            matvec1: MATVEC_TYPES.iter().map(|t| func(&format!("matvec_{}", kernel_type_name(*t)))).collect::<Result<_, _>>()?,
+            matvec2: MATVEC_TYPES
+                .iter()
+                .map(|t| {
+                    let n = kernel_type_name(*t);
+                    Ok([func(&format!("matvec2_{n}_w1"))?, func(&format!("matvec2_{n}_w2"))?, func(&format!("matvec2_{n}_w4"))?])
+                })
+                .collect::<Result<_, CudaError>>()?,
             attn_partial: func("attn_decode_partial")?,
             attn_combine: func("attn_decode_combine")?,
         };
-        Ok(CudaBackend { ctx, stream, info, modules, k })
+        Ok(CudaBackend { ctx, stream, info, multiprocessors, modules, k })
     }
 
     /// The device.
     pub fn info(&self) -> &DeviceInfo {
         &self.info
+    }
+
+    /// Streaming multiprocessors of the device.
+    pub fn multiprocessors(&self) -> usize {
+        self.multiprocessors
+    }
+
+    /// The kernel [`MatvecKernel::Auto`] picks for `rows` rows of `ty`: version 2 with one warp
+    /// per row when the rows give every multiprocessor its 64 warps, else four warps per row;
+    /// Q4_K and Q5_0 keep one warp per row down to 16 warps per multiprocessor. On an H200 this
+    /// is within 10% of the best of the four kernels for every Llama-3-8B shape measured (the
+    /// table in docs/PERFORMANCE.md).
+    pub fn auto_matvec(&self, ty: GgmlType, rows: usize) -> MatvecKernel {
+        let one_warp_from = match ty {
+            GgmlType::Q4_K | GgmlType::Q5_0 => 16 * self.multiprocessors,
+            _ => 64 * self.multiprocessors,
+        };
+        MatvecKernel::WarpsPerRow(if rows >= one_warp_from { 1 } else { 4 })
     }
 
     /// The compiled kernel files: target, size, and whether they came from NVRTC or a cache.
@@ -390,27 +446,53 @@ impl CudaBackend {
     }
 
     /// `out[r] = sum_c W[r][c] * x[c]`, with `x` given as `w.cols / 32` Q8_1 blocks
-    /// (from [`CudaBackend::quantize_q8_1`]).
+    /// (from [`CudaBackend::quantize_q8_1`]), with the default kernel.
     pub fn matvec(&self, w: &DeviceMatrix, x_q8_1: &DeviceBuffer<u8>, out: &mut DeviceBuffer<f32>) -> Result<(), CudaError> {
+        self.matvec_with(DEFAULT_MATVEC, w, x_q8_1, out)
+    }
+
+    /// [`CudaBackend::matvec`] with a chosen kernel version (tests and benchmarks run both).
+    pub fn matvec_with(
+        &self,
+        kernel: MatvecKernel,
+        w: &DeviceMatrix,
+        x_q8_1: &DeviceBuffer<u8>,
+        out: &mut DeviceBuffer<f32>,
+    ) -> Result<(), CudaError> {
         expect_len("matvec activations (Q8_1 bytes)", w.cols / 32 * Q8_1_BYTES, x_q8_1.len())?;
         expect_len("matvec output", w.rows, out.len())?;
         if w.rows == 0 {
             return Ok(());
         }
-        let f = match w.ty {
-            GgmlType::Q8_0 => &self.k.matvec_q8_0,
-            GgmlType::Q4_0 => &self.k.matvec_q4_0,
-            GgmlType::Q5_0 => &self.k.matvec_q5_0,
-            GgmlType::Q4_K => &self.k.matvec_q4_k,
-            GgmlType::Q6_K => &self.k.matvec_q6_k,
-            t => return Err(CudaError::UnsupportedType(t)),
+        let kernel = match kernel {
+            MatvecKernel::Auto => self.auto_matvec(w.ty, w.rows),
+            k => k,
         };
+        if let MatvecKernel::WarpsPerRow(n) = kernel {
+            if ![1, 2, 4].contains(&n) {
+                return Err(CudaError::Invalid(format!("matvec: {n} warps per row (1, 2 or 4)")));
+            }
+        }
+        let ti = MATVEC_TYPES.iter().position(|&t| t == w.ty).ok_or(CudaError::UnsupportedType(w.ty))?;
         let cols = as_i32("matrix columns", w.cols)?;
+        let rows = as_i32("matrix rows", w.rows)?;
+        let (f, grid, threads) = match kernel {
+            MatvecKernel::WarpsPerRow(n) => {
+                let f = &self.k.matvec2[ti][n.trailing_zeros() as usize];
+                (f, as_u32("matrix rows", w.rows.div_ceil(MV2_WARPS / n as usize))?, 32 * MV2_WARPS as u32)
+            }
+            _ => (&self.k.matvec1[ti], as_u32("matrix rows", w.rows)?, MV_THREADS),
+        };
         let mut b = self.stream.launch_builder(f);
         b.arg(&w.data.inner).arg(&x_q8_1.inner).arg(&mut out.inner).arg(&cols);
-        // SAFETY: block r reads row r of w (checked at upload to be rows x cols of its type) and
-        // the cols / 32 activation blocks, and writes out[r]; the lengths were checked above.
-        unsafe { b.launch(cfg((as_u32("matrix rows", w.rows)?, 1), MV_THREADS)) }.map_err(driver("launch matvec"))?;
+        if let MatvecKernel::WarpsPerRow(_) = kernel {
+            b.arg(&rows);
+        }
+        // SAFETY: each row r < rows is read by one block (version 1) or wpr warps (version 2)
+        // from w (checked at upload to be rows x cols of its type) with the cols / 32 activation
+        // blocks, and written to out[r]; warps past the last row skip the reads; the lengths were
+        // checked above.
+        unsafe { b.launch(cfg((grid, 1), threads)) }.map_err(driver("launch matvec"))?;
         Ok(())
     }
 

@@ -23,8 +23,8 @@ mod nvrtc;
 use std::fmt;
 
 pub use backend::{
-    CudaBackend, DeviceBuffer, DeviceElem, DeviceMatrix, GatedAct, RopeParams, ATT_MAX_HEAD_DIM, MATVEC_TYPES, Q8_0_BYTES,
-    Q8_1_BYTES,
+    CudaBackend, DeviceBuffer, DeviceElem, DeviceMatrix, GatedAct, MatvecKernel, RopeParams, ATT_MAX_HEAD_DIM, DEFAULT_MATVEC,
+    MATVEC_TYPES, Q8_0_BYTES, Q8_1_BYTES,
 };
 pub use error::CudaError;
 pub use nvrtc::{build_all, cache_dir, target_for, version as nvrtc_version, ImageOrigin, ModuleImage, Target};

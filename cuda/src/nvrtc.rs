@@ -52,7 +52,18 @@ pub(crate) const FILES: &[KernelFile] = &[
     KernelFile {
         name: "matvec.cu",
         source: include_str!("../kernels/matvec.cu"),
-        functions: &["matvec_q8_0", "matvec_q4_0", "matvec_q5_0", "matvec_q4_k", "matvec_q6_k"],
+        functions: &[
+            "matvec_q8_0",
+            "matvec_q4_0",
+            "matvec_q5_0",
+            "matvec_q4_k",
+            "matvec_q6_k",
+            "matvec2_q8_0_w1", "matvec2_q8_0_w2", "matvec2_q8_0_w4",
+            "matvec2_q4_0_w1", "matvec2_q4_0_w2", "matvec2_q4_0_w4",
+            "matvec2_q5_0_w1", "matvec2_q5_0_w2", "matvec2_q5_0_w4",
+            "matvec2_q4_k_w1", "matvec2_q4_k_w2", "matvec2_q4_k_w4",
+            "matvec2_q6_k_w1", "matvec2_q6_k_w2", "matvec2_q6_k_w4",
+        ],
     },
     KernelFile {
         name: "attention.cu",
@@ -382,7 +393,12 @@ mod tests {
     fn every_file_is_listed_once_and_names_its_kernels() {
         for f in FILES {
             for func in f.functions {
-                let defined = [" ", "\n"].iter().any(|p| f.source.contains(&format!("{p}{func}(")));
+                // Defined directly (`void name(`), or by `MATVEC2_ALL(type, ...)` as matvec2_<type>_w1/2/4.
+                let mut patterns = vec![format!(" {func}("), format!("\n{func}(")];
+                if let Some(ty) = func.strip_prefix("matvec2_").and_then(|r| r.rsplit_once("_w")).map(|(t, _)| t) {
+                    patterns.push(format!("MATVEC2_ALL({ty}, "));
+                }
+                let defined = patterns.iter().any(|p| f.source.contains(p));
                 assert!(defined && f.source.contains("__global__"), "{} lacks {func}", f.name);
             }
         }
