@@ -460,24 +460,23 @@ fn gemma3_270m_round_trip_through_safetensors() {
         assert!(worst <= tol, "{}: largest difference {worst}", t.name);
     }
 
-    // Same greedy continuations. The original multiplies Q4_K/Q5_0/... weights by activations
-    // quantized to Q8_K/Q8_0 (as llama.cpp does); the round-tripped F32 model multiplies in f32.
-    // The weights are identical (checked above) but the logits differ by that activation
-    // rounding (top-2 margins move by up to ~0.2), so a near-tie can flip: "The capital of
-    // France is" has a margin of 0.055 at its 16th greedy token and does flip. These prompts keep
-    // every margin above MIN_MARGIN in the original, and must give the same 16 tokens.
-    const MIN_MARGIN: f32 = 0.15;
+    // Same greedy continuations. Both models run the exact path (`Model::exact_matmul`: f32
+    // products of dequantized weights), so the original's Q4_K/Q5_0/... weights, dequantized,
+    // and the round trip's F32 weights (identical values, checked above) give the same
+    // arithmetic. (On the fast path the original would multiply by 8-bit activations and the F32
+    // model would not, and near-ties could flip.)
     let tok = Tokenizer::from_gguf(&orig).unwrap();
     let tok_conv = Tokenizer::from_gguf(&conv).unwrap();
-    let m_orig = Model::load(&orig).unwrap();
-    let m_conv = Model::load(&conv).unwrap();
-    for text in ["def fibonacci(n):", "Water boils at", "My favourite colour is"] {
+    let mut m_orig = Model::load(&orig).unwrap();
+    let mut m_conv = Model::load(&conv).unwrap();
+    m_orig.exact_matmul = true;
+    m_conv.exact_matmul = true;
+    for text in ["The capital of France is", "def fibonacci(n):", "Water boils at"] {
         let prompt = tok.tokenize(text, TokenizeOptions::default());
         assert_eq!(tok_conv.tokenize(text, TokenizeOptions::default()), prompt);
         let (a, ma) = greedy_with_margins(&m_orig, &prompt, 16);
-        let (b, mb) = greedy_with_margins(&m_conv, &prompt, 16);
-        eprintln!("{text:?}: greedy {a:?}\n  margins original {ma:?}\n  margins round trip {mb:?}");
-        assert!(ma.iter().all(|&m| m > MIN_MARGIN), "{text:?}: the original has a near-tie: {ma:?}");
+        let (b, _) = greedy_with_margins(&m_conv, &prompt, 16);
+        eprintln!("{text:?}: greedy {a:?}\n  margins {ma:?}");
         assert_eq!(a, b, "{text:?}: greedy continuation of the round-tripped model differs");
     }
 }
