@@ -1,15 +1,17 @@
 //! Parity of every CUDA op with the CPU reference in `ggml-kernels`, modeled on llama.cpp's
 //! test-backend-ops: random inputs (a fixed seed per case), outputs poisoned with NaN before each
 //! run so an unwritten element fails, every output checked for NaN/Inf, and the normalized mean
-//! squared error NMSE = sum (gpu - ref)^2 / sum ref^2 held to a bound per op. The bounds sit one
-//! to four orders of magnitude above what an H200 measured (2026-11-27, in brackets):
+//! squared error NMSE = sum (gpu - ref)^2 / sum ref^2 held to a bound per op. The bounds sit
+//! above what an H200 measured (2026-11-27, in brackets) by about 4x for the matvec against f32
+//! (a statistical quantity: the activations' rounding over a few dozen rows) and by two to four
+//! orders of magnitude elsewhere:
 //!
 //! | op | reference | bound [measured] |
 //! |---|---|---|
 //! | RMSNorm, RoPE, GELU-tanh/SiLU gated | `ggml_kernels::ops` | 1e-10 [<= 1.2e-14] |
 //! | attention, f16 KV, causal/window/sink | `ggml_kernels::attention` | 1e-9 [<= 4.1e-13]; LSE 1e-4 relative [<= 4.8e-7 abs] |
 //! | Q8_0 / Q8_1 activation quantization | `quants::quantize` | bytes equal [equal] |
-//! | matvec vs dequantized weights . f32 activations (cases of 32+ rows, and pooled per type) | `matmul::matmul_reference` | 1e-4 [<= 2.8e-5] |
+//! | matvec vs dequantized weights . f32 activations (cases of 32+ rows, and pooled per type) | `matmul::matmul_reference` | 2e-4 [case <= 5.1e-5, pooled <= 2.8e-5] |
 //! | matvec vs dequantized weights . dequantized Q8_1 activations (f64) | (the same integers) | 1e-10 [<= 1.9e-12] |
 //!
 //! The bound on the f32 reference covers the rounding of the activations to 8 bits, which the
@@ -31,7 +33,7 @@ use half::f16;
 /// NMSE bounds (see the table above).
 const F32_OP_BOUND: f64 = 1e-10;
 const ATTENTION_BOUND: f64 = 1e-9;
-const MATVEC_F32_BOUND: f64 = 1e-4;
+const MATVEC_F32_BOUND: f64 = 2e-4;
 const MATVEC_INT_BOUND: f64 = 1e-10;
 
 /// The shared backend, or `None` (after printing why) when there is no usable GPU.
