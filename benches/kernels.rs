@@ -8,6 +8,8 @@
 //! - `bandwidth/read_sum`: two threads summing 1 GiB of `u64` with AVX2 (1 GB = 10^9 bytes).
 //! - `matvec/<type>`: `matmul` with one activation row (decode) over a weight matrix of 4096
 //!   columns and at least 256 MiB, far beyond the 32 MiB L3; throughput is weight bytes read.
+//! - `matvec_model/<shape>`: decode shapes of the default model (the Q8_0 output projection and
+//!   two small matrices).
 //! - `gemm/<type>/<isa>`: `matmul` with 512 activation rows (prefill) over a 2048 x 2048 matrix;
 //!   throughput is `2 * rows * cols * n` operations (elements/s = FLOP/s).
 //! - `peak/<op>`: register-only loops of the instructions the kernels use, on two threads;
@@ -136,6 +138,35 @@ fn matvec(c: &mut Criterion) {
     g.finish();
 }
 
+/// Decode shapes of the default model (Gemma 3 270M Q4_K_M: `n_embd` 640, `n_ff` 2048,
+/// 262,144-token vocabulary): the Q8_0 output projection (178 MB, about three quarters of a
+/// token's weight reads), and the per-layer matrices, small enough that the cost of waking the
+/// thread pool shows: `ffn_gate`/`ffn_up` (Q5_0), `ffn_down` (Q6_K), `attn_output` (Q4_K).
+fn matvec_model_shapes(c: &mut Criterion) {
+    let mut g = c.benchmark_group("matvec_model");
+    let shapes = [
+        (GgmlType::Q8_0, 640, 262_144),
+        (GgmlType::Q5_0, 640, 2048),
+        (GgmlType::Q6_K, 2048, 640),
+        (GgmlType::Q4_K, 1024, 640),
+    ];
+    for (ty, cols, rows) in shapes {
+        let bytes = ty.tensor_nbytes(&[cols as u64, rows as u64]).expect("matrix size");
+        g.throughput(Throughput::BytesDecimal(bytes));
+        g.bench_function(format!("{}_{cols}x{rows}", ty.name()), |b| {
+            let data = random_matrix(ty, cols, rows, 44);
+            let w = QMatrix::new(ty, cols, rows, &data).expect("matrix");
+            let x = random_acts(cols, 9);
+            let mut out = vec![0f32; rows];
+            b.iter(|| {
+                matmul(&w, black_box(&x), 1, &mut out).expect("matmul");
+                black_box(out[rows / 2])
+            })
+        });
+    }
+    g.finish();
+}
+
 fn gemm(c: &mut Criterion) {
     const N: usize = 512;
     const ROWS: usize = 2048;
@@ -177,6 +208,6 @@ fn peak(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_secs(2)).measurement_time(Duration::from_secs(5)).sample_size(10);
-    targets = bandwidth, matvec, gemm, peak
+    targets = bandwidth, matvec, matvec_model_shapes, gemm, peak
 }
 criterion_main!(benches);
