@@ -1,0 +1,122 @@
+//! Decode (matrix-vector) speed as a fraction of the memory bandwidth, measured side by side.
+//!
+//! ```sh
+//! RAYON_NUM_THREADS=2 cargo bench -p engine-benches --bench kernels_ratio [-- TYPE...]
+//! ```
+//!
+//! On a shared machine the read bandwidth swings with the neighbours' load (on the dev VM
+//! between about 21 and 40 GB/s within minutes), so a bandwidth figure and a kernel figure taken
+//! minutes apart do not make a ratio. This harness alternates, in each of [`ROUNDS`] rounds, the
+//! bandwidth probe (two threads summing 1 GiB) and one `matmul` with one activation row over a
+//! matrix of 4096 columns and at least 256 MiB, for each type, and prints the best (fastest) of
+//! each and their ratio, plus the median ratio of the rounds. Not a criterion benchmark: it
+//! prints one table and exits.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use ggml_kernels::dot::{Kernels, WEIGHT_TYPES};
+use ggml_kernels::matmul::{matmul, QMatrix};
+use ggml_kernels::probe;
+use ggml_kernels::quants::float16::{f32_to_bf16, f32_to_f16};
+use ggml_kernels::GgmlType;
+
+/// Rounds per type.
+const ROUNDS: usize = 9;
+const COLS: usize = 4096;
+const MIN_BYTES: usize = 256 << 20;
+const PROBE_BYTES: usize = 1 << 30;
+
+fn scale_fields(ty: GgmlType) -> &'static [usize] {
+    use GgmlType as T;
+    match ty {
+        T::Q4_0 | T::Q5_0 | T::Q8_0 | T::IQ4_NL | T::IQ4_XS => &[0],
+        T::Q4_1 | T::Q5_1 | T::Q4_K | T::Q5_K => &[0, 2],
+        T::Q2_K => &[80, 82],
+        T::Q3_K => &[108],
+        T::Q6_K => &[208],
+        _ => &[],
+    }
+}
+
+/// Random quant bits with sane scales (as in `kernels.rs`).
+fn random_matrix(ty: GgmlType, rows: usize) -> Vec<u8> {
+    let mut s = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        s ^= s >> 12;
+        s ^= s << 25;
+        s ^= s >> 27;
+        s.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    };
+    let len = ty.tensor_nbytes(&[COLS as u64, rows as u64]).expect("matrix size") as usize;
+    let mut data = vec![0u8; len];
+    let sym = |v: u64| (v >> 40) as f32 / (1u64 << 23) as f32 - 1.0;
+    match ty {
+        GgmlType::F32 => data.chunks_exact_mut(4).for_each(|c| c.copy_from_slice(&sym(next()).to_le_bytes())),
+        GgmlType::F16 => data.chunks_exact_mut(2).for_each(|c| c.copy_from_slice(&f32_to_f16(sym(next())).to_le_bytes())),
+        GgmlType::BF16 => data.chunks_exact_mut(2).for_each(|c| c.copy_from_slice(&f32_to_bf16(sym(next())).to_le_bytes())),
+        _ => {
+            for c in data.chunks_mut(8) {
+                let v = next().to_le_bytes();
+                c.copy_from_slice(&v[..c.len()]);
+            }
+            let scale = f32_to_f16(0.01).to_le_bytes();
+            for b in data.chunks_exact_mut(ty.type_size()) {
+                for &off in scale_fields(ty) {
+                    b[off..off + 2].copy_from_slice(&scale);
+                }
+            }
+        }
+    }
+    data
+}
+
+fn main() {
+    let wanted: Vec<GgmlType> = std::env::args().skip(1).filter_map(|a| GgmlType::from_name(&a)).collect();
+    let types: Vec<GgmlType> = if wanted.is_empty() { WEIGHT_TYPES.to_vec() } else { wanted };
+    // The pool's size, as rayon picks it.
+    let threads = std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n: &usize| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let probe_buf: Vec<u64> = (0..(PROBE_BYTES / 8) as u64).collect();
+    println!(
+        "kernels_ratio: {} rounds per type, {threads} threads, best table {}, load average {}",
+        ROUNDS,
+        Kernels::best().isa(),
+        std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()
+    );
+    println!("| type | kernel | matvec GB/s (best) | bandwidth GB/s (best, same rounds) | best / best | median of round ratios |");
+    println!("|---|---|---|---|---|---|");
+    for ty in types {
+        let rb = ty.row_nbytes(COLS as u64).expect("row size") as usize;
+        let rows = MIN_BYTES.div_ceil(rb).div_ceil(64) * 64;
+        let data = random_matrix(ty, rows);
+        let w = QMatrix::new(ty, COLS, rows, &data).expect("matrix");
+        let x: Vec<f32> = (0..COLS).map(|i| ((i * 7919) % 101) as f32 / 50.0 - 1.0).collect();
+        let mut out = vec![0f32; rows];
+        matmul(&w, &x, 1, &mut out).expect("matmul");
+        let (mut best_mv, mut best_bw) = (0f64, 0f64);
+        let mut ratios = Vec::with_capacity(ROUNDS);
+        for _ in 0..ROUNDS {
+            let t = Instant::now();
+            black_box(probe::sum_u64_threads(&probe_buf, threads));
+            let bw = PROBE_BYTES as f64 / t.elapsed().as_secs_f64() / 1e9;
+            let t = Instant::now();
+            matmul(&w, black_box(&x), 1, &mut out).expect("matmul");
+            let mv = data.len() as f64 / t.elapsed().as_secs_f64() / 1e9;
+            best_mv = best_mv.max(mv);
+            best_bw = best_bw.max(bw);
+            ratios.push(mv / bw);
+        }
+        ratios.sort_by(f64::total_cmp);
+        let isa = Kernels::best().matvec_isa(ty).or(Kernels::best().dot_isa(ty)).map_or("-", |i| i.name());
+        println!(
+            "| {} | {isa} | {best_mv:.1} | {best_bw:.1} | {:.0}% | {:.0}% |",
+            ty.name(),
+            100.0 * best_mv / best_bw,
+            100.0 * ratios[ROUNDS / 2]
+        );
+    }
+}
