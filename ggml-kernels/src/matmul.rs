@@ -11,7 +11,8 @@
 //! - Decode (`n == 1`) is bound by memory bandwidth: each weight byte is read once. The rows are
 //!   split over the rayon pool in contiguous runs (up to [`MATVEC_TASKS_PER_THREAD`] per thread,
 //!   each at least [`MATVEC_MIN_TASK_BYTES`]), so each thread streams its own part of the matrix;
-//!   small matrices run on the calling thread.
+//!   small matrices run on the calling thread. Types with a multi-row kernel (Q4_0, Q5_0,
+//!   IQ4_NL) take four rows per call, two per register, prefetching the next four.
 //! - Prefill (`n > 1`) is bound by arithmetic: types with a GEMM tile compute 4 weight rows x 4
 //!   activation rows per inner loop, so each unpacked weight block is reused four times from
 //!   registers and each activation block four times from L1. Tasks are runs of

@@ -12,10 +12,12 @@
 //! (exact integer sums per block, scales applied once per block), and SIMD versions beside it:
 //!
 //! - `avx2`: AVX2 + FMA + F16C dot products for every type, bit-exact activation quantizers, and
-//!   (`avx2_gemm`) 4x4 register-blocked GEMM tiles for Q4_0, Q5_0, Q8_0, IQ4_NL, Q4_K and Q6_K;
+//!   (`avx2_gemm`) 4x4 register-blocked GEMM tiles for Q4_0, Q5_0, Q8_0, IQ4_NL, Q4_K and Q6_K,
+//!   and four-row decode kernels (two rows per register) for Q4_0 and Q5_0;
 //! - `vnni`: AVX-512 VNNI (`vpdpbusd`/`vpdpwssd` on 256-bit registers) dot products for Q4_0,
-//!   Q5_0, Q8_0, IQ4_NL, Q4_K and Q6_K and tiles for the same types; everything else comes from
-//!   `avx2`;
+//!   Q5_0, Q8_0, IQ4_NL, Q4_K and Q6_K, tiles for the same types, four-row decode kernels for
+//!   Q4_0, Q5_0 and IQ4_NL, and with AVX-512 VBMI Q5_0 kernels that gather the fifth bits with
+//!   `vpmultishiftqb`; everything else comes from `avx2`;
 //! - `neon`: AArch64 NEON dot products for Q4_0, Q5_0, Q8_0, IQ4_NL, Q4_K, Q6_K and F32.
 //!
 //! Q8_0 and Q8_1 activation rows travel with side data (each block's scale as `f32` and its sum,
@@ -571,7 +573,7 @@ fn fill_side_data(vdt: VecDotType, row: &[u8], out: &mut [f32]) {
 
 /// `n` activation rows of `cols` elements quantized to one [`VecDotType`], as one buffer of
 /// encoded rows, with the side data the kernels read for Q8_0 and Q8_1 rows (per block, the
-/// scale as `f32` and the block sum; see [`DotFn`]).
+/// scale as `f32` and the block sum: `d * sum(qs)` for Q8_0, the stored `s` for Q8_1).
 pub struct QuantizedActs {
     vdt: VecDotType,
     cols: usize,
