@@ -18,6 +18,7 @@ pub mod attention;
 pub mod dot;
 pub mod matmul;
 pub mod ops;
+pub mod pool;
 pub mod probe;
 pub mod quants;
 pub mod types;

@@ -9,9 +9,12 @@
 //! ([`Kernels::best`]).
 //!
 //! - Decode (`n == 1`) is bound by memory bandwidth: each weight byte is read once. The rows are
-//!   split over the rayon pool in contiguous runs (up to [`MATVEC_TASKS_PER_THREAD`] per thread,
-//!   each at least [`MATVEC_MIN_TASK_BYTES`]), so each thread streams its own part of the matrix;
-//!   small matrices run on the calling thread. Types with a multi-row kernel (Q4_0, Q5_0,
+//!   cut into chunks (about [`MATVEC_CHUNKS_PER_THREAD`] per thread, each between
+//!   [`MATVEC_MIN_CHUNK_BYTES`] and [`MATVEC_MAX_CHUNK_BYTES`]) that the threads of the spinning
+//!   decode pool ([`crate::pool`], not rayon: a decode product is tens of microseconds, and
+//!   waking a sleeping rayon worker costs several) claim in order; small products run on the
+//!   calling thread. [`matmul_many`] runs several products of one input (Q/K/V, gate/up) as one
+//!   such job with one quantization of the input. Types with a multi-row kernel (Q4_0, Q5_0,
 //!   IQ4_NL) take four rows per call, two per register, prefetching the next four.
 //! - Prefill (`n > 1`) is bound by arithmetic: types with a GEMM tile compute 4 weight rows x 4
 //!   activation rows per inner loop, so each unpacked weight block is reused four times from
@@ -21,6 +24,8 @@
 //!
 //! [`matmul_reference`] is the slow, simple path (dequantize each row, `f32` dot products) that
 //! the fast one is tested against; types without a dot product (Q8_1 or Q8_K weights) use it.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rayon::prelude::*;
 
@@ -93,17 +98,20 @@ impl<'a> QMatrix<'a> {
     }
 }
 
-/// Fewest weight bytes one decode task reads: enough that rayon's scheduling cost (about a
-/// microsecond) is small next to the reads.
-pub const MATVEC_MIN_TASK_BYTES: usize = 64 * 1024;
+/// Fewest weight bytes in one chunk of a decode job: claiming a chunk costs a shared atomic
+/// increment (tens of nanoseconds), small next to reading this much (a few microseconds).
+pub const MATVEC_MIN_CHUNK_BYTES: usize = 32 * 1024;
 
-/// Decode tasks per pool thread, at most: enough to even out a thread that is slowed down,
-/// few enough to keep the scheduling cost small.
-pub const MATVEC_TASKS_PER_THREAD: usize = 8;
+/// Most weight bytes in one chunk of a decode job, so that the last chunks even out a thread
+/// that was slowed down (a megabyte is about 60 us of one core's share of the bandwidth).
+pub const MATVEC_MAX_CHUNK_BYTES: usize = 1024 * 1024;
 
-/// Below this many weight bytes a product runs on the calling thread: waking the pool would cost
-/// more than it saves.
-pub const SERIAL_BYTES: usize = 128 * 1024;
+/// Chunks per thread a decode job aims at, between those bounds.
+pub const MATVEC_CHUNKS_PER_THREAD: usize = 16;
+
+/// Below this many weight bytes (over all the products of a call) decode runs on the calling
+/// thread: starting the spinning workers costs about a microsecond, more than it saves here.
+pub const SERIAL_BYTES: usize = 64 * 1024;
 
 /// Weight rows per prefill task (a multiple of the tile height).
 pub const GEMM_TASK_ROWS: usize = 16;
@@ -125,47 +133,119 @@ pub fn matmul(w: &QMatrix<'_>, x: &[f32], n: usize, out: &mut [f32]) -> Result<(
 
 /// [`matmul`] with the kernels of a given table (tests and benchmarks run every variant).
 pub fn matmul_with(k: &Kernels, w: &QMatrix<'_>, x: &[f32], n: usize, out: &mut [f32]) -> Result<(), MatError> {
-    if x.len() != n * w.cols {
-        return Err(MatError::Shape { what: "matmul input", expected: n * w.cols, got: x.len() });
+    matmul_many_with(k, &[w], x, n, &mut [out])
+}
+
+/// Several products of one input: `outs[i] = ws[i] x` for `n` input vectors `x` (`n * cols`,
+/// every matrix has `cols` columns), as [`matmul`] computes each.
+///
+/// The input is quantized once per activation format (the Q, K and V projections, or the FFN's
+/// gate and up, share one quantization where their weight types agree), and for decode (`n ==
+/// 1`) all the products run as one parallel job on the spinning [`crate::pool`], their rows
+/// shared out in chunks, so the threads are started and joined once for the lot. Results are
+/// those of [`matmul`] for each matrix, bit for bit. Errors as [`matmul`]'s, for any matrix;
+/// when one is malformed, none is computed.
+pub fn matmul_many(ws: &[&QMatrix<'_>], x: &[f32], n: usize, outs: &mut [&mut [f32]]) -> Result<(), MatError> {
+    matmul_many_with(Kernels::best(), ws, x, n, outs)
+}
+
+/// [`matmul_many`] with the kernels of a given table.
+pub fn matmul_many_with(k: &Kernels, ws: &[&QMatrix<'_>], x: &[f32], n: usize, outs: &mut [&mut [f32]]) -> Result<(), MatError> {
+    if ws.len() != outs.len() {
+        return Err(MatError::Shape { what: "matmul outputs (one per matrix)", expected: ws.len(), got: outs.len() });
     }
-    if out.len() != n * w.rows {
-        return Err(MatError::Shape { what: "matmul output", expected: n * w.rows, got: out.len() });
-    }
-    let (Some(dot), Some(vdt)) = (k.dot_fn(w.ty), VecDotType::for_weight(w.ty)) else {
-        return matmul_reference(w, x, n, out);
+    let fast = |w: &QMatrix<'_>| match (k.dot_fn(w.ty), VecDotType::for_weight(w.ty)) {
+        (Some(dot), Some(vdt)) => Some((dot, vdt)),
+        _ => None,
     };
-    // The kernels read raw memory, so the matrix must be exactly what it claims to be (its
-    // fields are public; `QMatrix::new` checks this too).
-    let expected = w.ty.tensor_nbytes(&[w.cols as u64, w.rows as u64]).ok();
-    if expected != Some(w.data.len() as u64) {
-        return Err(MatError::DataSize { ty: w.ty, cols: w.cols, rows: w.rows, expected, got: w.data.len() });
+    // Check everything first, so no product runs when one of them is malformed.
+    for (w, out) in ws.iter().zip(outs.iter()) {
+        if x.len() != n * w.cols {
+            return Err(MatError::Shape { what: "matmul input", expected: n * w.cols, got: x.len() });
+        }
+        if out.len() != n * w.rows {
+            return Err(MatError::Shape { what: "matmul output", expected: n * w.rows, got: out.len() });
+        }
+        if fast(w).is_some() {
+            // The kernels read raw memory, so the matrix must be exactly what it claims to be
+            // (its fields are public; `QMatrix::new` checks this too).
+            let expected = w.ty.tensor_nbytes(&[w.cols as u64, w.rows as u64]).ok();
+            if expected != Some(w.data.len() as u64) {
+                return Err(MatError::DataSize { ty: w.ty, cols: w.cols, rows: w.rows, expected, got: w.data.len() });
+            }
+        }
     }
     if n == 0 {
         return Ok(());
     }
-    let tile = if n > 1 { k.tile_fn(w.ty) } else { None };
-    let acts = QuantizedActs::new(k, vdt, x, n, w.cols)
-        .map_err(|_| MatError::Shape { what: "matmul input row", expected: w.cols, got: w.cols })?;
-    if n == 1 {
-        matvec(dot, k.matvec_fn(w.ty), w, &acts, out);
-    } else {
-        gemm(dot, tile, w, &acts, out);
+    // The input quantized once per format the matrices need (at most a few).
+    let mut acts: Vec<QuantizedActs> = Vec::with_capacity(2);
+    for w in ws {
+        let Some((_, vdt)) = fast(w) else { continue };
+        if !acts.iter().any(|a| a.vec_dot_type() == vdt) {
+            let a = QuantizedActs::new(k, vdt, x, n, w.cols)
+                .map_err(|_| MatError::Shape { what: "matmul input row", expected: w.cols, got: w.cols })?;
+            acts.push(a);
+        }
+    }
+    let mut jobs = Vec::with_capacity(ws.len());
+    for (w, out) in ws.iter().zip(outs.iter_mut()) {
+        let Some((dot, vdt)) = fast(w) else {
+            matmul_reference(w, x, n, out)?;
+            continue;
+        };
+        let Some(a) = acts.iter().find(|a| a.vec_dot_type() == vdt) else { continue };
+        if n == 1 {
+            jobs.push(MatvecJob::new(dot, k.matvec_fn(w.ty), w, a, out));
+        } else {
+            gemm(dot, k.tile_fn(w.ty), w, a, out);
+        }
+    }
+    if !jobs.is_empty() {
+        matvec(&mut jobs);
     }
     Ok(())
 }
 
-/// `out[r] = W[r] . a` for the one activation row of `acts`, four rows per call where the type
-/// has a multi-row kernel.
-fn matvec(dot: DotFn, rows4: Option<TileFn>, w: &QMatrix<'_>, acts: &QuantizedActs, out: &mut [f32]) {
-    let rb = w.row_bytes();
-    let nb = acts.blocks_per_row();
-    let threads = rayon::current_num_threads();
-    let tasks = (w.data.len() / MATVEC_MIN_TASK_BYTES).clamp(1, threads * MATVEC_TASKS_PER_THREAD);
-    // Whole groups of four rows per task, for the multi-row kernels.
-    let rows_per_task = w.rows.div_ceil(tasks).div_ceil(TILE) * TILE;
-    let run = |r0: usize, o: &mut [f32]| {
+/// One decode product: `out[r] = W[r] . a` for the one activation row of `acts`.
+struct MatvecJob<'w, 'a> {
+    dot: DotFn,
+    /// The type's multi-row kernel, if it has one (then chunks are whole groups of four rows).
+    rows4: Option<TileFn>,
+    w: &'a QMatrix<'w>,
+    acts: &'a QuantizedActs,
+    /// `w.rows` outputs, borrowed mutably by the caller of `matvec` for as long as the job lives.
+    out: SharedOut,
+    /// Rows per chunk, and this job's first chunk in the call's numbering.
+    chunk_rows: usize,
+    first_chunk: usize,
+}
+
+impl<'w, 'a> MatvecJob<'w, 'a> {
+    fn new(dot: DotFn, rows4: Option<TileFn>, w: &'a QMatrix<'w>, acts: &'a QuantizedActs, out: &'a mut [f32]) -> Self {
+        debug_assert_eq!(out.len(), w.rows);
+        MatvecJob { dot, rows4, w, acts, out: SharedOut(out.as_mut_ptr()), chunk_rows: w.rows.max(1), first_chunk: 0 }
+    }
+
+    fn chunks(&self) -> usize {
+        self.w.rows.div_ceil(self.chunk_rows)
+    }
+
+    /// Computes the outputs of rows `r0..r1`.
+    ///
+    /// # Safety
+    ///
+    /// `r0 <= r1 <= rows`, and no other thread touches these outputs meanwhile.
+    unsafe fn rows(&self, r0: usize, r1: usize) {
+        debug_assert!(r0 <= r1 && r1 <= self.w.rows);
+        let (w, acts) = (self.w, self.acts);
+        let rb = w.row_bytes();
+        let nb = acts.blocks_per_row();
         let (a, aux) = (acts.row_ptr(0), acts.side_ptr(0));
-        if let Some(rows4) = rows4 {
+        // SAFETY: `out` points to `rows` outputs, still borrowed (see the field), of which
+        // `r0..r1` are this caller's alone.
+        let o = unsafe { std::slice::from_raw_parts_mut(self.out.get().add(r0), r1 - r0) };
+        if let Some(rows4) = self.rows4 {
             for (i, o4) in o.chunks_mut(TILE).enumerate() {
                 let r = r0 + i * TILE;
                 let wt = w.data[r * rb..(r + o4.len()) * rb].as_ptr();
@@ -181,14 +261,49 @@ fn matvec(dot: DotFn, rows4: Option<TileFn>, w: &QMatrix<'_>, acts: &QuantizedAc
             // SAFETY: `row` is one whole weight row of `nb` blocks (the data size was checked),
             // `a` one activation row of `nb` blocks of the matching format with its side data
             // `aux`, and `dot` comes from a table handed out only on CPUs that run it.
-            *y = unsafe { dot(nb, row.as_ptr(), a, aux) };
+            *y = unsafe { (self.dot)(nb, row.as_ptr(), a, aux) };
         }
-    };
-    if w.data.len() < SERIAL_BYTES || threads == 1 {
-        run(0, out);
-    } else {
-        out.par_chunks_mut(rows_per_task).enumerate().for_each(|(c, o)| run(c * rows_per_task, o));
     }
+}
+
+/// Runs decode products: on the calling thread when they are small, else as one job on the
+/// spinning [`crate::pool`], whose threads claim chunks of rows (in order, matrix by matrix)
+/// from a shared counter until none is left, so a thread that starts late or is slowed down by
+/// another process simply takes fewer.
+fn matvec(jobs: &mut [MatvecJob<'_, '_>]) {
+    let threads = rayon::current_num_threads();
+    let total: usize = jobs.iter().map(|j| j.w.data.len()).sum();
+    if total < SERIAL_BYTES || threads == 1 {
+        for j in jobs.iter() {
+            // SAFETY: all rows, on this thread only.
+            unsafe { j.rows(0, j.w.rows) };
+        }
+        return;
+    }
+    let chunk_bytes = (total / (threads * MATVEC_CHUNKS_PER_THREAD)).clamp(MATVEC_MIN_CHUNK_BYTES, MATVEC_MAX_CHUNK_BYTES);
+    let mut n_chunks = 0;
+    for j in jobs.iter_mut() {
+        let rb = j.w.row_bytes().max(1);
+        // Whole groups of four rows, for the multi-row kernels.
+        j.chunk_rows = (chunk_bytes / rb).max(1).div_ceil(TILE) * TILE;
+        j.first_chunk = n_chunks;
+        n_chunks += j.chunks();
+    }
+    let next = AtomicUsize::new(0);
+    let jobs = &*jobs;
+    crate::pool::run(threads.min(n_chunks), &|_| loop {
+        let c = next.fetch_add(1, Ordering::Relaxed);
+        if c >= n_chunks {
+            break;
+        }
+        // The job holding chunk `c` (a call has only a few).
+        let Some(j) = jobs.iter().rev().find(|j| j.first_chunk <= c) else { break };
+        let r0 = (c - j.first_chunk) * j.chunk_rows;
+        let r1 = (r0 + j.chunk_rows).min(j.w.rows);
+        // SAFETY: each chunk is claimed by one thread only and chunks cover disjoint rows;
+        // `pool::run` returns only when every thread is done, while the outputs are borrowed.
+        unsafe { j.rows(r0, r1) };
+    });
 }
 
 /// A raw output pointer shared by prefill tasks that write disjoint parts of it.
@@ -396,7 +511,7 @@ mod tests {
         for ty in WEIGHT_TYPES {
             let cols = 2048;
             let rb = ty.row_nbytes(cols as u64).unwrap() as usize;
-            let rows = (3 * MATVEC_MIN_TASK_BYTES / rb).max(3 * SERIAL_BYTES / rb) + 5;
+            let rows = (3 * MATVEC_MIN_CHUNK_BYTES / rb).max(3 * SERIAL_BYTES / rb) + 5;
             let data = random_weights(ty, rows * cols / ty.block_size(), &mut rng, Scales::Mixed);
             let w = QMatrix::new(ty, cols, rows, &data).unwrap();
             let x = random_acts(cols, &mut rng, Acts::Normal);
@@ -404,6 +519,48 @@ mod tests {
             matmul(&w, &x, 1, &mut out).unwrap();
             check_against_reference(Kernels::best(), &w, &x, 1, &out);
         }
+    }
+
+    #[test]
+    fn matmul_many_equals_separate_products() {
+        // Mixed formats (two share Q8_0 activations), one type without a dot product (Q8_K, the
+        // reference path), sizes over and under the serial threshold, with partial chunks.
+        let mut rng = Rng::new(13);
+        let cols = 1024;
+        let mats: Vec<(GgmlType, usize)> = vec![(GgmlType::Q5_0, 301), (GgmlType::Q4_K, 77), (GgmlType::Q8_0, 130), (GgmlType::Q8_K, 5)];
+        let datas: Vec<Vec<u8>> = mats
+            .iter()
+            .map(|&(ty, rows)| {
+                if ty == GgmlType::Q8_K {
+                    let mut q = vec![0u8; rows * cols / ty.block_size() * ty.type_size()];
+                    crate::quants::quantize(ty, &random_acts(rows * cols, &mut rng, Acts::Normal), &mut q).unwrap();
+                    q
+                } else {
+                    random_weights(ty, rows * cols / ty.block_size(), &mut rng, Scales::Mixed)
+                }
+            })
+            .collect();
+        let ws: Vec<QMatrix<'_>> = mats.iter().zip(&datas).map(|(&(ty, rows), d)| QMatrix::new(ty, cols, rows, d).unwrap()).collect();
+        let wrefs: Vec<&QMatrix<'_>> = ws.iter().collect();
+        for k in Kernels::available() {
+            for n in [1usize, 3] {
+                let x = random_acts(n * cols, &mut rng, Acts::Spiky);
+                let mut outs: Vec<Vec<f32>> = ws.iter().map(|w| vec![f32::NAN; n * w.rows]).collect();
+                let mut views: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
+                matmul_many_with(k, &wrefs, &x, n, &mut views).unwrap();
+                for (w, got) in ws.iter().zip(&outs) {
+                    let mut want = vec![f32::NAN; n * w.rows];
+                    matmul_with(k, w, &x, n, &mut want).unwrap();
+                    assert_eq!(got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{} {} n {n}", k.isa(), w.ty);
+                }
+            }
+        }
+        // A wrong output length anywhere: an error, and nothing computed.
+        let x = random_acts(cols, &mut rng, Acts::Normal);
+        let (mut a, mut b) = (vec![f32::NAN; ws[0].rows], vec![0f32; ws[1].rows + 1]);
+        let r = matmul_many(&wrefs[..2], &x, 1, &mut [&mut a, &mut b]);
+        assert!(matches!(r, Err(MatError::Shape { .. })));
+        assert!(a.iter().all(|v| v.is_nan()));
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use ggml_kernels::ops::{gated_act, gelu_tanh, rms_norm, rms_norm_inplace, RopeTable};
 
-use super::{attend, embed, mm, output_logits, KvCache, Logits, Model, ModelError};
+use super::{attend, embed, mm, mm_many, output_logits, KvCache, Logits, Model, ModelError};
 
 /// Evaluates `tokens` at positions `pos0..`, writing their keys and values into `cache`.
 pub fn forward(m: &Model<'_>, cache: &mut KvCache, tokens: &[u32], pos0: usize, which: Logits) -> Result<Vec<f32>, ModelError> {
@@ -24,9 +24,7 @@ pub fn forward(m: &Model<'_>, cache: &mut KvCache, tokens: &[u32], pos0: usize, 
         rms_norm(&x, &w.attn_norm, c.rms_eps, &mut h);
 
         // Q, K, V projections. q: [n][n_head][hd], k: [n][n_head_kv][hd], v: [n][n_head_kv][hd_v]
-        let mut q = mm(m, &w.wq, &h, n)?;
-        let mut k = mm(m, &w.wk, &h, n)?;
-        let v = mm(m, &w.wv, &h, n)?;
+        let [mut q, mut k, v] = mm_many(m, [&w.wq, &w.wk, &w.wv], &h, n)?;
 
         // Per-head Q and K RMSNorms, then RoPE (NeoX) at each token's position.
         if let (Some(qn), Some(kn)) = (&w.q_norm, &w.k_norm) {
@@ -50,8 +48,7 @@ pub fn forward(m: &Model<'_>, cache: &mut KvCache, tokens: &[u32], pos0: usize, 
 
         // FFN: pre-norm, GELU-tanh gate times up, down, post-norm, residual.
         rms_norm(&x, &w.ffn_norm, c.rms_eps, &mut h);
-        let mut gate = mm(m, &w.ffn_gate, &h, n)?;
-        let up = mm(m, &w.ffn_up, &h, n)?;
+        let [mut gate, up] = mm_many(m, [&w.ffn_gate, &w.ffn_up], &h, n)?;
         gated_act(&mut gate, &up, gelu_tanh);
         let mut down = mm(m, &w.ffn_down, &gate, n)?;
         if let Some(pn) = &w.post_ffw_norm {

@@ -4,7 +4,7 @@
 
 use ggml_kernels::ops::{gated_act, rms_norm, silu, RopeTable};
 
-use super::{add_bias, attend, embed, mm, output_logits, KvCache, Logits, Model, ModelError};
+use super::{add_bias, attend, embed, mm, mm_many, output_logits, KvCache, Logits, Model, ModelError};
 
 /// Evaluates `tokens` at positions `pos0..`, writing their keys and values into `cache`.
 pub fn forward(m: &Model<'_>, cache: &mut KvCache, tokens: &[u32], pos0: usize, which: Logits) -> Result<Vec<f32>, ModelError> {
@@ -23,9 +23,7 @@ pub fn forward(m: &Model<'_>, cache: &mut KvCache, tokens: &[u32], pos0: usize, 
         rms_norm(&x, &w.attn_norm, c.rms_eps, &mut h);
 
         // Q, K, V projections (+ biases for Qwen2). q: [n][n_head][hd], k, v: [n][n_head_kv][hd]
-        let mut q = mm(m, &w.wq, &h, n)?;
-        let mut k = mm(m, &w.wk, &h, n)?;
-        let mut v = mm(m, &w.wv, &h, n)?;
+        let [mut q, mut k, mut v] = mm_many(m, [&w.wq, &w.wk, &w.wv], &h, n)?;
         add_bias(&mut q, w.bq.as_ref());
         add_bias(&mut k, w.bk.as_ref());
         add_bias(&mut v, w.bv.as_ref());
@@ -43,8 +41,7 @@ pub fn forward(m: &Model<'_>, cache: &mut KvCache, tokens: &[u32], pos0: usize, 
 
         // FFN: pre-norm, SiLU gate times up, down, residual.
         rms_norm(&x, &w.ffn_norm, c.rms_eps, &mut h);
-        let mut gate = mm(m, &w.ffn_gate, &h, n)?;
-        let up = mm(m, &w.ffn_up, &h, n)?;
+        let [mut gate, up] = mm_many(m, [&w.ffn_gate, &w.ffn_up], &h, n)?;
         gated_act(&mut gate, &up, silu);
         let down = mm(m, &w.ffn_down, &gate, n)?;
         ggml_kernels::ops::add_assign(&mut x, &down);

@@ -9,7 +9,7 @@ pub mod kv_cache;
 pub mod llama;
 pub mod weights;
 
-use ggml_kernels::matmul::{matmul, matmul_reference, QMatrix};
+use ggml_kernels::matmul::{matmul, matmul_many, matmul_reference, QMatrix};
 
 use crate::gguf::{GgufError, GgufFile};
 use config::{Arch, ModelConfig};
@@ -223,6 +223,21 @@ pub(crate) fn mm(m: &Model<'_>, w: &QMatrix<'_>, x: &[f32], n: usize) -> Result<
     let product = if m.exact_matmul { matmul_reference } else { matmul };
     product(w, x, n, &mut out).map_err(|e| ModelError::Kernel(e.to_string()))?;
     Ok(out)
+}
+
+/// `outs[i] = ws[i] x` for `n` vectors: products of one input (Q/K/V, gate/up) as one call, so
+/// decode quantizes the input once and starts the threads once for all of them.
+pub(crate) fn mm_many<const N: usize>(m: &Model<'_>, ws: [&QMatrix<'_>; N], x: &[f32], n: usize) -> Result<[Vec<f32>; N], ModelError> {
+    let mut outs = ws.map(|w| vec![0f32; n * w.rows]);
+    if m.exact_matmul {
+        for (w, out) in ws.iter().zip(outs.iter_mut()) {
+            matmul_reference(w, x, n, out).map_err(|e| ModelError::Kernel(e.to_string()))?;
+        }
+    } else {
+        let mut views = outs.each_mut().map(|o| o.as_mut_slice());
+        matmul_many(&ws, x, n, &mut views).map_err(|e| ModelError::Kernel(e.to_string()))?;
+    }
+    Ok(outs)
 }
 
 /// Adds `bias` to each of the rows of `x`.
