@@ -9,7 +9,9 @@
 //!
 //! On CPUs that also have AVX-512 VBMI, Q5_0's fifth bits are gathered with `vpmultishiftqb`
 //! (which moves any bit of a qword to any position of each output byte) and merged into the
-//! nibbles with `vpternlogd`, a third of the work of the AVX2 spread-and-compare.
+//! nibbles with `vpternlogd`, a third of the work of the AVX2 spread-and-compare; the decode
+//! kernel also takes the block scales out of the gather's source registers and folds the offset
+//! correction into one FMA ([`matvec_q5_0_vbmi_fold`]).
 //!
 //! The instructions are emitted with inline assembly rather than the AVX-512 intrinsics, which
 //! need a newer Rust than the workspace's MSRV. The functions carry the AVX2 target features
@@ -52,7 +54,7 @@ pub(super) fn install(k: &mut Kernels) {
     // Q5_0's fifth bits with VBMI's bit gather where the CPU has it (all AVX-512 CPUs with VNNI
     // since Ice Lake and Zen 4; not Cascade Lake).
     if std::is_x86_feature_detected!("avx512vbmi") {
-        k.set_matvec(T::Q5_0, isa, matvec_q5_0_vbmi);
+        k.set_matvec(T::Q5_0, isa, matvec_q5_0_vbmi_fold);
         k.set_tile(T::Q5_0, isa, tile_q5_0_vbmi);
     }
 }
@@ -300,8 +302,141 @@ unsafe fn q5_0_pair_vbmi(x0: *const u8, x1: *const u8) -> (__m256i, __m256i) {
     }
 }
 
-matvec4_pairs!(matvec_q5_0_vbmi, matvec_q5_0_vbmi_m, feat = "avx2,fma,f16c", wsize = 22, corr = Some(-16.0),
-    prep = |x0, x1| q5_0_pair_vbmi(x0, x1), pair = |lo, hi, ylo, yhi| pair_vnni(lo, hi, ylo, yhi));
-
 tile32_pairs!(tile_q5_0_vbmi, tile_q5_0_vbmi_mn, feat = "avx2,fma,f16c", wsize = 22, corr = Some(-16.0),
     prep = |x0, x1| q5_0_pair_vbmi(x0, x1), pair = |lo, hi, ylo, yhi| pair_vnni(lo, hi, ylo, yhi));
+
+/// Q5_0 decode over up to four rows (two per register, as [`matvec4_pairs`] pairs them), with
+/// the fifth bits gathered by `vpmultishiftqb` as in [`q5_0_pair_vbmi`], and less work around
+/// them than the generic four-row loop:
+///
+/// - each block's first eight bytes (`d`, `qh` and two nibble bytes) are loaded once, as the
+///   bit-gather's source, and the four blocks' scales of both rows of a pair are then picked out
+///   of those registers with three unpacks and a permute into one vector of eight `f16`
+///   (instead of eight scalar loads, shifts and inserts per pair and step);
+/// - the Q8_0 offset correction is folded: `acc += dx * (sum * dy + (-16) * cy)`, one FMA less
+///   per pair and step, with `-16 * cy` computed once per step for both pairs.
+///
+/// # Safety
+///
+/// As [`super::TileFn`] with `nr == 1`; the CPU must have AVX2, FMA, F16C and AVX-512 F, VL,
+/// VNNI and VBMI.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn matvec_q5_0_vbmi_fold_m<const MR: usize>(t: &Tile) {
+    const WS: usize = 22;
+    // Control bytes: element e of a half takes bits 16 + e - 4 .. 16 + e + 4 of the qword that
+    // starts at the block (`qh` is bits 16..48), so that its bit `e` lands at bit 4.
+    const CTRL_LO: i64 = 0x1312_1110_0F0E_0D0C;
+    const CTRL_LO2: i64 = 0x1B1A_1918_1716_1514;
+    const CTRL_HI: i64 = 0x2322_2120_1F1E_1D1C;
+    const CTRL_HI2: i64 = 0x2B2A_2928_2726_2524;
+    let (dys, cys) = (t.aux, t.aux.add(t.nb));
+    let npairs = MR.div_ceil(2);
+    let mut acc = [_mm256_setzero_ps(); 2];
+    let ctrl_lo = _mm256_set_epi64x(CTRL_LO2, CTRL_LO, CTRL_LO2, CTRL_LO);
+    let ctrl_hi = _mm256_set_epi64x(CTRL_HI2, CTRL_HI, CTRL_HI2, CTRL_HI);
+    let m4 = _mm256_set1_epi8(0xF);
+    let bit4 = _mm256_set1_epi8(0x10);
+    let minus16 = _mm256_set1_ps(-16.0);
+    // SAFETY: blocks `< nb` of rows `< MR` and of the activation row with its side data are
+    // readable (the caller's contract); a missing partner row is replaced by row 0, whose
+    // results land in lanes that are never stored.
+    unsafe {
+        let row = |i: usize| if i < MR { t.w.add(i * t.ldw) } else { t.w };
+        let mut b = 0;
+        // The next group of rows is prefetched in order, spread over this group's steps (see
+        // `matvec4_pairs`: four rows read side by side defeat the hardware prefetchers).
+        let next = t.w.wrapping_add(MR * t.ldw);
+        let lines = (MR * t.ldw).div_ceil(64);
+        let per_step = lines.div_ceil((t.nb / 4).max(1));
+        let mut line = 0;
+        while b + 4 <= t.nb {
+            for _ in 0..per_step {
+                if line < lines {
+                    _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(64 * line).cast::<i8>());
+                    line += 1;
+                }
+            }
+            let mut ylo = [_mm256_setzero_si256(); 4];
+            let mut yhi = [_mm256_setzero_si256(); 4];
+            for k in 0..4 {
+                let y = t.a.add((b + k) * 34 + 2);
+                ylo[k] = _mm256_broadcastsi128_si256(load128(y));
+                yhi[k] = _mm256_broadcastsi128_si256(load128(y.add(16)));
+            }
+            let dy4 = _mm_loadu_ps(dys.add(b));
+            let dy = _mm256_set_m128(dy4, dy4);
+            let cy4 = _mm_loadu_ps(cys.add(b));
+            let cy = _mm256_mul_ps(_mm256_set_m128(cy4, cy4), minus16);
+            for (p, acc) in acc.iter_mut().enumerate().take(npairs) {
+                let (r0, r1) = (row(2 * p), row(2 * p + 1));
+                let mut r = [_mm256_setzero_si256(); 4];
+                let mut src = [_mm256_setzero_si256(); 4];
+                for k in 0..4 {
+                    let (x0, x1) = (r0.add((b + k) * WS), r1.add((b + k) * WS));
+                    let v = super::avx2_gemm::combine(load128(x0.add(6)), load128(x1.add(6)));
+                    let q0 = std::ptr::read_unaligned(x0.cast::<i64>());
+                    let q1 = std::ptr::read_unaligned(x1.cast::<i64>());
+                    src[k] = _mm256_set_epi64x(q1, q1, q0, q0);
+                    let lo = or_and(_mm256_and_si256(v, m4), multishift(ctrl_lo, src[k]), bit4);
+                    let hi = or_and(_mm256_and_si256(_mm256_srli_epi16::<4>(v), m4), multishift(ctrl_hi, src[k]), bit4);
+                    r[k] = pair_vnni(lo, hi, ylo[k], yhi[k]);
+                }
+                // Lanes 0..4: row 2p, blocks b..b+4; lanes 4..8: row 2p + 1.
+                let h = _mm256_hadd_epi32(_mm256_hadd_epi32(r[0], r[1]), _mm256_hadd_epi32(r[2], r[3]));
+                // The scales: word 0 of qwords 0 (row 2p) and 2 (row 2p + 1) of each source.
+                let d01 = _mm256_unpacklo_epi16(src[0], src[1]);
+                let d23 = _mm256_unpacklo_epi16(src[2], src[3]);
+                let d = _mm256_permute4x64_epi64::<0b1000>(_mm256_unpacklo_epi32(d01, d23));
+                let dx = _mm256_cvtph_ps(_mm256_castsi256_si128(d));
+                *acc = _mm256_fmadd_ps(dx, _mm256_fmadd_ps(_mm256_cvtepi32_ps(h), dy, cy), *acc);
+            }
+            b += 4;
+        }
+        // The last blocks one at a time: lanes 0..4 and 4..8 hold parts of the two rows' sums.
+        let mut tacc = [_mm256_setzero_ps(); 2];
+        let first = _mm256_setr_ps(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0);
+        while b < t.nb {
+            let y = t.a.add(b * 34 + 2);
+            let (ylo, yhi) = (_mm256_broadcastsi128_si256(load128(y)), _mm256_broadcastsi128_si256(load128(y.add(16))));
+            for (p, tacc) in tacc.iter_mut().enumerate().take(npairs) {
+                let (x0, x1) = (row(2 * p).add(b * WS), row(2 * p + 1).add(b * WS));
+                let (lo, hi) = q5_0_pair_vbmi(x0, x1);
+                let r = pair_vnni(lo, hi, ylo, yhi);
+                let dx = _mm256_set_m128(_mm_set1_ps(load_f16(x1)), _mm_set1_ps(load_f16(x0)));
+                let c = _mm256_mul_ps(_mm256_set1_ps(-16.0 * *cys.add(b)), first);
+                *tacc = _mm256_fmadd_ps(dx, _mm256_fmadd_ps(_mm256_cvtepi32_ps(r), _mm256_set1_ps(*dys.add(b)), c), *tacc);
+            }
+            b += 1;
+        }
+        for p in 0..npairs {
+            let v = _mm256_add_ps(acc[p], tacc[p]);
+            let mut lanes = [0f32; 8];
+            _mm256_storeu_ps(lanes.as_mut_ptr(), v);
+            for k in 0..2 {
+                let i = 2 * p + k;
+                if i < MR {
+                    let s = &lanes[4 * k..4 * k + 4];
+                    *t.out.add(i) = (s[0] + s[1]) + (s[2] + s[3]);
+                }
+            }
+        }
+    }
+}
+
+/// [`matvec_q5_0_vbmi_fold_m`] for `t.mr` rows.
+///
+/// # Safety
+///
+/// As [`matvec_q5_0_vbmi_fold_m`].
+unsafe fn matvec_q5_0_vbmi_fold(t: &Tile) {
+    debug_assert_eq!(t.nr, 1);
+    // SAFETY: the caller's contract is the inner function's.
+    unsafe {
+        match t.mr {
+            4 => matvec_q5_0_vbmi_fold_m::<4>(t),
+            3 => matvec_q5_0_vbmi_fold_m::<3>(t),
+            2 => matvec_q5_0_vbmi_fold_m::<2>(t),
+            _ => matvec_q5_0_vbmi_fold_m::<1>(t),
+        }
+    }
+}
