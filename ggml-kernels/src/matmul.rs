@@ -10,10 +10,10 @@
 //!
 //! - Decode (`n == 1`) is bound by memory bandwidth: each weight byte is read once. The rows are
 //!   cut into chunks (about [`MATVEC_CHUNKS_PER_THREAD`] per thread, each between
-//!   [`MATVEC_MIN_CHUNK_BYTES`] and [`MATVEC_MAX_CHUNK_BYTES`]) that the threads of the spinning
-//!   decode pool ([`crate::pool`], not rayon: a decode product is tens of microseconds, and
-//!   waking a sleeping rayon worker costs several) claim in order; small products run on the
-//!   calling thread. [`matmul_many`] runs several products of one input (Q/K/V, gate/up) as one
+//!   [`MATVEC_MIN_CHUNK_BYTES`] and [`MATVEC_MAX_CHUNK_BYTES`]) that the threads of
+//!   [`crate::pool::run`] (rayon, or with `ENGINE_DECODE_POLL=1` workers that spin between
+//!   jobs) claim in order, so a thread that is late or slowed down takes fewer; small products
+//!   run on the calling thread. [`matmul_many`] runs several products of one input (Q/K/V, gate/up) as one
 //!   such job with one quantization of the input. Types with a multi-row kernel (Q4_0, Q5_0,
 //!   IQ4_NL) take four rows per call, two per register, prefetching the next four.
 //! - Prefill (`n > 1`) is bound by arithmetic: types with a GEMM tile compute 4 weight rows x 4
@@ -110,7 +110,7 @@ pub const MATVEC_MAX_CHUNK_BYTES: usize = 1024 * 1024;
 pub const MATVEC_CHUNKS_PER_THREAD: usize = 16;
 
 /// Below this many weight bytes (over all the products of a call) decode runs on the calling
-/// thread: starting the spinning workers costs about a microsecond, more than it saves here.
+/// thread: starting the other threads costs more than it saves here.
 pub const SERIAL_BYTES: usize = 64 * 1024;
 
 /// Weight rows per prefill task (a multiple of the tile height).
@@ -141,8 +141,8 @@ pub fn matmul_with(k: &Kernels, w: &QMatrix<'_>, x: &[f32], n: usize, out: &mut 
 ///
 /// The input is quantized once per activation format (the Q, K and V projections, or the FFN's
 /// gate and up, share one quantization where their weight types agree), and for decode (`n ==
-/// 1`) all the products run as one parallel job on the spinning [`crate::pool`], their rows
-/// shared out in chunks, so the threads are started and joined once for the lot. Results are
+/// 1`) all the products run as one parallel job ([`crate::pool::run`]), their rows shared out in
+/// chunks, so the threads are started and joined once for the lot. Results are
 /// those of [`matmul`] for each matrix, bit for bit. Errors as [`matmul`]'s, for any matrix;
 /// when one is malformed, none is computed.
 pub fn matmul_many(ws: &[&QMatrix<'_>], x: &[f32], n: usize, outs: &mut [&mut [f32]]) -> Result<(), MatError> {
@@ -266,8 +266,8 @@ impl<'w, 'a> MatvecJob<'w, 'a> {
     }
 }
 
-/// Runs decode products: on the calling thread when they are small, else as one job on the
-/// spinning [`crate::pool`], whose threads claim chunks of rows (in order, matrix by matrix)
+/// Runs decode products: on the calling thread when they are small, else as one job of
+/// [`crate::pool::run`], whose threads claim chunks of rows (in order, matrix by matrix)
 /// from a shared counter until none is left, so a thread that starts late or is slowed down by
 /// another process simply takes fewer.
 fn matvec(jobs: &mut [MatvecJob<'_, '_>]) {

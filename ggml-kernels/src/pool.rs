@@ -9,6 +9,9 @@
 //! starts on every thread within a fraction of a microsecond; after that they sleep on a condition
 //! variable, so an idle process (or one doing prefill on rayon) does not keep burning cores.
 //!
+//! The spinning workers are used only when [`polling`] is on (`ENGINE_DECODE_POLL=1`); by
+//! default [`run`] hands the same job to rayon, which is the better choice on a loaded machine.
+//!
 //! [`run`] calls `f(0)` on the caller and `f(i)` on each worker `i` that arrives while the caller
 //! is still in `f(0)`, and returns when every call has returned. So `f` must share its work out
 //! dynamically (the decode products claim row chunks from an atomic counter until none is
@@ -23,8 +26,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, TryLockError};
 use std::time::{Duration, Instant};
 
-/// How long a worker spins for the next job before it sleeps.
-pub const SPIN: Duration = Duration::from_micros(500);
+/// How long a worker spins for the next job before it sleeps: longer than the serial work
+/// between two products of a decode step (norms, RoPE, attention over a short context: a few to
+/// tens of microseconds), short enough that a worker does not hold a core that another thread
+/// of a loaded machine (the caller itself, often) could use.
+pub const SPIN: Duration = Duration::from_micros(100);
+
+/// Spins between `sched_yield` calls while a worker waits: if another thread is runnable on
+/// this core, it gets to run (a loaded machine); if not, the yield returns at once.
+const SPINS_PER_YIELD: u32 = 64;
 
 /// A job: called once per thread with the thread's index.
 type Job = dyn Fn(usize) + Sync;
@@ -155,6 +165,9 @@ fn worker(s: &Shared, index: usize) {
             }
             spins = spins.wrapping_add(1);
             std::hint::spin_loop();
+            if spins % SPINS_PER_YIELD == 0 {
+                std::thread::yield_now();
+            }
             if spins % 256 == 0 && start.elapsed() > SPIN {
                 let mut g = s.lock.lock().unwrap_or_else(|e| e.into_inner());
                 s.sleeping.fetch_add(1, Ordering::SeqCst);
@@ -190,12 +203,42 @@ fn worker(s: &Shared, index: usize) {
 
 static POOL: Mutex<Option<Pool>> = Mutex::new(None);
 
-/// Calls `f(0)` on the calling thread and `f(i)`, `0 < i < threads`, on each of the pool's
-/// workers that starts before `f(0)` returns; returns when all those calls have returned. `f`
-/// must therefore share its work out dynamically, so that `f(0)` alone would do it all.
-/// `threads <= 1` calls `f(0)` only. If the pool is busy (another thread's job, or a call from
-/// inside a job) the calls `f(0..threads)` run on rayon instead.
+/// Whether decode jobs go to the spinning workers: only when `ENGINE_DECODE_POLL=1` is set (as
+/// llama.cpp's `--poll`). By default they go to rayon, because on a machine shared with other
+/// work a spinning worker holds a core that the caller or another process needs: on the 2-vCPU
+/// dev VM at a load average of 4-7, the spinning pool decoded no faster than rayon and
+/// sometimes 10-30% slower (docs/PERFORMANCE.md). Read once.
+pub fn polling() -> bool {
+    static POLL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *POLL.get_or_init(|| std::env::var("ENGINE_DECODE_POLL").is_ok_and(|v| v == "1"))
+}
+
+/// Calls `f(0)` on the calling thread and `f(i)`, `0 < i < threads`, on other threads that
+/// start before `f(0)` returns; returns when all those calls have returned. `f` must therefore
+/// share its work out dynamically, so that `f(0)` alone would do it all. `threads <= 1` calls
+/// `f(0)` only. The other threads are the spinning workers when [`polling`] is on, else rayon's.
 pub fn run(threads: usize, f: &(dyn Fn(usize) + Sync)) {
+    if polling() {
+        run_spinning(threads, f);
+    } else {
+        run_rayon(threads, f);
+    }
+}
+
+/// [`run`] on rayon: `f(0..threads)` as a parallel iterator. The caller runs `f(0)` and, if no
+/// idle rayon thread took the other calls meanwhile, the rest, which then find no work left.
+pub fn run_rayon(threads: usize, f: &(dyn Fn(usize) + Sync)) {
+    use rayon::prelude::*;
+    if threads <= 1 {
+        f(0);
+    } else {
+        (0..threads).into_par_iter().for_each(f);
+    }
+}
+
+/// [`run`] on the spinning workers. If the pool is busy (another thread's job, or a call from
+/// inside a job) the calls run on rayon instead.
+pub fn run_spinning(threads: usize, f: &(dyn Fn(usize) + Sync)) {
     if threads <= 1 {
         f(0);
         return;
@@ -203,17 +246,13 @@ pub fn run(threads: usize, f: &(dyn Fn(usize) + Sync)) {
     let mut guard = match POOL.try_lock() {
         Ok(g) => g,
         Err(TryLockError::Poisoned(e)) => e.into_inner(),
-        Err(TryLockError::WouldBlock) => {
-            use rayon::prelude::*;
-            (0..threads).into_par_iter().for_each(f);
-            return;
-        }
+        Err(TryLockError::WouldBlock) => return run_rayon(threads, f),
     };
     if guard.as_ref().map(|p| p.threads) != Some(threads) {
         *guard = None; // Joins the old workers first.
         *guard = Some(Pool::new(threads));
     }
-    let pool = guard.as_ref().expect("just set");
+    let Some(pool) = guard.as_ref() else { return run_rayon(threads, f) };
     let n = pool.threads;
     if n < threads {
         // Some workers could not be started: the missing calls run here.
@@ -233,11 +272,11 @@ mod tests {
     use super::*;
 
     /// A job as decode runs them: `items` claimed one by one from a counter.
-    fn count_items(threads: usize, items: usize) -> Vec<usize> {
+    fn count_items(spinning: bool, threads: usize, items: usize) -> Vec<usize> {
         let next = AtomicUsize::new(0);
         let hits: Vec<AtomicUsize> = (0..items).map(|_| AtomicUsize::new(0)).collect();
         let callers: Vec<AtomicUsize> = (0..threads.max(1)).map(|_| AtomicUsize::new(0)).collect();
-        run(threads, &|i| {
+        let f = |i: usize| {
             callers[i].fetch_add(1, Ordering::Relaxed);
             loop {
                 let c = next.fetch_add(1, Ordering::Relaxed);
@@ -246,7 +285,12 @@ mod tests {
                 }
                 hits[c].fetch_add(1, Ordering::Relaxed);
             }
-        });
+        };
+        if spinning {
+            run_spinning(threads, &f);
+        } else {
+            run_rayon(threads, &f);
+        }
         assert_eq!(callers[0].load(Ordering::Relaxed), 1);
         assert!(callers.iter().all(|c| c.load(Ordering::Relaxed) <= 1));
         hits.iter().map(|h| h.load(Ordering::Relaxed)).collect()
@@ -257,7 +301,9 @@ mod tests {
         for threads in [1usize, 2, 3, 2] {
             for round in 0..300 {
                 let items = round % 7 * 50;
-                assert!(count_items(threads, items).iter().all(|&h| h == 1), "{threads} threads, {items} items");
+                for spinning in [true, false] {
+                    assert!(count_items(spinning, threads, items).iter().all(|&h| h == 1), "{threads} threads, {items} items");
+                }
             }
         }
     }
@@ -265,13 +311,13 @@ mod tests {
     #[test]
     fn wakes_after_sleeping_and_nests() {
         let sum = AtomicUsize::new(0);
-        run(2, &|_| {
+        run_spinning(2, &|_| {
             sum.fetch_add(1, Ordering::Relaxed);
         });
         std::thread::sleep(SPIN * 4);
-        run(2, &|i| {
+        run_spinning(2, &|i| {
             // A nested call finds the pool busy and runs on rayon.
-            run(2, &|_| {
+            run_spinning(2, &|_| {
                 sum.fetch_add(10, Ordering::Relaxed);
             });
             sum.fetch_add(i, Ordering::Relaxed);
