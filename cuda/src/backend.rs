@@ -19,6 +19,9 @@ use crate::error::{driver, guarded, CudaError};
 use crate::nvrtc::{self, ModuleImage, FILES};
 use crate::DeviceInfo;
 
+mod model_ops;
+pub use model_ops::{MatmulScratch, DEQUANT_TYPES, GEMM_MIN_TOKENS};
+
 mod sealed {
     pub trait Sealed {}
 }
@@ -161,6 +164,9 @@ pub struct CudaBackend {
     multiprocessors: usize,
     modules: Vec<ModuleImage>,
     k: Kernels,
+    mk: model_ops::ModelKernels,
+    /// cuBLAS for prefill GEMMs, or why it could not be loaded.
+    blas: Result<cudarc::cublas::CudaBlas, String>,
 }
 
 /// The type's name in kernel names (`q4_k`).
@@ -199,10 +205,8 @@ impl CudaBackend {
 
     fn open(ordinal: usize) -> Result<CudaBackend, CudaError> {
         let devices = crate::probe()?;
-        let info = devices
-            .into_iter()
-            .find(|d| d.ordinal == ordinal)
-            .ok_or_else(|| CudaError::Invalid(format!("no CUDA device {ordinal}")))?;
+        let info =
+            devices.into_iter().find(|d| d.ordinal == ordinal).ok_or_else(|| CudaError::Invalid(format!("no CUDA device {ordinal}")))?;
         let ctx = CudaContext::new(ordinal).map_err(driver("cuDevicePrimaryCtxRetain"))?;
         // SAFETY: the backend uses one stream for everything, so no buffer is used on one stream
         // while another still works on it; cudarc's cross-stream event tracking is not needed.
@@ -243,7 +247,9 @@ impl CudaBackend {
             attn_partial: func("attn_decode_partial")?,
             attn_combine: func("attn_decode_combine")?,
         };
-        Ok(CudaBackend { ctx, stream, info, multiprocessors, modules, k })
+        let mk = model_ops::ModelKernels::load(&func)?;
+        let blas = model_ops::open_blas(&stream);
+        Ok(CudaBackend { ctx, stream, info, multiprocessors, modules, k, mk, blas })
     }
 
     /// The device.
@@ -323,9 +329,10 @@ impl CudaBackend {
         start.elapsed_ms(&end).map_err(driver("cuEventElapsedTime"))
     }
 
-    /// Uploads a weight matrix whose type has a matrix-vector kernel.
+    /// Uploads a weight matrix whose type has a matrix-vector kernel or a dequantizer
+    /// ([`DEQUANT_TYPES`]: embeddings may be F16 or F32).
     pub fn upload_matrix(&self, w: &QMatrix<'_>) -> Result<DeviceMatrix, CudaError> {
-        if !MATVEC_TYPES.contains(&w.ty) {
+        if !MATVEC_TYPES.contains(&w.ty) && !DEQUANT_TYPES.contains(&w.ty) {
             return Err(CudaError::UnsupportedType(w.ty));
         }
         let expected = w.ty.tensor_nbytes(&[w.cols as u64, w.rows as u64]).ok();
@@ -344,13 +351,7 @@ impl CudaBackend {
     }
 
     /// RMSNorm of each row of `x` (rows of `w.len()` elements) times `w`, into `out`.
-    pub fn rms_norm(
-        &self,
-        x: &DeviceBuffer<f32>,
-        w: &DeviceBuffer<f32>,
-        eps: f32,
-        out: &mut DeviceBuffer<f32>,
-    ) -> Result<(), CudaError> {
+    pub fn rms_norm(&self, x: &DeviceBuffer<f32>, w: &DeviceBuffer<f32>, eps: f32, out: &mut DeviceBuffer<f32>) -> Result<(), CudaError> {
         let n = w.len();
         if n == 0 || x.len() % n != 0 {
             return Err(CudaError::Invalid(format!("rms_norm: {} elements are not rows of {n}", x.len())));
@@ -473,6 +474,19 @@ impl CudaBackend {
                 return Err(CudaError::Invalid(format!("matvec: {n} warps per row (1, 2 or 4)")));
             }
         }
+        self.launch_matvec(kernel, w, &x_q8_1.inner.slice(..), &mut out.inner.slice_mut(..))
+    }
+
+    /// Launches a matrix-vector kernel (not `Auto`) on views of checked lengths.
+    fn launch_matvec(
+        &self,
+        kernel: MatvecKernel,
+        w: &DeviceMatrix,
+        x_q8_1: &cudarc::driver::CudaView<'_, u8>,
+        out: &mut cudarc::driver::CudaViewMut<'_, f32>,
+    ) -> Result<(), CudaError> {
+        expect_len("matvec activations (Q8_1 bytes)", w.cols / 32 * Q8_1_BYTES, x_q8_1.len())?;
+        expect_len("matvec output", w.rows, out.len())?;
         let ti = MATVEC_TYPES.iter().position(|&t| t == w.ty).ok_or(CudaError::UnsupportedType(w.ty))?;
         let cols = as_i32("matrix columns", w.cols)?;
         let rows = as_i32("matrix rows", w.rows)?;
@@ -484,7 +498,7 @@ impl CudaBackend {
             _ => (&self.k.matvec1[ti], as_u32("matrix rows", w.rows)?, MV_THREADS),
         };
         let mut b = self.stream.launch_builder(f);
-        b.arg(&w.data.inner).arg(&x_q8_1.inner).arg(&mut out.inner).arg(&cols);
+        b.arg(&w.data.inner).arg(x_q8_1).arg(out).arg(&cols);
         if let MatvecKernel::WarpsPerRow(_) = kernel {
             b.arg(&rows);
         }
@@ -542,7 +556,11 @@ impl CudaBackend {
             return Err(CudaError::Shape { what: "attention keys (at least)", expected: n_slots * s.n_head_kv * s.head_dim, got: k.len() });
         }
         if v.len() < n_slots * s.n_head_kv * s.head_dim_v {
-            return Err(CudaError::Shape { what: "attention values (at least)", expected: n_slots * s.n_head_kv * s.head_dim_v, got: v.len() });
+            return Err(CudaError::Shape {
+                what: "attention values (at least)",
+                expected: n_slots * s.n_head_kv * s.head_dim_v,
+                got: v.len(),
+            });
         }
         expect_len("attention output", s.n_head * s.head_dim_v, out.len())?;
         expect_len("attention lse", s.n_head, lse.len())?;
