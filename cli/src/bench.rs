@@ -241,7 +241,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             None
         };
         let (backend, gpu_info) = match &gpu {
-            Some(g) => ("CUDA", g.device_name()),
+            Some(g) => ("CUDA", format!("{}; prefill: {}", g.device_name(), g.prefill_path())),
             None => ("CPU", String::new()),
         };
         for &nt in &threads {
@@ -365,7 +365,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         _ => {
             println!();
-            println!("build: {BUILD_COMMIT}, cpu: {}, gpu: none", cpu_info());
+            let gpus: Vec<String> = rows.iter().filter_map(|r| r.fields["gpu_info"].as_str().filter(|s| !s.is_empty()).map(String::from)).collect();
+            println!("build: {BUILD_COMMIT}, cpu: {}, gpu: {}", cpu_info(), gpus.first().map_or("none", |s| s.as_str()));
         }
     }
     Ok(())

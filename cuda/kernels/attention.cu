@@ -20,11 +20,15 @@
 #define ATT_PER_LANE (ATT_MAX_D / WARP_SIZE)
 
 // Launch: grid (n_head, n_splits = ceil(n_slots / ATT_SPLIT) or 1), block (32 * ATT_WARPS).
-// part: [n_head][n_splits][2 + Dv] floats (max, sum, unnormalised output).
+// part: [n_head][n_splits][2 + Dv] floats (max, sum, unnormalised output). When qpos_dev is not
+// null the query position is read from it instead of qpos (a captured CUDA graph replays the
+// same arguments every token).
 extern "C" __global__ void __launch_bounds__(WARP_SIZE * ATT_WARPS)
 attn_decode_partial(const float* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v,
                     const int* __restrict__ kpos, float* __restrict__ part, int n_slots, int n_head,
-                    int n_head_kv, int D, int Dv, float scale, int qpos, int window, int sink) {
+                    int n_head_kv, int D, int Dv, float scale, int qpos, int window, int sink,
+                    const int* __restrict__ qpos_dev) {
+    if (qpos_dev != nullptr) qpos = *qpos_dev;
     __shared__ float sm_m[ATT_WARPS], sm_l[ATT_WARPS];
     __shared__ float sm_o[ATT_WARPS][ATT_MAX_D];
     const int h = blockIdx.x, split = blockIdx.y, n_splits = gridDim.y;

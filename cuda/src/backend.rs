@@ -20,7 +20,7 @@ use crate::nvrtc::{self, ModuleImage, FILES};
 use crate::DeviceInfo;
 
 mod model_ops;
-pub use model_ops::{MatmulScratch, DEQUANT_TYPES, GEMM_MIN_TOKENS};
+pub use model_ops::{DeviceGraph, MatmulScratch, DEQUANT_TYPES, GEMM_MIN_TOKENS};
 
 mod sealed {
     pub trait Sealed {}
@@ -211,7 +211,9 @@ impl CudaBackend {
         // SAFETY: the backend uses one stream for everything, so no buffer is used on one stream
         // while another still works on it; cudarc's cross-stream event tracking is not needed.
         unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.default_stream();
+        // A stream of its own (not the legacy default stream, which cannot be captured into a
+        // CUDA graph).
+        let stream = ctx.new_stream().map_err(driver("cuStreamCreate"))?;
         let multiprocessors = ctx
             .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(driver("cuDeviceGetAttribute"))?
@@ -542,6 +544,50 @@ impl CudaBackend {
         out: &mut DeviceBuffer<f32>,
         lse: &mut DeviceBuffer<f32>,
     ) -> Result<(), CudaError> {
+        self.attention_decode_inner(s, q, qpos, None, k, v, kpos, mask, None, out, lse)
+    }
+
+    /// [`CudaBackend::attention_decode`] with the query position read from `qpos` on the device
+    /// and the partials in `part` (at least [`CudaBackend::attention_partials`] floats), so that
+    /// the launches allocate nothing and can be captured into a CUDA graph.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_decode_dev(
+        &self,
+        s: &AttnShape,
+        q: &DeviceBuffer<f32>,
+        qpos: &DeviceBuffer<i32>,
+        k: &DeviceBuffer<f16>,
+        v: &DeviceBuffer<f16>,
+        kpos: &DeviceBuffer<i32>,
+        mask: AttnMask,
+        part: &mut DeviceBuffer<f32>,
+        out: &mut DeviceBuffer<f32>,
+        lse: &mut DeviceBuffer<f32>,
+    ) -> Result<(), CudaError> {
+        expect_len("attention query position", 1, qpos.len())?;
+        self.attention_decode_inner(s, q, 0, Some(qpos), k, v, kpos, mask, Some(part), out, lse)
+    }
+
+    /// Floats of the partials of one decode attention over `n_slots` slots.
+    pub fn attention_partials(s: &AttnShape, n_slots: usize) -> usize {
+        s.n_head * n_slots.div_ceil(ATT_SPLIT).max(1) * (2 + s.head_dim_v)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn attention_decode_inner(
+        &self,
+        s: &AttnShape,
+        q: &DeviceBuffer<f32>,
+        qpos: i64,
+        qpos_dev: Option<&DeviceBuffer<i32>>,
+        k: &DeviceBuffer<f16>,
+        v: &DeviceBuffer<f16>,
+        kpos: &DeviceBuffer<i32>,
+        mask: AttnMask,
+        part_buf: Option<&mut DeviceBuffer<f32>>,
+        out: &mut DeviceBuffer<f32>,
+        lse: &mut DeviceBuffer<f32>,
+    ) -> Result<(), CudaError> {
         if s.n_head_kv == 0 || s.n_head % s.n_head_kv != 0 {
             return Err(CudaError::Invalid(format!("attention: n_head {} is not a multiple of n_head_kv {}", s.n_head, s.n_head_kv)));
         }
@@ -576,19 +622,37 @@ impl CudaBackend {
         let n_splits = n_slots.div_ceil(ATT_SPLIT).max(1);
         // SAFETY (of the uninitialised allocation): attn_decode_partial writes every element of
         // every (head, split) partial before attn_decode_combine reads it.
-        let mut part = unsafe { self.stream.alloc::<f32>(s.n_head * n_splits * (2 + s.head_dim_v)) }.map_err(driver("cuMemAlloc"))?;
+        let n_part = Self::attention_partials(s, n_slots);
+        let mut owned;
+        let part = match part_buf {
+            Some(p) => {
+                if p.len() < n_part {
+                    return Err(CudaError::Shape { what: "attention partials (at least)", expected: n_part, got: p.len() });
+                }
+                &mut p.inner
+            }
+            None => {
+                owned = unsafe { self.stream.alloc::<f32>(n_part) }.map_err(driver("cuMemAlloc"))?;
+                &mut owned
+            }
+        };
         let (n_slots32, n_head, n_head_kv) = (as_i32("slots", n_slots)?, as_i32("n_head", s.n_head)?, as_i32("n_head_kv", s.n_head_kv)?);
         let (d, dv, splits) = (s.head_dim as i32, s.head_dim_v as i32, as_i32("splits", n_splits)?);
         let mut b = self.stream.launch_builder(&self.k.attn_partial);
-        b.arg(&q.inner).arg(&k.inner).arg(&v.inner).arg(&kpos.inner).arg(&mut part);
+        b.arg(&q.inner).arg(&k.inner).arg(&v.inner).arg(&kpos.inner).arg(&mut *part);
+        let no_qpos_dev: u64 = 0;
         b.arg(&n_slots32).arg(&n_head).arg(&n_head_kv).arg(&d).arg(&dv).arg(&s.scale).arg(&qpos).arg(&window).arg(&sink);
+        match qpos_dev {
+            Some(p) => b.arg(&p.inner),
+            None => b.arg(&no_qpos_dev),
+        };
         // SAFETY: block (h, split) reads q[h], the keys and values of kv head h / group for the
         // slots of its split (< n_slots, within k and v as checked), kpos of those slots, and
         // writes its partial (n_head * n_splits * (2 + Dv) floats allocated above).
         unsafe { b.launch(cfg((as_u32("n_head", s.n_head)?, as_u32("splits", n_splits)?), ATT_THREADS)) }
             .map_err(driver("launch attn_decode_partial"))?;
         let mut b = self.stream.launch_builder(&self.k.attn_combine);
-        b.arg(&part).arg(&mut out.inner).arg(&mut lse.inner).arg(&splits).arg(&dv);
+        b.arg(&*part).arg(&mut out.inner).arg(&mut lse.inner).arg(&splits).arg(&dv);
         // SAFETY: block h reads its n_splits partials and writes out[h][0..Dv] and lse[h].
         unsafe { b.launch(cfg((as_u32("n_head", s.n_head)?, 1), 128)) }.map_err(driver("launch attn_decode_combine"))?;
         Ok(())

@@ -136,6 +136,24 @@ impl CudaBackend {
         scratch: &mut MatmulScratch,
         out: &mut DeviceBuffer<f32>,
     ) -> Result<(), CudaError> {
+        self.matmul_w16(w, None, x, n, scratch, out)
+    }
+
+    /// [`CudaBackend::matmul`], with the weights' f16 copy (from
+    /// [`CudaBackend::dequantize_f16`]) when the caller keeps one: the GEMM path then skips the
+    /// dequantization.
+    pub fn matmul_w16(
+        &self,
+        w: &DeviceMatrix,
+        w16: Option<&DeviceBuffer<f16>>,
+        x: &DeviceBuffer<f32>,
+        n: usize,
+        scratch: &mut MatmulScratch,
+        out: &mut DeviceBuffer<f32>,
+    ) -> Result<(), CudaError> {
+        if let Some(b) = w16 {
+            expect_len("f16 weights", w.rows * w.cols, b.len())?;
+        }
         expect_len("matmul input", n * w.cols, x.len())?;
         expect_len("matmul output", n * w.rows, out.len())?;
         if n > scratch.max_tokens || w.cols > scratch.max_cols {
@@ -149,7 +167,8 @@ impl CudaBackend {
         }
         let use_gemm = n >= GEMM_MIN_TOKENS
             && self.blas.is_ok()
-            && scratch.w_f16.as_ref().is_some_and(|b| b.len() >= w.rows * w.cols)
+            && scratch.x_f16.is_some()
+            && (w16.is_some() || scratch.w_f16.as_ref().is_some_and(|b| b.len() >= w.rows * w.cols))
             && DEQUANT_TYPES.contains(&w.ty);
         if !use_gemm {
             if !MATVEC_TYPES.contains(&w.ty) {
@@ -165,17 +184,19 @@ impl CudaBackend {
             }
             return Ok(());
         }
-        let (Some(wf), Some(xf), Ok(blas_handle)) = (scratch.w_f16.as_mut(), scratch.x_f16.as_mut(), self.blas.as_ref()) else {
+        let (Some(xf), Ok(blas_handle)) = (scratch.x_f16.as_mut(), self.blas.as_ref()) else {
             return Err(CudaError::Invalid("matmul: no GEMM scratch".into()));
         };
-        // Weights to f16.
         let cols = as_i32("matrix columns", w.cols)?;
-        let f = &self.mk.dequant_f16[dequant_index(w.ty)?];
-        let mut b = self.stream.launch_builder(f);
-        b.arg(&w.data.inner).arg(&mut wf.inner).arg(&cols);
-        // SAFETY: block r < rows reads row r of w (rows x cols of its type, checked at upload) and
-        // writes cols halves at r * cols of wf, which holds at least rows * cols (checked above).
-        unsafe { b.launch(cfg((as_u32("matrix rows", w.rows)?, 1), 256)) }.map_err(driver("launch dequant_f16"))?;
+        // Weights to f16, unless the caller keeps them.
+        let wf: &DeviceBuffer<f16> = match (w16, scratch.w_f16.as_mut()) {
+            (Some(b), _) => b,
+            (None, Some(wf)) => {
+                self.dequant_launch(w, wf)?;
+                wf
+            }
+            (None, None) => return Err(CudaError::Invalid("matmul: no f16 weight scratch".into())),
+        };
         // Activations to f16.
         let nx = (n * w.cols) as i64;
         let mut b = self.stream.launch_builder(&self.mk.f32_to_f16);
@@ -217,6 +238,29 @@ impl CudaBackend {
             )
         }
         .map_err(|e| CudaError::Invalid(format!("cublasGemmEx ({m} x {nn} x {k}): {e:?}")))?;
+        Ok(())
+    }
+
+    /// The weights as f16 (`out`: `[rows][cols]`), for [`CudaBackend::matmul_w16`].
+    pub fn dequantize_f16(&self, w: &DeviceMatrix, out: &mut DeviceBuffer<f16>) -> Result<(), CudaError> {
+        expect_len("f16 weights", w.rows * w.cols, out.len())?;
+        self.dequant_launch(w, out)
+    }
+
+    fn dequant_launch(&self, w: &DeviceMatrix, out: &mut DeviceBuffer<f16>) -> Result<(), CudaError> {
+        if out.len() < w.rows * w.cols {
+            return Err(CudaError::Shape { what: "f16 weights (at least)", expected: w.rows * w.cols, got: out.len() });
+        }
+        if w.rows == 0 {
+            return Ok(());
+        }
+        let cols = as_i32("matrix columns", w.cols)?;
+        let f = &self.mk.dequant_f16[dequant_index(w.ty)?];
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&w.data.inner).arg(&mut out.inner).arg(&cols);
+        // SAFETY: block r < rows reads row r of w (rows x cols of its type, checked at upload) and
+        // writes cols halves at r * cols of out, which holds at least rows * cols (checked above).
+        unsafe { b.launch(cfg((as_u32("matrix rows", w.rows)?, 1), 256)) }.map_err(driver("launch dequant_f16"))?;
         Ok(())
     }
 
@@ -405,5 +449,32 @@ impl CudaBackend {
             .filter(|&e| e <= src.len())
             .ok_or_else(|| CudaError::Invalid(format!("copy_range: {} elements from {offset} of {}", dst.len(), src.len())))?;
         self.stream.memcpy_dtod(&src.inner.slice(offset..end), &mut dst.inner).map_err(driver("cuMemcpyDtoD"))
+    }
+}
+
+/// A captured sequence of launches (a CUDA graph), replayed with [`CudaBackend::launch_graph`].
+/// It holds the device pointers of the buffers it was captured with: the caller keeps those
+/// buffers alive and unmoved while the graph lives, and changes only their contents.
+pub struct DeviceGraph {
+    graph: cudarc::driver::CudaGraph,
+}
+
+impl CudaBackend {
+    /// Captures the launches `f` makes on the backend's stream into a graph (nothing runs).
+    /// `f` must not allocate, copy from the host or synchronize.
+    pub fn capture(&self, f: impl FnOnce() -> Result<(), CudaError>) -> Result<DeviceGraph, CudaError> {
+        use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+        self.stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).map_err(driver("cuStreamBeginCapture"))?;
+        let r = f();
+        // The capture ends whatever `f` returned, so the stream is usable again.
+        let g = self.stream.end_capture(CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH);
+        r?;
+        let graph = g.map_err(driver("cuStreamEndCapture"))?.ok_or_else(|| CudaError::Invalid("the captured graph is empty".into()))?;
+        Ok(DeviceGraph { graph })
+    }
+
+    /// Replays a captured graph on the stream.
+    pub fn launch_graph(&self, g: &DeviceGraph) -> Result<(), CudaError> {
+        g.graph.launch().map_err(driver("cuGraphLaunch"))
     }
 }

@@ -11,16 +11,33 @@ use super::{Batch, GpuError, GpuLayerCache, GpuModel};
 use crate::model::config::Arch;
 use crate::model::Logits;
 
-/// Evaluates the batch's tokens (ids, positions and slots already uploaded) at positions
-/// `pos0..`, writing their keys and values into `cache`; returns the logits `which` asks for.
+/// Evaluates the batch's tokens (ids, positions and slots already uploaded), writing their keys
+/// and values into `cache`; returns the logits `which` asks for.
 pub(super) fn forward(
     m: &GpuModel,
     cache: &mut [GpuLayerCache],
     b: &mut Batch,
     mm: &mut MatmulScratch,
-    pos0: usize,
     which: Logits,
 ) -> Result<Vec<f32>, GpuError> {
+    blocks(m, cache, b, mm)?;
+    output(m, b, mm, which)
+}
+
+/// One decode step's launches, from the embedding to the logits in `b.logits`: nothing is
+/// allocated, copied or synchronized, so they can be captured into a CUDA graph and replayed
+/// with new ids, positions and slots in the batch's buffers.
+pub(super) fn decode_launches(m: &GpuModel, cache: &mut [GpuLayerCache], b: &mut Batch, mm: &mut MatmulScratch) -> Result<(), GpuError> {
+    blocks(m, cache, b, mm)?;
+    let (be, c) = (&m.be, &m.cfg);
+    let logits = b.logits.as_mut().ok_or_else(|| GpuError::Unsupported("decode logits buffer missing".into()))?;
+    be.rms_norm(&b.x, &m.output_norm, c.rms_eps, &mut b.h)?;
+    be.matmul(m.output_matrix(), &b.h, 1, mm, logits)?;
+    Ok(())
+}
+
+/// The transformer blocks: embeddings in, the residual stream `b.x` out.
+fn blocks(m: &GpuModel, cache: &mut [GpuLayerCache], b: &mut Batch, mm: &mut MatmulScratch) -> Result<(), GpuError> {
     let (be, c) = (&m.be, &m.cfg);
     let n = b.n;
     let act = match c.arch {
@@ -45,10 +62,13 @@ pub(super) fn forward(
         // Attention RMSNorm. h: [n][n_embd]
         be.rms_norm(&b.x, &w.attn_norm, c.rms_eps, &mut b.h)?;
 
+        // The layer's matrices, with their f16 copies for prefill when kept (wq wk wv wo gate up down).
+        let w16 = |i: usize| w.w16.get(i);
+
         // Q, K, V projections, + biases (Qwen2). q: [n][n_head][hd], k, v: [n][n_head_kv][hd]
-        be.matmul(&w.wq, &b.h, n, mm, &mut b.q)?;
-        be.matmul(&w.wk, &b.h, n, mm, &mut b.k)?;
-        be.matmul(&w.wv, &b.h, n, mm, &mut b.v)?;
+        be.matmul_w16(&w.wq, w16(0), &b.h, n, mm, &mut b.q)?;
+        be.matmul_w16(&w.wk, w16(1), &b.h, n, mm, &mut b.k)?;
+        be.matmul_w16(&w.wv, w16(2), &b.h, n, mm, &mut b.v)?;
         for (x, bias) in [(&mut b.q, &w.bq), (&mut b.k, &w.bk), (&mut b.v, &w.bv)] {
             if let Some(bias) = bias {
                 be.add_bias(x, bias)?;
@@ -68,13 +88,13 @@ pub(super) fn forward(
         be.kv_write(&b.k, &b.v, &b.slots[kv.slot_group], &b.pos, &mut kv.k, &mut kv.v, &mut kv.pos)?;
         let mask = kv.kind.mask();
         if n == 1 {
-            be.attention_decode(&shape, &b.q, pos0 as i64, &kv.k, &kv.v, &kv.pos, mask, &mut b.attn, &mut b.lse)?;
+            be.attention_decode_dev(&shape, &b.q, &b.pos, &kv.k, &kv.v, &kv.pos, mask, &mut kv.part, &mut b.attn, &mut b.lse)?;
         } else {
             be.attention_prefill(&shape, &b.q, &b.pos, &kv.k, &kv.v, &kv.pos, mask, &mut b.attn)?;
         }
 
         // Output projection, post-attention norm (Gemma 3), residual.
-        be.matmul(&w.wo, &b.attn, n, mm, &mut b.o)?;
+        be.matmul_w16(&w.wo, w16(3), &b.attn, n, mm, &mut b.o)?;
         if let Some(pn) = &w.post_attn_norm {
             be.rms_norm_inplace(&mut b.o, pn, c.rms_eps)?;
         }
@@ -83,15 +103,22 @@ pub(super) fn forward(
         // FFN: pre-norm, act(gate) * up (GELU-tanh: Gemma 3; SiLU: Llama), down, post-norm
         // (Gemma 3), residual.
         be.rms_norm(&b.x, &w.ffn_norm, c.rms_eps, &mut b.h)?;
-        be.matmul(&w.ffn_gate, &b.h, n, mm, &mut b.gate)?;
-        be.matmul(&w.ffn_up, &b.h, n, mm, &mut b.up)?;
+        be.matmul_w16(&w.ffn_gate, w16(4), &b.h, n, mm, &mut b.gate)?;
+        be.matmul_w16(&w.ffn_up, w16(5), &b.h, n, mm, &mut b.up)?;
         be.gated_act(&mut b.gate, &b.up, act)?;
-        be.matmul(&w.ffn_down, &b.gate, n, mm, &mut b.o)?;
+        be.matmul_w16(&w.ffn_down, w16(6), &b.gate, n, mm, &mut b.o)?;
         if let Some(pn) = &w.post_ffw_norm {
             be.rms_norm_inplace(&mut b.o, pn, c.rms_eps)?;
         }
         be.add(&mut b.x, &b.o)?;
     }
+    Ok(())
+}
+
+/// Final norm and output projection of the rows `which` asks for, to the host.
+fn output(m: &GpuModel, b: &mut Batch, mm: &mut MatmulScratch, which: Logits) -> Result<Vec<f32>, GpuError> {
+    let (be, c) = (&m.be, &m.cfg);
+    let n = b.n;
 
     // Final norm and output projection (tied: the embedding matrix) of the rows asked for.
     let rows = which.rows(n);

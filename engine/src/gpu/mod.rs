@@ -17,7 +17,8 @@
 
 mod forward;
 
-use engine_cuda::{CudaBackend, CudaError, DeviceBuffer, DeviceMatrix, MatmulScratch};
+use engine_cuda::{CudaBackend, CudaError, DeviceBuffer, DeviceGraph, DeviceMatrix, MatmulScratch};
+use ggml_kernels::attention::AttnShape;
 use half::f16;
 
 use crate::model::config::ModelConfig;
@@ -69,6 +70,15 @@ struct GpuLayer {
     ffn_up: DeviceMatrix,
     ffn_down: DeviceMatrix,
     post_ffw_norm: Option<DeviceBuffer<f32>>,
+    /// f16 copies of wq, wk, wv, wo, ffn_gate, ffn_up, ffn_down for the prefill GEMMs, when
+    /// they fit (empty otherwise: prefill dequantizes each matrix into a scratch as it goes).
+    w16: Vec<DeviceBuffer<f16>>,
+}
+
+impl GpuLayer {
+    fn matrices(&self) -> [&DeviceMatrix; 7] {
+        [&self.wq, &self.wk, &self.wv, &self.wo, &self.ffn_gate, &self.ffn_up, &self.ffn_down]
+    }
 }
 
 /// A model's weights on one GPU.
@@ -84,6 +94,8 @@ pub struct GpuModel {
     weight_bytes: u64,
     /// Elements of the largest layer matrix (the f16 scratch of prefill GEMMs).
     max_matrix: usize,
+    /// Bytes of the f16 weight copies kept for prefill (0: none).
+    f16_bytes: u64,
 }
 
 impl GpuModel {
@@ -128,14 +140,44 @@ impl GpuModel {
                 ffn_up: be.upload_matrix(&l.ffn_up)?,
                 ffn_down: be.upload_matrix(&l.ffn_down)?,
                 post_ffw_norm: opt(&l.post_ffw_norm)?,
+                w16: Vec::new(),
             });
+        }
+        // f16 copies of the layer matrices for prefill, when cuBLAS is there and they take at
+        // most half of the memory left (the rest is for KV caches); ENGINE_CUDA_F16_WEIGHTS=0
+        // turns them off.
+        let f16_elems: usize = layers.iter().flat_map(|l| l.matrices().map(|m| m.rows * m.cols)).sum();
+        let wanted = std::env::var("ENGINE_CUDA_F16_WEIGHTS").map_or(true, |v| v != "0");
+        let (free_now, _) = be.memory_info()?;
+        let mut f16_bytes = 0;
+        if wanted && be.blas_status().is_ok() && (2 * f16_elems as u64) < free_now.saturating_sub(HEADROOM) / 2 {
+            for l in &mut layers {
+                let mut copies = Vec::with_capacity(7);
+                for m in l.matrices() {
+                    let mut b = be.alloc::<f16>(m.rows * m.cols)?;
+                    be.dequantize_f16(m, &mut b)?;
+                    copies.push(b);
+                }
+                l.w16 = copies;
+            }
+            f16_bytes = 2 * f16_elems as u64;
         }
         let token_embd = be.upload_matrix(&w.token_embd)?;
         let tied = std::ptr::eq(w.output.data, w.token_embd.data);
         let output = if tied { None } else { Some(be.upload_matrix(&w.output)?) };
         let output_norm = be.upload(&w.output_norm)?;
         be.synchronize()?;
-        Ok(GpuModel { cfg: model.cfg.clone(), be, token_embd, output, output_norm, layers, weight_bytes: model.weight_bytes(), max_matrix })
+        Ok(GpuModel {
+            cfg: model.cfg.clone(),
+            be,
+            token_embd,
+            output,
+            output_norm,
+            layers,
+            weight_bytes: model.weight_bytes(),
+            max_matrix,
+            f16_bytes,
+        })
     }
 
     /// Bytes of weights on the device.
@@ -147,6 +189,15 @@ impl GpuModel {
     pub fn device_name(&self) -> String {
         let i = self.be.info();
         format!("{} ({} MiB)", i.name, i.total_memory >> 20)
+    }
+
+    /// How prefill multiplies: for reports.
+    pub fn prefill_path(&self) -> String {
+        match (self.be.blas_status(), self.f16_bytes) {
+            (Err(e), _) => format!("matrix-vector kernels per token ({e})"),
+            (Ok(()), 0) => "cuBLAS GEMM, weights dequantized to f16 per matrix".into(),
+            (Ok(()), b) => format!("cuBLAS GEMM on f16 weight copies ({} MiB)", b >> 20),
+        }
     }
 
     fn output_matrix(&self) -> &DeviceMatrix {
@@ -164,6 +215,8 @@ struct GpuLayerCache {
     k: DeviceBuffer<f16>,
     v: DeviceBuffer<f16>,
     pos: DeviceBuffer<i32>,
+    /// Decode attention's partials (split-KV), allocated once so decode allocates nothing.
+    part: DeviceBuffer<f32>,
     /// Index of the layer's slot map in [`Batch::slots`] (layers with the same slot layout share one).
     slot_group: usize,
 }
@@ -201,6 +254,8 @@ struct Batch {
     up: DeviceBuffer<f32>,
     /// Decode attention's log-sum-exp `[n_head]` (unused).
     lse: DeviceBuffer<f32>,
+    /// Decode (`n == 1`): the logits `[n_vocab]`.
+    logits: Option<DeviceBuffer<f32>>,
 }
 
 impl Batch {
@@ -220,13 +275,15 @@ impl Batch {
             gate: be.alloc(n * c.n_ff)?,
             up: be.alloc(n * c.n_ff)?,
             lse: be.alloc(c.n_head)?,
+            logits: if n == 1 { Some(be.alloc(c.n_vocab)?) } else { None },
         })
     }
 
     fn bytes(c: &ModelConfig, n: usize, n_groups: usize) -> u64 {
         let floats = n * (2 * c.n_embd + c.n_head * c.head_dim + c.n_head_kv * (c.head_dim + c.head_dim_v))
             + n * (c.n_head * c.head_dim_v + c.n_embd + 2 * c.n_ff)
-            + c.n_head;
+            + c.n_head
+            + if n == 1 { c.n_vocab } else { 0 };
         ((floats + n * (2 + n_groups)) * 4) as u64
     }
 }
@@ -256,6 +313,10 @@ pub struct GpuSession<'m> {
     n_ctx: usize,
     n_batch: usize,
     n_past: usize,
+    /// The decode step captured as a CUDA graph on its first use (over the buffers of the
+    /// one-token batch, which is never evicted), unless `ENGINE_CUDA_GRAPH=0`.
+    graph: Option<DeviceGraph>,
+    use_graph: bool,
 }
 
 impl<'m> GpuSession<'m> {
@@ -319,10 +380,12 @@ impl<'m> GpuSession<'m> {
             let (n_slots, sink_slots) = layout(kind);
             let mut pos = be.alloc::<i32>(n_slots)?;
             be.upload_into(&vec![-1i32; n_slots], &mut pos)?;
+            let shape = AttnShape { n_head: c.n_head, n_head_kv: c.n_head_kv, head_dim: c.head_dim, head_dim_v: c.head_dim_v, scale: c.attn_scale };
             layers.push(GpuLayerCache {
                 kind,
                 sink_slots,
                 n_slots,
+                part: be.alloc(CudaBackend::attention_partials(&shape, n_slots))?,
                 k: be.alloc(n_slots * k_row)?,
                 v: be.alloc(n_slots * v_row)?,
                 pos,
@@ -330,7 +393,8 @@ impl<'m> GpuSession<'m> {
             });
         }
         let mm = be.matmul_scratch(n_batch, max_cols, model.max_matrix)?;
-        Ok(GpuSession { model, layers, n_groups: groups.len(), batches: Vec::new(), mm, n_ctx: p.n_ctx, n_batch, n_past: 0 })
+        let use_graph = std::env::var("ENGINE_CUDA_GRAPH").map_or(true, |v| v != "0");
+        Ok(GpuSession { model, layers, n_groups: groups.len(), batches: Vec::new(), mm, n_ctx: p.n_ctx, n_batch, n_past: 0, graph: None, use_graph })
     }
 
     pub fn n_past(&self) -> usize {
@@ -391,7 +455,10 @@ impl<'m> GpuSession<'m> {
             Some(i) => i,
             None => {
                 if self.batches.len() >= KEPT_BATCHES {
-                    self.batches.remove(0);
+                    // Never the one-token batch: the decode graph holds its buffers.
+                    if let Some(i) = self.batches.iter().position(|b| b.n != 1) {
+                        self.batches.remove(i);
+                    }
                 }
                 self.batches.push(Batch::new(be, &self.model.cfg, n, self.n_groups)?);
                 self.batches.len() - 1
@@ -410,6 +477,20 @@ impl<'m> GpuSession<'m> {
                 done[l.slot_group] = true;
             }
         }
-        forward::forward(self.model, &mut self.layers, batch, &mut self.mm, self.n_past, which)
+        let model = self.model;
+        if n == 1 && which.rows(1) == (0..1) && self.use_graph {
+            if self.graph.is_none() {
+                let (layers, mm) = (&mut self.layers, &mut self.mm);
+                self.graph = Some(be.capture(|| forward::decode_launches(model, layers, batch, mm).map_err(|e| match e {
+                    GpuError::Cuda(c) => c,
+                    other => CudaError::Invalid(other.to_string()),
+                }))?);
+            }
+            if let (Some(g), Some(logits)) = (&self.graph, &batch.logits) {
+                be.launch_graph(g)?;
+                return Ok(be.download(logits)?);
+            }
+        }
+        forward::forward(model, &mut self.layers, batch, &mut self.mm, which)
     }
 }
