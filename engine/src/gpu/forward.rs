@@ -66,9 +66,17 @@ fn blocks(m: &GpuModel, cache: &mut [GpuLayerCache], b: &mut Batch, mm: &mut Mat
         let w16 = |i: usize| w.w16.get(i);
 
         // Q, K, V projections, + biases (Qwen2). q: [n][n_head][hd], k, v: [n][n_head_kv][hd]
-        be.matmul_w16(&w.wq, w16(0), &b.h, n, mm, &mut b.q)?;
-        be.matmul_w16(&w.wk, w16(1), &b.h, n, mm, &mut b.k)?;
-        be.matmul_w16(&w.wv, w16(2), &b.h, n, mm, &mut b.v)?;
+        // (Decode quantizes each input once for the matrix-vector products that share it.)
+        if let Some(dq) = b.dq.as_mut() {
+            be.quantize_q8_1(&b.h, &mut dq.embd)?;
+            be.matvec(&w.wq, &dq.embd, &mut b.q)?;
+            be.matvec(&w.wk, &dq.embd, &mut b.k)?;
+            be.matvec(&w.wv, &dq.embd, &mut b.v)?;
+        } else {
+            be.matmul_w16(&w.wq, w16(0), &b.h, n, mm, &mut b.q)?;
+            be.matmul_w16(&w.wk, w16(1), &b.h, n, mm, &mut b.k)?;
+            be.matmul_w16(&w.wv, w16(2), &b.h, n, mm, &mut b.v)?;
+        }
         for (x, bias) in [(&mut b.q, &w.bq), (&mut b.k, &w.bk), (&mut b.v, &w.bv)] {
             if let Some(bias) = bias {
                 be.add_bias(x, bias)?;
@@ -94,7 +102,12 @@ fn blocks(m: &GpuModel, cache: &mut [GpuLayerCache], b: &mut Batch, mm: &mut Mat
         }
 
         // Output projection, post-attention norm (Gemma 3), residual.
-        be.matmul_w16(&w.wo, w16(3), &b.attn, n, mm, &mut b.o)?;
+        if let Some(dq) = b.dq.as_mut() {
+            be.quantize_q8_1(&b.attn, &mut dq.attn)?;
+            be.matvec(&w.wo, &dq.attn, &mut b.o)?;
+        } else {
+            be.matmul_w16(&w.wo, w16(3), &b.attn, n, mm, &mut b.o)?;
+        }
         if let Some(pn) = &w.post_attn_norm {
             be.rms_norm_inplace(&mut b.o, pn, c.rms_eps)?;
         }
@@ -103,10 +116,19 @@ fn blocks(m: &GpuModel, cache: &mut [GpuLayerCache], b: &mut Batch, mm: &mut Mat
         // FFN: pre-norm, act(gate) * up (GELU-tanh: Gemma 3; SiLU: Llama), down, post-norm
         // (Gemma 3), residual.
         be.rms_norm(&b.x, &w.ffn_norm, c.rms_eps, &mut b.h)?;
-        be.matmul_w16(&w.ffn_gate, w16(4), &b.h, n, mm, &mut b.gate)?;
-        be.matmul_w16(&w.ffn_up, w16(5), &b.h, n, mm, &mut b.up)?;
-        be.gated_act(&mut b.gate, &b.up, act)?;
-        be.matmul_w16(&w.ffn_down, w16(6), &b.gate, n, mm, &mut b.o)?;
+        if let Some(dq) = b.dq.as_mut() {
+            be.quantize_q8_1(&b.h, &mut dq.embd)?;
+            be.matvec(&w.ffn_gate, &dq.embd, &mut b.gate)?;
+            be.matvec(&w.ffn_up, &dq.embd, &mut b.up)?;
+            be.gated_act(&mut b.gate, &b.up, act)?;
+            be.quantize_q8_1(&b.gate, &mut dq.ff)?;
+            be.matvec(&w.ffn_down, &dq.ff, &mut b.o)?;
+        } else {
+            be.matmul_w16(&w.ffn_gate, w16(4), &b.h, n, mm, &mut b.gate)?;
+            be.matmul_w16(&w.ffn_up, w16(5), &b.h, n, mm, &mut b.up)?;
+            be.gated_act(&mut b.gate, &b.up, act)?;
+            be.matmul_w16(&w.ffn_down, w16(6), &b.gate, n, mm, &mut b.o)?;
+        }
         if let Some(pn) = &w.post_ffw_norm {
             be.rms_norm_inplace(&mut b.o, pn, c.rms_eps)?;
         }

@@ -256,6 +256,15 @@ struct Batch {
     lse: DeviceBuffer<f32>,
     /// Decode (`n == 1`): the logits `[n_vocab]`.
     logits: Option<DeviceBuffer<f32>>,
+    /// Decode: each matrix input quantized once to Q8_1, shared by the products that read it.
+    dq: Option<DecodeQ8>,
+}
+
+/// Q8_1 copies of the decode step's matrix inputs: `[n_embd]`, `[n_head * head_dim_v]`, `[n_ff]`.
+struct DecodeQ8 {
+    embd: DeviceBuffer<u8>,
+    attn: DeviceBuffer<u8>,
+    ff: DeviceBuffer<u8>,
 }
 
 impl Batch {
@@ -276,6 +285,12 @@ impl Batch {
             up: be.alloc(n * c.n_ff)?,
             lse: be.alloc(c.n_head)?,
             logits: if n == 1 { Some(be.alloc(c.n_vocab)?) } else { None },
+            dq: if n == 1 {
+                let q8 = |cols: usize| be.alloc::<u8>(cols / 32 * engine_cuda::Q8_1_BYTES);
+                Some(DecodeQ8 { embd: q8(c.n_embd)?, attn: q8(c.n_head * c.head_dim_v)?, ff: q8(c.n_ff)? })
+            } else {
+                None
+            },
         })
     }
 
