@@ -15,7 +15,7 @@
 // merges the partials of each head, normalises and writes the log-sum-exp.
 
 #define ATT_WARPS 4
-#define ATT_SPLIT 256
+#define ATT_SPLIT 32
 #define ATT_MAX_D 256
 #define ATT_PER_LANE (ATT_MAX_D / WARP_SIZE)
 

@@ -130,7 +130,7 @@ impl MatvecKernel {
 }
 
 /// Attention: slots per block, threads per block, largest head dimension (attention.cu).
-const ATT_SPLIT: usize = 256;
+const ATT_SPLIT: usize = 32;
 const ATT_THREADS: u32 = 128;
 pub const ATT_MAX_HEAD_DIM: usize = 256;
 

@@ -508,3 +508,47 @@ fn matmul_and_get_rows_match_cpu() {
         check(&format!("get_rows {ty}"), &gpu.download(&out).unwrap(), &want, F32_OP_BOUND);
     }
 }
+
+/// The fused decode kernels give the bytes of the ops they replace, run one after another.
+#[test]
+fn fused_decode_kernels_equal_the_unfused_sequence() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new(77);
+    for (rows, n) in [(1usize, 4096usize), (1, 2048), (3, 640), (2, 64)] {
+        let x = rng.normals(rows * n, 1.0);
+        let y = rng.normals(rows * n, 0.5);
+        let w = rng.normals(n, 1.0);
+        let wd = gpu.upload(&w).unwrap();
+        for residual in [false, true] {
+            // Unfused: add, rms_norm, quantize.
+            let mut xa = gpu.upload(&x).unwrap();
+            let yd = gpu.upload(&y).unwrap();
+            if residual {
+                gpu.add(&mut xa, &yd).unwrap();
+            }
+            let mut h = gpu.alloc::<f32>(rows * n).unwrap();
+            gpu.rms_norm(&xa, &wd, 1e-6, &mut h).unwrap();
+            let mut want = gpu.alloc::<u8>(rows * n / 32 * Q8_1_BYTES).unwrap();
+            gpu.quantize_q8_1(&h, &mut want).unwrap();
+            // Fused.
+            let mut xb = gpu.upload(&x).unwrap();
+            let mut got = gpu.alloc::<u8>(rows * n / 32 * Q8_1_BYTES).unwrap();
+            gpu.add_rms_norm_q8_1(&mut xb, residual.then_some(&yd), &wd, 1e-6, &mut got).unwrap();
+            assert_eq!(gpu.download(&got).unwrap(), gpu.download(&want).unwrap(), "add_rms_norm_q8_1 {rows}x{n} residual {residual}");
+            assert_eq!(gpu.download(&xb).unwrap(), gpu.download(&xa).unwrap(), "residual sum {rows}x{n}");
+        }
+    }
+    for act in [GatedAct::GeluTanh, GatedAct::Silu] {
+        let g = rng.normals(14336, 2.0);
+        let u = rng.normals(14336, 1.0);
+        let (gd, ud) = (gpu.upload(&g).unwrap(), gpu.upload(&u).unwrap());
+        let mut ga = gpu.upload(&g).unwrap();
+        gpu.gated_act(&mut ga, &ud, act).unwrap();
+        let mut want = gpu.alloc::<u8>(14336 / 32 * Q8_1_BYTES).unwrap();
+        gpu.quantize_q8_1(&ga, &mut want).unwrap();
+        let mut got = gpu.alloc::<u8>(14336 / 32 * Q8_1_BYTES).unwrap();
+        gpu.gated_act_q8_1(&gd, &ud, act, &mut got).unwrap();
+        assert_eq!(gpu.download(&got).unwrap(), gpu.download(&want).unwrap(), "gated_act_q8_1 {act:?}");
+    }
+    println!("fused decode kernels: bytes equal to the unfused sequence");
+}

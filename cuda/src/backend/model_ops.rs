@@ -32,6 +32,8 @@ pub(super) struct ModelKernels {
     add_bias: CudaFunction,
     kv_write: CudaFunction,
     attn_prefill: CudaFunction,
+    add_rms_norm_q8_1: CudaFunction,
+    gated_act_q8_1: CudaFunction,
 }
 
 impl ModelKernels {
@@ -45,6 +47,8 @@ impl ModelKernels {
             add_bias: func("add_bias_f32")?,
             kv_write: func("kv_write_f16")?,
             attn_prefill: func("attn_prefill")?,
+            add_rms_norm_q8_1: func("add_rms_norm_q8_1")?,
+            gated_act_q8_1: func("gated_act_q8_1")?,
         })
     }
 }
@@ -476,5 +480,74 @@ impl CudaBackend {
     /// Replays a captured graph on the stream.
     pub fn launch_graph(&self, g: &DeviceGraph) -> Result<(), CudaError> {
         g.graph.launch().map_err(driver("cuGraphLaunch"))
+    }
+}
+
+impl CudaBackend {
+    /// Decode, fused: `x += residual` (when given), then [`CudaBackend::rms_norm`] of `x`'s rows
+    /// quantized to Q8_1 into `out`; the same bytes as [`CudaBackend::add`],
+    /// [`CudaBackend::rms_norm`] and [`CudaBackend::quantize_q8_1`] in sequence, in one launch.
+    pub fn add_rms_norm_q8_1(
+        &self,
+        x: &mut DeviceBuffer<f32>,
+        residual: Option<&DeviceBuffer<f32>>,
+        w: &DeviceBuffer<f32>,
+        eps: f32,
+        out: &mut DeviceBuffer<u8>,
+    ) -> Result<(), CudaError> {
+        let n = w.len();
+        if n == 0 || n % 32 != 0 || x.len() % n != 0 {
+            return Err(CudaError::Invalid(format!("add_rms_norm_q8_1: {} elements are not rows of {n} (a multiple of 32)", x.len())));
+        }
+        if let Some(r) = residual {
+            expect_len("residual", x.len(), r.len())?;
+        }
+        expect_len("quantized norm (bytes)", x.len() / 32 * Q8_1_BYTES, out.len())?;
+        let rows = x.len() / n;
+        if rows == 0 {
+            return Ok(());
+        }
+        // The block size of rms_norm_f32, so the reduction (and the bytes) match it.
+        let threads = n.div_ceil(32).clamp(1, 32) as u32 * 32;
+        let n32 = as_i32("row length", n)?;
+        let null: u64 = 0;
+        let mut b = self.stream.launch_builder(&self.mk.add_rms_norm_q8_1);
+        b.arg(&mut x.inner);
+        match residual {
+            Some(r) => b.arg(&r.inner),
+            None => b.arg(&null),
+        };
+        b.arg(&w.inner).arg(&mut out.inner).arg(&n32).arg(&eps);
+        // SAFETY: block r reads and writes row r of x (rows * n floats), reads row r of the
+        // residual (same length, checked) and w (n), and writes the row's n / 32 blocks of out.
+        unsafe { b.launch(cfg((as_u32("rows", rows)?, 1), threads)) }.map_err(driver("launch add_rms_norm_q8_1"))?;
+        Ok(())
+    }
+
+    /// Decode, fused: `act(gate) * up` quantized to Q8_1 into `out` (the bytes of
+    /// [`CudaBackend::gated_act`] then [`CudaBackend::quantize_q8_1`]).
+    pub fn gated_act_q8_1(
+        &self,
+        gate: &DeviceBuffer<f32>,
+        up: &DeviceBuffer<f32>,
+        act: super::GatedAct,
+        out: &mut DeviceBuffer<u8>,
+    ) -> Result<(), CudaError> {
+        expect_len("gated activation", gate.len(), up.len())?;
+        if gate.len() % 32 != 0 {
+            return Err(CudaError::Invalid(format!("gated_act_q8_1: {} elements are not whole blocks of 32", gate.len())));
+        }
+        let n_blocks = gate.len() / 32;
+        expect_len("quantized activation (bytes)", n_blocks * Q8_1_BYTES, out.len())?;
+        if n_blocks == 0 {
+            return Ok(());
+        }
+        let (nb, a) = (n_blocks as i64, if act == super::GatedAct::GeluTanh { 0i32 } else { 1i32 });
+        let mut b = self.stream.launch_builder(&self.mk.gated_act_q8_1);
+        b.arg(&gate.inner).arg(&up.inner).arg(&mut out.inner).arg(&nb).arg(&a);
+        // SAFETY: one warp per block b < n_blocks reads 32 elements of gate and up and writes
+        // block b of out (lengths checked above).
+        unsafe { b.launch(cfg((as_u32("blocks", n_blocks.div_ceil(8))?, 1), 256)) }.map_err(driver("launch gated_act_q8_1"))?;
+        Ok(())
     }
 }

@@ -18,26 +18,35 @@ pub(super) fn forward(
     cache: &mut [GpuLayerCache],
     b: &mut Batch,
     mm: &mut MatmulScratch,
+    part: &mut DeviceBuffer<f32>,
     which: Logits,
 ) -> Result<Vec<f32>, GpuError> {
-    blocks(m, cache, b, mm)?;
+    blocks(m, cache, b, mm, part)?;
     output(m, b, mm, which)
 }
 
 /// One decode step's launches, from the embedding to the logits in `b.logits`: nothing is
 /// allocated, copied or synchronized, so they can be captured into a CUDA graph and replayed
 /// with new ids, positions and slots in the batch's buffers.
-pub(super) fn decode_launches(m: &GpuModel, cache: &mut [GpuLayerCache], b: &mut Batch, mm: &mut MatmulScratch) -> Result<(), GpuError> {
-    blocks(m, cache, b, mm)?;
+pub(super) fn decode_launches(
+    m: &GpuModel,
+    cache: &mut [GpuLayerCache],
+    b: &mut Batch,
+    mm: &mut MatmulScratch,
+    part: &mut DeviceBuffer<f32>,
+) -> Result<(), GpuError> {
+    blocks(m, cache, b, mm, part)?;
     let (be, c) = (&m.be, &m.cfg);
-    let logits = b.logits.as_mut().ok_or_else(|| GpuError::Unsupported("decode logits buffer missing".into()))?;
-    be.rms_norm(&b.x, &m.output_norm, c.rms_eps, &mut b.h)?;
-    be.matmul(m.output_matrix(), &b.h, 1, mm, logits)?;
+    let (Some(logits), Some(dq)) = (b.logits.as_mut(), b.dq.as_mut()) else {
+        return Err(GpuError::Unsupported("decode buffers missing".into()));
+    };
+    be.add_rms_norm_q8_1(&mut b.x, None, &m.output_norm, c.rms_eps, &mut dq.embd)?;
+    be.matvec(m.output_matrix(), &dq.embd, logits)?;
     Ok(())
 }
 
 /// The transformer blocks: embeddings in, the residual stream `b.x` out.
-fn blocks(m: &GpuModel, cache: &mut [GpuLayerCache], b: &mut Batch, mm: &mut MatmulScratch) -> Result<(), GpuError> {
+fn blocks(m: &GpuModel, cache: &mut [GpuLayerCache], b: &mut Batch, mm: &mut MatmulScratch, part: &mut DeviceBuffer<f32>) -> Result<(), GpuError> {
     let (be, c) = (&m.be, &m.cfg);
     let n = b.n;
     let act = match c.arch {
@@ -59,8 +68,12 @@ fn blocks(m: &GpuModel, cache: &mut [GpuLayerCache], b: &mut Batch, mm: &mut Mat
             freq_scale: c.rope_freq_scale,
         };
 
-        // Attention RMSNorm. h: [n][n_embd]
-        be.rms_norm(&b.x, &w.attn_norm, c.rms_eps, &mut b.h)?;
+        // Attention RMSNorm. h: [n][n_embd]. Decode goes straight to Q8_1, in one launch with the
+        // previous block's residual addition (deferred from its end).
+        match b.dq.as_mut() {
+            Some(dq) => be.add_rms_norm_q8_1(&mut b.x, (il > 0).then_some(&b.o), &w.attn_norm, c.rms_eps, &mut dq.embd)?,
+            None => be.rms_norm(&b.x, &w.attn_norm, c.rms_eps, &mut b.h)?,
+        }
 
         // The layer's matrices, with their f16 copies for prefill when kept (wq wk wv wo gate up down).
         let w16 = |i: usize| w.w16.get(i);
@@ -68,7 +81,6 @@ fn blocks(m: &GpuModel, cache: &mut [GpuLayerCache], b: &mut Batch, mm: &mut Mat
         // Q, K, V projections, + biases (Qwen2). q: [n][n_head][hd], k, v: [n][n_head_kv][hd]
         // (Decode quantizes each input once for the matrix-vector products that share it.)
         if let Some(dq) = b.dq.as_mut() {
-            be.quantize_q8_1(&b.h, &mut dq.embd)?;
             be.matvec(&w.wq, &dq.embd, &mut b.q)?;
             be.matvec(&w.wk, &dq.embd, &mut b.k)?;
             be.matvec(&w.wv, &dq.embd, &mut b.v)?;
@@ -96,7 +108,7 @@ fn blocks(m: &GpuModel, cache: &mut [GpuLayerCache], b: &mut Batch, mm: &mut Mat
         be.kv_write(&b.k, &b.v, &b.slots[kv.slot_group], &b.pos, &mut kv.k, &mut kv.v, &mut kv.pos)?;
         let mask = kv.kind.mask();
         if n == 1 {
-            be.attention_decode_dev(&shape, &b.q, &b.pos, &kv.k, &kv.v, &kv.pos, mask, &mut kv.part, &mut b.attn, &mut b.lse)?;
+            be.attention_decode_dev(&shape, &b.q, &b.pos, &kv.k, &kv.v, &kv.pos, mask, part, &mut b.attn, &mut b.lse)?;
         } else {
             be.attention_prefill(&shape, &b.q, &b.pos, &kv.k, &kv.v, &kv.pos, mask, &mut b.attn)?;
         }
@@ -111,19 +123,19 @@ fn blocks(m: &GpuModel, cache: &mut [GpuLayerCache], b: &mut Batch, mm: &mut Mat
         if let Some(pn) = &w.post_attn_norm {
             be.rms_norm_inplace(&mut b.o, pn, c.rms_eps)?;
         }
-        be.add(&mut b.x, &b.o)?;
 
-        // FFN: pre-norm, act(gate) * up (GELU-tanh: Gemma 3; SiLU: Llama), down, post-norm
-        // (Gemma 3), residual.
-        be.rms_norm(&b.x, &w.ffn_norm, c.rms_eps, &mut b.h)?;
+        // FFN: residual, pre-norm, act(gate) * up (GELU-tanh: Gemma 3; SiLU: Llama), down,
+        // post-norm (Gemma 3), residual. Decode fuses the residual addition with the norm and
+        // its quantization, and the activation with the quantization of its output.
         if let Some(dq) = b.dq.as_mut() {
-            be.quantize_q8_1(&b.h, &mut dq.embd)?;
+            be.add_rms_norm_q8_1(&mut b.x, Some(&b.o), &w.ffn_norm, c.rms_eps, &mut dq.embd)?;
             be.matvec(&w.ffn_gate, &dq.embd, &mut b.gate)?;
             be.matvec(&w.ffn_up, &dq.embd, &mut b.up)?;
-            be.gated_act(&mut b.gate, &b.up, act)?;
-            be.quantize_q8_1(&b.gate, &mut dq.ff)?;
+            be.gated_act_q8_1(&b.gate, &b.up, act, &mut dq.ff)?;
             be.matvec(&w.ffn_down, &dq.ff, &mut b.o)?;
         } else {
+            be.add(&mut b.x, &b.o)?;
+            be.rms_norm(&b.x, &w.ffn_norm, c.rms_eps, &mut b.h)?;
             be.matmul_w16(&w.ffn_gate, w16(4), &b.h, n, mm, &mut b.gate)?;
             be.matmul_w16(&w.ffn_up, w16(5), &b.h, n, mm, &mut b.up)?;
             be.gated_act(&mut b.gate, &b.up, act)?;
@@ -132,7 +144,10 @@ fn blocks(m: &GpuModel, cache: &mut [GpuLayerCache], b: &mut Batch, mm: &mut Mat
         if let Some(pn) = &w.post_ffw_norm {
             be.rms_norm_inplace(&mut b.o, pn, c.rms_eps)?;
         }
-        be.add(&mut b.x, &b.o)?;
+        // (Decode defers this addition to the next block's fused norm.)
+        if b.dq.is_none() || il + 1 == m.layers.len() {
+            be.add(&mut b.x, &b.o)?;
+        }
     }
     Ok(())
 }

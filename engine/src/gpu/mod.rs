@@ -215,8 +215,6 @@ struct GpuLayerCache {
     k: DeviceBuffer<f16>,
     v: DeviceBuffer<f16>,
     pos: DeviceBuffer<i32>,
-    /// Decode attention's partials (split-KV), allocated once so decode allocates nothing.
-    part: DeviceBuffer<f32>,
     /// Index of the layer's slot map in [`Batch::slots`] (layers with the same slot layout share one).
     slot_group: usize,
 }
@@ -332,6 +330,9 @@ pub struct GpuSession<'m> {
     /// one-token batch, which is never evicted), unless `ENGINE_CUDA_GRAPH=0`.
     graph: Option<DeviceGraph>,
     use_graph: bool,
+    /// Decode attention's partials (split-KV), for the largest layer; allocated once so that
+    /// decode allocates nothing.
+    part: DeviceBuffer<f32>,
 }
 
 impl<'m> GpuSession<'m> {
@@ -395,12 +396,10 @@ impl<'m> GpuSession<'m> {
             let (n_slots, sink_slots) = layout(kind);
             let mut pos = be.alloc::<i32>(n_slots)?;
             be.upload_into(&vec![-1i32; n_slots], &mut pos)?;
-            let shape = AttnShape { n_head: c.n_head, n_head_kv: c.n_head_kv, head_dim: c.head_dim, head_dim_v: c.head_dim_v, scale: c.attn_scale };
             layers.push(GpuLayerCache {
                 kind,
                 sink_slots,
                 n_slots,
-                part: be.alloc(CudaBackend::attention_partials(&shape, n_slots))?,
                 k: be.alloc(n_slots * k_row)?,
                 v: be.alloc(n_slots * v_row)?,
                 pos,
@@ -408,8 +407,11 @@ impl<'m> GpuSession<'m> {
             });
         }
         let mm = be.matmul_scratch(n_batch, max_cols, model.max_matrix)?;
+        let shape = AttnShape { n_head: c.n_head, n_head_kv: c.n_head_kv, head_dim: c.head_dim, head_dim_v: c.head_dim_v, scale: c.attn_scale };
+        let max_slots = layers.iter().map(|l| l.n_slots).max().unwrap_or(0);
+        let part = be.alloc(CudaBackend::attention_partials(&shape, max_slots))?;
         let use_graph = std::env::var("ENGINE_CUDA_GRAPH").map_or(true, |v| v != "0");
-        Ok(GpuSession { model, layers, n_groups: groups.len(), batches: Vec::new(), mm, n_ctx: p.n_ctx, n_batch, n_past: 0, graph: None, use_graph })
+        Ok(GpuSession { model, layers, n_groups: groups.len(), batches: Vec::new(), mm, n_ctx: p.n_ctx, n_batch, n_past: 0, graph: None, use_graph, part })
     }
 
     pub fn n_past(&self) -> usize {
@@ -495,8 +497,8 @@ impl<'m> GpuSession<'m> {
         let model = self.model;
         if n == 1 && which.rows(1) == (0..1) && self.use_graph {
             if self.graph.is_none() {
-                let (layers, mm) = (&mut self.layers, &mut self.mm);
-                self.graph = Some(be.capture(|| forward::decode_launches(model, layers, batch, mm).map_err(|e| match e {
+                let (layers, mm, part) = (&mut self.layers, &mut self.mm, &mut self.part);
+                self.graph = Some(be.capture(|| forward::decode_launches(model, layers, batch, mm, part).map_err(|e| match e {
                     GpuError::Cuda(c) => c,
                     other => CudaError::Invalid(other.to_string()),
                 }))?);
@@ -506,6 +508,6 @@ impl<'m> GpuSession<'m> {
                 return Ok(be.download(logits)?);
             }
         }
-        forward::forward(model, &mut self.layers, batch, &mut self.mm, which)
+        forward::forward(model, &mut self.layers, batch, &mut self.mm, &mut self.part, which)
     }
 }
