@@ -8,18 +8,19 @@
 //   kp >= 0 && kp <= qp && (window < 0 || qp - kp < window || kp < sink)
 // (window < 0: no window).
 //
-// Two passes (split-K, "flash decoding"): attn_decode_partial gives each (head, run of ATT_SPLIT
+// Two passes (split-K, "flash decoding"): attn_decode_partial gives each (head, run of `split`
 // slots) to one block of ATT_WARPS warps; a warp takes one slot at a time (lanes split the head
 // dimension, so the row reads are coalesced) and keeps a running max, sum and weighted V (online
 // softmax); the warps then merge into the block's partial (max, sum, o[Dv]). attn_decode_combine
 // merges the partials of each head, normalises and writes the log-sum-exp.
 
 #define ATT_WARPS 4
-#define ATT_SPLIT 32
 #define ATT_MAX_D 256
 #define ATT_PER_LANE (ATT_MAX_D / WARP_SIZE)
 
-// Launch: grid (n_head, n_splits = ceil(n_slots / ATT_SPLIT) or 1), block (32 * ATT_WARPS).
+// Launch: grid (n_head, n_splits = ceil(n_slots / split) or 1), block (32 * ATT_WARPS); the caller
+// picks `split` (slots per block) from the slot count: short runs keep many blocks in flight, long
+// contexts keep the number of partials the combine pass reads bounded.
 // part: [n_head][n_splits][2 + Dv] floats (max, sum, unnormalised output). When qpos_dev is not
 // null the query position is read from it instead of qpos (a captured CUDA graph replays the
 // same arguments every token).
@@ -27,11 +28,11 @@ extern "C" __global__ void __launch_bounds__(WARP_SIZE * ATT_WARPS)
 attn_decode_partial(const float* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v,
                     const int* __restrict__ kpos, float* __restrict__ part, int n_slots, int n_head,
                     int n_head_kv, int D, int Dv, float scale, int qpos, int window, int sink,
-                    const int* __restrict__ qpos_dev) {
+                    const int* __restrict__ qpos_dev, int split) {
     if (qpos_dev != nullptr) qpos = *qpos_dev;
     __shared__ float sm_m[ATT_WARPS], sm_l[ATT_WARPS];
     __shared__ float sm_o[ATT_WARPS][ATT_MAX_D];
-    const int h = blockIdx.x, split = blockIdx.y, n_splits = gridDim.y;
+    const int h = blockIdx.x, n_splits = gridDim.y;
     const int kvh = h / (n_head / n_head_kv);
     const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
 
@@ -43,8 +44,8 @@ attn_decode_partial(const float* __restrict__ q, const u16* __restrict__ k, cons
         o[i] = 0.0f;
     }
     float m = neg_inf(), l = 0.0f;
-    const int s0 = split * ATT_SPLIT;
-    const int s1 = min(s0 + ATT_SPLIT, n_slots);
+    const int s0 = blockIdx.y * split;
+    const int s1 = min(s0 + split, n_slots);
     for (int s = s0 + warp; s < s1; s += ATT_WARPS) {
         const int kp = kpos[s];
         const bool visible = kp >= 0 && kp <= qpos && (window < 0 || qpos - kp < window || kp < sink);
@@ -84,7 +85,7 @@ attn_decode_partial(const float* __restrict__ q, const u16* __restrict__ k, cons
     float M = neg_inf();
 #pragma unroll
     for (int w = 0; w < ATT_WARPS; ++w) M = fmaxf(M, sm_m[w]);
-    float* out = part + ((long long)h * n_splits + split) * (2 + Dv);
+    float* out = part + ((long long)h * n_splits + blockIdx.y) * (2 + Dv);
     if (M == neg_inf()) {
         for (int d = threadIdx.x; d < Dv; d += blockDim.x) out[2 + d] = 0.0f;
         if (threadIdx.x == 0) {
