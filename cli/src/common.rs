@@ -238,3 +238,33 @@ pub fn human_bytes(bytes: u64) -> String {
         format!("{v:.1} {}", UNITS[u])
     }
 }
+
+#[cfg(test)]
+mod device_tests {
+    use super::{rewrite_ngl, DeviceArgs};
+
+    fn dev(device: Option<&str>, ngl: Option<usize>) -> DeviceArgs {
+        DeviceArgs { device: device.map(String::from), n_gpu_layers: ngl }
+    }
+
+    #[test]
+    fn device_choice_follows_ngl_and_device() {
+        assert!(!dev(None, None).cuda(32).unwrap());
+        assert!(!dev(None, Some(0)).cuda(32).unwrap());
+        assert!(dev(None, Some(99)).cuda(32).unwrap());
+        assert!(dev(None, Some(32)).cuda(32).unwrap());
+        assert!(dev(Some("cuda"), None).cuda(32).unwrap());
+        assert!(!dev(Some("cpu"), None).cuda(32).unwrap());
+        let partial = dev(None, Some(8)).cuda(32).unwrap_err().to_string();
+        assert!(partial.contains("partial offload") && partial.contains("-ngl 32"), "{partial}");
+        assert!(dev(Some("cpu"), Some(99)).cuda(32).is_err());
+        assert!(dev(Some("cuda"), Some(0)).cuda(32).is_err());
+    }
+
+    #[test]
+    fn single_dash_ngl_is_rewritten() {
+        let args = ["engine", "bench", "-ngl", "99", "-n", "128", "-ngl=5"].map(std::ffi::OsString::from);
+        let out: Vec<String> = rewrite_ngl(args.into_iter()).into_iter().map(|a| a.into_string().unwrap()).collect();
+        assert_eq!(out, ["engine", "bench", "--n-gpu-layers", "99", "-n", "128", "--n-gpu-layers=5"]);
+    }
+}

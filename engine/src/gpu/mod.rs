@@ -37,6 +37,9 @@ pub enum GpuError {
     DoesNotFit { what: String, need: u64, avail: u64, total: u64, device: String },
     #[error("not supported on the GPU: {0}")]
     Unsupported(String),
+    /// No usable GPU (no driver, no device, no NVRTC).
+    #[error("no usable CUDA GPU: {0}")]
+    NoGpu(String),
 }
 
 impl From<GpuError> for ModelError {
@@ -102,7 +105,10 @@ impl GpuModel {
     /// Opens GPU `ordinal` and uploads `model`'s weights, after checking that they fit in its
     /// free memory.
     pub fn upload(model: &Model<'_>, ordinal: usize) -> Result<GpuModel, GpuError> {
-        let be = CudaBackend::new(ordinal)?;
+        let be = CudaBackend::new(ordinal).map_err(|e| match e {
+            CudaError::Unavailable(u) => GpuError::NoGpu(u.to_string().trim_end_matches("; running on the CPU").to_string()),
+            other => GpuError::Cuda(other),
+        })?;
         let need = model.weight_bytes() + HEADROOM;
         let (free, total) = be.memory_info()?;
         if need > free {
