@@ -27,7 +27,7 @@ fn streaming_batched_prefill_equals_token_by_token_decoding() {
     let file = GgufFile::open(&path).unwrap();
     let mut model = Model::load(&file).unwrap();
     model.exact_matmul = true;
-    let kinds = vec![LayerKind::Streaming { sink: 4, window: 24 }; model.cfg.n_layer];
+    let kinds: Vec<LayerKind> = model.native_layer_kinds().iter().map(|k| k.streaming(4, 24)).collect();
     let tokens: Vec<u32> = (0..80u32).map(|i| 2 + (i * 7919) % 5000).collect();
     let batched = last_logits(&model, &kinds, &tokens, 80);
     let stepwise = last_logits(&model, &kinds, &tokens, 1);
@@ -71,7 +71,7 @@ fn half_lazy_at_32k_needs_at_most_55_percent_of_the_kv_bytes() {
     let stream = StreamParams::default();
     // Half of the candidates (all 32 layers are candidates at 32K) lazy.
     let lazy = engine::lighttransfer::choose_lazy(&vec![Some(0.5f32); 32], 0.5);
-    let hybrid: Vec<LayerKind> = lazy.iter().map(|&l| if l { stream.kind() } else { LayerKind::Full }).collect();
+    let hybrid: Vec<LayerKind> = lazy.iter().map(|&l| if l { stream.kind(LayerKind::Full) } else { LayerKind::Full }).collect();
     let bytes = |kinds: &[LayerKind]| -> u64 {
         // Sizes from the allocator's own arithmetic, on a narrow row so the test stays small.
         let small = KvCacheParams { k_row: 8, v_row: 8, ..params.clone() };
@@ -93,7 +93,7 @@ fn options_resolve_as_documented() {
     match opts.resolve(Some(&spec), &native).unwrap() {
         engine::lighttransfer::HybridMode::Static { kinds, lazy } => {
             assert_eq!(lazy, vec![0, 2]);
-            assert_eq!(kinds[0], LayerKind::Streaming { sink: 2, window: 20 });
+            assert_eq!(kinds[0], LayerKind::Streaming { sink: 2, window: 20, native_window: None });
         }
         m => panic!("{m:?}"),
     }

@@ -549,6 +549,11 @@ impl CudaBackend {
         if s.n_head == 0 {
             return Ok(());
         }
+        // The kernel knows `window` and `sink`; a `span` (a native window under a streaming one)
+        // reduces to them at one query position, except where it sees only some of the sinks.
+        let mask = mask
+            .without_span_at(qpos)
+            .ok_or_else(|| CudaError::Invalid(format!("attention: mask {mask:?} at position {qpos} sees only some sinks")))?;
         let qpos = i32::try_from(qpos).map_err(|_| CudaError::Invalid(format!("attention: position {qpos} exceeds 32 bits")))?;
         let window: i32 = match mask.window {
             None => -1,

@@ -367,7 +367,7 @@ fn attention_matches_cpu_for_every_mask() {
             head_dim_v: 128,
             kpos: in_order(1000),
             qpos: 999,
-            mask: AttnMask { window: Some(256), sink: 0 },
+            mask: AttnMask::sliding(256),
         },
         AttnCase {
             n_head: 8,
@@ -376,7 +376,7 @@ fn attention_matches_cpu_for_every_mask() {
             head_dim_v: 128,
             kpos: in_order(1000),
             qpos: 999,
-            mask: AttnMask { window: Some(128), sink: 4 },
+            mask: AttnMask::streaming(4, 128),
         },
         AttnCase {
             n_head: 4,
@@ -385,7 +385,7 @@ fn attention_matches_cpu_for_every_mask() {
             head_dim_v: 256,
             kpos: ring,
             qpos: 1000,
-            mask: AttnMask { window: Some(256), sink: 0 },
+            mask: AttnMask::sliding(256),
         },
         AttnCase { n_head: 10, n_head_kv: 2, head_dim: 80, head_dim_v: 80, kpos: in_order(513), qpos: 600, mask: AttnMask::CAUSAL },
         AttnCase { n_head: 4, n_head_kv: 1, head_dim: 64, head_dim_v: 32, kpos: in_order(40), qpos: 20, mask: AttnMask::CAUSAL },
