@@ -247,6 +247,15 @@ impl LazyProbe {
     }
 }
 
+/// Where to split a prompt of `len` tokens so that its last forward call (one batch of at most
+/// `n_batch` tokens) holds the last `w_last` queries, which the probe measures: evaluate
+/// `..split`, then `split..`. Evaluated in one call, a prompt whose length is a multiple of
+/// `n_batch` plus one ends with a batch of a single query, and the ratio would rest on that
+/// query alone whatever `w_last` says.
+pub fn probe_split(len: usize, w_last: usize, n_batch: usize) -> usize {
+    len - w_last.min(n_batch).min(len)
+}
+
 /// Picks the lazy set offline: the `fraction` of candidate layers with the highest mean ratio.
 pub fn choose_lazy(mean_ratios: &[Option<f32>], fraction: f32) -> Vec<bool> {
     let mut cands: Vec<(f32, usize)> = mean_ratios.iter().enumerate().filter_map(|(i, r)| r.map(|r| (r, i))).collect();
@@ -390,6 +399,13 @@ mod tests {
             let mass: f32 = full.iter().zip(&kept).map(|(f, k)| (k - f).exp()).sum::<f32>() / 4.0;
             assert!((ratio - mass).abs() < 1e-5, "{native:?}: ratio {ratio}, streaming keeps {mass}");
         }
+    }
+
+    #[test]
+    fn probe_split_leaves_w_last_queries_for_the_last_call() {
+        assert_eq!(probe_split(1025, 16, 512), 1009);
+        assert_eq!(probe_split(10, 16, 512), 0);
+        assert_eq!(probe_split(1025, 600, 512), 513, "at most one batch");
     }
 
     #[test]
