@@ -76,3 +76,29 @@ fn a_failure_leaves_no_partial_output() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.starts_with("error:") && err.contains("/nonexistent.gguf"));
 }
+
+#[test]
+fn parallel_sequences_are_rows_of_their_own() {
+    let Some(model) = default_model() else { return };
+    let out = bench(&model, &["-o", "json", "--parallel", "1,3"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    let rows = doc.as_array().expect("an array");
+    assert_eq!(rows.len(), 4, "pp16 and tg4, for 1 and 3 sequences");
+    let par: Vec<u64> = rows.iter().map(|r| r["n_parallel"].as_u64().unwrap()).collect();
+    assert_eq!(par, [1, 1, 3, 3]);
+    // Three sequences hold three caches.
+    let kv = |i: usize| rows[i]["kv_bytes"].as_u64().unwrap();
+    assert_eq!(kv(2), 3 * kv(0));
+    assert_eq!(kv(3), 3 * kv(1));
+    assert!(rows.iter().all(|r| r["avg_ts"].as_f64().unwrap() > 0.0));
+
+    let out = bench(&model, &["--parallel", "2"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.lines().any(|l| l.contains(" tg4 x2 ")), "{text}");
+
+    let out = bench(&model, &["--parallel", "0"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--parallel must be at least 1"));
+}

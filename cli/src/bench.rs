@@ -4,6 +4,11 @@
 //! at a time), `pgP,T` (both, counted together), each optionally at a depth `d` (that many tokens
 //! already in the cache, not timed). Every test runs once to warm up, then `-r` times; rows give
 //! mean ± standard deviation of tokens/s. `-o json` uses llama-bench's field names, plus ours.
+//!
+//! `--parallel N` runs each test on N sequences at once, each with its own KV cache, as
+//! llama-batched-bench does: N prompts prefilled together, then N tokens per decode step in one
+//! forward call (the weights are read once per step for all of them); tokens/s counts every
+//! sequence's tokens, and the KV column is all N caches together.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -13,7 +18,7 @@ use anyhow::{bail, Context};
 use engine::gguf::GgufFile;
 use engine::model::kv_cache::KvType;
 use engine::lighttransfer::{HybridMode, HybridOptions};
-use engine::model::{Logits, Model, Session, SessionParams};
+use engine::model::{eval_batch, Logits, Model, Session, SessionParams};
 use engine::sampling::Rng;
 use serde_json::{json, Value};
 
@@ -52,6 +57,9 @@ pub struct Args {
     /// tests); 0 runs the model as it is. Identification time is part of the timed prompt.
     #[arg(long = "lazy", value_delimiter = ',', default_value = "0")]
     lazy: Vec<f32>,
+    /// Sequence counts to test: that many sequences prefilled and decoded together.
+    #[arg(long = "parallel", value_delimiter = ',', default_value = "1")]
+    parallel: Vec<usize>,
     /// Sink positions lazy layers keep.
     #[arg(long = "sink", default_value_t = engine::lighttransfer::DEFAULT_SINK)]
     sink: u32,
@@ -135,39 +143,60 @@ fn mean_std(samples: &[f64]) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
-/// Runs one test once; returns tokens/s. With a hybrid `mode`, the layers are chosen on the
-/// depth fill (for tg) or on the timed prompt (for pp), from a fresh session.
+/// Runs one test once on `n_seq` sequences together; returns tokens/s (all sequences' tokens)
+/// and the KV bytes of all caches. With a hybrid `mode`, each sequence's layers are chosen on its
+/// depth fill (for tg) or on its timed prompt (for pp), from fresh sessions.
 fn run_once(
     model: &Model<'_>,
     params: &SessionParams,
     mode: &HybridMode,
     t: &Test,
+    n_seq: usize,
     rng: &mut Rng,
 ) -> anyhow::Result<(f64, u64)> {
     let n_vocab = model.cfg.n_vocab as u64;
     let native = model.native_layer_kinds();
     let mut random = |n: usize| -> Vec<u32> { (0..n).map(|_| (rng.next_u64() % n_vocab) as u32).collect() };
-    let mut session = Session::new(model, params)?;
+    let mut sessions: Vec<Session> = (0..n_seq).map(|_| Session::new(model, params)).collect::<Result<_, _>>()?;
     if t.depth > 0 {
-        let fill = random(t.depth);
-        session.cache.probe = mode.probe(&native, t.depth);
-        session.eval(&fill, Logits::None)?;
-        session.cache.probe = None;
+        for s in &mut sessions {
+            let fill = random(t.depth);
+            s.cache.probe = mode.probe(&native, t.depth);
+            s.eval(&fill, Logits::None)?;
+            s.cache.probe = None;
+        }
     }
-    let prompt = random(t.n_prompt);
-    let token = random(1)[0];
+    let prompts: Vec<Vec<u32>> = (0..n_seq).map(|_| random(t.n_prompt)).collect();
+    let tokens: Vec<[u32; 1]> = (0..n_seq).map(|_| [random(1)[0]]).collect();
     if t.depth == 0 && t.n_prompt > 0 {
-        session.cache.probe = mode.probe(&native, t.n_prompt);
+        for s in &mut sessions {
+            s.cache.probe = mode.probe(&native, t.n_prompt);
+        }
     }
     let start = Instant::now();
-    if t.n_prompt > 0 {
-        session.eval(&prompt, Logits::Last)?;
-    }
-    for _ in 0..t.n_gen {
-        session.eval(&[token], Logits::Last)?;
+    if n_seq == 1 {
+        // One sequence: the session's own path (layer-major when a probe is set).
+        let s = &mut sessions[0];
+        if t.n_prompt > 0 {
+            s.eval(&prompts[0], Logits::Last)?;
+        }
+        for _ in 0..t.n_gen {
+            s.eval(&tokens[0], Logits::Last)?;
+        }
+    } else {
+        let mut refs: Vec<&mut Session> = sessions.iter_mut().collect();
+        if t.n_prompt > 0 {
+            let p: Vec<&[u32]> = prompts.iter().map(|p| p.as_slice()).collect();
+            eval_batch(&mut refs, &p, Logits::Last)?;
+        }
+        let step: Vec<&[u32]> = tokens.iter().map(|t| t.as_slice()).collect();
+        for _ in 0..t.n_gen {
+            eval_batch(&mut refs, &step, Logits::Last)?;
+        }
     }
     let secs = start.elapsed().as_secs_f64();
-    Ok(((t.n_prompt + t.n_gen) as f64 / secs.max(1e-9), session.cache.bytes() as u64))
+    let kv: u64 = sessions.iter().map(|s| s.cache.bytes() as u64).sum();
+    Ok(((n_seq * (t.n_prompt + t.n_gen)) as f64 / secs.max(1e-9), kv))
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -197,6 +226,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if threads.contains(&0) {
         bail!("--threads must be at least 1");
     }
+    if args.parallel.contains(&0) {
+        bail!("--parallel must be at least 1");
+    }
 
     let md = args.output == "md";
     let stdout = std::io::stdout();
@@ -216,7 +248,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let size = model.weight_bytes();
         for &nt in &threads {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(nt).build().context("starting the thread pool")?;
-            for (&lazy, t) in args.lazy.iter().flat_map(|l| tests.iter().map(move |t| (l, t))) {
+            let mut cases: Vec<(f32, usize, &Test)> = Vec::new();
+            for &lazy in &args.lazy {
+                for &n_seq in &args.parallel {
+                    cases.extend(tests.iter().map(|t| (lazy, n_seq, t)));
+                }
+            }
+            for (lazy, n_seq, t) in cases {
                 let n_ctx = t.depth + t.n_prompt + t.n_gen + 1;
                 let params = SessionParams {
                     n_ctx,
@@ -237,13 +275,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     HybridMode::Native
                 };
                 let runs: Vec<(f64, u64)> = pool.install(|| -> anyhow::Result<Vec<(f64, u64)>> {
-                    run_once(&model, &params, &mode, t, &mut rng)?; // warm-up
-                    (0..args.reps).map(|_| run_once(&model, &params, &mode, t, &mut rng)).collect()
+                    run_once(&model, &params, &mode, t, n_seq, &mut rng)?; // warm-up
+                    (0..args.reps).map(|_| run_once(&model, &params, &mode, t, n_seq, &mut rng)).collect()
                 })?;
                 let samples: Vec<f64> = runs.iter().map(|r| r.0).collect();
                 let (avg, std) = mean_std(&samples);
                 let kv = runs.last().map(|r| r.1).unwrap_or(0);
-                let test_name = if lazy > 0.0 { format!("{} lazy{lazy}", t.name()) } else { t.name() };
+                let mut test_name = t.name();
+                if lazy > 0.0 {
+                    test_name = format!("{test_name} lazy{lazy}");
+                }
+                if n_seq > 1 {
+                    test_name = format!("{test_name} x{n_seq}");
+                }
                 if md {
                     let mut out = stdout.lock();
                     writeln!(
@@ -282,7 +326,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                         "samples_ts": samples,
                         "kv_bytes": kv,
                         "lazy_fraction": lazy,
-                        "n_parallel": 1,
+                        "n_parallel": n_seq,
                     }),
                 });
             }

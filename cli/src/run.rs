@@ -84,6 +84,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .map(|(kind, layers, bytes)| format!("{kind} {layers} layers {}", human_bytes(*bytes as u64)))
         .collect();
     eprintln!("kv cache:   {} for {} positions ({})", human_bytes(session.cache.bytes() as u64), session.n_ctx(), kv.join(", "));
+    eprintln!(
+        "kv memory:  {} allocated, peak {} (a layer allocates at its first token)",
+        human_bytes(session.cache.resident_bytes() as u64),
+        human_bytes(session.cache.peak_bytes() as u64)
+    );
     if let Some(h) = describe_hybrid(&mode, probe.as_ref()) {
         eprintln!("hybrid:     {h}");
     }

@@ -177,6 +177,13 @@ pub enum Selection {
     Threshold(f32),
 }
 
+impl Selection {
+    /// Whether this rule turns layers lazy during the prompt (rather than only measuring).
+    pub fn cuts(self) -> bool {
+        !matches!(self, Selection::Measure)
+    }
+}
+
 /// Ratios measured during one prompt evaluation, and the layers to turn lazy.
 #[derive(Clone, Debug)]
 pub struct LazyProbe {

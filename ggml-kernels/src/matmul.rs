@@ -15,9 +15,10 @@
 //!   IQ4_NL) take four rows per call, two per register, prefetching the next four.
 //! - Prefill (`n > 1`) is bound by arithmetic: types with a GEMM tile compute 4 weight rows x 4
 //!   activation rows per inner loop, so each unpacked weight block is reused four times from
-//!   registers and each activation block four times from L1. Tasks are runs of
-//!   [`GEMM_TASK_ROWS`] weight rows; within a task the activations are taken
-//!   [`GEMM_ACT_BLOCK`] rows at a time so they stay in L2.
+//!   registers and each activation block four times from L1. Tasks are runs of at least
+//!   [`GEMM_TASK_ROWS`] weight rows, more when there are few activation rows (several sequences
+//!   decoded together), so that each task outweighs its scheduling; within a task the
+//!   activations are taken [`GEMM_ACT_BLOCK`] rows at a time so they stay in L2.
 //!
 //! [`matmul_reference`] is the slow, simple path (dequantize each row, `f32` dot products) that
 //! the fast one is tested against; types without a dot product (Q8_1 or Q8_K weights) use it.
@@ -105,8 +106,22 @@ pub const MATVEC_TASKS_PER_THREAD: usize = 8;
 /// more than it saves.
 pub const SERIAL_BYTES: usize = 128 * 1024;
 
-/// Weight rows per prefill task (a multiple of the tile height).
+/// Weight rows per prefill task, at least (a multiple of the tile height).
 pub const GEMM_TASK_ROWS: usize = 16;
+
+/// Fewest `weight bytes x activation rows` one prefill task covers. With few activation rows
+/// (several sequences decoded together) a 16-row task is a few hundred nanoseconds of work, less
+/// than rayon's cost of scheduling it, so tasks grow until they do as much as a decode task.
+pub const GEMM_MIN_TASK_WORK: usize = 64 * 1024;
+
+/// Weight rows per prefill task for a matrix of `rows` rows of `row_bytes` bytes against `n`
+/// activation rows on `threads` threads: [`GEMM_TASK_ROWS`], grown to [`GEMM_MIN_TASK_WORK`]
+/// while that leaves every thread several tasks.
+fn gemm_task_rows(rows: usize, row_bytes: usize, n: usize, threads: usize) -> usize {
+    let by_work = GEMM_MIN_TASK_WORK.div_ceil(row_bytes.max(1) * n.max(1));
+    let by_balance = rows.div_ceil(threads.max(1) * MATVEC_TASKS_PER_THREAD);
+    by_work.min(by_balance).max(GEMM_TASK_ROWS).div_ceil(TILE) * TILE
+}
 
 /// Activation rows a prefill task takes at a time, so they stay in L2 while its weight tiles
 /// pass over them.
@@ -148,10 +163,77 @@ pub fn matmul_with(k: &Kernels, w: &QMatrix<'_>, x: &[f32], n: usize, out: &mut 
         .map_err(|_| MatError::Shape { what: "matmul input row", expected: w.cols, got: w.cols })?;
     if n == 1 {
         matvec(dot, k.matvec_fn(w.ty), w, &acts, out);
+    } else if n <= matvec_batch_max(w.ty) {
+        matvec_batch(dot, k.matvec_fn(w.ty), w, &acts, out);
     } else {
         gemm(dot, tile, w, &acts, out);
     }
     Ok(())
+}
+
+/// Most activation rows the decode kernels take (one pass over the weights, each group of four
+/// rows reused from L1 for every activation row) before the GEMM tiles do better. Several
+/// sequences decoded together are such products. Measured on the 2-vCPU EPYC (docs/PERFORMANCE.md,
+/// "Several sequences"): with 2 to 4 rows the decode kernels beat the tiles or tie for every type;
+/// beyond that the tiles, which unpack each weight block once for four activation rows, win for
+/// the types whose unpacking is the bottleneck (Q5_0, the K-quants), while 8-bit weights (no
+/// unpacking; their decode kernel runs well above the memory bandwidth) stay memory-bound and
+/// keep the decode kernel up to 8 rows.
+pub const MATVEC_BATCH_MAX: usize = 4;
+
+fn matvec_batch_max(ty: GgmlType) -> usize {
+    if ty == GgmlType::Q8_0 {
+        2 * MATVEC_BATCH_MAX
+    } else {
+        MATVEC_BATCH_MAX
+    }
+}
+
+/// `out[t][r] = W[r] . a[t]` for the few activation rows of `acts`, with the decode kernels
+/// (four rows per call where the type has such a kernel): tasks split the weight rows as
+/// [`matvec`] does, and each group of four rows, once read from memory, meets every activation
+/// row while it is in L1.
+fn matvec_batch(dot: DotFn, rows4: Option<TileFn>, w: &QMatrix<'_>, acts: &QuantizedActs, out: &mut [f32]) {
+    let (rows, n) = (w.rows, acts.rows());
+    let rb = w.row_bytes();
+    debug_assert_eq!(out.len(), n * rows);
+    let threads = rayon::current_num_threads();
+    let tasks = (w.data.len() * n / MATVEC_MIN_TASK_BYTES).clamp(1, threads * MATVEC_TASKS_PER_THREAD);
+    let rows_per_task = rows.div_ceil(tasks).div_ceil(TILE) * TILE;
+    let shared = SharedOut(out.as_mut_ptr());
+    let task = |c: usize| {
+        let out = shared.get();
+        let (r0, r1) = (c * rows_per_task, ((c + 1) * rows_per_task).min(rows));
+        for r in (r0..r1).step_by(TILE) {
+            let mr = TILE.min(r1 - r);
+            let wt = w.data[r * rb..(r + mr) * rb].as_ptr();
+            for t in 0..n {
+                // SAFETY: `wt` holds `mr` (1..=4) whole weight rows (the data size was checked),
+                // activation row `t < n` exists with its side data, and the outputs
+                // `t * rows + r .. + mr` lie in `out` and belong to this task's rows only, so
+                // no two tasks write the same element; the kernels run on this CPU (their table
+                // was handed out).
+                unsafe {
+                    let o = out.add(t * rows + r);
+                    match rows4 {
+                        Some(rows4) => rows4(&acts.tile_args(wt, rb, mr, t, 1, o, 1)),
+                        None => {
+                            let (a, aux) = (acts.row_ptr(t), acts.side_ptr(t));
+                            for i in 0..mr {
+                                *o.add(i) = dot(acts.blocks_per_row(), wt.add(i * rb), a, aux);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    let n_tasks = rows.div_ceil(rows_per_task);
+    if w.data.len() * n < SERIAL_BYTES || threads == 1 {
+        (0..n_tasks).for_each(task);
+    } else {
+        (0..n_tasks).into_par_iter().for_each(task);
+    }
 }
 
 /// `out[r] = W[r] . a` for the one activation row of `acts`, four rows per call where the type
@@ -208,16 +290,18 @@ impl SharedOut {
 }
 
 /// `out[t][r] = W[r] . a[t]` for every activation row of `acts`, over tasks of
-/// [`GEMM_TASK_ROWS`] weight rows, with `tile` where the type has one.
+/// [`gemm_task_rows`] weight rows, with `tile` where the type has one.
 fn gemm(dot: DotFn, tile: Option<TileFn>, w: &QMatrix<'_>, acts: &QuantizedActs, out: &mut [f32]) {
     let (rows, n) = (w.rows, acts.rows());
     let rb = w.row_bytes();
     let nb = acts.blocks_per_row();
     debug_assert_eq!(out.len(), n * rows);
     let shared = SharedOut(out.as_mut_ptr());
+    let threads = rayon::current_num_threads();
+    let task_rows = gemm_task_rows(rows, rb, n, threads);
     let task = |task: usize| {
         let out = shared.get();
-        let (r0, r1) = (task * GEMM_TASK_ROWS, ((task + 1) * GEMM_TASK_ROWS).min(rows));
+        let (r0, r1) = (task * task_rows, ((task + 1) * task_rows).min(rows));
         for tb in (0..n).step_by(GEMM_ACT_BLOCK) {
             let te = (tb + GEMM_ACT_BLOCK).min(n);
             for rt in (r0..r1).step_by(TILE) {
@@ -247,8 +331,8 @@ fn gemm(dot: DotFn, tile: Option<TileFn>, w: &QMatrix<'_>, acts: &QuantizedActs,
             }
         }
     };
-    let tasks = rows.div_ceil(GEMM_TASK_ROWS);
-    if rayon::current_num_threads() == 1 {
+    let tasks = rows.div_ceil(task_rows);
+    if threads == 1 {
         (0..tasks).for_each(task);
     } else {
         (0..tasks).into_par_iter().for_each(task);

@@ -92,6 +92,18 @@ impl Store {
         }
     }
 
+    /// A store with nothing allocated yet.
+    fn empty(ty: KvType) -> Store {
+        Store::new(ty, 0)
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Store::F16(d) => d.len(),
+            Store::F32(d) => d.len(),
+        }
+    }
+
     fn write(&mut self, start: usize, src: &[f32]) {
         match self {
             Store::F16(d) => d[start..start + src.len()].iter_mut().zip(src).for_each(|(o, &v)| *o = f16::from_f32(v)),
@@ -120,7 +132,8 @@ impl Store {
     }
 }
 
-/// One layer's cache.
+/// One layer's cache. Its keys and values are allocated when the first position is written
+/// (so a layer-major prefill holds only the layers it has reached); the positions at once.
 pub struct LayerCache {
     pub kind: LayerKind,
     /// Slots kept before the ring (streaming layers' sinks).
@@ -146,6 +159,10 @@ impl LayerCache {
 
     /// Stores the keys and values of consecutive positions `pos0..` (`k`: `[n][k_row]`).
     pub fn write(&mut self, pos0: usize, k: &[f32], v: &[f32]) {
+        if self.k.len() == 0 {
+            self.k = Store::new(self.ty, self.n_slots * self.k_row);
+            self.v = Store::new(self.ty, self.n_slots * self.v_row);
+        }
         let n = k.len() / self.k_row;
         debug_assert_eq!(v.len(), n * self.v_row);
         for i in 0..n {
@@ -173,9 +190,14 @@ impl LayerCache {
         self.n_slots
     }
 
-    /// Bytes allocated for keys and values.
+    /// Bytes of keys and values this layer holds once written to (its size).
     pub fn bytes(&self) -> usize {
         self.n_slots * (self.k_row + self.v_row) * self.ty.bytes()
+    }
+
+    /// Bytes of keys and values allocated now (0 until the first write).
+    pub fn resident_bytes(&self) -> usize {
+        (self.k.len() + self.v.len()) * self.ty.bytes()
     }
 
     fn clear(&mut self) {
@@ -256,6 +278,8 @@ pub struct KvCache {
     /// When set, the forward pass measures each layer's lazy ratio at the end of the prompt
     /// (and, in LightTransfer-Test mode, turns layers lazy).
     pub probe: Option<crate::lighttransfer::LazyProbe>,
+    /// Largest allocation seen (see [`KvCache::peak_bytes`]).
+    peak: usize,
 }
 
 impl KvCache {
@@ -290,14 +314,34 @@ impl KvCache {
                     n_slots,
                     k_row: p.k_row,
                     v_row: p.v_row,
-                    k: Store::new(p.ty, n_slots * p.k_row),
-                    v: Store::new(p.ty, n_slots * p.v_row),
+                    k: Store::empty(p.ty),
+                    v: Store::empty(p.ty),
                     pos: vec![-1; n_slots],
                     ty: p.ty,
                 }
             })
             .collect();
-        Ok(KvCache { layers, n_ctx: p.n_ctx, probe: None })
+        Ok(KvCache { layers, n_ctx: p.n_ctx, probe: None, peak: 0 })
+    }
+
+    /// Bytes of keys and values allocated now, every layer together.
+    pub fn resident_bytes(&self) -> usize {
+        self.layers.iter().map(LayerCache::resident_bytes).sum()
+    }
+
+    /// The most [`KvCache::resident_bytes`] seen since the cache was made or
+    /// [`KvCache::reset_peak`] (sampled after every layer's write of a forward call).
+    pub fn peak_bytes(&self) -> usize {
+        self.peak.max(self.resident_bytes())
+    }
+
+    pub fn reset_peak(&mut self) {
+        self.peak = self.resident_bytes();
+    }
+
+    /// Records the bytes allocated now in the peak.
+    pub(crate) fn note_resident(&mut self) {
+        self.peak = self.peak.max(self.resident_bytes());
     }
 
     /// Forgets every position (the allocation stays).

@@ -1,55 +1,50 @@
 //! The Llama-family forward pass: Llama 2/3, Mistral (with its sliding window when the metadata
 //! sets one) and Qwen2 (Q/K/V biases, NeoX RoPE), as Hugging Face's `modeling_llama` and
-//! `modeling_qwen2` define them.
+//! `modeling_qwen2` define them. The embeddings, the final norm and the output projection are
+//! shared with the other architectures ([`super::forward`]); this file is one decoder layer.
 
 use ggml_kernels::ops::{gated_act, rms_norm, silu, RopeTable};
 
-use super::{add_bias, attend, embed, mm, output_logits, KvCache, Logits, Model, ModelError};
+use super::{add_bias, attend_seqs, mm, row_positions, Model, ModelError, SeqBatch};
 
-/// Evaluates `tokens` at positions `pos0..`, writing their keys and values into `cache`.
-pub fn forward(m: &Model<'_>, cache: &mut KvCache, tokens: &[u32], pos0: usize, which: Logits) -> Result<Vec<f32>, ModelError> {
+/// Decoder layer `il` over the hidden states `x` (`[n][n_embd]`, the rows of `seqs` in order),
+/// writing each sequence's keys and values into its cache.
+pub fn layer(m: &Model<'_>, il: usize, x: &mut [f32], seqs: &mut [SeqBatch<'_>]) -> Result<(), ModelError> {
     let c = &m.cfg;
-    let n = tokens.len();
+    let w = &m.weights.layers[il];
     let (e, hd) = (c.n_embd, c.head_dim);
+    let n = x.len() / e;
+    let rope = RopeTable::new(c.rope_kind, c.n_rot, c.layers[il].rope_base, c.rope_freq_scale);
 
-    // Token embeddings. x: [n][n_embd]
-    let mut x = embed(m, tokens, c.embd_scale)?;
+    // Attention RMSNorm. h: [n][n_embd]
     let mut h = vec![0f32; n * e];
+    rms_norm(x, &w.attn_norm, c.rms_eps, &mut h);
 
-    for (il, w) in m.weights.layers.iter().enumerate() {
-        let rope = RopeTable::new(c.rope_kind, c.n_rot, c.layers[il].rope_base, c.rope_freq_scale);
+    // Q, K, V projections (+ biases for Qwen2). q: [n][n_head][hd], k, v: [n][n_head_kv][hd]
+    let mut q = mm(m, &w.wq, &h, n)?;
+    let mut k = mm(m, &w.wk, &h, n)?;
+    let mut v = mm(m, &w.wv, &h, n)?;
+    add_bias(&mut q, w.bq.as_ref());
+    add_bias(&mut k, w.bk.as_ref());
+    add_bias(&mut v, w.bv.as_ref());
 
-        // Attention RMSNorm. h: [n][n_embd]
-        rms_norm(&x, &w.attn_norm, c.rms_eps, &mut h);
-
-        // Q, K, V projections (+ biases for Qwen2). q: [n][n_head][hd], k, v: [n][n_head_kv][hd]
-        let mut q = mm(m, &w.wq, &h, n)?;
-        let mut k = mm(m, &w.wk, &h, n)?;
-        let mut v = mm(m, &w.wv, &h, n)?;
-        add_bias(&mut q, w.bq.as_ref());
-        add_bias(&mut k, w.bk.as_ref());
-        add_bias(&mut v, w.bv.as_ref());
-
-        // RoPE at each token's position.
-        for t in 0..n {
-            rope.apply(&mut q[t * c.n_head * hd..(t + 1) * c.n_head * hd], hd, (pos0 + t) as i64);
-            rope.apply(&mut k[t * c.n_head_kv * hd..(t + 1) * c.n_head_kv * hd], hd, (pos0 + t) as i64);
-        }
-
-        // Attention over the cache, output projection, residual.
-        let attn = attend(m, cache, il, &q, &k, &v, pos0, n);
-        let o = mm(m, &w.wo, &attn, n)?;
-        ggml_kernels::ops::add_assign(&mut x, &o);
-
-        // FFN: pre-norm, SiLU gate times up, down, residual.
-        rms_norm(&x, &w.ffn_norm, c.rms_eps, &mut h);
-        let mut gate = mm(m, &w.ffn_gate, &h, n)?;
-        let up = mm(m, &w.ffn_up, &h, n)?;
-        gated_act(&mut gate, &up, silu);
-        let down = mm(m, &w.ffn_down, &gate, n)?;
-        ggml_kernels::ops::add_assign(&mut x, &down);
+    // RoPE at each token's position.
+    for (t, pos) in row_positions(seqs).into_iter().enumerate() {
+        rope.apply(&mut q[t * c.n_head * hd..(t + 1) * c.n_head * hd], hd, pos as i64);
+        rope.apply(&mut k[t * c.n_head_kv * hd..(t + 1) * c.n_head_kv * hd], hd, pos as i64);
     }
 
-    // Final norm and output projection.
-    output_logits(m, &x, n, which)
+    // Attention over each sequence's cache, output projection, residual.
+    let attn = attend_seqs(m, seqs, il, &q, &k, &v);
+    let o = mm(m, &w.wo, &attn, n)?;
+    ggml_kernels::ops::add_assign(x, &o);
+
+    // FFN: pre-norm, SiLU gate times up, down, residual.
+    rms_norm(x, &w.ffn_norm, c.rms_eps, &mut h);
+    let mut gate = mm(m, &w.ffn_gate, &h, n)?;
+    let up = mm(m, &w.ffn_up, &h, n)?;
+    gated_act(&mut gate, &up, silu);
+    let down = mm(m, &w.ffn_down, &gate, n)?;
+    ggml_kernels::ops::add_assign(x, &down);
+    Ok(())
 }

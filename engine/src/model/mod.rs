@@ -187,7 +187,34 @@ impl<'m, 'a> Session<'m, 'a> {
 
     /// Evaluates `tokens` after what the session holds; returns the logits `which` asks for,
     /// `n_vocab` per position, in order.
+    ///
+    /// When a LightTransfer-Test probe is set and `tokens` end the prompt it measures, the prompt
+    /// runs layer-major (all of its tokens through layer 0, then layer 1, ...), so a layer the
+    /// probe makes lazy is cut to sink + window before the next layer's cache is touched: the KV
+    /// memory in use during the prefill stays near `P` full layers plus one (see
+    /// [`KvCache::peak_bytes`]).
     pub fn eval(&mut self, tokens: &[u32], which: Logits) -> Result<Vec<f32>, ModelError> {
+        let layer_major = self
+            .cache
+            .probe
+            .as_ref()
+            .is_some_and(|p| p.selection.cuts() && self.n_past + tokens.len() == p.end && tokens.len() > self.n_batch);
+        if layer_major {
+            self.check(tokens)?;
+            let out = forward_layer_major(self.model, &mut self.cache, tokens, self.n_past, self.n_batch, which)?;
+            let n_vocab = self.model.cfg.n_vocab;
+            if let Some(bad) = out.iter().position(|v| !v.is_finite()) {
+                return Err(ModelError::NonFinite { pos: self.n_past + which.rows(tokens.len()).start + bad / n_vocab });
+            }
+            self.n_past += tokens.len();
+            return Ok(out);
+        }
+        let mut out = eval_batch(&mut [self], &[tokens], which)?;
+        Ok(out.pop().unwrap_or_default())
+    }
+
+    /// Errors when `tokens` hold an id outside the vocabulary or do not fit in the context.
+    fn check(&self, tokens: &[u32]) -> Result<(), ModelError> {
         let n_vocab = self.model.cfg.n_vocab;
         if let Some(&id) = tokens.iter().find(|&&t| t as usize >= n_vocab) {
             return Err(ModelError::BadToken { id, n_vocab });
@@ -195,26 +222,130 @@ impl<'m, 'a> Session<'m, 'a> {
         if self.n_past + tokens.len() > self.cache.n_ctx {
             return Err(ModelError::ContextFull { need: self.n_past + tokens.len(), n_ctx: self.cache.n_ctx });
         }
-        let wanted = which.rows(tokens.len());
-        let mut logits = Vec::with_capacity(wanted.len() * n_vocab);
-        for (i, chunk) in tokens.chunks(self.n_batch).enumerate() {
-            // This chunk's share of the wanted rows, relative to the chunk.
-            let b0 = i * self.n_batch;
+        Ok(())
+    }
+}
+
+/// Evaluates several sessions of one model together: `tokens[i]` follows what `sessions[i]`
+/// holds. Each forward call carries a batch of every session (up to its `n_batch` tokens), so
+/// the weights are read once per step for all of them (batched decode, llama.cpp's parallel
+/// sequences); attention runs per session over its own cache. Returns each session's logits as
+/// `which` asks, relative to that session's tokens.
+pub fn eval_batch(sessions: &mut [&mut Session<'_, '_>], tokens: &[&[u32]], which: Logits) -> Result<Vec<Vec<f32>>, ModelError> {
+    if sessions.len() != tokens.len() {
+        return Err(ModelError::Config(format!("{} sessions but {} token lists", sessions.len(), tokens.len())));
+    }
+    let Some(first) = sessions.first() else { return Ok(Vec::new()) };
+    let model = first.model;
+    if sessions.iter().any(|s| !std::ptr::eq(s.model, model)) {
+        return Err(ModelError::Config("sessions evaluated together must share one model".into()));
+    }
+    for (s, t) in sessions.iter().zip(tokens) {
+        s.check(t)?;
+    }
+    let n_vocab = model.cfg.n_vocab;
+    let mut logits: Vec<Vec<f32>> = tokens.iter().map(|t| Vec::with_capacity(which.rows(t.len()).len() * n_vocab)).collect();
+    let rounds = sessions.iter().zip(tokens).map(|(s, t)| t.len().div_ceil(s.n_batch)).max().unwrap_or(0);
+    for r in 0..rounds {
+        // This round's chunk of each session, and that chunk's share of the wanted rows.
+        let mut ids: Vec<u32> = Vec::new();
+        let mut members: Vec<usize> = Vec::new();
+        let mut seqs: Vec<SeqBatch<'_>> = Vec::new();
+        for (i, (s, t)) in sessions.iter_mut().zip(tokens).enumerate() {
+            let b0 = r * s.n_batch;
+            if b0 >= t.len() {
+                continue;
+            }
+            let chunk = &t[b0..(b0 + s.n_batch).min(t.len())];
+            let wanted = which.rows(t.len());
             let lo = wanted.start.clamp(b0, b0 + chunk.len()) - b0;
             let hi = wanted.end.clamp(b0, b0 + chunk.len()) - b0;
             let want = if lo >= hi { Logits::None } else { Logits::From(lo) };
-            let out = match self.model.cfg.arch {
-                Arch::Gemma3 => gemma3::forward(self.model, &mut self.cache, chunk, self.n_past, want)?,
-                Arch::Llama | Arch::Qwen2 => llama::forward(self.model, &mut self.cache, chunk, self.n_past, want)?,
-            };
-            if let Some(bad) = out.iter().position(|v| !v.is_finite()) {
-                return Err(ModelError::NonFinite { pos: self.n_past + lo + bad / n_vocab });
-            }
-            self.n_past += chunk.len();
-            logits.extend_from_slice(&out);
+            ids.extend_from_slice(chunk);
+            members.push(i);
+            seqs.push(SeqBatch { cache: &mut s.cache, pos0: s.n_past, n: chunk.len(), which: want });
         }
-        Ok(logits)
+        let out = forward(model, &ids, &mut seqs)?;
+        let shapes: Vec<(usize, Logits)> = seqs.iter().map(|s| (s.n, s.which)).collect();
+        drop(seqs);
+        let mut at = 0;
+        for (&i, (n, want)) in members.iter().zip(shapes) {
+            let rows = want.rows(n);
+            let part = &out[at..at + rows.len() * n_vocab];
+            at += part.len();
+            let s = &mut sessions[i];
+            if let Some(bad) = part.iter().position(|v| !v.is_finite()) {
+                return Err(ModelError::NonFinite { pos: s.n_past + rows.start + bad / n_vocab });
+            }
+            s.n_past += n;
+            logits[i].extend_from_slice(part);
+        }
     }
+    Ok(logits)
+}
+
+/// One sequence's share of a forward call: its cache, the position of its first token, how many
+/// of the call's tokens are its (each sequence's tokens follow the previous one's), and which of
+/// them produce logits.
+pub struct SeqBatch<'c> {
+    pub cache: &'c mut KvCache,
+    pub pos0: usize,
+    pub n: usize,
+    pub which: Logits,
+}
+
+/// The position of every row of a forward call.
+pub(crate) fn row_positions(seqs: &[SeqBatch<'_>]) -> Vec<usize> {
+    seqs.iter().flat_map(|s| s.pos0..s.pos0 + s.n).collect()
+}
+
+/// One layer of an architecture, applied in place to the hidden states `x` (`[n][n_embd]`, the
+/// rows of `seqs` in order).
+type LayerFn = fn(&Model<'_>, usize, &mut [f32], &mut [SeqBatch<'_>]) -> Result<(), ModelError>;
+
+fn layer_fn(arch: Arch) -> LayerFn {
+    match arch {
+        Arch::Gemma3 => gemma3::layer,
+        Arch::Llama | Arch::Qwen2 => llama::layer,
+    }
+}
+
+/// Token-major forward pass: the tokens of every sequence through each layer in turn; returns
+/// the logits each sequence's `which` asks for, sequence by sequence.
+pub(crate) fn forward(m: &Model<'_>, tokens: &[u32], seqs: &mut [SeqBatch<'_>]) -> Result<Vec<f32>, ModelError> {
+    debug_assert_eq!(tokens.len(), seqs.iter().map(|s| s.n).sum::<usize>());
+    let layer = layer_fn(m.cfg.arch);
+    let mut x = embed(m, tokens, m.cfg.embd_scale)?;
+    for il in 0..m.cfg.n_layer {
+        layer(m, il, &mut x, seqs)?;
+    }
+    let shapes: Vec<(usize, Logits)> = seqs.iter().map(|s| (s.n, s.which)).collect();
+    output_logits(m, &x, &shapes)
+}
+
+/// Layer-major forward pass of one sequence: every token through layer 0 (in batches of
+/// `n_batch`), then through layer 1, and so on. Each layer's cache is first touched (allocated)
+/// when its turn comes, so with a LightTransfer-Test probe a layer made lazy is already cut to
+/// sink + window before the next one allocates.
+fn forward_layer_major(
+    m: &Model<'_>,
+    cache: &mut KvCache,
+    tokens: &[u32],
+    pos0: usize,
+    n_batch: usize,
+    which: Logits,
+) -> Result<Vec<f32>, ModelError> {
+    let e = m.cfg.n_embd;
+    let layer = layer_fn(m.cfg.arch);
+    let mut x = embed(m, tokens, m.cfg.embd_scale)?;
+    for il in 0..m.cfg.n_layer {
+        for (ci, rows) in x.chunks_mut(n_batch * e).enumerate() {
+            let n = rows.len() / e;
+            let mut seq = [SeqBatch { cache: &mut *cache, pos0: pos0 + ci * n_batch, n, which: Logits::None }];
+            layer(m, il, rows, &mut seq)?;
+        }
+    }
+    output_logits(m, &x, &[(tokens.len(), which)])
 }
 
 /// `out = W x` for `n` vectors, mapping kernel errors.
@@ -247,17 +378,65 @@ pub(crate) fn embed(m: &Model<'_>, tokens: &[u32], scale: Option<f32>) -> Result
     Ok(x)
 }
 
-/// Final norm and output projection for the rows `which` asks for.
-pub(crate) fn output_logits(m: &Model<'_>, x: &[f32], n: usize, which: Logits) -> Result<Vec<f32>, ModelError> {
+/// Final norm and output projection for the rows each sequence's `which` asks for (`seqs`: each
+/// sequence's row count and selection, in row order).
+pub(crate) fn output_logits(m: &Model<'_>, x: &[f32], seqs: &[(usize, Logits)]) -> Result<Vec<f32>, ModelError> {
     let e = m.cfg.n_embd;
-    let rows = which.rows(n);
-    if rows.is_empty() {
+    let mut picked: Vec<f32> = Vec::new();
+    let mut row0 = 0;
+    for &(n, which) in seqs {
+        let rows = which.rows(n);
+        picked.extend_from_slice(&x[(row0 + rows.start) * e..(row0 + rows.end) * e]);
+        row0 += n;
+    }
+    if picked.is_empty() {
         return Ok(Vec::new());
     }
-    let x = &x[rows.start * e..rows.end * e];
-    let mut normed = vec![0f32; x.len()];
-    ggml_kernels::ops::rms_norm(x, &m.weights.output_norm, m.cfg.rms_eps, &mut normed);
-    mm(m, &m.weights.output, &normed, rows.len())
+    let mut normed = vec![0f32; picked.len()];
+    ggml_kernels::ops::rms_norm(&picked, &m.weights.output_norm, m.cfg.rms_eps, &mut normed);
+    mm(m, &m.weights.output, &normed, picked.len() / e)
+}
+
+/// Attention of every sequence of a forward call over its own cache (`q`, `k`, `v`: the call's
+/// rows in order); sequences run in parallel.
+pub(crate) fn attend_seqs(
+    m: &Model<'_>,
+    seqs: &mut [SeqBatch<'_>],
+    il: usize,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+) -> Vec<f32> {
+    use rayon::prelude::*;
+    let c = &m.cfg;
+    let (qr, kr, vr) = (c.n_head * c.head_dim, c.n_head_kv * c.head_dim, c.n_head_kv * c.head_dim_v);
+    if let [s] = seqs {
+        return attend(m, s.cache, il, q, k, v, s.pos0, s.n);
+    }
+    let mut starts = Vec::with_capacity(seqs.len());
+    let mut r = 0;
+    for s in seqs.iter() {
+        starts.push(r);
+        r += s.n;
+    }
+    let parts: Vec<Vec<f32>> = seqs
+        .par_iter_mut()
+        .zip(starts)
+        .map(|(s, r0)| {
+            let rows = r0..r0 + s.n;
+            attend(
+                m,
+                s.cache,
+                il,
+                &q[rows.start * qr..rows.end * qr],
+                &k[rows.start * kr..rows.end * kr],
+                &v[rows.start * vr..rows.end * vr],
+                s.pos0,
+                s.n,
+            )
+        })
+        .collect();
+    parts.concat()
 }
 
 /// Attention of a batch over one layer's cache, and the batch's keys and values stored.
@@ -302,6 +481,7 @@ pub(crate) fn attend(
         layer.write(pos0, k, v);
         attention(&shape, q, &qpos, layer.keys(), layer.values(), layer.positions(), mask, &mut out, None);
     }
+    cache.note_resident();
 
     // Lazy-ratio measurement at the end of the prompt.
     let Some(probe) = cache.probe.as_mut() else { return out };
