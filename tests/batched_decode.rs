@@ -89,14 +89,17 @@ fn batched_sequences_get_the_logits_they_get_alone_exact_path() {
 
 #[test]
 fn batched_sequences_get_the_logits_they_get_alone_quantized() {
-    // Q8_0 weights and 8-bit activations: one sequence runs matrix-vector kernels, several run
-    // the GEMM kernels, whose sums are ordered differently.
+    // Q8_0 weights and 8-bit activations: a sequence alone and the batch run different kernels
+    // (decode kernels for a few rows, GEMM tiles for more), whose f32 sums are ordered
+    // differently (5e-5 relative at most, tests in ggml-kernels); where such a difference moves
+    // an activation across a rounding boundary of the next layer's 8-bit quantization, the
+    // logits move by one quantization step's worth, so the bound is that of the quantization.
     let dir = tempfile::tempdir().unwrap();
     for preset in ["llama-tiny", "gemma3-tiny"] {
         let path = synth_model(dir.path(), preset, FileType::Q8_0);
         let file = GgufFile::open(&path).unwrap();
         let model = Model::load(&file).unwrap();
-        check_batched_equals_alone(&model, 512, 6, 2e-3);
+        check_batched_equals_alone(&model, 512, 6, 0.1);
     }
 }
 

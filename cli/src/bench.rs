@@ -16,13 +16,13 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use engine::gguf::GgufFile;
-use engine::model::kv_cache::KvType;
 use engine::lighttransfer::{HybridMode, HybridOptions};
+use engine::model::kv_cache::KvType;
 use engine::model::{eval_batch, Logits, Model, Session, SessionParams};
 use engine::sampling::Rng;
 use serde_json::{json, Value};
 
-use crate::common::human_bytes;
+use crate::common::{human_bytes, DeviceArgs};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -69,6 +69,8 @@ pub struct Args {
     /// Output format.
     #[arg(short = 'o', long = "output", default_value = "md", value_parser = ["md", "json", "csv"])]
     output: String,
+    #[command(flatten)]
+    device: DeviceArgs,
 }
 
 /// One test to run.
@@ -86,7 +88,11 @@ impl Test {
             (0, g) => format!("tg{g}"),
             (p, g) => format!("pp{p}+tg{g}"),
         };
-        if self.depth > 0 { format!("{base} @ d{}", self.depth) } else { base }
+        if self.depth > 0 {
+            format!("{base} @ d{}", self.depth)
+        } else {
+            base
+        }
     }
 }
 
@@ -199,6 +205,27 @@ fn run_once(
     Ok(((n_seq * (t.n_prompt + t.n_gen)) as f64 / secs.max(1e-9), kv))
 }
 
+/// [`run_once`] on the GPU (native or file-flagged layer kinds only).
+fn run_once_gpu(model: &engine::gpu::GpuModel, params: &SessionParams, t: &Test, rng: &mut Rng) -> anyhow::Result<(f64, u64)> {
+    let n_vocab = model.cfg.n_vocab as u64;
+    let mut random = |n: usize| -> Vec<u32> { (0..n).map(|_| (rng.next_u64() % n_vocab) as u32).collect() };
+    let mut session = engine::gpu::GpuSession::new(model, params)?;
+    if t.depth > 0 {
+        session.eval(&random(t.depth), Logits::None)?;
+    }
+    let prompt = random(t.n_prompt);
+    let token = random(1)[0];
+    let start = Instant::now();
+    if t.n_prompt > 0 {
+        session.eval(&prompt, Logits::Last)?;
+    }
+    for _ in 0..t.n_gen {
+        session.eval(&[token], Logits::Last)?;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    Ok(((t.n_prompt + t.n_gen) as f64 / secs.max(1e-9), session.kv_bytes() as u64))
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
     let mut tests: Vec<Test> = Vec::new();
     for &d in &args.depth {
@@ -246,6 +273,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let mtype = model_type(&file, arch);
         let n_params: u64 = file.tensors().iter().map(|t| t.n_elements()).sum();
         let size = model.weight_bytes();
+        let gpu = if args.device.cuda(model.cfg.n_layer)? {
+            Some(engine::gpu::GpuModel::upload(&model, 0).context("loading the model onto the GPU")?)
+        } else {
+            None
+        };
+        let (backend, gpu_info) = match &gpu {
+            Some(g) => ("CUDA", format!("{}; prefill: {}", g.device_name(), g.prefill_path())),
+            None => ("CPU", String::new()),
+        };
         for &nt in &threads {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(nt).build().context("starting the thread pool")?;
             let mut cases: Vec<(f32, usize, &Test)> = Vec::new();
@@ -274,10 +310,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 } else {
                     HybridMode::Native
                 };
-                let runs: Vec<(f64, u64)> = pool.install(|| -> anyhow::Result<Vec<(f64, u64)>> {
-                    run_once(&model, &params, &mode, t, n_seq, &mut rng)?; // warm-up
-                    (0..args.reps).map(|_| run_once(&model, &params, &mode, t, n_seq, &mut rng)).collect()
-                })?;
+                let runs: Vec<(f64, u64)> = if let Some(g) = &gpu {
+                    if !matches!(mode, HybridMode::Native) || n_seq != 1 {
+                        bail!("on the GPU, bench runs one sequence with the model's own layer kinds (--lazy selection and --parallel run on the CPU)");
+                    }
+                    run_once_gpu(g, &params, t, &mut rng)?; // warm-up
+                    (0..args.reps).map(|_| run_once_gpu(g, &params, t, &mut rng)).collect::<anyhow::Result<_>>()?
+                } else {
+                    pool.install(|| -> anyhow::Result<Vec<(f64, u64)>> {
+                        run_once(&model, &params, &mode, t, n_seq, &mut rng)?; // warm-up
+                        (0..args.reps).map(|_| run_once(&model, &params, &mode, t, n_seq, &mut rng)).collect()
+                    })?
+                };
                 let samples: Vec<f64> = runs.iter().map(|r| r.0).collect();
                 let (avg, std) = mean_std(&samples);
                 let kv = runs.last().map(|r| r.1).unwrap_or(0);
@@ -296,7 +340,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                         mtype,
                         human_bytes(size),
                         n_params as f64 / 1e6,
-                        "CPU",
+                        backend,
                         nt,
                         test_name,
                         format!("{avg:.2} ± {std:.2}"),
@@ -308,8 +352,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     fields: json!({
                         "build_commit": BUILD_COMMIT,
                         "cpu_info": cpu_info(),
-                        "gpu_info": "",
-                        "backends": "CPU",
+                        "gpu_info": gpu_info,
+                        "backends": backend,
                         "model_filename": path.display().to_string(),
                         "model_type": mtype,
                         "model_size": size,
@@ -339,9 +383,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         "csv" => {
             const COLS: [&str; 17] = [
-                "build_commit", "cpu_info", "gpu_info", "backends", "model_filename", "model_type", "model_size",
-                "model_n_params", "n_threads", "n_prompt", "n_gen", "n_depth", "avg_ts", "stddev_ts", "kv_bytes",
-                "lazy_fraction", "n_parallel",
+                "build_commit",
+                "cpu_info",
+                "gpu_info",
+                "backends",
+                "model_filename",
+                "model_type",
+                "model_size",
+                "model_n_params",
+                "n_threads",
+                "n_prompt",
+                "n_gen",
+                "n_depth",
+                "avg_ts",
+                "stddev_ts",
+                "kv_bytes",
+                "lazy_fraction",
+                "n_parallel",
             ];
             println!("{}", COLS.join(","));
             for r in rows {
@@ -357,7 +415,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         _ => {
             println!();
-            println!("build: {BUILD_COMMIT}, cpu: {}, gpu: none", cpu_info());
+            let gpus: Vec<String> = rows.iter().filter_map(|r| r.fields["gpu_info"].as_str().filter(|s| !s.is_empty()).map(String::from)).collect();
+            println!("build: {BUILD_COMMIT}, cpu: {}, gpu: {}", cpu_info(), gpus.first().map_or("none", |s| s.as_str()));
         }
     }
     Ok(())

@@ -34,6 +34,47 @@ pub struct ModelArgs {
     pub no_mmap: bool,
 }
 
+/// Where the model runs (`run`, `bench`).
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct DeviceArgs {
+    /// Device: cpu, or cuda (every layer on GPU 0). Default: cuda when -ngl covers every
+    /// layer, else cpu.
+    #[arg(long = "device", value_parser = ["cpu", "cuda"])]
+    pub device: Option<String>,
+    /// Layers on the GPU, as llama.cpp's -ngl (also spelled -ngl here): 0 runs on the CPU, the
+    /// layer count or more (99) on the GPU; partial offload is not supported.
+    #[arg(long = "n-gpu-layers", visible_alias = "ngl")]
+    pub n_gpu_layers: Option<usize>,
+}
+
+impl DeviceArgs {
+    /// Whether to run on the GPU, for a model of `n_layer` layers.
+    pub fn cuda(&self, n_layer: usize) -> anyhow::Result<bool> {
+        match (self.device.as_deref(), self.n_gpu_layers) {
+            (Some("cpu"), Some(n)) if n > 0 => anyhow::bail!("--device cpu with -ngl {n}: choose one"),
+            (Some("cpu"), _) => Ok(false),
+            (_, Some(n)) if n > 0 && n < n_layer => anyhow::bail!(
+                "-ngl {n}: partial offload is not supported; the model has {n_layer} layers: use -ngl {n_layer} (or 99) to run every layer on the GPU, or -ngl 0 for the CPU"
+            ),
+            (Some("cuda"), Some(0)) => anyhow::bail!("--device cuda with -ngl 0: choose one"),
+            (Some("cuda"), _) => Ok(true),
+            (_, Some(n)) => Ok(n > 0),
+            (_, None) => Ok(false),
+        }
+    }
+}
+
+/// The single-dash `-ngl N` of llama.cpp, rewritten to `--n-gpu-layers N` before parsing (a
+/// short option has one letter).
+pub fn rewrite_ngl(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    args.map(|a| match a.to_str() {
+        Some("-ngl") => "--n-gpu-layers".into(),
+        Some(s) if s.starts_with("-ngl=") => format!("--n-gpu-layers={}", &s[5..]).into(),
+        _ => a,
+    })
+    .collect()
+}
+
 /// Hybrid (LightTransfer) settings.
 #[derive(clap::Args, Clone, Debug)]
 pub struct HybridArgs {
@@ -83,8 +124,7 @@ pub fn describe_hybrid(mode: &HybridMode, probe: Option<&engine::lighttransfer::
     match (mode, probe) {
         (HybridMode::Static { lazy, .. }, _) => Some(format!("static, lazy layers {lazy:?}")),
         (HybridMode::Test { .. }, Some(p)) => {
-            let ratios: Vec<String> =
-                p.ratios.iter().enumerate().filter_map(|(i, r)| r.map(|r| format!("{i}:{r:.3}"))).collect();
+            let ratios: Vec<String> = p.ratios.iter().enumerate().filter_map(|(i, r)| r.map(|r| format!("{i}:{r:.3}"))).collect();
             let mut lazy = p.made_lazy.clone();
             lazy.sort_unstable();
             Some(format!(
@@ -192,5 +232,39 @@ pub fn human_bytes(bytes: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{bytes} B") } else { format!("{v:.1} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod device_tests {
+    use super::{rewrite_ngl, DeviceArgs};
+
+    fn dev(device: Option<&str>, ngl: Option<usize>) -> DeviceArgs {
+        DeviceArgs { device: device.map(String::from), n_gpu_layers: ngl }
+    }
+
+    #[test]
+    fn device_choice_follows_ngl_and_device() {
+        assert!(!dev(None, None).cuda(32).unwrap());
+        assert!(!dev(None, Some(0)).cuda(32).unwrap());
+        assert!(dev(None, Some(99)).cuda(32).unwrap());
+        assert!(dev(None, Some(32)).cuda(32).unwrap());
+        assert!(dev(Some("cuda"), None).cuda(32).unwrap());
+        assert!(!dev(Some("cpu"), None).cuda(32).unwrap());
+        let partial = dev(None, Some(8)).cuda(32).unwrap_err().to_string();
+        assert!(partial.contains("partial offload") && partial.contains("-ngl 32"), "{partial}");
+        assert!(dev(Some("cpu"), Some(99)).cuda(32).is_err());
+        assert!(dev(Some("cuda"), Some(0)).cuda(32).is_err());
+    }
+
+    #[test]
+    fn single_dash_ngl_is_rewritten() {
+        let args = ["engine", "bench", "-ngl", "99", "-n", "128", "-ngl=5"].map(std::ffi::OsString::from);
+        let out: Vec<String> = rewrite_ngl(args.into_iter()).into_iter().map(|a| a.into_string().unwrap()).collect();
+        assert_eq!(out, ["engine", "bench", "--n-gpu-layers", "99", "-n", "128", "--n-gpu-layers=5"]);
+    }
 }

@@ -53,7 +53,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(common::rewrite_ngl(std::env::args_os()));
     let result = match cli.command {
         Command::Bench(args) => bench::run(args),
         Command::Chat(args) => chat::run(args),

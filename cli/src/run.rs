@@ -10,7 +10,7 @@ use engine::model::{Model, Session};
 use engine::sampling::Sampler;
 use engine::tokenizer::TokenizeOptions;
 
-use crate::common::{describe_hybrid, human_bytes, init_threads, open_model, tokenizer, HybridArgs, ModelArgs, SamplingArgs};
+use crate::common::{describe_hybrid, human_bytes, init_threads, open_model, tokenizer, DeviceArgs, HybridArgs, ModelArgs, SamplingArgs};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -20,6 +20,8 @@ pub struct Args {
     sampling: SamplingArgs,
     #[command(flatten)]
     hybrid: HybridArgs,
+    #[command(flatten)]
+    device: DeviceArgs,
     /// The prompt.
     #[arg(short = 'p', long = "prompt", conflicts_with = "file")]
     prompt: Option<String>,
@@ -54,10 +56,36 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let native = model.native_layer_kinds();
     let mut params = args.model.session_params(model.cfg.n_ctx_train, 4096);
     params.layer_kinds = Some(mode.kinds(&native));
-    let mut session = Session::new(&model, &params)?;
     let mut sampler = Sampler::new(sampler_params.clone())?;
-
     let ids = tok.tokenize(&prompt, TokenizeOptions::default());
+    if args.device.cuda(model.cfg.n_layer)? {
+        if mode.probe(&native, ids.len()).is_some() {
+            anyhow::bail!(
+                "LightTransfer-Test selection (--lazy) runs on the CPU only; on the GPU, give lazy layers through the file's flags"
+            );
+        }
+        let gpu = engine::gpu::GpuModel::upload(&model, 0).context("loading the model onto the GPU")?;
+        let mut session = engine::gpu::GpuSession::new(&gpu, &params)?;
+        let stdout = std::io::stdout();
+        let mut out = stdout.lock();
+        if !args.no_display_prompt {
+            write!(out, "{prompt}")?;
+        }
+        let stats = generate(&mut session, &tok, &mut sampler, &ids, &GenerateParams { n_predict, stop: None }, |text| {
+            out.write_all(text.as_bytes())?;
+            out.flush()
+        })?;
+        writeln!(out)?;
+        drop(out);
+        eprintln!();
+        eprintln!("model:      {} ({}, {})", file.path().display(), model.cfg.describe(), human_bytes(gpu.weight_bytes()));
+        eprintln!("device:     CUDA, {}", gpu.device_name());
+        eprintln!("prompt:     {} tokens, {:.2} tokens/s", stats.n_prompt, stats.prompt_tps());
+        eprintln!("generation: {} tokens, {:.2} tokens/s ({:?})", stats.n_gen, stats.gen_tps(), stats.stop);
+        eprintln!("kv cache:   {} for {} positions (f16, on the GPU)", human_bytes(session.kv_bytes() as u64), session.n_ctx());
+        return Ok(());
+    }
+    let mut session = Session::new(&model, &params)?;
     session.cache.probe = mode.probe(&native, ids.len());
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
@@ -92,7 +120,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(h) = describe_hybrid(&mode, probe.as_ref()) {
         eprintln!("hybrid:     {h}");
     }
-    eprintln!("sampling:   seed {}, temp {}, top-k {}, top-p {}, min-p {}; {threads} threads",
-        sampler_params.seed, sampler_params.temp, sampler_params.top_k, sampler_params.top_p, sampler_params.min_p);
+    eprintln!(
+        "sampling:   seed {}, temp {}, top-k {}, top-p {}, min-p {}; {threads} threads",
+        sampler_params.seed, sampler_params.temp, sampler_params.top_k, sampler_params.top_p, sampler_params.min_p
+    );
     Ok(())
 }

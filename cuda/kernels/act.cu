@@ -23,3 +23,25 @@ extern "C" __global__ void silu_mul_f32(float* gate, const float* __restrict__ u
         gate[i] = silu(gate[i]) * up[i];
     }
 }
+
+// Decode, fused: act(gate) * up quantized to Q8_1 blocks (the bytes of gelu_tanh_mul_f32 or
+// silu_mul_f32 followed by quantize_q8_1). One warp per block of 32; act 0 = GELU-tanh, 1 = SiLU.
+extern "C" __global__ void gated_act_q8_1(const float* __restrict__ gate, const float* __restrict__ up,
+                                          block_q8_1* __restrict__ out, long long n_blocks, int act) {
+    const long long b = ((long long)blockIdx.x * blockDim.x + threadIdx.x) / WARP_SIZE;
+    if (b >= n_blocks) return;  // whole warps leave together
+    const int lane = threadIdx.x % WARP_SIZE;
+    const long long i = b * 32 + lane;
+    const float g = gate[i];
+    const float v = (act == 0 ? gelu_tanh(g) : silu(g)) * up[i];
+    const float amax = warp_max(fabsf(v));
+    const float d = amax / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    const int q = (int)roundf(v * id);
+    const int sum = warp_sum_int(q);
+    out[b].qs[lane] = (i8)q;
+    if (lane == 0) {
+        out[b].d = f2h(d);
+        out[b].s = f2h((float)sum * d);
+    }
+}

@@ -10,7 +10,11 @@
 //! - [`CudaBackend`]: one device, its stream and kernels, device buffers, one method per op:
 //!   RMSNorm, RoPE (normal and NeoX), GELU-tanh and SiLU gated products, activation quantization
 //!   to Q8_0/Q8_1, matrix-vector products of Q8_0, Q4_0, Q5_0, Q4_K and Q6_K weights with Q8_1
-//!   activations (integer `dp4a` dot products), and single-query attention over an f16 KV cache.
+//!   activations (integer `dp4a` dot products), and single-query attention over an f16 KV cache;
+//!   for whole forward passes: embedding rows, residual and bias additions, KV-cache writes,
+//!   prefill attention with the same masks, and batched products (`matmul`: per-token
+//!   matrix-vector products, or weights dequantized to f16 and a cuBLAS GEMM, cuBLAS loaded
+//!   dynamically like the driver).
 //! - [`build_all`]: compiles every kernel file for an architecture (NVRTC only, no GPU needed),
 //!   through the on-disk cache described in the `nvrtc` module.
 //!
@@ -23,8 +27,8 @@ mod nvrtc;
 use std::fmt;
 
 pub use backend::{
-    CudaBackend, DeviceBuffer, DeviceElem, DeviceMatrix, GatedAct, MatvecKernel, RopeParams, ATT_MAX_HEAD_DIM, DEFAULT_MATVEC,
-    MATVEC_TYPES, Q8_0_BYTES, Q8_1_BYTES,
+    CudaBackend, DeviceBuffer, DeviceElem, DeviceGraph, DeviceMatrix, GatedAct, MatmulScratch, MatvecKernel, RopeParams, ATT_MAX_HEAD_DIM,
+    DEFAULT_MATVEC, DEQUANT_TYPES, GEMM_MIN_TOKENS, MATVEC_TYPES, Q8_0_BYTES, Q8_1_BYTES,
 };
 pub use error::CudaError;
 pub use nvrtc::{build_all, cache_dir, target_for, version as nvrtc_version, ImageOrigin, ModuleImage, Target};
@@ -122,7 +126,14 @@ mod tests {
             Ok(devices) => {
                 assert!(!devices.is_empty());
                 for d in &devices {
-                    println!("device {}: {} ({} MiB, cc {}.{})", d.ordinal, d.name, d.total_memory >> 20, d.compute_capability.0, d.compute_capability.1);
+                    println!(
+                        "device {}: {} ({} MiB, cc {}.{})",
+                        d.ordinal,
+                        d.name,
+                        d.total_memory >> 20,
+                        d.compute_capability.0,
+                        d.compute_capability.1
+                    );
                 }
             }
             Err(e) => {

@@ -37,18 +37,10 @@ const COMMON: &str = include_str!("../kernels/common.cuh");
 
 /// Every kernel file, one per op family.
 pub(crate) const FILES: &[KernelFile] = &[
-    KernelFile { name: "norm.cu", source: include_str!("../kernels/norm.cu"), functions: &["rms_norm_f32"] },
+    KernelFile { name: "norm.cu", source: include_str!("../kernels/norm.cu"), functions: &["rms_norm_f32", "add_rms_norm_q8_1"] },
     KernelFile { name: "rope.cu", source: include_str!("../kernels/rope.cu"), functions: &["rope_f32"] },
-    KernelFile {
-        name: "act.cu",
-        source: include_str!("../kernels/act.cu"),
-        functions: &["gelu_tanh_mul_f32", "silu_mul_f32"],
-    },
-    KernelFile {
-        name: "quantize.cu",
-        source: include_str!("../kernels/quantize.cu"),
-        functions: &["quantize_q8_0", "quantize_q8_1"],
-    },
+    KernelFile { name: "act.cu", source: include_str!("../kernels/act.cu"), functions: &["gelu_tanh_mul_f32", "silu_mul_f32", "gated_act_q8_1"] },
+    KernelFile { name: "quantize.cu", source: include_str!("../kernels/quantize.cu"), functions: &["quantize_q8_0", "quantize_q8_1"] },
     KernelFile {
         name: "matvec.cu",
         source: include_str!("../kernels/matvec.cu"),
@@ -58,18 +50,51 @@ pub(crate) const FILES: &[KernelFile] = &[
             "matvec_q5_0",
             "matvec_q4_k",
             "matvec_q6_k",
-            "matvec2_q8_0_w1", "matvec2_q8_0_w2", "matvec2_q8_0_w4",
-            "matvec2_q4_0_w1", "matvec2_q4_0_w2", "matvec2_q4_0_w4",
-            "matvec2_q5_0_w1", "matvec2_q5_0_w2", "matvec2_q5_0_w4",
-            "matvec2_q4_k_w1", "matvec2_q4_k_w2", "matvec2_q4_k_w4",
-            "matvec2_q6_k_w1", "matvec2_q6_k_w2", "matvec2_q6_k_w4",
+            "matvec2_q8_0_w1",
+            "matvec2_q8_0_w2",
+            "matvec2_q8_0_w4",
+            "matvec2_q4_0_w1",
+            "matvec2_q4_0_w2",
+            "matvec2_q4_0_w4",
+            "matvec2_q5_0_w1",
+            "matvec2_q5_0_w2",
+            "matvec2_q5_0_w4",
+            "matvec2_q4_k_w1",
+            "matvec2_q4_k_w2",
+            "matvec2_q4_k_w4",
+            "matvec2_q6_k_w1",
+            "matvec2_q6_k_w2",
+            "matvec2_q6_k_w4",
         ],
     },
     KernelFile {
         name: "attention.cu",
         source: include_str!("../kernels/attention.cu"),
-        functions: &["attn_decode_partial", "attn_decode_combine"],
+        functions: &["attn_decode_partial", "attn_decode_combine", "attn_prefill"],
     },
+    KernelFile {
+        name: "dequant.cu",
+        source: include_str!("../kernels/dequant.cu"),
+        functions: &[
+            "get_rows_f32",
+            "get_rows_f16",
+            "get_rows_q8_0",
+            "get_rows_q4_0",
+            "get_rows_q5_0",
+            "get_rows_q4_k",
+            "get_rows_q6_k",
+            "dequant_f16_f32",
+            "dequant_f16_f16",
+            "dequant_f16_q8_0",
+            "dequant_f16_q4_0",
+            "dequant_f16_q5_0",
+            "dequant_f16_q4_k",
+            "dequant_f16_q6_k",
+            "f32_to_f16",
+        ],
+    },
+    KernelFile { name: "elementwise.cu", source: include_str!("../kernels/elementwise.cu"), functions: &["add_f32", "add_bias_f32"] },
+    KernelFile { name: "kv.cu", source: include_str!("../kernels/kv.cu"), functions: &["kv_write_f16"] },
 ];
 
 /// Options besides the target, for every file.
@@ -271,9 +296,7 @@ fn compile(file: &KernelFile, target: Target) -> Result<Vec<u8>, CudaError> {
             unsafe { sys::nvrtcGetCUBINSize(prog.0, &mut size) }.result().map_err(nvrtc("nvrtcGetCUBINSize"))?;
             let mut cubin = vec![0u8; size];
             // SAFETY: `cubin` holds the `size` bytes NVRTC writes.
-            unsafe { sys::nvrtcGetCUBIN(prog.0, cubin.as_mut_ptr().cast::<c_char>()) }
-                .result()
-                .map_err(nvrtc("nvrtcGetCUBIN"))?;
+            unsafe { sys::nvrtcGetCUBIN(prog.0, cubin.as_mut_ptr().cast::<c_char>()) }.result().map_err(nvrtc("nvrtcGetCUBIN"))?;
             Ok(cubin)
         }
         Target::Ptx(_) => {
@@ -397,6 +420,10 @@ mod tests {
                 let mut patterns = vec![format!(" {func}("), format!("\n{func}(")];
                 if let Some(ty) = func.strip_prefix("matvec2_").and_then(|r| r.rsplit_once("_w")).map(|(t, _)| t) {
                     patterns.push(format!("MATVEC2_ALL({ty}, "));
+                }
+                // Defined by `DEQUANT_KERNELS(type, ...)` as get_rows_<type> and dequant_f16_<type>.
+                if let Some(ty) = func.strip_prefix("get_rows_").or_else(|| func.strip_prefix("dequant_f16_")) {
+                    patterns.push(format!("DEQUANT_KERNELS({ty}, "));
                 }
                 let defined = patterns.iter().any(|p| f.source.contains(p));
                 assert!(defined && f.source.contains("__global__"), "{} lacks {func}", f.name);

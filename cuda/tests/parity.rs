@@ -240,10 +240,8 @@ fn matvec_case(gpu: &CudaBackend, ty: GgmlType, cols: usize, rows: usize, seed: 
     dequantize(GgmlType::Q8_1, &xq_host, &mut xdq).unwrap();
     let mut wd = vec![0f32; rows * cols];
     dequantize(ty, &wq, &mut wd).unwrap();
-    let want_int: Vec<f32> = wd
-        .chunks_exact(cols)
-        .map(|row| row.iter().zip(&xdq).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() as f32)
-        .collect();
+    let want_int: Vec<f32> =
+        wd.chunks_exact(cols).map(|row| row.iter().zip(&xdq).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() as f32).collect();
 
     for (v, kernel) in MatvecKernel::ALL.into_iter().enumerate() {
         let mut out = gpu.upload(&vec![f32::NAN; rows]).unwrap();
@@ -390,15 +388,7 @@ fn attention_matches_cpu_for_every_mask() {
         AttnCase { n_head: 10, n_head_kv: 2, head_dim: 80, head_dim_v: 80, kpos: in_order(513), qpos: 600, mask: AttnMask::CAUSAL },
         AttnCase { n_head: 4, n_head_kv: 1, head_dim: 64, head_dim_v: 32, kpos: in_order(40), qpos: 20, mask: AttnMask::CAUSAL },
         // Nothing visible (every slot is in the future): zero output, lse -inf.
-        AttnCase {
-            n_head: 2,
-            n_head_kv: 1,
-            head_dim: 64,
-            head_dim_v: 64,
-            kpos: (10..50).collect(),
-            qpos: 5,
-            mask: AttnMask::CAUSAL,
-        },
+        AttnCase { n_head: 2, n_head_kv: 1, head_dim: 64, head_dim_v: 64, kpos: (10..50).collect(), qpos: 5, mask: AttnMask::CAUSAL },
     ];
     for (i, c) in cases.iter().enumerate() {
         attention_case(gpu, c, 600 + i as u64);
@@ -425,5 +415,140 @@ fn kernels_report_their_origin() {
     for m in gpu.modules() {
         println!("{} -> {}: {} bytes, {:?} in {:.0} ms ({:?})", m.file, m.target, m.image.len(), m.origin, m.millis, m.cache_path);
     }
-    assert_eq!(gpu.modules().len(), 6);
+    assert_eq!(gpu.modules().len(), 9, "one module per kernel file");
+}
+
+/// Prefill attention (many queries at once) against the CPU reference, for every mask kind,
+/// grouped-query heads, a wrapped ring and head sizes up to 256.
+#[test]
+fn attention_prefill_matches_cpu_for_every_mask() {
+    let Some(gpu) = gpu() else { return };
+    let in_order = |n: i32| (0..n).collect::<Vec<i32>>();
+    let ring: Vec<i32> = (0..300).map(|s| if s % 15 == 7 { -1 } else { 701 + (s + 123) % 300 }).collect();
+    // (n_head, n_head_kv, head_dim, head_dim_v, kpos, first query position, queries, mask)
+    let cases: Vec<(usize, usize, usize, usize, Vec<i32>, i64, usize, AttnMask)> = vec![
+        (8, 2, 128, 128, in_order(300), 0, 300, AttnMask::CAUSAL),
+        (8, 2, 128, 128, in_order(300), 100, 200, AttnMask { window: Some(64), sink: 0 }),
+        (4, 4, 64, 64, in_order(300), 150, 150, AttnMask { window: Some(32), sink: 4 }),
+        (4, 1, 256, 256, ring, 980, 21, AttnMask { window: Some(256), sink: 0 }),
+        (10, 2, 80, 80, in_order(77), 40, 37, AttnMask::CAUSAL),
+        (4, 1, 64, 32, in_order(40), 20, 20, AttnMask::CAUSAL),
+    ];
+    for (i, (n_head, n_head_kv, head_dim, head_dim_v, kpos, q0, nq, mask)) in cases.into_iter().enumerate() {
+        let mut rng = Rng::new(900 + i as u64);
+        let n_slots = kpos.len();
+        let q = rng.normals(nq * n_head * head_dim, 1.5);
+        let k: Vec<f16> = rng.normals(n_slots * n_head_kv * head_dim, 1.0).into_iter().map(f16::from_f32).collect();
+        let v: Vec<f16> = rng.normals(n_slots * n_head_kv * head_dim_v, 1.0).into_iter().map(f16::from_f32).collect();
+        let shape = AttnShape { n_head, n_head_kv, head_dim, head_dim_v, scale: 1.0 / (head_dim as f32).sqrt() };
+        let qpos: Vec<i64> = (q0..q0 + nq as i64).collect();
+        let kpos64: Vec<i64> = kpos.iter().map(|&p| p as i64).collect();
+        let mut want = vec![0f32; nq * n_head * head_dim_v];
+        attention(&shape, &q, &qpos, KvView::F16(&k), KvView::F16(&v), &kpos64, mask, &mut want, None);
+        let qpos32: Vec<i32> = qpos.iter().map(|&p| p as i32).collect();
+        let (qd, kd, vd, pd, qp) = (
+            gpu.upload(&q).unwrap(),
+            gpu.upload(&k).unwrap(),
+            gpu.upload(&v).unwrap(),
+            gpu.upload(&kpos).unwrap(),
+            gpu.upload(&qpos32).unwrap(),
+        );
+        let mut out = gpu.upload(&vec![f32::NAN; want.len()]).unwrap();
+        gpu.attention_prefill(&shape, &qd, &qp, &kd, &vd, &pd, mask, &mut out).unwrap();
+        let got = gpu.download(&out).unwrap();
+        check(
+            &format!("attention prefill heads {n_head}/{n_head_kv} dims {head_dim}/{head_dim_v} slots {n_slots} q {q0}+{nq} {mask:?}"),
+            &got,
+            &want,
+            ATTENTION_BOUND,
+        );
+    }
+}
+
+/// Batched products (`matmul`): a few tokens through the matrix-vector kernels, a batch through
+/// f16 weights and cuBLAS, against the f32 reference; and embedding rows against dequantize.
+#[test]
+fn matmul_and_get_rows_match_cpu() {
+    let Some(gpu) = gpu() else { return };
+    println!("cuBLAS: {:?}", gpu.blas_status());
+    let (cols, rows) = (512, 96);
+    for (i, ty) in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::F16, GgmlType::F32]
+        .into_iter()
+        .enumerate()
+    {
+        let mut rng = Rng::new(1000 + i as u64);
+        let w = rng.normals(rows * cols, 0.05);
+        let mut wq = vec![0u8; ty.tensor_nbytes(&[cols as u64, rows as u64]).unwrap() as usize];
+        quantize(ty, &w, &mut wq).unwrap();
+        let qm = QMatrix::new(ty, cols, rows, &wq).unwrap();
+        let dm = gpu.upload_matrix(&qm).unwrap();
+        let mut scratch = gpu.matmul_scratch(40, cols, rows * cols).unwrap();
+        if matches!(ty, GgmlType::F16 | GgmlType::F32) && gpu.blas_status().is_err() {
+            continue;
+        }
+        for n in [1usize, 3, 40] {
+            if matches!(ty, GgmlType::F16 | GgmlType::F32) && n < engine_cuda::GEMM_MIN_TOKENS {
+                continue; // no matrix-vector kernel for float weights
+            }
+            let x = rng.normals(n * cols, 1.0);
+            let mut want = vec![0f32; n * rows];
+            matmul_reference(&qm, &x, n, &mut want).unwrap();
+            let xd = gpu.upload(&x).unwrap();
+            let mut out = gpu.upload(&vec![f32::NAN; n * rows]).unwrap();
+            gpu.matmul(&dm, &xd, n, &mut scratch, &mut out).unwrap();
+            check(&format!("matmul {ty} {cols}x{rows} n={n}"), &gpu.download(&out).unwrap(), &want, MATVEC_F32_BOUND);
+        }
+        let ids: Vec<i32> = vec![5, 0, 95, 5];
+        let mut wd = vec![0f32; rows * cols];
+        dequantize(ty, &wq, &mut wd).unwrap();
+        let want: Vec<f32> = ids.iter().flat_map(|&r| wd[r as usize * cols..(r as usize + 1) * cols].iter().map(|v| v * 0.5)).collect();
+        let idd = gpu.upload(&ids).unwrap();
+        let mut out = gpu.upload(&vec![f32::NAN; ids.len() * cols]).unwrap();
+        gpu.get_rows(&dm, &idd, 0.5, &mut out).unwrap();
+        check(&format!("get_rows {ty}"), &gpu.download(&out).unwrap(), &want, F32_OP_BOUND);
+    }
+}
+
+/// The fused decode kernels give the bytes of the ops they replace, run one after another.
+#[test]
+fn fused_decode_kernels_equal_the_unfused_sequence() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new(77);
+    for (rows, n) in [(1usize, 4096usize), (1, 2048), (3, 640), (2, 64)] {
+        let x = rng.normals(rows * n, 1.0);
+        let y = rng.normals(rows * n, 0.5);
+        let w = rng.normals(n, 1.0);
+        let wd = gpu.upload(&w).unwrap();
+        for residual in [false, true] {
+            // Unfused: add, rms_norm, quantize.
+            let mut xa = gpu.upload(&x).unwrap();
+            let yd = gpu.upload(&y).unwrap();
+            if residual {
+                gpu.add(&mut xa, &yd).unwrap();
+            }
+            let mut h = gpu.alloc::<f32>(rows * n).unwrap();
+            gpu.rms_norm(&xa, &wd, 1e-6, &mut h).unwrap();
+            let mut want = gpu.alloc::<u8>(rows * n / 32 * Q8_1_BYTES).unwrap();
+            gpu.quantize_q8_1(&h, &mut want).unwrap();
+            // Fused.
+            let mut xb = gpu.upload(&x).unwrap();
+            let mut got = gpu.alloc::<u8>(rows * n / 32 * Q8_1_BYTES).unwrap();
+            gpu.add_rms_norm_q8_1(&mut xb, residual.then_some(&yd), &wd, 1e-6, &mut got).unwrap();
+            assert_eq!(gpu.download(&got).unwrap(), gpu.download(&want).unwrap(), "add_rms_norm_q8_1 {rows}x{n} residual {residual}");
+            assert_eq!(gpu.download(&xb).unwrap(), gpu.download(&xa).unwrap(), "residual sum {rows}x{n}");
+        }
+    }
+    for act in [GatedAct::GeluTanh, GatedAct::Silu] {
+        let g = rng.normals(14336, 2.0);
+        let u = rng.normals(14336, 1.0);
+        let (gd, ud) = (gpu.upload(&g).unwrap(), gpu.upload(&u).unwrap());
+        let mut ga = gpu.upload(&g).unwrap();
+        gpu.gated_act(&mut ga, &ud, act).unwrap();
+        let mut want = gpu.alloc::<u8>(14336 / 32 * Q8_1_BYTES).unwrap();
+        gpu.quantize_q8_1(&ga, &mut want).unwrap();
+        let mut got = gpu.alloc::<u8>(14336 / 32 * Q8_1_BYTES).unwrap();
+        gpu.gated_act_q8_1(&gd, &ud, act, &mut got).unwrap();
+        assert_eq!(gpu.download(&got).unwrap(), gpu.download(&want).unwrap(), "gated_act_q8_1 {act:?}");
+    }
+    println!("fused decode kernels: bytes equal to the unfused sequence");
 }

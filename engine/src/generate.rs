@@ -66,11 +66,31 @@ pub struct GenerateParams<'s> {
     pub stop: Option<&'s AtomicBool>,
 }
 
+/// What [`generate`] runs on: a CPU [`Session`] or a [`crate::gpu::GpuSession`].
+pub trait Evaluate {
+    /// Evaluates `tokens` after what the session holds; the logits `which` asks for.
+    fn eval(&mut self, tokens: &[u32], which: Logits) -> Result<Vec<f32>, crate::model::ModelError>;
+    fn n_past(&self) -> usize;
+    fn n_ctx(&self) -> usize;
+}
+
+impl Evaluate for Session<'_, '_> {
+    fn eval(&mut self, tokens: &[u32], which: Logits) -> Result<Vec<f32>, crate::model::ModelError> {
+        Session::eval(self, tokens, which)
+    }
+    fn n_past(&self) -> usize {
+        Session::n_past(self)
+    }
+    fn n_ctx(&self) -> usize {
+        Session::n_ctx(self)
+    }
+}
+
 /// Evaluates `prompt` after what `session` holds, then generates, calling `on_text` with each
 /// piece of text as soon as it forms whole UTF-8 characters. Generated tokens (all but an ending
 /// end-of-generation token) are appended to the session.
 pub fn generate(
-    session: &mut Session<'_, '_>,
+    session: &mut impl Evaluate,
     tokenizer: &Tokenizer,
     sampler: &mut Sampler,
     prompt: &[u32],

@@ -12,6 +12,7 @@
 //! - [`generate`]: the prompt-then-decode loop shared by `run` and `chat`.
 //! - [`convert`]: Hugging Face checkpoints (safetensors, config.json, tokenizer) to GGUF, as
 //!   llama.cpp's converter writes them; [`quantize`]: GGUF to GGUF with llama.cpp's type mixes.
+//! - [`gpu`]: the forward pass on a CUDA GPU (weights and KV cache on the device).
 //! - [`synth`]: random-weight models of named shapes (tiny test models, real model shapes), with
 //!   [`quant_mix`], llama.cpp's choice of tensor types for a file type (Q4_K_M's mix).
 
@@ -19,13 +20,14 @@ pub mod chat;
 pub mod convert;
 pub mod generate;
 pub mod gguf;
-pub mod memstat;
+pub mod gpu;
 pub mod lighttransfer;
+pub mod memstat;
 pub mod model;
 pub mod model_path;
 pub mod perplexity;
-pub mod quantize;
 pub mod quant_mix;
+pub mod quantize;
 pub mod sampling;
 pub mod synth;
 pub mod tokenizer;

@@ -94,6 +94,18 @@ impl AttnMask {
             }
     }
 
+    /// The same visibility, for every query position, as a mask without `span`; `None` when the
+    /// span matters at some positions only (sinks beyond a native window wider than `window`).
+    pub fn without_span(&self) -> Option<AttnMask> {
+        match (self.span, self.window) {
+            (None, _) => Some(*self),
+            (Some(span), None) => Some(AttnMask::sliding(span)),
+            (Some(span), Some(w)) if w >= span => Some(AttnMask::sliding(span)),
+            (Some(_), Some(_)) if self.sink == 0 => Some(AttnMask { span: None, ..*self }),
+            _ => None,
+        }
+    }
+
     /// The same visibility, for a query at `q`, as a mask without `span` (what kernels that know
     /// only `window` and `sink` can run); `None` when no such mask exists at `q` (a query that
     /// sees only some of the sinks). `span` with no window is a window of `span`.
@@ -442,6 +454,8 @@ mod tests {
         assert!(native_stream.visible(7, 0) && native_stream.visible(8, 1) && !native_stream.visible(8, 0));
         assert!(!native_stream.visible(20, 0) && !native_stream.visible(20, 1) && native_stream.visible(20, 17));
         assert!(!native_stream.visible(20, 16), "the streaming window (4) is smaller than the native one");
+        assert_eq!(native_stream.without_span(), None, "sinks seen by early queries only");
+        assert_eq!(AttnMask::streaming(2, 8).within(Some(8)).without_span(), Some(AttnMask::sliding(8)));
     }
 
     #[test]
@@ -465,6 +479,13 @@ mod tests {
                         }
                     }
                     None => partial += 1,
+                }
+            }
+            if let Some(r) = m.without_span() {
+                for q in 0..40i64 {
+                    for k in -1..45 {
+                        assert_eq!(m.visible(q, k), r.visible(q, k), "{m:?} at q {q}, k {k}: {r:?}");
+                    }
                 }
             }
             // Only the queries that see some but not all sinks have no equivalent.

@@ -13,6 +13,8 @@
 //!   sliding window keeps that window as an outer bound on everything it sees, sinks included
 //!   (the intersection of its own mask with sink + recent; see [`LayerKind::Streaming`]).
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use half::f16;
 
 use ggml_kernels::attention::{AttnMask, KvView};
@@ -132,6 +134,11 @@ impl Store {
     }
 }
 
+/// KV bytes that live caches have promised to layers not yet allocated (a layer allocates at its
+/// first write). A new cache is admitted against the memory the system reports as available
+/// minus these, so several sessions together cannot promise more memory than there is.
+static PROMISED: AtomicU64 = AtomicU64::new(0);
+
 /// One layer's cache. Its keys and values are allocated when the first position is written
 /// (so a layer-major prefill holds only the layers it has reached); the positions at once.
 pub struct LayerCache {
@@ -146,9 +153,24 @@ pub struct LayerCache {
     v: Store,
     pos: Vec<i64>,
     ty: KvType,
+    /// Whether this layer's bytes are still counted in [`PROMISED`] (not yet allocated).
+    promised: bool,
+}
+
+impl Drop for LayerCache {
+    fn drop(&mut self) {
+        self.keep_promise();
+    }
 }
 
 impl LayerCache {
+    /// Takes this layer's bytes out of [`PROMISED`] (when they are allocated or given up).
+    fn keep_promise(&mut self) {
+        if std::mem::take(&mut self.promised) {
+            PROMISED.fetch_sub(self.bytes() as u64, Ordering::Relaxed);
+        }
+    }
+
     fn slot(&self, pos: usize) -> usize {
         if pos < self.sink_slots {
             pos
@@ -162,6 +184,7 @@ impl LayerCache {
         if self.k.len() == 0 {
             self.k = Store::new(self.ty, self.n_slots * self.k_row);
             self.v = Store::new(self.ty, self.n_slots * self.v_row);
+            self.keep_promise();
         }
         let n = k.len() / self.k_row;
         debug_assert_eq!(v.len(), n * self.v_row);
@@ -232,6 +255,7 @@ impl LayerCache {
             v: Store::new(self.ty, n_slots * self.v_row),
             pos: vec![-1; n_slots],
             ty: self.ty,
+            promised: false,
         };
         let newest = self.pos.iter().copied().max().unwrap_or(-1);
         let mut order: Vec<usize> = (0..self.n_slots).filter(|&s| self.pos[s] >= 0).collect();
@@ -283,7 +307,8 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    /// Allocates the cache. Errors (before allocating) when it would not fit in `max_bytes`.
+    /// Makes the cache (each layer allocates at its first write). Errors when it would not fit
+    /// in `max_bytes` less what other live caches have promised and not yet allocated.
     pub fn new(p: &KvCacheParams, kinds: &[LayerKind], max_bytes: Option<u64>) -> Result<KvCache, ModelError> {
         let slots = |kind: LayerKind| -> (usize, usize) {
             match kind {
@@ -300,6 +325,7 @@ impl KvCache {
             .map(|&k| slots(k).0 as u64 * (p.k_row + p.v_row) as u64 * p.ty.bytes() as u64)
             .sum();
         if let Some(avail) = max_bytes {
+            let avail = avail.saturating_sub(PROMISED.load(Ordering::Relaxed));
             if need > avail {
                 return Err(ModelError::OutOfMemory { what: "KV cache", need, avail });
             }
@@ -318,9 +344,18 @@ impl KvCache {
                     v: Store::empty(p.ty),
                     pos: vec![-1; n_slots],
                     ty: p.ty,
+                    promised: false,
                 }
             })
-            .collect();
+            .collect::<Vec<LayerCache>>();
+        // Promised from here on; each layer gives its share back when it allocates or drops.
+        let mut layers = layers;
+        for l in &mut layers {
+            if l.bytes() > 0 {
+                PROMISED.fetch_add(l.bytes() as u64, Ordering::Relaxed);
+                l.promised = true;
+            }
+        }
         Ok(KvCache { layers, n_ctx: p.n_ctx, probe: None, peak: 0 })
     }
 
@@ -479,6 +514,21 @@ mod tests {
             c.layers[0].write(p, &[p as f32; 2], &[p as f32; 2]);
         }
         assert_eq!(c.layers[0].to_streaming(2, 3).kind, kind);
+    }
+
+    #[test]
+    fn caches_not_yet_allocated_count_against_later_ones() {
+        // One layer of 1,000,000 slots x 512 f32: 2 GB promised, never written, so never allocated.
+        let p = KvCacheParams { n_ctx: 1_000_000, n_batch: 8, ty: KvType::F32, k_row: 256, v_row: 256 };
+        let need = 1_000_000u64 * 512 * 4;
+        // Room for one and a half such caches (other tests' small caches fit in the slack).
+        let avail = need + need / 2;
+        let a = KvCache::new(&p, &[LayerKind::Full], Some(avail)).unwrap();
+        assert_eq!(a.resident_bytes(), 0);
+        let e = KvCache::new(&p, &[LayerKind::Full], Some(avail)).err().expect("the first cache's promise counts");
+        assert!(matches!(e, ModelError::OutOfMemory { .. }), "{e}");
+        drop(a);
+        KvCache::new(&p, &[LayerKind::Full], Some(avail)).expect("admitted once the first is gone");
     }
 
     #[test]
