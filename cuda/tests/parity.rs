@@ -428,9 +428,9 @@ fn attention_prefill_matches_cpu_for_every_mask() {
     // (n_head, n_head_kv, head_dim, head_dim_v, kpos, first query position, queries, mask)
     let cases: Vec<(usize, usize, usize, usize, Vec<i32>, i64, usize, AttnMask)> = vec![
         (8, 2, 128, 128, in_order(300), 0, 300, AttnMask::CAUSAL),
-        (8, 2, 128, 128, in_order(300), 100, 200, AttnMask { window: Some(64), sink: 0 }),
-        (4, 4, 64, 64, in_order(300), 150, 150, AttnMask { window: Some(32), sink: 4 }),
-        (4, 1, 256, 256, ring, 980, 21, AttnMask { window: Some(256), sink: 0 }),
+        (8, 2, 128, 128, in_order(300), 100, 200, AttnMask::sliding(64)),
+        (4, 4, 64, 64, in_order(300), 150, 150, AttnMask::streaming(4, 32)),
+        (4, 1, 256, 256, ring, 980, 21, AttnMask::sliding(256)),
         (10, 2, 80, 80, in_order(77), 40, 37, AttnMask::CAUSAL),
         (4, 1, 64, 32, in_order(40), 20, 20, AttnMask::CAUSAL),
     ];
