@@ -140,13 +140,14 @@ fn batched_errors_name_the_problem() {
 
 #[test]
 fn lighttransfer_test_prefill_holds_p_full_layers_plus_one() {
-    // Gemma-3-tiny's six layers, all run as full attention; a prompt of 6 batches.
+    // Gemma-3-tiny's six layers, all run as full attention; a prompt of 6 batches and one token
+    // (so a plain split into batches would end with a batch of a single query).
     let dir = tempfile::tempdir().unwrap();
     let path = synth_model(dir.path(), "gemma3-tiny", FileType::F32);
     let file = GgufFile::open(&path).unwrap();
     let model = Model::load(&file).unwrap();
     let n_layer = model.cfg.n_layer;
-    let (n_ctx, n_batch, n_prompt) = (256usize, 16usize, 96usize);
+    let (n_ctx, n_batch, n_prompt) = (256usize, 16usize, 97usize);
     let prompt: Vec<u32> = (0..n_prompt as u32).map(|i| 1 + (i * 53) % 300).collect();
     let full = vec![LayerKind::Full; n_layer];
     let p = SessionParams { layer_kinds: Some(full.clone()), ..params(n_ctx, n_batch) };
@@ -184,4 +185,15 @@ fn lighttransfer_test_prefill_holds_p_full_layers_plus_one() {
     // And decoding goes on from there.
     let next = s.eval(&[7], Logits::Last).unwrap();
     assert!(next.iter().all(|v| v.is_finite()));
+
+    // The ratios rest on the last w_last queries, as in a prefill of one batch (token-major).
+    let mut one = Session::new(&model, &SessionParams { n_batch: n_prompt, ..p.clone() }).unwrap();
+    one.cache.probe = mode.probe(&full, n_prompt);
+    one.eval(&prompt, Logits::Last).unwrap();
+    let whole = one.cache.probe.take().unwrap();
+    assert_eq!(whole.made_lazy, probe.made_lazy);
+    for (il, (a, b)) in probe.ratios.iter().zip(&whole.ratios).enumerate() {
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert!((a - b).abs() <= 1e-5, "layer {il}: ratio {a} layer-major, {b} in one batch");
+    }
 }

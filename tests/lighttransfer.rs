@@ -27,7 +27,7 @@ fn streaming_batched_prefill_equals_token_by_token_decoding() {
     let file = GgufFile::open(&path).unwrap();
     let mut model = Model::load(&file).unwrap();
     model.exact_matmul = true;
-    let kinds = vec![LayerKind::Streaming { sink: 4, window: 24 }; model.cfg.n_layer];
+    let kinds: Vec<LayerKind> = model.native_layer_kinds().iter().map(|k| k.streaming(4, 24)).collect();
     let tokens: Vec<u32> = (0..80u32).map(|i| 2 + (i * 7919) % 5000).collect();
     let batched = last_logits(&model, &kinds, &tokens, 80);
     let stepwise = last_logits(&model, &kinds, &tokens, 1);
@@ -37,6 +37,40 @@ fn streaming_batched_prefill_equals_token_by_token_decoding() {
     let native = last_logits(&model, &model.native_layer_kinds(), &tokens, 80);
     let diff = batched.iter().zip(&native).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     assert!(diff > 1e-2, "streaming layers gave the same logits as full attention ({diff})");
+}
+
+#[test]
+fn streaming_sliding_window_layers_see_sinks_only_within_their_window() {
+    // gemma3-tiny: a sliding window of 8 on 5 of its 6 layers. Their streaming form keeps the
+    // native window as a bound on the sinks too.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gemma3-tiny.gguf");
+    let preset = engine::synth::preset("gemma3-tiny").unwrap();
+    engine::synth::synthesize(&engine::synth::SynthParams { preset, ftype: engine::quant_mix::FileType::F32, seed: 7 }, &path, None).unwrap();
+    let file = GgufFile::open(&path).unwrap();
+    let mut model = Model::load(&file).unwrap();
+    model.exact_matmul = true;
+    let native = model.native_layer_kinds();
+    let kinds: Vec<LayerKind> = native.iter().map(|k| k.streaming(2, 3)).collect();
+    assert!(kinds.contains(&LayerKind::Streaming { sink: 2, window: 3, native_window: Some(8) }), "{kinds:?}");
+    let tokens: Vec<u32> = (0..40u32).map(|i| 1 + (i * 37) % 300).collect();
+    // Exact under batching: the whole prompt at once equals one token at a time.
+    let batched = last_logits(&model, &kinds, &tokens, 40);
+    let stepwise = last_logits(&model, &kinds, &tokens, 1);
+    let worst = batched.iter().zip(&stepwise).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(worst < 1e-4, "batched and token-by-token logits differ by {worst}");
+    // Sinks over the whole prefix (what a full layer's streaming form sees) is another model.
+    let over_prefix: Vec<LayerKind> = native.iter().map(|_| LayerKind::Full.streaming(2, 3)).collect();
+    let other = last_logits(&model, &over_prefix, &tokens, 40);
+    let diff = batched.iter().zip(&other).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(diff > 1e-3, "sinks beyond the native window changed nothing ({diff})");
+    // A streaming window as wide as the native one adds nothing to what the layer sees: the
+    // native model exactly.
+    let wide: Vec<LayerKind> = native.iter().map(|&k| if k == LayerKind::Full { k } else { k.streaming(2, 8) }).collect();
+    let same = last_logits(&model, &wide, &tokens, 40);
+    let reference = last_logits(&model, &native, &tokens, 40);
+    let worst = same.iter().zip(&reference).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(worst < 1e-4, "streaming(2, 8) of a window-8 layer differs from it by {worst}");
 }
 
 #[test]
@@ -71,7 +105,7 @@ fn half_lazy_at_32k_needs_at_most_55_percent_of_the_kv_bytes() {
     let stream = StreamParams::default();
     // Half of the candidates (all 32 layers are candidates at 32K) lazy.
     let lazy = engine::lighttransfer::choose_lazy(&vec![Some(0.5f32); 32], 0.5);
-    let hybrid: Vec<LayerKind> = lazy.iter().map(|&l| if l { stream.kind() } else { LayerKind::Full }).collect();
+    let hybrid: Vec<LayerKind> = lazy.iter().map(|&l| if l { stream.kind(LayerKind::Full) } else { LayerKind::Full }).collect();
     let bytes = |kinds: &[LayerKind]| -> u64 {
         // Sizes from the allocator's own arithmetic, on a narrow row so the test stays small.
         let small = KvCacheParams { k_row: 8, v_row: 8, ..params.clone() };
@@ -93,7 +127,7 @@ fn options_resolve_as_documented() {
     match opts.resolve(Some(&spec), &native).unwrap() {
         engine::lighttransfer::HybridMode::Static { kinds, lazy } => {
             assert_eq!(lazy, vec![0, 2]);
-            assert_eq!(kinds[0], LayerKind::Streaming { sink: 2, window: 20 });
+            assert_eq!(kinds[0], LayerKind::Streaming { sink: 2, window: 20, native_window: None });
         }
         m => panic!("{m:?}"),
     }

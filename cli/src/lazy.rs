@@ -138,7 +138,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ids.extend_from_slice(&tokens[c * chunk..(c + 1) * chunk]);
         session.reset();
         session.cache.probe = Some(LazyProbe::new(n_layer, stream, args.w_last, ids.len(), Selection::Measure));
-        session.eval(&ids, Logits::None)?;
+        // The ratio is measured on the queries of the batch that ends the prompt: the last
+        // `w_last` tokens go in a call of their own, so that batch holds all of them (1 + chunk
+        // tokens in batches of n_batch would otherwise leave a final batch of one query).
+        let split = engine::lighttransfer::probe_split(ids.len(), args.w_last, params.n_batch);
+        session.eval(&ids[..split], Logits::None)?;
+        session.eval(&ids[split..], Logits::None)?;
         let probe = session.cache.probe.take().context("the probe went missing")?;
         let chosen = choose_lazy(&probe.ratios, args.ratio);
         for (il, r) in probe.ratios.iter().enumerate() {

@@ -624,6 +624,11 @@ impl CudaBackend {
         if s.n_head == 0 {
             return Ok(());
         }
+        // The kernel knows `window` and `sink`; a `span` (a native window under a streaming one)
+        // reduces to them at a host-side query position (except where it sees only some of the
+        // sinks), and for a device-side one only where it bounds nothing position-dependent.
+        let reduced = if qpos_dev.is_some() { mask.without_span() } else { mask.without_span_at(qpos) };
+        let mask = reduced.ok_or_else(|| CudaError::Invalid(format!("attention: mask {mask:?} is not supported by the decode kernel here")))?;
         let qpos = i32::try_from(qpos).map_err(|_| CudaError::Invalid(format!("attention: position {qpos} exceeds 32 bits")))?;
         let window: i32 = match mask.window {
             None => -1,

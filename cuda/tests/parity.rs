@@ -365,7 +365,7 @@ fn attention_matches_cpu_for_every_mask() {
             head_dim_v: 128,
             kpos: in_order(1000),
             qpos: 999,
-            mask: AttnMask { window: Some(256), sink: 0 },
+            mask: AttnMask::sliding(256),
         },
         AttnCase {
             n_head: 8,
@@ -374,7 +374,7 @@ fn attention_matches_cpu_for_every_mask() {
             head_dim_v: 128,
             kpos: in_order(1000),
             qpos: 999,
-            mask: AttnMask { window: Some(128), sink: 4 },
+            mask: AttnMask::streaming(4, 128),
         },
         AttnCase {
             n_head: 4,
@@ -383,7 +383,7 @@ fn attention_matches_cpu_for_every_mask() {
             head_dim_v: 256,
             kpos: ring,
             qpos: 1000,
-            mask: AttnMask { window: Some(256), sink: 0 },
+            mask: AttnMask::sliding(256),
         },
         AttnCase { n_head: 10, n_head_kv: 2, head_dim: 80, head_dim_v: 80, kpos: in_order(513), qpos: 600, mask: AttnMask::CAUSAL },
         AttnCase { n_head: 4, n_head_kv: 1, head_dim: 64, head_dim_v: 32, kpos: in_order(40), qpos: 20, mask: AttnMask::CAUSAL },
@@ -428,9 +428,9 @@ fn attention_prefill_matches_cpu_for_every_mask() {
     // (n_head, n_head_kv, head_dim, head_dim_v, kpos, first query position, queries, mask)
     let cases: Vec<(usize, usize, usize, usize, Vec<i32>, i64, usize, AttnMask)> = vec![
         (8, 2, 128, 128, in_order(300), 0, 300, AttnMask::CAUSAL),
-        (8, 2, 128, 128, in_order(300), 100, 200, AttnMask { window: Some(64), sink: 0 }),
-        (4, 4, 64, 64, in_order(300), 150, 150, AttnMask { window: Some(32), sink: 4 }),
-        (4, 1, 256, 256, ring, 980, 21, AttnMask { window: Some(256), sink: 0 }),
+        (8, 2, 128, 128, in_order(300), 100, 200, AttnMask::sliding(64)),
+        (4, 4, 64, 64, in_order(300), 150, 150, AttnMask::streaming(4, 32)),
+        (4, 1, 256, 256, ring, 980, 21, AttnMask::sliding(256)),
         (10, 2, 80, 80, in_order(77), 40, 37, AttnMask::CAUSAL),
         (4, 1, 64, 32, in_order(40), 20, 20, AttnMask::CAUSAL),
     ];

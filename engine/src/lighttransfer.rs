@@ -50,8 +50,10 @@ impl Default for StreamParams {
 }
 
 impl StreamParams {
-    pub fn kind(self) -> LayerKind {
-        LayerKind::Streaming { sink: self.sink, window: self.window }
+    /// The streaming form of a layer whose own kind is `native` ([`LayerKind::streaming`]: a
+    /// native sliding window stays an outer bound, so its sinks are seen only within it).
+    pub fn kind(self, native: LayerKind) -> LayerKind {
+        native.streaming(self.sink, self.window)
     }
 
     /// Whether a layer whose keys span `span` positions (after its native window) attends to
@@ -128,7 +130,7 @@ impl HybridSpec {
 
     /// The layer kinds to run: lazy layers stream, the others keep their native kind.
     pub fn layer_kinds(&self, native: &[LayerKind]) -> Vec<LayerKind> {
-        native.iter().zip(&self.lazy).map(|(&k, &lazy)| if lazy { self.stream.kind() } else { k }).collect()
+        native.iter().zip(&self.lazy).map(|(&k, &lazy)| if lazy { self.stream.kind(k) } else { k }).collect()
     }
 }
 
@@ -252,6 +254,15 @@ impl LazyProbe {
     }
 }
 
+/// Where to split a prompt of `len` tokens so that its last forward call (one batch of at most
+/// `n_batch` tokens) holds the last `w_last` queries, which the probe measures: evaluate
+/// `..split`, then `split..`. Evaluated in one call, a prompt whose length is a multiple of
+/// `n_batch` plus one ends with a batch of a single query, and the ratio would rest on that
+/// query alone whatever `w_last` says.
+pub fn probe_split(len: usize, w_last: usize, n_batch: usize) -> usize {
+    len - w_last.min(n_batch).min(len)
+}
+
 /// Picks the lazy set offline: the `fraction` of candidate layers with the highest mean ratio.
 pub fn choose_lazy(mean_ratios: &[Option<f32>], fraction: f32) -> Vec<bool> {
     let mut cands: Vec<(f32, usize)> = mean_ratios.iter().enumerate().filter_map(|(i, r)| r.map(|r| (r, i))).collect();
@@ -268,8 +279,20 @@ pub fn choose_lazy(mean_ratios: &[Option<f32>], fraction: f32) -> Vec<bool> {
 mod tests {
     use super::*;
 
-    /// Brute force: softmax probabilities of every visible key, summed over the keep set.
-    fn brute_force(shape: &AttnShape, q: &[f32], qpos: &[i64], k: &[f32], kpos: &[i64], s: StreamParams, end: i64) -> f32 {
+    /// Brute force, written from the spec: the softmax of each row over the keys the layer's
+    /// native attention sees (causal, and within `native_window` if given), summed over the keep
+    /// set (`k < sink` or `k >= end - window`).
+    #[allow(clippy::too_many_arguments)]
+    fn brute_force(
+        shape: &AttnShape,
+        q: &[f32],
+        qpos: &[i64],
+        k: &[f32],
+        kpos: &[i64],
+        native_window: Option<i64>,
+        s: StreamParams,
+        end: i64,
+    ) -> f32 {
         let group = shape.n_head / shape.n_head_kv;
         let mut total = 0f64;
         let mut rows = 0;
@@ -279,7 +302,7 @@ mod tests {
                 let scores: Vec<(i64, f64)> = kpos
                     .iter()
                     .enumerate()
-                    .filter(|(_, &kp)| kp <= p)
+                    .filter(|(_, &kp)| kp <= p && native_window.is_none_or(|w| p - kp < w))
                     .map(|(slot, &kp)| {
                         let kr = &k[(slot * shape.n_head_kv + h / group) * shape.head_dim..][..shape.head_dim];
                         (kp, qr.iter().zip(kr).map(|(a, b)| (a * b) as f64).sum::<f64>() * shape.scale as f64)
@@ -315,12 +338,81 @@ mod tests {
         let q: Vec<f32> = (0..w_last * 4 * 16).map(|_| rnd()).collect();
         let s = StreamParams { sink: 4, window: 10 };
         let ours = lazy_ratio(&shape, &q, &qpos, KvView::F32(&k), &kpos, AttnMask::CAUSAL, s, n as i64);
-        let reference = brute_force(&shape, &q, &qpos, &k, &kpos, s, n as i64);
+        let reference = brute_force(&shape, &q, &qpos, &k, &kpos, None, s, n as i64);
         assert!((ours - reference).abs() < 1e-5, "ours {ours}, brute force {reference}");
         assert!(ours > 0.0 && ours < 1.0);
         // Keeping everything gives exactly 1.
         let all = StreamParams { sink: 0, window: n as u32 };
         assert!((lazy_ratio(&shape, &q, &qpos, KvView::F32(&k), &kpos, AttnMask::CAUSAL, all, n as i64) - 1.0).abs() < 1e-6);
+    }
+
+    /// Random queries and keys of a prompt of `n` positions, the last `w_last` queries.
+    fn random_prompt(n: usize, w_last: usize, seed: u64) -> (AttnShape, Vec<f32>, Vec<i64>, Vec<f32>, Vec<i64>) {
+        let shape = AttnShape { n_head: 4, n_head_kv: 2, head_dim: 16, head_dim_v: 16, scale: 0.25 };
+        let mut x = seed;
+        let mut rnd = || {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((x >> 33) as f32 / (1u64 << 31) as f32) * 4.0 - 2.0
+        };
+        let k: Vec<f32> = (0..n * 2 * 16).map(|_| rnd()).collect();
+        let kpos: Vec<i64> = (0..n as i64).collect();
+        let qpos: Vec<i64> = ((n - w_last) as i64..n as i64).collect();
+        let q: Vec<f32> = (0..w_last * 4 * 16).map(|_| rnd()).collect();
+        (shape, q, qpos, k, kpos)
+    }
+
+    #[test]
+    fn lazy_ratio_of_a_native_window_layer_counts_only_what_its_window_sees() {
+        // A sliding-window layer (window 40) at the end of a 100-position prompt: the sinks are
+        // beyond its window, so the kept mass is only the recent keys', normalised by the
+        // window's attention, not the causal one.
+        let n = 100usize;
+        let (shape, q, qpos, k, kpos) = random_prompt(n, 8, 777);
+        let native = LayerKind::Window { window: 40 };
+        let s = StreamParams { sink: 4, window: 12 };
+        let ours = lazy_ratio(&shape, &q, &qpos, KvView::F32(&k), &kpos, native.mask(), s, n as i64);
+        let reference = brute_force(&shape, &q, &qpos, &k, &kpos, Some(40), s, n as i64);
+        assert!((ours - reference).abs() < 1e-5, "ours {ours}, brute force {reference}");
+        let no_sinks = StreamParams { sink: 0, window: 12 };
+        let without = brute_force(&shape, &q, &qpos, &k, &kpos, Some(40), no_sinks, n as i64);
+        assert!((ours - without).abs() < 1e-6, "sinks outside the native window carry no mass: {ours} vs {without}");
+        // Where the native window does reach the sinks (a 45-position prompt), they count.
+        let n = 45usize;
+        let (shape, q, qpos, k, kpos) = random_prompt(n, 8, 778);
+        let ours = lazy_ratio(&shape, &q, &qpos, KvView::F32(&k), &kpos, native.mask(), s, n as i64);
+        let reference = brute_force(&shape, &q, &qpos, &k, &kpos, Some(40), s, n as i64);
+        assert!((ours - reference).abs() < 1e-5, "ours {ours}, brute force {reference}");
+    }
+
+    #[test]
+    fn lazy_ratio_is_the_mass_the_streaming_form_keeps_at_the_last_query() {
+        // At the prompt's last query, keep(q) is exactly what the layer's streaming form attends
+        // to; the ratio must be the share of the native attention that this mask keeps, so
+        // that ranking layers by it ranks what running them streaming drops.
+        let n = 90usize;
+        for (native, seed) in [(LayerKind::Full, 1u64), (LayerKind::Window { window: 50 }, 2), (LayerKind::Window { window: 88 }, 3)] {
+            let (shape, q, qpos, k, kpos) = random_prompt(n, 1, seed);
+            let s = StreamParams { sink: 4, window: 20 };
+            let ratio = lazy_ratio(&shape, &q, &qpos, KvView::F32(&k), &kpos, native.mask(), s, n as i64);
+            let lse = |mask: AttnMask| {
+                let mut out = vec![0f32; 4 * 16];
+                let mut lse = vec![0f32; 4];
+                ggml_kernels::attention::attention_reference(
+                    &shape, &q, &qpos, KvView::F32(&k), KvView::F32(&k), &kpos, mask, &mut out, Some(&mut lse),
+                );
+                lse
+            };
+            let (full, kept) = (lse(native.mask()), lse(s.kind(native).mask()));
+            let mass: f32 = full.iter().zip(&kept).map(|(f, k)| (k - f).exp()).sum::<f32>() / 4.0;
+            assert!((ratio - mass).abs() < 1e-5, "{native:?}: ratio {ratio}, streaming keeps {mass}");
+        }
+    }
+
+    #[test]
+    fn probe_split_leaves_w_last_queries_for_the_last_call() {
+        assert_eq!(probe_split(1025, 16, 512), 1009);
+        assert_eq!(probe_split(10, 16, 512), 0);
+        assert_eq!(probe_split(1025, 600, 512), 513, "at most one batch");
     }
 
     #[test]

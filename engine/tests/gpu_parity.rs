@@ -85,7 +85,7 @@ fn whole_model_logits_cpu_vs_cuda() {
             .into_iter()
             .enumerate()
             .map(|(il, k)| match lazy {
-                Some((sink, window)) if il % 2 == 1 => LayerKind::Streaming { sink, window },
+                Some((sink, window)) if il % 2 == 1 => LayerKind::Streaming { sink, window, native_window: None },
                 _ => k,
             })
             .collect();

@@ -42,27 +42,91 @@ impl KvView<'_> {
     }
 }
 
-/// Which cached positions a query at position `p` may attend to.
+/// Which cached positions a query at position `p` may attend to: `k <= p`, within `span` of `p`
+/// if set, and either within `window` of `p` or below `sink`.
+///
+/// - causal: `window = None`, `span = None`;
+/// - native sliding window `w` (Gemma's local layers): `window = Some(w)`, `sink = 0`;
+/// - streaming (a lazy full-attention layer): `window = Some(recent)`, `sink > 0`;
+/// - streaming form of a native window layer: the intersection of both, `span = Some(w)`: the
+///   sinks stay visible only while the native window would see them, so the layer never attends
+///   to a position its training never let it see (e.g. the BOS token 600 positions back).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct AttnMask {
-    /// Only the last `window` positions (`p - k < window`); `None`: no window.
+    /// Only the last `window` positions (`p - k < window`), plus the sinks; `None`: no window.
     pub window: Option<u32>,
-    /// Positions below `sink` stay visible whatever the window (attention sinks).
+    /// Positions below `sink` stay visible whatever the window (attention sinks), within `span`.
     pub sink: u32,
+    /// A bound on `p - k` for every key, sinks included (`p - k < span`); `None`: no bound.
+    pub span: Option<u32>,
 }
 
 impl AttnMask {
     /// Full causal attention.
-    pub const CAUSAL: AttnMask = AttnMask { window: None, sink: 0 };
+    pub const CAUSAL: AttnMask = AttnMask { window: None, sink: 0, span: None };
+
+    /// A native sliding window of `w` positions.
+    pub const fn sliding(w: u32) -> AttnMask {
+        AttnMask { window: Some(w), sink: 0, span: None }
+    }
+
+    /// Streaming attention: `sink` first positions plus the last `window`.
+    pub const fn streaming(sink: u32, window: u32) -> AttnMask {
+        AttnMask { window: Some(window), sink, span: None }
+    }
+
+    /// This mask, further limited to the last `span` positions (sinks included).
+    pub const fn within(self, span: Option<u32>) -> AttnMask {
+        AttnMask { span, ..self }
+    }
 
     #[inline]
     pub fn visible(&self, q: i64, k: i64) -> bool {
         k >= 0
             && k <= q
+            && match self.span {
+                None => true,
+                Some(s) => q - k < s as i64,
+            }
             && match self.window {
                 None => true,
                 Some(w) => q - k < w as i64 || k < self.sink as i64,
             }
+    }
+
+    /// The same visibility, for every query position, as a mask without `span`; `None` when the
+    /// span matters at some positions only (sinks beyond a native window wider than `window`).
+    pub fn without_span(&self) -> Option<AttnMask> {
+        match (self.span, self.window) {
+            (None, _) => Some(*self),
+            (Some(span), None) => Some(AttnMask::sliding(span)),
+            (Some(span), Some(w)) if w >= span => Some(AttnMask::sliding(span)),
+            (Some(_), Some(_)) if self.sink == 0 => Some(AttnMask { span: None, ..*self }),
+            _ => None,
+        }
+    }
+
+    /// The same visibility, for a query at `q`, as a mask without `span` (what kernels that know
+    /// only `window` and `sink` can run); `None` when no such mask exists at `q` (a query that
+    /// sees only some of the sinks). `span` with no window is a window of `span`.
+    pub fn without_span_at(&self, q: i64) -> Option<AttnMask> {
+        let Some(span) = self.span else { return Some(*self) };
+        let span = span as i64;
+        let w = match self.window {
+            None => return Some(AttnMask::sliding(span as u32)),
+            Some(w) if w as i64 >= span => return Some(AttnMask::sliding(span as u32)),
+            Some(w) => w,
+        };
+        let sink = self.sink as i64;
+        if sink == 0 || q < span {
+            // No sinks, or every key up to `q` is within the span: the span bounds nothing.
+            Some(AttnMask { span: None, ..*self })
+        } else if q - (sink - 1) >= span {
+            // Even the last sink is beyond the span: the window alone.
+            Some(AttnMask::sliding(w))
+        } else {
+            None
+        }
     }
 }
 
@@ -339,7 +403,7 @@ mod tests {
         let q: Vec<f32> = (0..n * 4 * 8).map(val).collect();
         let k: Vec<f32> = (0..n * 2 * 8).map(|i| val(i + 7)).collect();
         let pos: Vec<i64> = (0..n as i64).collect();
-        let mask = AttnMask { window: Some(3), sink: 2 };
+        let mask = AttnMask::streaming(2, 3);
         let mut out = vec![0f32; n * 4 * 8];
         let mut lse_a = vec![0f32; n * 4];
         attention(&shape, &q, &pos, KvView::F32(&k), KvView::F32(&k), &pos, mask, &mut out, Some(&mut lse_a));
@@ -363,7 +427,7 @@ mod tests {
             // Slots hold positions out of order, some empty, as a ring does.
             let kpos: Vec<i64> = (0..n_slots as i64).map(|i| if i % 7 == 3 { -1 } else { (i * 13) % n_slots as i64 }).collect();
             let qpos: Vec<i64> = (0..n_q as i64).map(|t| n_slots as i64 - 1 - t).collect();
-            for mask in [AttnMask::CAUSAL, AttnMask { window: Some(6), sink: 0 }, AttnMask { window: Some(5), sink: 3 }] {
+            for mask in [AttnMask::CAUSAL, AttnMask::sliding(6), AttnMask::streaming(3, 5), AttnMask::streaming(3, 5).within(Some(12))] {
                 for (kv, vv) in [(KvView::F32(&kf), KvView::F32(&vf)), (KvView::F16(&k16), KvView::F16(&v16))] {
                     let mut a = vec![0f32; n_q * n_head * d];
                     let mut b = vec![0f32; n_q * n_head * d];
@@ -380,11 +444,53 @@ mod tests {
 
     #[test]
     fn masks() {
-        let swa = AttnMask { window: Some(4), sink: 0 };
+        let swa = AttnMask::sliding(4);
         assert!(swa.visible(10, 7) && !swa.visible(10, 6) && !swa.visible(10, 11));
-        let stream = AttnMask { window: Some(4), sink: 2 };
+        let stream = AttnMask::streaming(2, 4);
         assert!(stream.visible(10, 0) && stream.visible(10, 1) && !stream.visible(10, 2) && stream.visible(10, 9));
         assert!(!AttnMask::CAUSAL.visible(3, -1));
+        // The streaming form of a native window of 8: sinks only while the window sees them.
+        let native_stream = AttnMask::streaming(2, 4).within(Some(8));
+        assert!(native_stream.visible(7, 0) && native_stream.visible(8, 1) && !native_stream.visible(8, 0));
+        assert!(!native_stream.visible(20, 0) && !native_stream.visible(20, 1) && native_stream.visible(20, 17));
+        assert!(!native_stream.visible(20, 16), "the streaming window (4) is smaller than the native one");
+        assert_eq!(native_stream.without_span(), None, "sinks seen by early queries only");
+        assert_eq!(AttnMask::streaming(2, 8).within(Some(8)).without_span(), Some(AttnMask::sliding(8)));
+    }
+
+    #[test]
+    fn without_span_at_is_the_same_mask_where_it_exists() {
+        let masks = [
+            AttnMask::streaming(3, 4).within(Some(9)),
+            AttnMask::streaming(1, 4).within(Some(6)),
+            AttnMask::streaming(3, 12).within(Some(9)),
+            AttnMask::CAUSAL.within(Some(5)),
+            AttnMask::sliding(5),
+            AttnMask::streaming(2, 5),
+        ];
+        for m in masks {
+            let mut partial = 0;
+            for q in 0..40i64 {
+                match m.without_span_at(q) {
+                    Some(r) => {
+                        assert_eq!(r.span, None);
+                        for k in -1..45 {
+                            assert_eq!(m.visible(q, k), r.visible(q, k), "{m:?} at q {q}, k {k}: {r:?}");
+                        }
+                    }
+                    None => partial += 1,
+                }
+            }
+            if let Some(r) = m.without_span() {
+                for q in 0..40i64 {
+                    for k in -1..45 {
+                        assert_eq!(m.visible(q, k), r.visible(q, k), "{m:?} at q {q}, k {k}: {r:?}");
+                    }
+                }
+            }
+            // Only the queries that see some but not all sinks have no equivalent.
+            assert!(partial <= m.sink.saturating_sub(1) as usize, "{m:?}: {partial}");
+        }
     }
 
     #[test]

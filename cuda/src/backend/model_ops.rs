@@ -421,6 +421,10 @@ impl CudaBackend {
         if n == 0 || s.n_head == 0 {
             return Ok(());
         }
+        // The kernel knows `window` and `sink`: a `span` mask runs only where it reduces to them.
+        let mask = mask
+            .without_span()
+            .ok_or_else(|| CudaError::Invalid(format!("attention: mask {mask:?} is not supported by the prefill kernel")))?;
         let window: i32 = match mask.window {
             None => -1,
             Some(w) => i32::try_from(w).unwrap_or(i32::MAX),

@@ -358,12 +358,19 @@ impl<'m> GpuSession<'m> {
         if kinds.len() != c.n_layer {
             return Err(ModelError::Config(format!("{} layer kinds for {} layers", kinds.len(), c.n_layer)).into());
         }
+        // The CUDA attention kernels know `window` and `sink` only: a lazy sliding-window layer
+        // whose sinks are visible to its early queries only (`AttnMask::span`) runs on the CPU.
+        if let Some(il) = kinds.iter().position(|k| k.mask().without_span().is_none()) {
+            return Err(GpuError::Unsupported(format!(
+                "layer {il}: a lazy sliding-window layer narrower than its native window (its sinks are seen within that window only)"
+            )));
+        }
         let n_batch = p.n_batch.min(p.n_ctx);
         let layout = |kind: LayerKind| -> (usize, usize) {
             match kind {
                 LayerKind::Full => (p.n_ctx, 0),
                 LayerKind::Window { window } => ((window as usize).saturating_add(n_batch).min(p.n_ctx), 0),
-                LayerKind::Streaming { sink, window } => {
+                LayerKind::Streaming { sink, window, .. } => {
                     let n = (sink as usize).saturating_add(window as usize).saturating_add(n_batch).min(p.n_ctx);
                     (n, (sink as usize).min(n.saturating_sub(1)))
                 }

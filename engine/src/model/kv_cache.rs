@@ -9,7 +9,9 @@
 //!   batch be written before it is attended to without overwriting a key an earlier query of the
 //!   same batch still needs), or `n_ctx` if smaller;
 //! - streaming (LightTransfer's lazy layers): `sink` fixed slots for the first positions, then a
-//!   ring for the recent window.
+//!   ring for the recent window, `sink + window` slots in all. A lazy layer that was a native
+//!   sliding window keeps that window as an outer bound on everything it sees, sinks included
+//!   (the intersection of its own mask with sink + recent; see [`LayerKind::Streaming`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -43,16 +45,31 @@ pub enum LayerKind {
     /// The model's own sliding window.
     Window { window: u32 },
     /// A lazy layer run as streaming attention: `sink` first positions plus the last `window`.
-    Streaming { sink: u32, window: u32 },
+    /// `native_window` is the layer's own sliding window when it has one: streaming can only take
+    /// keys away from what the layer was trained to see, so the sinks stay visible only while
+    /// that window reaches them (with `window` below it, the layer in effect runs a smaller
+    /// window, with sinks for its first `native_window` queries).
+    Streaming { sink: u32, window: u32, native_window: Option<u32> },
 }
 
 impl LayerKind {
     pub fn mask(self) -> AttnMask {
         match self {
             LayerKind::Full => AttnMask::CAUSAL,
-            LayerKind::Window { window } => AttnMask { window: Some(window), sink: 0 },
-            LayerKind::Streaming { sink, window } => AttnMask { window: Some(window), sink },
+            LayerKind::Window { window } => AttnMask::sliding(window),
+            LayerKind::Streaming { sink, window, native_window } => AttnMask::streaming(sink, window).within(native_window),
         }
+    }
+
+    /// The streaming form of a layer of this kind: `sink` first positions plus the last
+    /// `window`, within the layer's native window if it has one.
+    pub fn streaming(self, sink: u32, window: u32) -> LayerKind {
+        let native_window = match self {
+            LayerKind::Full => None,
+            LayerKind::Window { window } => Some(window),
+            LayerKind::Streaming { native_window, .. } => native_window,
+        };
+        LayerKind::Streaming { sink, window, native_window }
     }
 
     pub fn label(self) -> &'static str {
@@ -222,11 +239,11 @@ impl LayerCache {
         (k, v, held.iter().map(|&s| self.pos[s]).collect())
     }
 
-    /// A streaming copy of this layer: its sink positions and its most recent `window`
-    /// positions, in a cache of exactly `sink + window` slots. The full cache is freed when the
-    /// caller replaces this layer with the copy.
+    /// A streaming copy of this layer ([`LayerKind::streaming`]): its sink positions and its most
+    /// recent `window` positions, in a cache of exactly `sink + window` slots. The full cache is
+    /// freed when the caller replaces this layer with the copy.
     pub fn to_streaming(&self, sink: u32, window: u32) -> LayerCache {
-        let kind = LayerKind::Streaming { sink, window };
+        let kind = self.kind.streaming(sink, window);
         let n_slots = (sink + window) as usize;
         let mut out = LayerCache {
             kind,
@@ -297,7 +314,7 @@ impl KvCache {
             match kind {
                 LayerKind::Full => (p.n_ctx, 0),
                 LayerKind::Window { window } => ((window as usize).saturating_add(p.n_batch).min(p.n_ctx), 0),
-                LayerKind::Streaming { sink, window } => {
+                LayerKind::Streaming { sink, window, .. } => {
                     let n = (sink as usize).saturating_add(window as usize).min(p.n_ctx);
                     (n, (sink as usize).min(n.saturating_sub(1)))
                 }
@@ -411,17 +428,23 @@ mod tests {
 
     #[test]
     fn sizes_by_kind() {
-        let kinds = [LayerKind::Full, LayerKind::Window { window: 16 }, LayerKind::Streaming { sink: 4, window: 12 }];
+        let kinds = [
+            LayerKind::Full,
+            LayerKind::Window { window: 16 },
+            LayerKind::Streaming { sink: 4, window: 12, native_window: None },
+            LayerKind::Window { window: 16 }.streaming(4, 12),
+        ];
         let c = KvCache::new(&params(), &kinds, None).unwrap();
         assert_eq!(c.layers[0].n_slots(), 100);
         assert_eq!(c.layers[1].n_slots(), 24);
         assert_eq!(c.layers[2].n_slots(), 16, "a streaming layer holds exactly sink + window");
-        assert_eq!(c.bytes(), (100 + 24 + 16) * 4 * 4);
+        assert_eq!(c.layers[3].n_slots(), 16, "so does the streaming form of a native window layer");
+        assert_eq!(c.bytes(), (100 + 24 + 16 + 16) * 4 * 4);
     }
 
     #[test]
     fn streaming_ring_keeps_sinks_and_recent_window() {
-        let kinds = [LayerKind::Streaming { sink: 2, window: 3 }];
+        let kinds = [LayerKind::Streaming { sink: 2, window: 3, native_window: None }];
         let mut c = KvCache::new(&params(), &kinds, None).unwrap();
         for p in 0..10 {
             c.layers[0].write(p, &[p as f32; 2], &[p as f32; 2]);
@@ -464,6 +487,33 @@ mod tests {
             assert_eq!(k[i * 2], pos[i] as f32);
             assert_eq!(v[i * 2], -(pos[i] as f32));
         }
+    }
+
+    #[test]
+    fn streaming_form_of_a_native_window_sees_sinks_only_within_that_window() {
+        let native = LayerKind::Window { window: 8 };
+        let kind = native.streaming(2, 3);
+        assert_eq!(kind, LayerKind::Streaming { sink: 2, window: 3, native_window: Some(8) });
+        assert_eq!(LayerKind::Full.streaming(2, 3), LayerKind::Streaming { sink: 2, window: 3, native_window: None });
+        assert_eq!(kind.streaming(2, 5), LayerKind::Streaming { sink: 2, window: 5, native_window: Some(8) });
+        let (m, full) = (kind.mask(), LayerKind::Full.streaming(2, 3).mask());
+        // Within the native window the sinks are seen as a full layer's streaming form sees them...
+        assert!(m.visible(7, 0) && full.visible(7, 0));
+        // ...beyond it they are not (the native layer never attended that far), the window stays.
+        assert!(!m.visible(20, 0) && !m.visible(20, 1) && full.visible(20, 0));
+        assert!(m.visible(20, 18) && !m.visible(20, 17));
+        // Every position the streaming form sees, the native layer sees.
+        for q in 0..40 {
+            for k in 0..=q {
+                assert!(!m.visible(q, k) || native.mask().visible(q, k), "q {q} k {k}");
+            }
+        }
+        // A native window layer cut to streaming during a prompt gets the same kind.
+        let mut c = KvCache::new(&params(), &[native], None).unwrap();
+        for p in 0..12 {
+            c.layers[0].write(p, &[p as f32; 2], &[p as f32; 2]);
+        }
+        assert_eq!(c.layers[0].to_streaming(2, 3).kind, kind);
     }
 
     #[test]

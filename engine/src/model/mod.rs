@@ -337,12 +337,17 @@ fn forward_layer_major(
 ) -> Result<Vec<f32>, ModelError> {
     let e = m.cfg.n_embd;
     let layer = layer_fn(m.cfg.arch);
+    // Batches of `n_batch`, except that the last one holds the probe's last `w_last` queries
+    // whole (the ratio is measured in the batch that ends the prompt).
+    let w_last = cache.probe.as_ref().map_or(1, |p| p.w_last);
+    let split = crate::lighttransfer::probe_split(tokens.len(), w_last, n_batch);
+    let mut bounds: Vec<std::ops::Range<usize>> = (0..split).step_by(n_batch).map(|b| b..(b + n_batch).min(split)).collect();
+    bounds.push(split..tokens.len());
     let mut x = embed(m, tokens, m.cfg.embd_scale)?;
     for il in 0..m.cfg.n_layer {
-        for (ci, rows) in x.chunks_mut(n_batch * e).enumerate() {
-            let n = rows.len() / e;
-            let mut seq = [SeqBatch { cache: &mut *cache, pos0: pos0 + ci * n_batch, n, which: Logits::None }];
-            layer(m, il, rows, &mut seq)?;
+        for r in &bounds {
+            let mut seq = [SeqBatch { cache: &mut *cache, pos0: pos0 + r.start, n: r.len(), which: Logits::None }];
+            layer(m, il, &mut x[r.start * e..r.end * e], &mut seq)?;
         }
     }
     output_logits(m, &x, &[(tokens.len(), which)])
