@@ -40,6 +40,20 @@ macro_rules! device_elem {
 }
 device_elem!(f32, f16, i32, u8, u16);
 
+/// Errors unless the attention kernels can run this shape (whole GQA groups, head sizes the
+/// kernels' shared memory holds).
+pub(crate) fn check_attn_shape(s: &AttnShape) -> Result<(), CudaError> {
+    if s.n_head_kv == 0 || s.n_head % s.n_head_kv != 0 {
+        return Err(CudaError::Invalid(format!("attention: n_head {} is not a multiple of n_head_kv {}", s.n_head, s.n_head_kv)));
+    }
+    for (what, d) in [("head_dim", s.head_dim), ("head_dim_v", s.head_dim_v)] {
+        if d == 0 || d > ATT_MAX_HEAD_DIM {
+            return Err(CudaError::Invalid(format!("attention: {what} {d} is outside 1..={ATT_MAX_HEAD_DIM}")));
+        }
+    }
+    Ok(())
+}
+
 /// Memory on the device: `len` elements of `T`.
 pub struct DeviceBuffer<T> {
     inner: CudaSlice<T>,
@@ -599,14 +613,7 @@ impl CudaBackend {
         out: &mut DeviceBuffer<f32>,
         lse: &mut DeviceBuffer<f32>,
     ) -> Result<(), CudaError> {
-        if s.n_head_kv == 0 || s.n_head % s.n_head_kv != 0 {
-            return Err(CudaError::Invalid(format!("attention: n_head {} is not a multiple of n_head_kv {}", s.n_head, s.n_head_kv)));
-        }
-        for (what, d) in [("head_dim", s.head_dim), ("head_dim_v", s.head_dim_v)] {
-            if d == 0 || d > ATT_MAX_HEAD_DIM {
-                return Err(CudaError::Invalid(format!("attention: {what} {d} is outside 1..={ATT_MAX_HEAD_DIM}")));
-            }
-        }
+        check_attn_shape(s)?;
         let n_slots = kpos.len();
         expect_len("attention query", s.n_head * s.head_dim, q.len())?;
         if k.len() < n_slots * s.n_head_kv * s.head_dim {

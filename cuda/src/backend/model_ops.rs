@@ -9,7 +9,7 @@ use ggml_kernels::attention::{AttnMask, AttnShape};
 use ggml_kernels::GgmlType;
 use half::f16;
 
-use super::{as_i32, as_u32, cfg, expect_len, CudaBackend, DeviceBuffer, DeviceMatrix, ATT_MAX_HEAD_DIM, MATVEC_TYPES, Q8_1_BYTES};
+use super::{as_i32, as_u32, cfg, check_attn_shape, expect_len, CudaBackend, DeviceBuffer, DeviceMatrix, MATVEC_TYPES, Q8_1_BYTES};
 use crate::error::{driver, guarded, CudaError};
 
 /// Weight types of [`CudaBackend::get_rows`] and of the f16 dequantization of prefill.
@@ -404,14 +404,7 @@ impl CudaBackend {
         mask: AttnMask,
         out: &mut DeviceBuffer<f32>,
     ) -> Result<(), CudaError> {
-        if s.n_head_kv == 0 || s.n_head % s.n_head_kv != 0 {
-            return Err(CudaError::Invalid(format!("attention: n_head {} is not a multiple of n_head_kv {}", s.n_head, s.n_head_kv)));
-        }
-        for (what, d) in [("head_dim", s.head_dim), ("head_dim_v", s.head_dim_v)] {
-            if d == 0 || d > ATT_MAX_HEAD_DIM {
-                return Err(CudaError::Invalid(format!("attention: {what} {d} is outside 1..={ATT_MAX_HEAD_DIM}")));
-            }
-        }
+        check_attn_shape(s)?;
         let n = qpos.len();
         let n_slots = kpos.len();
         expect_len("attention queries", n * s.n_head * s.head_dim, q.len())?;
