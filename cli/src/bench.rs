@@ -136,10 +136,27 @@ fn ftype_name(ftype: Option<u32>) -> &'static str {
     }
 }
 
-fn model_type(file: &GgufFile, arch: &str) -> String {
-    let size = file.get_str("general.size_label").ok().flatten().unwrap_or("?");
+/// llama-bench's `model_type`: architecture, size label, file type. Files without
+/// `general.size_label` (random-weight ones, say) get a label from the parameter count.
+fn model_type(file: &GgufFile, arch: &str, n_params: u64) -> String {
+    let size = match file.get_str("general.size_label").ok().flatten() {
+        Some(label) => label.to_string(),
+        None => size_label(n_params),
+    };
     let ftype = file.get_as::<u32>("general.file_type").ok().flatten();
     format!("{arch} {size} {}", ftype_name(ftype))
+}
+
+/// A parameter count as a size label: `8.0B`, `1.2B`, `268M`.
+fn size_label(n_params: u64) -> String {
+    let n = n_params as f64;
+    if n >= 1e9 {
+        format!("{:.1}B", n / 1e9)
+    } else if n >= 1e6 {
+        format!("{:.0}M", n / 1e6)
+    } else {
+        format!("{:.0}K", n / 1e3)
+    }
 }
 
 fn mean_std(samples: &[f64]) -> (f64, f64) {
@@ -270,8 +287,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let file = GgufFile::open(&path).with_context(|| format!("loading {}", path.display()))?;
         let model = Model::load(&file).with_context(|| format!("loading {}", path.display()))?;
         let arch = model.cfg.arch.name();
-        let mtype = model_type(&file, arch);
         let n_params: u64 = file.tensors().iter().map(|t| t.n_elements()).sum();
+        let mtype = model_type(&file, arch, n_params);
         let size = model.weight_bytes();
         let gpu = if args.device.cuda(model.cfg.n_layer)? {
             Some(engine::gpu::GpuModel::upload(&model, 0).context("loading the model onto the GPU")?)
@@ -420,4 +437,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn size_labels_from_parameter_counts() {
+        assert_eq!(size_label(8_030_261_248), "8.0B");
+        assert_eq!(size_label(1_235_814_400), "1.2B");
+        assert_eq!(size_label(268_098_176), "268M");
+        assert_eq!(size_label(52_000), "52K");
+    }
 }
