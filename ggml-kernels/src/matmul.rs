@@ -115,14 +115,9 @@ pub const MATVEC_CHUNKS_PER_THREAD: usize = 16;
 /// thread: starting the other threads costs more than it saves here.
 pub const SERIAL_BYTES: usize = 64 * 1024;
 
-/// Fewest weight bytes (times activation rows) one task of a few-row product
-/// ([`MATVEC_BATCH_MAX`]) reads: enough that rayon's scheduling cost (about a microsecond) is
-/// small next to the reads.
-pub const MATVEC_MIN_TASK_BYTES: usize = 64 * 1024;
-
-/// Tasks per pool thread of a few-row product, at most: enough to even out a thread that is
-/// slowed down, few enough to keep the scheduling cost small.
-pub const MATVEC_TASKS_PER_THREAD: usize = 8;
+/// Prefill tasks per pool thread, at least, when tasks grow with the work per row: enough to
+/// even out a thread that is slowed down.
+pub const GEMM_TASKS_PER_THREAD: usize = 8;
 
 /// Weight rows per prefill task, at least (a multiple of the tile height).
 pub const GEMM_TASK_ROWS: usize = 16;
@@ -136,10 +131,9 @@ pub const GEMM_MIN_TASK_WORK: usize = 64 * 1024;
 /// while that leaves every thread several tasks.
 fn gemm_task_rows(rows: usize, row_bytes: usize, n: usize, threads: usize) -> usize {
     let by_work = GEMM_MIN_TASK_WORK.div_ceil(row_bytes.max(1) * n.max(1));
-    let by_balance = rows.div_ceil(threads.max(1) * MATVEC_TASKS_PER_THREAD);
+    let by_balance = rows.div_ceil(threads.max(1) * GEMM_TASKS_PER_THREAD);
     by_work.min(by_balance).max(GEMM_TASK_ROWS).div_ceil(TILE) * TILE
 }
-
 
 /// Activation rows a prefill task takes at a time, so they stay in L2 while its weight tiles
 /// pass over them.
@@ -220,10 +214,8 @@ pub fn matmul_many_with(k: &Kernels, ws: &[&QMatrix<'_>], x: &[f32], n: usize, o
             continue;
         };
         let Some(a) = acts.iter().find(|a| a.vec_dot_type() == vdt) else { continue };
-        if n == 1 {
+        if n <= matvec_batch_max(w.ty) {
             jobs.push(MatvecJob::new(dot, k.matvec_fn(w.ty), w, a, out));
-        } else if n <= matvec_batch_max(w.ty) {
-            matvec_batch(dot, k.matvec_fn(w.ty), w, a, out);
         } else {
             gemm(dot, k.tile_fn(w.ty), w, a, out);
         }
@@ -234,14 +226,16 @@ pub fn matmul_many_with(k: &Kernels, ws: &[&QMatrix<'_>], x: &[f32], n: usize, o
     Ok(())
 }
 
-/// One decode product: `out[r] = W[r] . a` for the one activation row of `acts`.
+/// One decode product: `out[t][r] = W[r] . a[t]` for the one or few activation rows of `acts`
+/// (several sequences decoded together).
 struct MatvecJob<'w, 'a> {
     dot: DotFn,
     /// The type's multi-row kernel, if it has one (then chunks are whole groups of four rows).
     rows4: Option<TileFn>,
     w: &'a QMatrix<'w>,
     acts: &'a QuantizedActs,
-    /// `w.rows` outputs, borrowed mutably by the caller of `matvec` for as long as the job lives.
+    /// `acts.rows() * w.rows` outputs, borrowed mutably by the caller of `matvec` for as long
+    /// as the job lives.
     out: SharedOut,
     /// Rows per chunk, and this job's first chunk in the call's numbering.
     chunk_rows: usize,
@@ -250,7 +244,7 @@ struct MatvecJob<'w, 'a> {
 
 impl<'w, 'a> MatvecJob<'w, 'a> {
     fn new(dot: DotFn, rows4: Option<TileFn>, w: &'a QMatrix<'w>, acts: &'a QuantizedActs, out: &'a mut [f32]) -> Self {
-        debug_assert_eq!(out.len(), w.rows);
+        debug_assert_eq!(out.len(), acts.rows() * w.rows);
         MatvecJob { dot, rows4, w, acts, out: SharedOut(out.as_mut_ptr()), chunk_rows: w.rows.max(1), first_chunk: 0 }
     }
 
@@ -258,37 +252,44 @@ impl<'w, 'a> MatvecJob<'w, 'a> {
         self.w.rows.div_ceil(self.chunk_rows)
     }
 
-    /// Computes the outputs of rows `r0..r1`.
+    /// Weight bytes times activation rows: the work of the whole product.
+    fn work(&self) -> usize {
+        self.w.data.len() * self.acts.rows()
+    }
+
+    /// Computes the outputs of weight rows `r0..r1` for every activation row: a group of four
+    /// weight rows, once read from memory, meets every activation row while it is in L1.
     ///
     /// # Safety
     ///
-    /// `r0 <= r1 <= rows`, and no other thread touches these outputs meanwhile.
+    /// `r0 <= r1 <= rows`, `r0` a multiple of [`TILE`], and no other thread touches these
+    /// outputs meanwhile.
     unsafe fn rows(&self, r0: usize, r1: usize) {
-        debug_assert!(r0 <= r1 && r1 <= self.w.rows);
+        debug_assert!(r0 <= r1 && r1 <= self.w.rows && r0 % TILE == 0);
         let (w, acts) = (self.w, self.acts);
         let rb = w.row_bytes();
         let nb = acts.blocks_per_row();
-        let (a, aux) = (acts.row_ptr(0), acts.side_ptr(0));
-        // SAFETY: `out` points to `rows` outputs, still borrowed (see the field), of which
-        // `r0..r1` are this caller's alone.
-        let o = unsafe { std::slice::from_raw_parts_mut(self.out.get().add(r0), r1 - r0) };
-        if let Some(rows4) = self.rows4 {
-            for (i, o4) in o.chunks_mut(TILE).enumerate() {
-                let r = r0 + i * TILE;
-                let wt = w.data[r * rb..(r + o4.len()) * rb].as_ptr();
-                // SAFETY: `wt` holds `o4.len()` (1..=4) whole weight rows (the data size was
-                // checked), activation row 0 exists with its side data, and `o4` holds one
-                // output per row; the kernel runs on this CPU (its table was handed out).
-                unsafe { rows4(&acts.tile_args(wt, rb, o4.len(), 0, 1, o4.as_mut_ptr(), 1)) };
+        for r in (r0..r1).step_by(TILE) {
+            let mr = TILE.min(r1 - r);
+            let wt = w.data[r * rb..(r + mr) * rb].as_ptr();
+            for t in 0..acts.rows() {
+                // SAFETY: `wt` holds `mr` (1..=4) whole weight rows (the data size was
+                // checked), activation row `t` exists with its side data, and the outputs
+                // `t * rows + r .. + mr` lie in `out` (still borrowed, see the field) and are
+                // this caller's alone; the kernels run on this CPU (their table was handed out).
+                unsafe {
+                    let o = self.out.get().add(t * w.rows + r);
+                    match self.rows4 {
+                        Some(rows4) => rows4(&acts.tile_args(wt, rb, mr, t, 1, o, 1)),
+                        None => {
+                            let (a, aux) = (acts.row_ptr(t), acts.side_ptr(t));
+                            for i in 0..mr {
+                                *o.add(i) = (self.dot)(nb, wt.add(i * rb), a, aux);
+                            }
+                        }
+                    }
+                }
             }
-            return;
-        }
-        for (i, y) in o.iter_mut().enumerate() {
-            let row = &w.data[(r0 + i) * rb..(r0 + i + 1) * rb];
-            // SAFETY: `row` is one whole weight row of `nb` blocks (the data size was checked),
-            // `a` one activation row of `nb` blocks of the matching format with its side data
-            // `aux`, and `dot` comes from a table handed out only on CPUs that run it.
-            *y = unsafe { (self.dot)(nb, row.as_ptr(), a, aux) };
         }
     }
 }
@@ -299,7 +300,7 @@ impl<'w, 'a> MatvecJob<'w, 'a> {
 /// another process simply takes fewer.
 fn matvec(jobs: &mut [MatvecJob<'_, '_>]) {
     let threads = rayon::current_num_threads();
-    let total: usize = jobs.iter().map(|j| j.w.data.len()).sum();
+    let total: usize = jobs.iter().map(MatvecJob::work).sum();
     if total < SERIAL_BYTES || threads == 1 {
         for j in jobs.iter() {
             // SAFETY: all rows, on this thread only.
@@ -310,7 +311,7 @@ fn matvec(jobs: &mut [MatvecJob<'_, '_>]) {
     let chunk_bytes = (total / (threads * MATVEC_CHUNKS_PER_THREAD)).clamp(MATVEC_MIN_CHUNK_BYTES, MATVEC_MAX_CHUNK_BYTES);
     let mut n_chunks = 0;
     for j in jobs.iter_mut() {
-        let rb = j.w.row_bytes().max(1);
+        let rb = (j.w.row_bytes() * j.acts.rows()).max(1);
         // Whole groups of four rows, for the multi-row kernels.
         j.chunk_rows = (chunk_bytes / rb).max(1).div_ceil(TILE) * TILE;
         j.first_chunk = n_chunks;
@@ -351,53 +352,8 @@ fn matvec_batch_max(ty: GgmlType) -> usize {
     }
 }
 
-/// `out[t][r] = W[r] . a[t]` for the few activation rows of `acts`, with the decode kernels
-/// (four rows per call where the type has such a kernel): tasks split the weight rows into contiguous runs, and each group of four rows, once read from memory, meets every activation
-/// row while it is in L1.
-fn matvec_batch(dot: DotFn, rows4: Option<TileFn>, w: &QMatrix<'_>, acts: &QuantizedActs, out: &mut [f32]) {
-    let (rows, n) = (w.rows, acts.rows());
-    let rb = w.row_bytes();
-    debug_assert_eq!(out.len(), n * rows);
-    let threads = rayon::current_num_threads();
-    let tasks = (w.data.len() * n / MATVEC_MIN_TASK_BYTES).clamp(1, threads * MATVEC_TASKS_PER_THREAD);
-    let rows_per_task = rows.div_ceil(tasks).div_ceil(TILE) * TILE;
-    let shared = SharedOut(out.as_mut_ptr());
-    let task = |c: usize| {
-        let out = shared.get();
-        let (r0, r1) = (c * rows_per_task, ((c + 1) * rows_per_task).min(rows));
-        for r in (r0..r1).step_by(TILE) {
-            let mr = TILE.min(r1 - r);
-            let wt = w.data[r * rb..(r + mr) * rb].as_ptr();
-            for t in 0..n {
-                // SAFETY: `wt` holds `mr` (1..=4) whole weight rows (the data size was checked),
-                // activation row `t < n` exists with its side data, and the outputs
-                // `t * rows + r .. + mr` lie in `out` and belong to this task's rows only, so
-                // no two tasks write the same element; the kernels run on this CPU (their table
-                // was handed out).
-                unsafe {
-                    let o = out.add(t * rows + r);
-                    match rows4 {
-                        Some(rows4) => rows4(&acts.tile_args(wt, rb, mr, t, 1, o, 1)),
-                        None => {
-                            let (a, aux) = (acts.row_ptr(t), acts.side_ptr(t));
-                            for i in 0..mr {
-                                *o.add(i) = dot(acts.blocks_per_row(), wt.add(i * rb), a, aux);
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    };
-    let n_tasks = rows.div_ceil(rows_per_task);
-    if w.data.len() * n < SERIAL_BYTES || threads == 1 {
-        (0..n_tasks).for_each(task);
-    } else {
-        (0..n_tasks).into_par_iter().for_each(task);
-    }
-}
-
-/// A raw output pointer shared by prefill tasks that write disjoint parts of it.
+/// A raw output pointer shared by tasks (decode chunks, prefill tasks) that write disjoint parts
+/// of it.
 #[derive(Clone, Copy)]
 struct SharedOut(*mut f32);
 
