@@ -5,10 +5,10 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use engine::generate::{generate, GenerateParams};
+use engine::generate::{generate, Evaluate, GenStats, GenerateParams};
 use engine::model::{Model, Session};
 use engine::sampling::Sampler;
-use engine::tokenizer::TokenizeOptions;
+use engine::tokenizer::{TokenizeOptions, Tokenizer};
 
 use crate::common::{describe_hybrid, human_bytes, init_threads, open_model, tokenizer, DeviceArgs, HybridArgs, ModelArgs, SamplingArgs};
 
@@ -66,17 +66,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         let gpu = engine::gpu::GpuModel::upload(&model, 0).context("loading the model onto the GPU")?;
         let mut session = engine::gpu::GpuSession::new(&gpu, &params)?;
-        let stdout = std::io::stdout();
-        let mut out = stdout.lock();
-        if !args.no_display_prompt {
-            write!(out, "{prompt}")?;
-        }
-        let stats = generate(&mut session, &tok, &mut sampler, &ids, &GenerateParams { n_predict, stop: None }, |text| {
-            out.write_all(text.as_bytes())?;
-            out.flush()
-        })?;
-        writeln!(out)?;
-        drop(out);
+        let display = (!args.no_display_prompt).then_some(prompt.as_str());
+        let stats = stream_to_stdout(&mut session, &tok, &mut sampler, display, &ids, n_predict)?;
         eprintln!();
         eprintln!("model:      {} ({}, {})", file.path().display(), model.cfg.describe(), human_bytes(gpu.weight_bytes()));
         eprintln!("device:     CUDA, {}", gpu.device_name());
@@ -87,18 +78,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let mut session = Session::new(&model, &params)?;
     session.cache.probe = mode.probe(&native, ids.len());
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
-    if !args.no_display_prompt {
-        write!(out, "{prompt}")?;
-        out.flush()?;
-    }
-    let stats = generate(&mut session, &tok, &mut sampler, &ids, &GenerateParams { n_predict, stop: None }, |text| {
-        out.write_all(text.as_bytes())?;
-        out.flush()
-    })?;
-    writeln!(out)?;
-    drop(out);
+    let display = (!args.no_display_prompt).then_some(prompt.as_str());
+    let stats = stream_to_stdout(&mut session, &tok, &mut sampler, display, &ids, n_predict)?;
     let probe = session.cache.probe.take();
 
     eprintln!();
@@ -125,4 +106,28 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         sampler_params.seed, sampler_params.temp, sampler_params.top_k, sampler_params.top_p, sampler_params.min_p
     );
     Ok(())
+}
+
+/// Generates after the prompt `ids`, streaming the text to stdout as it comes (after the prompt's
+/// text when `display` gives it), and a final newline.
+fn stream_to_stdout(
+    session: &mut impl Evaluate,
+    tok: &Tokenizer,
+    sampler: &mut Sampler,
+    display: Option<&str>,
+    ids: &[u32],
+    n_predict: Option<usize>,
+) -> anyhow::Result<GenStats> {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    if let Some(prompt) = display {
+        write!(out, "{prompt}")?;
+        out.flush()?;
+    }
+    let stats = generate(session, tok, sampler, ids, &GenerateParams { n_predict, stop: None }, |text| {
+        out.write_all(text.as_bytes())?;
+        out.flush()
+    })?;
+    writeln!(out)?;
+    Ok(stats)
 }
