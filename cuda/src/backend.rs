@@ -54,6 +54,21 @@ pub(crate) fn check_attn_shape(s: &AttnShape) -> Result<(), CudaError> {
     Ok(())
 }
 
+/// The launch of `rms_norm_f32` over `x_len` floats in rows of `n` (one block per row, a warp
+/// multiple of threads up to 1024) and the row length as the kernel takes it; `None` when there
+/// are no rows. Errors unless `x_len` is whole rows.
+pub(crate) fn rms_norm_launch(x_len: usize, n: usize) -> Result<Option<(LaunchConfig, i32)>, CudaError> {
+    if n == 0 || x_len % n != 0 {
+        return Err(CudaError::Invalid(format!("rms_norm: {x_len} elements are not rows of {n}")));
+    }
+    let rows = x_len / n;
+    if rows == 0 {
+        return Ok(None);
+    }
+    let threads = n.div_ceil(32).clamp(1, 32) as u32 * 32;
+    Ok(Some((cfg((as_u32("rows", rows)?, 1), threads), as_i32("rms_norm row length", n)?)))
+}
+
 /// Memory on the device: `len` elements of `T`.
 pub struct DeviceBuffer<T> {
     inner: CudaSlice<T>,
@@ -379,22 +394,14 @@ impl CudaBackend {
 
     /// RMSNorm of each row of `x` (rows of `w.len()` elements) times `w`, into `out`.
     pub fn rms_norm(&self, x: &DeviceBuffer<f32>, w: &DeviceBuffer<f32>, eps: f32, out: &mut DeviceBuffer<f32>) -> Result<(), CudaError> {
-        let n = w.len();
-        if n == 0 || x.len() % n != 0 {
-            return Err(CudaError::Invalid(format!("rms_norm: {} elements are not rows of {n}", x.len())));
-        }
+        let launch = rms_norm_launch(x.len(), w.len())?;
         expect_len("rms_norm output", x.len(), out.len())?;
-        let rows = x.len() / n;
-        if rows == 0 {
-            return Ok(());
-        }
-        let threads = n.div_ceil(32).clamp(1, 32) as u32 * 32;
-        let n32 = as_i32("rms_norm row length", n)?;
+        let Some((grid, n32)) = launch else { return Ok(()) };
         let mut b = self.stream.launch_builder(&self.k.rms_norm);
         b.arg(&x.inner).arg(&w.inner).arg(&mut out.inner).arg(&n32).arg(&eps);
         // SAFETY: rms_norm_f32(x, w, out, n, eps) reads rows * n floats of x, n of w, and writes
         // rows * n of out; the lengths were checked above.
-        unsafe { b.launch(cfg((as_u32("rows", rows)?, 1), threads)) }.map_err(driver("launch rms_norm_f32"))?;
+        unsafe { b.launch(grid) }.map_err(driver("launch rms_norm_f32"))?;
         Ok(())
     }
 

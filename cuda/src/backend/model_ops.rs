@@ -285,22 +285,13 @@ impl CudaBackend {
 
     /// RMSNorm of `x`'s rows in place (see [`CudaBackend::rms_norm`]).
     pub fn rms_norm_inplace(&self, x: &mut DeviceBuffer<f32>, w: &DeviceBuffer<f32>, eps: f32) -> Result<(), CudaError> {
-        let n = w.len();
-        if n == 0 || x.len() % n != 0 {
-            return Err(CudaError::Invalid(format!("rms_norm: {} elements are not rows of {n}", x.len())));
-        }
-        let rows = x.len() / n;
-        if rows == 0 {
-            return Ok(());
-        }
-        let threads = n.div_ceil(32).clamp(1, 32) as u32 * 32;
-        let n32 = as_i32("rms_norm row length", n)?;
+        let Some((grid, n32)) = super::rms_norm_launch(x.len(), w.len())? else { return Ok(()) };
         let mut b = self.stream.launch_builder(&self.k.rms_norm);
         let (xp, _g) = x.inner.device_ptr_mut(&self.stream);
         b.arg(&xp).arg(&w.inner).arg(&xp).arg(&n32).arg(&eps);
         // SAFETY: rms_norm_f32 allows out == x (each element is read, then written by the same
-        // thread after the block's reduction); x holds rows * n floats.
-        unsafe { b.launch(cfg((as_u32("rows", rows)?, 1), threads)) }.map_err(driver("launch rms_norm_f32"))?;
+        // thread after the block's reduction); x holds whole rows of n floats.
+        unsafe { b.launch(grid) }.map_err(driver("launch rms_norm_f32"))?;
         Ok(())
     }
 
