@@ -23,7 +23,7 @@ use half::f16;
 
 use crate::model::config::ModelConfig;
 use crate::model::kv_cache::LayerKind;
-use crate::model::{Logits, Model, ModelError, SessionParams};
+use crate::model::{check_finite, check_tokens, Logits, Model, ModelError, SessionParams};
 
 /// Why the GPU path failed.
 #[derive(Debug, thiserror::Error)]
@@ -453,23 +453,14 @@ impl<'m> GpuSession<'m> {
     /// `n_vocab` per position, in order (as [`crate::model::Session::eval`]).
     pub fn eval(&mut self, tokens: &[u32], which: Logits) -> Result<Vec<f32>, GpuError> {
         let n_vocab = self.model.cfg.n_vocab;
-        if let Some(&id) = tokens.iter().find(|&&t| t as usize >= n_vocab) {
-            return Err(ModelError::BadToken { id, n_vocab }.into());
-        }
-        if self.n_past + tokens.len() > self.n_ctx {
-            return Err(ModelError::ContextFull { need: self.n_past + tokens.len(), n_ctx: self.n_ctx }.into());
-        }
+        check_tokens(tokens, n_vocab, self.n_past, self.n_ctx)?;
         let wanted = which.rows(tokens.len());
         let mut logits = Vec::with_capacity(wanted.len() * n_vocab);
         for (i, chunk) in tokens.chunks(self.n_batch).enumerate() {
             let b0 = i * self.n_batch;
-            let lo = wanted.start.clamp(b0, b0 + chunk.len()) - b0;
-            let hi = wanted.end.clamp(b0, b0 + chunk.len()) - b0;
-            let want = if lo >= hi { Logits::None } else { Logits::From(lo) };
+            let want = which.in_chunk(tokens.len(), b0, chunk.len());
             let out = self.forward_chunk(chunk, want)?;
-            if let Some(bad) = out.iter().position(|v| !v.is_finite()) {
-                return Err(ModelError::NonFinite { pos: self.n_past + lo + bad / n_vocab }.into());
-            }
+            check_finite(&out, self.n_past + want.rows(chunk.len()).start, n_vocab)?;
             self.n_past += chunk.len();
             logits.extend_from_slice(&out);
         }

@@ -135,6 +135,40 @@ impl Logits {
             Logits::None => n..n,
         }
     }
+
+    /// The share of this call's wanted rows (over `total` tokens) that falls in the batch of
+    /// `len` tokens starting at token `b0`, relative to that batch.
+    pub fn in_chunk(self, total: usize, b0: usize, len: usize) -> Logits {
+        let wanted = self.rows(total);
+        let lo = wanted.start.clamp(b0, b0 + len) - b0;
+        let hi = wanted.end.clamp(b0, b0 + len) - b0;
+        if lo >= hi {
+            Logits::None
+        } else {
+            Logits::From(lo)
+        }
+    }
+}
+
+/// Errors when `tokens` hold an id outside a vocabulary of `n_vocab`, or do not fit after
+/// `n_past` positions in a context of `n_ctx`.
+pub(crate) fn check_tokens(tokens: &[u32], n_vocab: usize, n_past: usize, n_ctx: usize) -> Result<(), ModelError> {
+    if let Some(&id) = tokens.iter().find(|&&t| t as usize >= n_vocab) {
+        return Err(ModelError::BadToken { id, n_vocab });
+    }
+    if n_past + tokens.len() > n_ctx {
+        return Err(ModelError::ContextFull { need: n_past + tokens.len(), n_ctx });
+    }
+    Ok(())
+}
+
+/// Errors when a logit is not finite; `first_pos` is the position of the first row of `logits`
+/// (rows of `n_vocab`).
+pub(crate) fn check_finite(logits: &[f32], first_pos: usize, n_vocab: usize) -> Result<(), ModelError> {
+    match logits.iter().position(|v| !v.is_finite()) {
+        Some(bad) => Err(ModelError::NonFinite { pos: first_pos + bad / n_vocab }),
+        None => Ok(()),
+    }
 }
 
 impl<'m, 'a> Session<'m, 'a> {
@@ -202,10 +236,7 @@ impl<'m, 'a> Session<'m, 'a> {
         if layer_major {
             self.check(tokens)?;
             let out = forward_layer_major(self.model, &mut self.cache, tokens, self.n_past, self.n_batch, which)?;
-            let n_vocab = self.model.cfg.n_vocab;
-            if let Some(bad) = out.iter().position(|v| !v.is_finite()) {
-                return Err(ModelError::NonFinite { pos: self.n_past + which.rows(tokens.len()).start + bad / n_vocab });
-            }
+            check_finite(&out, self.n_past + which.rows(tokens.len()).start, self.model.cfg.n_vocab)?;
             self.n_past += tokens.len();
             return Ok(out);
         }
@@ -215,14 +246,7 @@ impl<'m, 'a> Session<'m, 'a> {
 
     /// Errors when `tokens` hold an id outside the vocabulary or do not fit in the context.
     fn check(&self, tokens: &[u32]) -> Result<(), ModelError> {
-        let n_vocab = self.model.cfg.n_vocab;
-        if let Some(&id) = tokens.iter().find(|&&t| t as usize >= n_vocab) {
-            return Err(ModelError::BadToken { id, n_vocab });
-        }
-        if self.n_past + tokens.len() > self.cache.n_ctx {
-            return Err(ModelError::ContextFull { need: self.n_past + tokens.len(), n_ctx: self.cache.n_ctx });
-        }
-        Ok(())
+        check_tokens(tokens, self.model.cfg.n_vocab, self.n_past, self.cache.n_ctx)
     }
 }
 
@@ -257,10 +281,7 @@ pub fn eval_batch(sessions: &mut [&mut Session<'_, '_>], tokens: &[&[u32]], whic
                 continue;
             }
             let chunk = &t[b0..(b0 + s.n_batch).min(t.len())];
-            let wanted = which.rows(t.len());
-            let lo = wanted.start.clamp(b0, b0 + chunk.len()) - b0;
-            let hi = wanted.end.clamp(b0, b0 + chunk.len()) - b0;
-            let want = if lo >= hi { Logits::None } else { Logits::From(lo) };
+            let want = which.in_chunk(t.len(), b0, chunk.len());
             ids.extend_from_slice(chunk);
             members.push(i);
             seqs.push(SeqBatch { cache: &mut s.cache, pos0: s.n_past, n: chunk.len(), which: want });
@@ -274,9 +295,7 @@ pub fn eval_batch(sessions: &mut [&mut Session<'_, '_>], tokens: &[&[u32]], whic
             let part = &out[at..at + rows.len() * n_vocab];
             at += part.len();
             let s = &mut sessions[i];
-            if let Some(bad) = part.iter().position(|v| !v.is_finite()) {
-                return Err(ModelError::NonFinite { pos: s.n_past + rows.start + bad / n_vocab });
-            }
+            check_finite(part, s.n_past + rows.start, n_vocab)?;
             s.n_past += n;
             logits[i].extend_from_slice(part);
         }
