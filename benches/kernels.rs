@@ -8,8 +8,10 @@
 //! - `bandwidth/read_sum`: two threads summing 1 GiB of `u64` with AVX2 (1 GB = 10^9 bytes).
 //! - `matvec/<type>`: `matmul` with one activation row (decode) over a weight matrix of 4096
 //!   columns and at least 256 MiB, far beyond the 32 MiB L3; throughput is weight bytes read.
+//!   Q5_0 also as `matvec/Q5_0x8`: the same matrix in the layout the engine rebuilds Q5_0 in
+//!   for decode (`ggml_kernels::repack`).
 //! - `matvec_model/<shape>`: decode shapes of the default model (the Q8_0 output projection and
-//!   two small matrices).
+//!   small matrices; the Q5_0 one also as `Q5_0x8`).
 //! - `gemm/<type>/<isa>`: `matmul` with 512 activation rows (prefill) over a 2048 x 2048 matrix;
 //!   throughput is `2 * rows * cols * n` operations (elements/s = FLOP/s).
 //! - `peak/<op>`: register-only loops of the instructions the kernels use, on two threads;
@@ -23,7 +25,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ggml_kernels::dot::{Isa, Kernels, WEIGHT_TYPES};
-use ggml_kernels::matmul::{matmul, matmul_with, QMatrix};
+use ggml_kernels::matmul::{matmul, matmul_with, pack_for_decode, QMatrix};
 use ggml_kernels::probe::{self, PeakOp};
 use ggml_kernels::quants::float16::{f32_to_bf16, f32_to_f16};
 use ggml_kernels::GgmlType;
@@ -134,6 +136,21 @@ fn matvec(c: &mut Criterion) {
                 black_box(out[rows / 2])
             })
         });
+        // Q5_0 also in the layout the engine rebuilds it in for decode (`Q5_0x8`, same bytes).
+        let data = random_matrix(ty, COLS, rows, 42);
+        let w = QMatrix::new(ty, COLS, rows, &data).expect("matrix");
+        if let Some(p) = pack_for_decode(&w) {
+            drop(data);
+            g.bench_function(BenchmarkId::from_parameter(format!("{:?}", p.view().layout)), |b| {
+                let w = p.view();
+                let x = random_acts(COLS, 7);
+                let mut out = vec![0f32; rows];
+                b.iter(|| {
+                    matmul(&w, black_box(&x), 1, &mut out).expect("matmul");
+                    black_box(out[rows / 2])
+                })
+            });
+        }
     }
     g.finish();
 }
@@ -163,6 +180,18 @@ fn matvec_model_shapes(c: &mut Criterion) {
                 black_box(out[rows / 2])
             })
         });
+        let data = random_matrix(ty, cols, rows, 44);
+        if let Some(p) = pack_for_decode(&QMatrix::new(ty, cols, rows, &data).expect("matrix")) {
+            g.bench_function(format!("{:?}_{cols}x{rows}", p.view().layout), |b| {
+                let w = p.view();
+                let x = random_acts(cols, 9);
+                let mut out = vec![0f32; rows];
+                b.iter(|| {
+                    matmul(&w, black_box(&x), 1, &mut out).expect("matmul");
+                    black_box(out[rows / 2])
+                })
+            });
+        }
     }
     g.finish();
 }

@@ -16,7 +16,7 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use ggml_kernels::dot::{Kernels, WEIGHT_TYPES};
-use ggml_kernels::matmul::{matmul, QMatrix};
+use ggml_kernels::matmul::{matmul, pack_for_decode, QMatrix};
 use ggml_kernels::probe;
 use ggml_kernels::quants::float16::{f32_to_bf16, f32_to_f16};
 use ggml_kernels::GgmlType;
@@ -94,29 +94,37 @@ fn main() {
         let rows = MIN_BYTES.div_ceil(rb).div_ceil(64) * 64;
         let data = random_matrix(ty, rows);
         let w = QMatrix::new(ty, COLS, rows, &data).expect("matrix");
-        let x: Vec<f32> = (0..COLS).map(|i| ((i * 7919) % 101) as f32 / 50.0 - 1.0).collect();
-        let mut out = vec![0f32; rows];
-        matmul(&w, &x, 1, &mut out).expect("matmul");
-        let (mut best_mv, mut best_bw) = (0f64, 0f64);
-        let mut ratios = Vec::with_capacity(ROUNDS);
-        for _ in 0..ROUNDS {
-            let t = Instant::now();
-            black_box(probe::sum_u64_threads(&probe_buf, threads));
-            let bw = PROBE_BYTES as f64 / t.elapsed().as_secs_f64() / 1e9;
-            let t = Instant::now();
-            matmul(&w, black_box(&x), 1, &mut out).expect("matmul");
-            let mv = data.len() as f64 / t.elapsed().as_secs_f64() / 1e9;
-            best_mv = best_mv.max(mv);
-            best_bw = best_bw.max(bw);
-            ratios.push(mv / bw);
-        }
-        ratios.sort_by(f64::total_cmp);
         let isa = Kernels::best().matvec_isa(ty).or(Kernels::best().dot_isa(ty)).map_or("-", |i| i.name());
-        println!(
-            "| {} | {isa} | {best_mv:.1} | {best_bw:.1} | {:.0}% | {:.0}% |",
-            ty.name(),
-            100.0 * best_mv / best_bw,
-            100.0 * ratios[ROUNDS / 2]
-        );
+        measure(ty.name(), isa, &w, &probe_buf, threads);
+        // Q5_0 also in the layout the engine rebuilds it in for decode (the same bytes).
+        if let Some(p) = pack_for_decode(&w) {
+            let v = p.view();
+            let isa = Kernels::best().packed_isa(v.layout).map_or("-", |i| i.name());
+            drop(data);
+            measure(&format!("{} ({:?})", ty.name(), v.layout), isa, &v, &probe_buf, threads);
+        }
     }
+}
+
+/// Alternates the probe and one product over `w` for [`ROUNDS`] rounds and prints the table
+/// row (GB/s of the matrix's bytes).
+fn measure(name: &str, isa: &str, w: &QMatrix<'_>, probe_buf: &[u64], threads: usize) {
+    let x: Vec<f32> = (0..w.cols).map(|i| ((i * 7919) % 101) as f32 / 50.0 - 1.0).collect();
+    let mut out = vec![0f32; w.rows];
+    matmul(w, &x, 1, &mut out).expect("matmul");
+    let (mut best_mv, mut best_bw) = (0f64, 0f64);
+    let mut ratios = Vec::with_capacity(ROUNDS);
+    for _ in 0..ROUNDS {
+        let t = Instant::now();
+        black_box(probe::sum_u64_threads(probe_buf, threads));
+        let bw = PROBE_BYTES as f64 / t.elapsed().as_secs_f64() / 1e9;
+        let t = Instant::now();
+        matmul(w, black_box(&x), 1, &mut out).expect("matmul");
+        let mv = w.data.len() as f64 / t.elapsed().as_secs_f64() / 1e9;
+        best_mv = best_mv.max(mv);
+        best_bw = best_bw.max(bw);
+        ratios.push(mv / bw);
+    }
+    ratios.sort_by(f64::total_cmp);
+    println!("| {name} | {isa} | {best_mv:.1} | {best_bw:.1} | {:.0}% | {:.0}% |", 100.0 * best_mv / best_bw, 100.0 * ratios[ROUNDS / 2]);
 }

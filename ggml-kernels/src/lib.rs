@@ -10,6 +10,7 @@
 //! - [`dot`]: dot products of weight rows with quantized activation rows (scalar references,
 //!   AVX2, AVX-512 VNNI and NEON kernels) and the kernel table filled at start-up.
 //! - [`matmul`]: quantized weight matrix times f32 activations.
+//! - [`repack`]: weight layouts rebuilt at load for faster decode (Q5_0 in groups of eight rows).
 //! - [`attention`]: attention over a KV cache with causal, window and sink+window masks.
 //! - [`ops`]: RMSNorm, RoPE, activations, softmax.
 //! - [`probe`]: memory-bandwidth and peak-throughput probes, to quote kernel speeds against.
@@ -21,6 +22,7 @@ pub mod ops;
 pub mod pool;
 pub mod probe;
 pub mod quants;
+pub mod repack;
 pub mod types;
 
 pub use types::{GgmlType, SizeError};

@@ -33,6 +33,8 @@ use rayon::prelude::*;
 
 use crate::dot::{DotFn, Kernels, QuantizedActs, TileFn, VecDotType, TILE};
 use crate::quants::{dequantize, QuantError};
+pub use crate::repack::Layout;
+use crate::repack::{pack_q5_0x8, q5_0x8_nbytes, unpack_q5_0x8_block, unpack_q5_0x8_rows, Q5_0X8_BLOCK, Q5_0X8_ROWS};
 use crate::types::GgmlType;
 
 /// A borrowed weight matrix.
@@ -44,6 +46,8 @@ pub struct QMatrix<'a> {
     /// Number of rows (`ne[1]`).
     pub rows: usize,
     pub data: &'a [u8],
+    /// How `data` is arranged: ggml's rows, or a layout rebuilt for decode ([`PackedMatrix`]).
+    pub layout: Layout,
 }
 
 /// Why a matrix or a product is malformed.
@@ -77,26 +81,109 @@ impl std::error::Error for MatError {}
 impl<'a> QMatrix<'a> {
     /// Checks that `data` holds exactly `rows` rows of `cols` elements of `ty`.
     pub fn new(ty: GgmlType, cols: usize, rows: usize, data: &'a [u8]) -> Result<Self, MatError> {
-        let expected = ty.tensor_nbytes(&[cols as u64, rows as u64]).ok();
-        if expected != Some(data.len() as u64) {
-            return Err(MatError::DataSize { ty, cols, rows, expected, got: data.len() });
+        let m = QMatrix { ty, cols, rows, data, layout: Layout::Ggml };
+        m.check_size()?;
+        Ok(m)
+    }
+
+    /// The bytes the layout needs for this shape, if it can hold it.
+    fn expected_nbytes(&self) -> Option<u64> {
+        match self.layout {
+            Layout::Ggml => self.ty.tensor_nbytes(&[self.cols as u64, self.rows as u64]).ok(),
+            Layout::Q5_0x8 if self.ty == GgmlType::Q5_0 => q5_0x8_nbytes(self.cols, self.rows).map(|n| n as u64),
+            Layout::Q5_0x8 => None,
         }
-        Ok(QMatrix { ty, cols, rows, data })
     }
 
+    /// Errors unless `data` holds exactly what the type, shape and layout say.
+    fn check_size(&self) -> Result<(), MatError> {
+        let expected = self.expected_nbytes();
+        if expected != Some(self.data.len() as u64) {
+            return Err(MatError::DataSize { ty: self.ty, cols: self.cols, rows: self.rows, expected, got: self.data.len() });
+        }
+        Ok(())
+    }
+
+    /// Bytes of one row's blocks (in [`Layout::Q5_0x8`], what a row contributes to its group).
     pub fn row_bytes(&self) -> usize {
-        self.data.len() / self.rows.max(1)
+        match self.layout {
+            Layout::Ggml => self.data.len() / self.rows.max(1),
+            Layout::Q5_0x8 => self.cols / 32 * self.ty.type_size(),
+        }
     }
 
-    /// The encoded bytes of row `r`.
-    pub fn row(&self, r: usize) -> &'a [u8] {
+    /// The encoded bytes of row `r`, in ggml's layout (borrowed, or for a packed matrix
+    /// unpacked into a new buffer).
+    pub fn row(&self, r: usize) -> std::borrow::Cow<'a, [u8]> {
         let rb = self.row_bytes();
-        &self.data[r * rb..(r + 1) * rb]
+        match self.layout {
+            Layout::Ggml => std::borrow::Cow::Borrowed(&self.data[r * rb..(r + 1) * rb]),
+            Layout::Q5_0x8 => {
+                let nb = self.cols / 32;
+                let group = &self.data[r / Q5_0X8_ROWS * nb * Q5_0X8_BLOCK..][..nb * Q5_0X8_BLOCK];
+                let mut out = vec![0u8; rb];
+                for (b, gb) in group.chunks_exact(Q5_0X8_BLOCK).enumerate() {
+                    unpack_q5_0x8_block(gb, r % Q5_0X8_ROWS, &mut out[b * 22..(b + 1) * 22]);
+                }
+                std::borrow::Cow::Owned(out)
+            }
+        }
     }
 
     /// Dequantizes row `r` into `out` (`cols` elements).
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) -> Result<(), MatError> {
-        dequantize(self.ty, self.row(r), out).map_err(MatError::Quant)
+        dequantize(self.ty, &self.row(r), out).map_err(MatError::Quant)
+    }
+}
+
+/// An owned weight matrix in a layout rebuilt for decode ([`pack`], [`pack_for_decode`]): the
+/// same bytes per weight as the ggml matrix it came from, arranged for its type's packed
+/// kernels. [`PackedMatrix::view`] is what the products take.
+pub struct PackedMatrix {
+    ty: GgmlType,
+    cols: usize,
+    rows: usize,
+    layout: Layout,
+    data: Vec<u8>,
+}
+
+impl PackedMatrix {
+    /// The matrix as the products take it.
+    pub fn view(&self) -> QMatrix<'_> {
+        QMatrix { ty: self.ty, cols: self.cols, rows: self.rows, data: &self.data, layout: self.layout }
+    }
+
+    /// Bytes held.
+    pub fn nbytes(&self) -> usize {
+        self.data.len()
+    }
+}
+
+/// Rebuilds a ggml-layout matrix in `layout` (only Q5_0 into [`Layout::Q5_0x8`] so far; else
+/// `None`). Lossless: the products give the same results within their rounding, and
+/// [`QMatrix::row`] gives back the original bytes.
+pub fn pack(w: &QMatrix<'_>, layout: Layout) -> Option<PackedMatrix> {
+    if w.layout != Layout::Ggml || w.check_size().is_err() {
+        return None;
+    }
+    match (w.ty, layout) {
+        (GgmlType::Q5_0, Layout::Q5_0x8) => {
+            let mut data = vec![0u8; q5_0x8_nbytes(w.cols, w.rows)?];
+            pack_q5_0x8(w.data, w.cols / 32, w.rows, &mut data);
+            Some(PackedMatrix { ty: w.ty, cols: w.cols, rows: w.rows, layout, data })
+        }
+        _ => None,
+    }
+}
+
+/// The layout this CPU's best kernels decode `w` fastest in, rebuilt, or `None` where the file's
+/// own layout is best (every type but Q5_0, and Q5_0 where only the scalar packed kernel exists,
+/// e.g. on AArch64).
+pub fn pack_for_decode(w: &QMatrix<'_>) -> Option<PackedMatrix> {
+    let k = Kernels::best();
+    match w.ty {
+        GgmlType::Q5_0 if k.packed_isa(Layout::Q5_0x8).is_some_and(|i| i != crate::dot::Isa::Scalar) => pack(w, Layout::Q5_0x8),
+        _ => None,
     }
 }
 
@@ -185,13 +272,10 @@ pub fn matmul_many_with(k: &Kernels, ws: &[&QMatrix<'_>], x: &[f32], n: usize, o
         if out.len() != n * w.rows {
             return Err(MatError::Shape { what: "matmul output", expected: n * w.rows, got: out.len() });
         }
-        if fast(w).is_some() {
+        if fast(w).is_some() || w.layout != Layout::Ggml {
             // The kernels read raw memory, so the matrix must be exactly what it claims to be
             // (its fields are public; `QMatrix::new` checks this too).
-            let expected = w.ty.tensor_nbytes(&[w.cols as u64, w.rows as u64]).ok();
-            if expected != Some(w.data.len() as u64) {
-                return Err(MatError::DataSize { ty: w.ty, cols: w.cols, rows: w.rows, expected, got: w.data.len() });
-            }
+            w.check_size()?;
         }
     }
     if n == 0 {
@@ -215,7 +299,11 @@ pub fn matmul_many_with(k: &Kernels, ws: &[&QMatrix<'_>], x: &[f32], n: usize, o
         };
         let Some(a) = acts.iter().find(|a| a.vec_dot_type() == vdt) else { continue };
         if n <= matvec_batch_max(w.ty) {
-            jobs.push(MatvecJob::new(dot, k.matvec_fn(w.ty), w, a, out));
+            let kernel = match w.layout {
+                Layout::Ggml => k.matvec_fn(w.ty).map_or(RowKernel::Dot(dot), RowKernel::Rows4),
+                Layout::Q5_0x8 => RowKernel::Packed8(k.packed_fn(w.layout)),
+            };
+            jobs.push(MatvecJob::new(kernel, w, a, out));
         } else {
             gemm(dot, k.tile_fn(w.ty), w, a, out);
         }
@@ -226,12 +314,31 @@ pub fn matmul_many_with(k: &Kernels, ws: &[&QMatrix<'_>], x: &[f32], n: usize, o
     Ok(())
 }
 
+/// The kernel a decode product runs, by the matrix's type and layout.
+#[derive(Clone, Copy)]
+enum RowKernel {
+    /// One row at a time.
+    Dot(DotFn),
+    /// Up to four rows per call (ggml layout).
+    Rows4(TileFn),
+    /// A group of eight rows per call, from [`Layout::Q5_0x8`].
+    Packed8(TileFn),
+}
+
+impl RowKernel {
+    /// Rows per call; chunks of a job are whole groups.
+    fn group(self) -> usize {
+        match self {
+            RowKernel::Dot(_) | RowKernel::Rows4(_) => TILE,
+            RowKernel::Packed8(_) => Q5_0X8_ROWS,
+        }
+    }
+}
+
 /// One decode product: `out[t][r] = W[r] . a[t]` for the one or few activation rows of `acts`
 /// (several sequences decoded together).
 struct MatvecJob<'w, 'a> {
-    dot: DotFn,
-    /// The type's multi-row kernel, if it has one (then chunks are whole groups of four rows).
-    rows4: Option<TileFn>,
+    kernel: RowKernel,
     w: &'a QMatrix<'w>,
     acts: &'a QuantizedActs,
     /// `acts.rows() * w.rows` outputs, borrowed mutably by the caller of `matvec` for as long
@@ -243,9 +350,9 @@ struct MatvecJob<'w, 'a> {
 }
 
 impl<'w, 'a> MatvecJob<'w, 'a> {
-    fn new(dot: DotFn, rows4: Option<TileFn>, w: &'a QMatrix<'w>, acts: &'a QuantizedActs, out: &'a mut [f32]) -> Self {
+    fn new(kernel: RowKernel, w: &'a QMatrix<'w>, acts: &'a QuantizedActs, out: &'a mut [f32]) -> Self {
         debug_assert_eq!(out.len(), acts.rows() * w.rows);
-        MatvecJob { dot, rows4, w, acts, out: SharedOut(out.as_mut_ptr()), chunk_rows: w.rows.max(1), first_chunk: 0 }
+        MatvecJob { kernel, w, acts, out: SharedOut(out.as_mut_ptr()), chunk_rows: w.rows.max(1), first_chunk: 0 }
     }
 
     fn chunks(&self) -> usize {
@@ -257,34 +364,40 @@ impl<'w, 'a> MatvecJob<'w, 'a> {
         self.w.data.len() * self.acts.rows()
     }
 
-    /// Computes the outputs of weight rows `r0..r1` for every activation row: a group of four
+    /// Computes the outputs of weight rows `r0..r1` for every activation row: a group of
     /// weight rows, once read from memory, meets every activation row while it is in L1.
     ///
     /// # Safety
     ///
-    /// `r0 <= r1 <= rows`, `r0` a multiple of [`TILE`], and no other thread touches these
-    /// outputs meanwhile.
+    /// `r0 <= r1 <= rows`, `r0` a multiple of the kernel's group, and no other thread touches
+    /// these outputs meanwhile.
     unsafe fn rows(&self, r0: usize, r1: usize) {
-        debug_assert!(r0 <= r1 && r1 <= self.w.rows && r0 % TILE == 0);
+        let group = self.kernel.group();
+        debug_assert!(r0 <= r1 && r1 <= self.w.rows && r0 % group == 0);
         let (w, acts) = (self.w, self.acts);
         let rb = w.row_bytes();
         let nb = acts.blocks_per_row();
-        for r in (r0..r1).step_by(TILE) {
-            let mr = TILE.min(r1 - r);
-            let wt = w.data[r * rb..(r + mr) * rb].as_ptr();
+        for r in (r0..r1).step_by(group) {
+            let mr = group.min(r1 - r);
+            // A group of eight packed rows is stored whole (the last one padded).
+            let wt = match self.kernel {
+                RowKernel::Packed8(_) => w.data[r / Q5_0X8_ROWS * nb * Q5_0X8_BLOCK..].as_ptr(),
+                _ => w.data[r * rb..(r + mr) * rb].as_ptr(),
+            };
             for t in 0..acts.rows() {
-                // SAFETY: `wt` holds `mr` (1..=4) whole weight rows (the data size was
-                // checked), activation row `t` exists with its side data, and the outputs
-                // `t * rows + r .. + mr` lie in `out` (still borrowed, see the field) and are
-                // this caller's alone; the kernels run on this CPU (their table was handed out).
+                // SAFETY: `wt` holds `mr` (1..=4) whole weight rows, or one whole packed group
+                // (the data size was checked), activation row `t` exists with its side data,
+                // and the outputs `t * rows + r .. + mr` lie in `out` (still borrowed, see the
+                // field) and are this caller's alone; the kernels run on this CPU (their table
+                // was handed out).
                 unsafe {
                     let o = self.out.get().add(t * w.rows + r);
-                    match self.rows4 {
-                        Some(rows4) => rows4(&acts.tile_args(wt, rb, mr, t, 1, o, 1)),
-                        None => {
+                    match self.kernel {
+                        RowKernel::Rows4(f) | RowKernel::Packed8(f) => f(&acts.tile_args(wt, rb, mr, t, 1, o, 1)),
+                        RowKernel::Dot(dot) => {
                             let (a, aux) = (acts.row_ptr(t), acts.side_ptr(t));
                             for i in 0..mr {
-                                *o.add(i) = (self.dot)(nb, wt.add(i * rb), a, aux);
+                                *o.add(i) = dot(nb, wt.add(i * rb), a, aux);
                             }
                         }
                     }
@@ -312,8 +425,9 @@ fn matvec(jobs: &mut [MatvecJob<'_, '_>]) {
     let mut n_chunks = 0;
     for j in jobs.iter_mut() {
         let rb = (j.w.row_bytes() * j.acts.rows()).max(1);
-        // Whole groups of four rows, for the multi-row kernels.
-        j.chunk_rows = (chunk_bytes / rb).max(1).div_ceil(TILE) * TILE;
+        // Whole groups of rows, for the multi-row kernels.
+        let group = j.kernel.group();
+        j.chunk_rows = (chunk_bytes / rb).max(1).div_ceil(group) * group;
         j.first_chunk = n_chunks;
         n_chunks += j.chunks();
     }
@@ -378,15 +492,33 @@ fn gemm(dot: DotFn, tile: Option<TileFn>, w: &QMatrix<'_>, acts: &QuantizedActs,
     debug_assert_eq!(out.len(), n * rows);
     let shared = SharedOut(out.as_mut_ptr());
     let threads = rayon::current_num_threads();
-    let task_rows = gemm_task_rows(rows, rb, n, threads);
+    let packed = w.layout == Layout::Q5_0x8;
+    let mut task_rows = gemm_task_rows(rows, rb, n, threads);
+    if packed {
+        task_rows = task_rows.div_ceil(Q5_0X8_ROWS) * Q5_0X8_ROWS;
+    }
     let task = |task: usize| {
         let out = shared.get();
         let (r0, r1) = (task * task_rows, ((task + 1) * task_rows).min(rows));
+        // A packed matrix: the task's rows back in ggml's layout, once per task (the tiles then
+        // reuse them for every activation row, so this costs little next to them).
+        let unpacked: Vec<u8> = if packed {
+            let group_bytes = nb * Q5_0X8_BLOCK;
+            let mut buf = vec![0u8; (r1 - r0) * rb];
+            for g in (r0..r1).step_by(Q5_0X8_ROWS) {
+                let k = Q5_0X8_ROWS.min(r1 - g);
+                unpack_q5_0x8_rows(&w.data[g / Q5_0X8_ROWS * group_bytes..][..group_bytes], nb, k, &mut buf[(g - r0) * rb..]);
+            }
+            buf
+        } else {
+            Vec::new()
+        };
+        let (base, base_row) = if packed { (&unpacked[..], r0) } else { (w.data, 0) };
         for tb in (0..n).step_by(GEMM_ACT_BLOCK) {
             let te = (tb + GEMM_ACT_BLOCK).min(n);
             for rt in (r0..r1).step_by(TILE) {
                 let mr = TILE.min(r1 - rt);
-                let wt = w.data[rt * rb..].as_ptr();
+                let wt = base[(rt - base_row) * rb..].as_ptr();
                 for t in (tb..te).step_by(TILE) {
                     let nr = TILE.min(te - t);
                     // SAFETY (both arms): weight rows `rt..rt + mr` and activation rows
@@ -516,7 +648,7 @@ mod tests {
             let a = quantize_ref(vdt, xt);
             let xq = dequant(vdt.ggml_type(), &a, w.cols);
             for r in 0..w.rows {
-                let wr = w.row(r);
+                let wr = &*w.row(r);
                 let wd = dequant(w.ty, wr, w.cols);
                 let shift: f64 = wd.iter().zip(xt.iter().zip(&xq)).map(|(&p, (&u, &v))| f64::from(p).abs() * f64::from(u - v).abs()).sum();
                 let mag = magnitude(w.ty, wr, &a, w.cols) + wd.iter().zip(xt).map(|(&p, &u)| f64::from(p * u).abs()).sum::<f64>();
@@ -613,6 +745,53 @@ mod tests {
     }
 
     #[test]
+    fn packed_q5_0_matches_the_reference_on_every_table() {
+        // Rows no multiple of the group of eight (and fewer than one group), one block per row
+        // and several; n = 1..4 runs the packed decode kernel, 70 the tiles over unpacked rows.
+        let mut rng = Rng::new(17);
+        let ty = GgmlType::Q5_0;
+        for (cols, rows) in [(32usize, 1usize), (96, 37), (640, 8), (160, 13)] {
+            let data = random_weights(ty, rows * cols / 32, &mut rng, Scales::Mixed);
+            let w = QMatrix::new(ty, cols, rows, &data).unwrap();
+            let p = pack(&w, Layout::Q5_0x8).unwrap();
+            let pv = p.view();
+            assert_eq!(p.nbytes(), rows.div_ceil(8) * 8 * cols / 32 * 22);
+            for r in 0..rows {
+                assert_eq!(&*pv.row(r), &*w.row(r), "row {r} restored");
+            }
+            for k in Kernels::available() {
+                for n in [1usize, 2, 4, 70] {
+                    let x = random_acts(n * cols, &mut rng, Acts::Spiky);
+                    let mut got = vec![f32::NAN; n * rows];
+                    matmul_with(k, &pv, &x, n, &mut got).unwrap();
+                    check_against_reference(k, &pv, &x, n, &got);
+                    // The scalar packed kernel sums as the scalar row kernel does, and the tiles
+                    // read the unpacked rows: both bit-identical to the ggml layout's products.
+                    if k.isa() == Isa::Scalar || n > MATVEC_BATCH_MAX {
+                        let mut want = vec![f32::NAN; n * rows];
+                        matmul_with(k, &w, &x, n, &mut want).unwrap();
+                        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                        assert_eq!(bits(&got), bits(&want), "{} {cols}x{rows} n {n}", k.isa());
+                    }
+                }
+            }
+        }
+        // Big enough to be split over threads in chunks of whole groups, with a partial group.
+        let (cols, rows) = (2048usize, 3 * MATVEC_MIN_CHUNK_BYTES / (2048 / 32 * 22) + 5);
+        let data = random_weights(ty, rows * cols / 32, &mut rng, Scales::Mixed);
+        let w = QMatrix::new(ty, cols, rows, &data).unwrap();
+        let p = pack(&w, Layout::Q5_0x8).unwrap();
+        let x = random_acts(cols, &mut rng, Acts::Normal);
+        let mut got = vec![f32::NAN; rows];
+        matmul(&p.view(), &x, 1, &mut got).unwrap();
+        check_against_reference(Kernels::best(), &p.view(), &x, 1, &got);
+        // Other types and layouts are not packed; a packed matrix with the wrong size is refused.
+        assert!(pack(&QMatrix::new(GgmlType::Q4_0, 32, 1, &[0u8; 18]).unwrap(), Layout::Q5_0x8).is_none());
+        let bad = QMatrix { ty, cols: 32, rows: 9, data: &[0u8; 8 * 22], layout: Layout::Q5_0x8 };
+        assert!(matches!(matmul(&bad, &[0.0; 32], 1, &mut [0.0; 9]), Err(MatError::DataSize { .. })));
+    }
+
+    #[test]
     fn matmul_keeps_the_reference_errors() {
         let k = Kernels::best();
         // No dot product and no dequantizer: the reference's error.
@@ -622,7 +801,7 @@ mod tests {
             Err(MatError::Quant(QuantError::Unsupported { ty: GgmlType::IQ2_XXS, op: crate::quants::QuantOp::Dequantize }))
         );
         // A matrix built by hand with too little data is refused before any kernel reads it.
-        let bad = QMatrix { ty: GgmlType::Q4_0, cols: 64, rows: 2, data: &[0u8; 36] };
+        let bad = QMatrix { ty: GgmlType::Q4_0, cols: 64, rows: 2, data: &[0u8; 36], layout: Layout::Ggml };
         assert!(matches!(matmul_with(k, &bad, &[0.0; 64], 1, &mut [0.0; 2]), Err(MatError::DataSize { .. })));
         // Q8_K weights have no dot product and go through the reference.
         let q8k = vec![0u8; 292];

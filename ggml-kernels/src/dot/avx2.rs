@@ -23,6 +23,7 @@ use crate::types::GgmlType;
 pub(super) fn install(k: &mut Kernels) {
     use GgmlType as T;
     let isa = Isa::Avx2;
+    k.set_packed(crate::repack::Layout::Q5_0x8, isa, matvec_q5_0x8);
     k.set_dot(T::F32, isa, dot_f32);
     k.set_dot(T::F16, isa, dot_f16);
     k.set_dot(T::BF16, isa, dot_bf16);
@@ -951,6 +952,65 @@ pub(super) unsafe fn quantize_q8_k(x: *const f32, nb: usize, out: *mut u8) {
                 o.add(Q8K_BSUMS + 4 * c + 2).cast::<i16>().write_unaligned(s1);
             }
             o.cast::<f32>().write_unaligned(1.0 / iscale);
+        }
+    }
+}
+
+/// Q5_0 in [`crate::repack::Layout::Q5_0x8`] x Q8_0 with AVX2: one group of eight rows, each
+/// row's sums in its own 32-bit lane, as the VNNI kernel; the fifth bits are spread from each
+/// ready-made mask with `vpshufb`, a bit test and a compare, and the products go through
+/// `vpmaddubsw` (two steps summed in 16 bits, at most `4 * 31 * 128` each, then `vpmaddwd`).
+///
+/// # Safety
+///
+/// As [`super::scalar::matvec_q5_0x8`]; the CPU must have AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn matvec_q5_0x8(t: &super::Tile) {
+    use crate::repack::{Q5_0X8_BLOCK, Q5_0X8_MASKS, Q5_0X8_NIBBLES, Q5_0X8_SCALES};
+    debug_assert!(t.nr == 1 && (1..=8).contains(&t.mr));
+    let m4 = _mm256_set1_epi8(0xF);
+    let bit4 = _mm256_set1_epi8(0x10);
+    // Byte `k` of a vector takes byte `k / 8` of the broadcast mask (`vpshufb` stays within
+    // 128-bit halves, which hold the same four bytes), then bit `k % 8` of it is tested.
+    let spread = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+    let sel = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = _mm256_setzero_ps();
+    // SAFETY: the group's `nb` blocks, the activation row's `nb` blocks and its side data are
+    // readable (the caller's contract); `read_unaligned` needs no alignment.
+    unsafe {
+        let fifth = |m: *const u8| {
+            let v = _mm256_and_si256(_mm256_shuffle_epi8(_mm256_set1_epi32(read_unaligned(m.cast::<i32>())), spread), sel);
+            _mm256_and_si256(_mm256_cmpeq_epi8(v, sel), bit4)
+        };
+        for b in 0..t.nb {
+            let gb = t.w.add(b * Q5_0X8_BLOCK);
+            let y = t.a.add(b * 34 + 2);
+            let mut s = _mm256_setzero_si256();
+            let mut pair = _mm256_setzero_si256();
+            for j in 0..4 {
+                let v = load256(gb.add(Q5_0X8_NIBBLES + 32 * j));
+                let lo = _mm256_or_si256(_mm256_and_si256(v, m4), fifth(gb.add(Q5_0X8_MASKS + 8 * j)));
+                let hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(v), m4), fifth(gb.add(Q5_0X8_MASKS + 8 * j + 4)));
+                let yl = _mm256_set1_epi32(read_unaligned(y.add(4 * j).cast::<i32>()));
+                let yh = _mm256_set1_epi32(read_unaligned(y.add(16 + 4 * j).cast::<i32>()));
+                let p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, yl), _mm256_maddubs_epi16(hi, yh));
+                if j % 2 == 0 {
+                    pair = p;
+                } else {
+                    s = _mm256_add_epi32(s, _mm256_madd_epi16(_mm256_add_epi16(pair, p), ones));
+                }
+            }
+            let sf = _mm256_cvtepi32_ps(s);
+            let dx = _mm256_cvtph_ps(load128(gb.add(Q5_0X8_SCALES)));
+            let dy = _mm256_set1_ps(*t.aux.add(b));
+            let cy = _mm256_set1_ps(-16.0 * *t.aux.add(t.nb + b));
+            acc = _mm256_fmadd_ps(dx, _mm256_fmadd_ps(sf, dy, cy), acc);
+        }
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
+        for (r, &v) in lanes.iter().enumerate().take(t.mr) {
+            *t.out.add(r) = v;
         }
     }
 }

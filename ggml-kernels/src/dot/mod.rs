@@ -44,6 +44,7 @@ use std::sync::OnceLock;
 use rayon::prelude::*;
 
 use crate::quants::float16::f16_to_f32;
+use crate::repack::Layout;
 use crate::types::GgmlType;
 
 pub mod scalar;
@@ -301,6 +302,10 @@ pub struct Kernels {
     tile: [Option<Entry<TileFn>>; N_TYPES],
     /// Decode kernels for up to four rows at once (a [`TileFn`] called with `nr == 1`).
     matvec: [Option<Entry<TileFn>>; N_TYPES],
+    /// The decode kernel for Q5_0 in [`Layout::Q5_0x8`]: a [`TileFn`] called with `nr == 1`,
+    /// `w` at the start of a group of eight rows (every row of it readable, padding included)
+    /// and `mr` (1..=8) outputs.
+    q5_0x8: Entry<TileFn>,
     quant: [Entry<QuantFn>; 4],
 }
 
@@ -331,6 +336,7 @@ impl Kernels {
             dot: dots.map(|f| Entry { f, isa: Isa::Scalar }),
             tile: [None; N_TYPES],
             matvec: [None; N_TYPES],
+            q5_0x8: Entry { f: s::matvec_q5_0x8, isa: Isa::Scalar },
             quant: quants.map(|f| Entry { f, isa: Isa::Scalar }),
         }
     }
@@ -356,6 +362,15 @@ impl Kernels {
     fn set_matvec(&mut self, ty: GgmlType, isa: Isa, f: TileFn) {
         if let Some(i) = slot(ty) {
             self.matvec[i] = Some(Entry { f, isa });
+        }
+    }
+
+    /// Sets the decode kernel of a packed layout.
+    #[allow(dead_code)]
+    fn set_packed(&mut self, layout: Layout, isa: Isa, f: TileFn) {
+        match layout {
+            Layout::Q5_0x8 => self.q5_0x8 = Entry { f, isa },
+            Layout::Ggml => {}
         }
     }
 
@@ -445,6 +460,22 @@ impl Kernels {
 
     pub(crate) fn matvec_fn(&self, ty: GgmlType) -> Option<TileFn> {
         slot(ty).and_then(|i| self.matvec[i].map(|e| e.f))
+    }
+
+    /// The instruction set of this table's decode kernel for a packed layout (`None` for
+    /// [`Layout::Ggml`], whose kernels go by type).
+    pub fn packed_isa(&self, layout: Layout) -> Option<Isa> {
+        match layout {
+            Layout::Q5_0x8 => Some(self.q5_0x8.isa),
+            Layout::Ggml => None,
+        }
+    }
+
+    /// The decode kernel for a packed layout. Precondition: `layout` is not [`Layout::Ggml`]
+    /// (debug-asserted; the Q5_0x8 kernel is returned).
+    pub(crate) fn packed_fn(&self, layout: Layout) -> TileFn {
+        debug_assert_eq!(layout, Layout::Q5_0x8);
+        self.q5_0x8.f
     }
 
     /// Dot product of one weight row (`w`, encoded as `ty`) with one activation row (`a`,

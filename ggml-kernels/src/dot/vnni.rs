@@ -30,6 +30,7 @@ use super::avx2::{
 use super::avx2_gemm::{matvec4_pairs, q4_0_pair, q5_0_pair, q8_0_pair, tile32_pairs, tile_q4_k_kernel, tile_q6_k_kernel};
 use super::{Isa, Kernels, Tile};
 use crate::quants::iq4_nl::KVALUES_IQ4NL;
+use crate::repack::{Layout, Q5_0X8_BLOCK, Q5_0X8_SCALES};
 use crate::types::GgmlType;
 
 /// Puts this module's kernels into `k` (over the AVX2 ones).
@@ -56,6 +57,10 @@ pub(super) fn install(k: &mut Kernels) {
     if std::is_x86_feature_detected!("avx512vbmi") {
         k.set_matvec(T::Q5_0, isa, matvec_q5_0_vbmi_fold);
         k.set_tile(T::Q5_0, isa, tile_q5_0_vbmi);
+    }
+    // Q5_0 rebuilt for decode: byte-masked adds (AVX-512 BW, all AVX-512 CPUs with VNNI).
+    if std::is_x86_feature_detected!("avx512bw") {
+        k.set_packed(Layout::Q5_0x8, isa, matvec_q5_0x8);
     }
 }
 
@@ -437,6 +442,118 @@ unsafe fn matvec_q5_0_vbmi_fold(t: &Tile) {
             3 => matvec_q5_0_vbmi_fold_m::<3>(t),
             2 => matvec_q5_0_vbmi_fold_m::<2>(t),
             _ => matvec_q5_0_vbmi_fold_m::<1>(t),
+        }
+    }
+}
+
+/// Q5_0 in [`Layout::Q5_0x8`] x Q8_0: one group of eight rows, each row's sums in its own 32-bit
+/// lane (see [`crate::repack`]). Per group block and step of four elements: one 32-byte load
+/// of nibbles, the low and high nibbles split (three operations), the fifth bits added under
+/// the step's two ready-made byte masks (`kmovd` from memory and a masked `vpaddb` each), and
+/// two `vpdpbusd` against four activation bytes broadcast to every lane; then one conversion
+/// and two FMAs apply the eight rows' scales (one `vcvtph2ps` of the stored vector), the
+/// activation scale and the offset correction `-16 * cy` to the eight lanes at once. About
+/// 7 vector operations per pair of rows and block, against about 15 in ggml's layout
+/// ([`matvec_q5_0_vbmi_fold`]), and no horizontal sums.
+///
+/// Rows and blocks are summed in order, so a row's result is `sum over b of dx * (s * dy - 16 *
+/// cy)` accumulated block after block in one lane.
+///
+/// # Safety
+///
+/// As [`crate::dot::scalar::matvec_q5_0x8`]; the CPU must have AVX2, FMA, F16C and AVX-512 F,
+/// VL, BW and VNNI.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn matvec_q5_0x8(t: &Tile) {
+    debug_assert!(t.nr == 1 && (1..=8).contains(&t.mr));
+    let m4 = _mm256_set1_epi8(0xF);
+    let bit4 = _mm256_set1_epi8(0x10);
+    let mut acc = _mm256_setzero_ps();
+    // SAFETY: the group's `nb` blocks, the activation row's `nb` blocks and its side data are
+    // readable (the caller's contract); the instructions run on this CPU (the table is handed
+    // out only then). `k1` is declared clobbered; nothing else outside the named operands is
+    // touched, and only through reads.
+    unsafe {
+        for b in 0..t.nb {
+            let gb = t.w.add(b * Q5_0X8_BLOCK);
+            let y = t.a.add(b * 34 + 2);
+            let mut s0 = _mm256_setzero_si256();
+            let mut s1 = _mm256_setzero_si256();
+            asm!(
+            // Step 0: elements 0..4 (low nibbles) and 16..20 (high).
+            "vmovdqu {v}, ymmword ptr [{w} + 48]",
+            "vpsrlw {h}, {v}, 4",
+            "vpand {v}, {v}, {m4}",
+            "vpand {h}, {h}, {m4}",
+            "kmovd k1, dword ptr [{w} + 16]",
+            "vpaddb {v} {{k1}}, {v}, {b4}",
+            "kmovd k1, dword ptr [{w} + 20]",
+            "vpaddb {h} {{k1}}, {h}, {b4}",
+            "vpbroadcastd {y}, dword ptr [{a} + 0]",
+            "vpdpbusd {s0}, {v}, {y}",
+            "vpbroadcastd {y}, dword ptr [{a} + 16]",
+            "vpdpbusd {s1}, {h}, {y}",
+            // Step 1: elements 4..8 (low nibbles) and 20..24 (high).
+            "vmovdqu {v}, ymmword ptr [{w} + 80]",
+            "vpsrlw {h}, {v}, 4",
+            "vpand {v}, {v}, {m4}",
+            "vpand {h}, {h}, {m4}",
+            "kmovd k1, dword ptr [{w} + 24]",
+            "vpaddb {v} {{k1}}, {v}, {b4}",
+            "kmovd k1, dword ptr [{w} + 28]",
+            "vpaddb {h} {{k1}}, {h}, {b4}",
+            "vpbroadcastd {y}, dword ptr [{a} + 4]",
+            "vpdpbusd {s0}, {v}, {y}",
+            "vpbroadcastd {y}, dword ptr [{a} + 20]",
+            "vpdpbusd {s1}, {h}, {y}",
+            // Step 2: elements 8..12 (low nibbles) and 24..28 (high).
+            "vmovdqu {v}, ymmword ptr [{w} + 112]",
+            "vpsrlw {h}, {v}, 4",
+            "vpand {v}, {v}, {m4}",
+            "vpand {h}, {h}, {m4}",
+            "kmovd k1, dword ptr [{w} + 32]",
+            "vpaddb {v} {{k1}}, {v}, {b4}",
+            "kmovd k1, dword ptr [{w} + 36]",
+            "vpaddb {h} {{k1}}, {h}, {b4}",
+            "vpbroadcastd {y}, dword ptr [{a} + 8]",
+            "vpdpbusd {s0}, {v}, {y}",
+            "vpbroadcastd {y}, dword ptr [{a} + 24]",
+            "vpdpbusd {s1}, {h}, {y}",
+            // Step 3: elements 12..16 (low nibbles) and 28..32 (high).
+            "vmovdqu {v}, ymmword ptr [{w} + 144]",
+            "vpsrlw {h}, {v}, 4",
+            "vpand {v}, {v}, {m4}",
+            "vpand {h}, {h}, {m4}",
+            "kmovd k1, dword ptr [{w} + 40]",
+            "vpaddb {v} {{k1}}, {v}, {b4}",
+            "kmovd k1, dword ptr [{w} + 44]",
+            "vpaddb {h} {{k1}}, {h}, {b4}",
+            "vpbroadcastd {y}, dword ptr [{a} + 12]",
+            "vpdpbusd {s0}, {v}, {y}",
+            "vpbroadcastd {y}, dword ptr [{a} + 28]",
+            "vpdpbusd {s1}, {h}, {y}",
+                w = in(reg) gb,
+                a = in(reg) y,
+                m4 = in(ymm_reg) m4,
+                b4 = in(ymm_reg) bit4,
+                s0 = inout(ymm_reg) s0,
+                s1 = inout(ymm_reg) s1,
+                v = out(ymm_reg) _,
+                h = out(ymm_reg) _,
+                y = out(ymm_reg) _,
+                out("k1") _,
+                options(readonly, nostack, preserves_flags),
+            );
+            let s = _mm256_cvtepi32_ps(_mm256_add_epi32(s0, s1));
+            let dx = _mm256_cvtph_ps(load128(gb.add(Q5_0X8_SCALES)));
+            let dy = _mm256_set1_ps(*t.aux.add(b));
+            let cy = _mm256_set1_ps(-16.0 * *t.aux.add(t.nb + b));
+            acc = _mm256_fmadd_ps(dx, _mm256_fmadd_ps(s, dy, cy), acc);
+        }
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
+        for (r, &v) in lanes.iter().enumerate().take(t.mr) {
+            *t.out.add(r) = v;
         }
     }
 }
