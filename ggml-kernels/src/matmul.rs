@@ -750,7 +750,7 @@ mod tests {
         // and several; n = 1..4 runs the packed decode kernel, 70 the tiles over unpacked rows.
         let mut rng = Rng::new(17);
         let ty = GgmlType::Q5_0;
-        for (cols, rows) in [(32usize, 1usize), (96, 37), (640, 8), (160, 13)] {
+        for (cols, rows) in [(32usize, 1usize), (96, 37), (640, 8), (160, 13), (512, 21)] {
             let data = random_weights(ty, rows * cols / 32, &mut rng, Scales::Mixed);
             let w = QMatrix::new(ty, cols, rows, &data).unwrap();
             let p = pack(&w, Layout::Q5_0x8).unwrap();
@@ -765,9 +765,15 @@ mod tests {
                     let mut got = vec![f32::NAN; n * rows];
                     matmul_with(k, &pv, &x, n, &mut got).unwrap();
                     check_against_reference(k, &pv, &x, n, &got);
-                    // The scalar packed kernel sums as the scalar row kernel does, and the tiles
-                    // read the unpacked rows: both bit-identical to the ggml layout's products.
-                    if k.isa() == Isa::Scalar || n > MATVEC_BATCH_MAX {
+                    // The scalar packed kernel sums as the scalar row kernel does, the tiles
+                    // read the unpacked rows, and the VNNI packed kernel sums as the VBMI ggml
+                    // kernel does (rows of whole groups of four blocks): all bit-identical to
+                    // the ggml layout's products.
+                    #[cfg(target_arch = "x86_64")]
+                    let vbmi = k.isa() == Isa::Avx512Vnni && std::is_x86_feature_detected!("avx512vbmi") && cols % 128 == 0;
+                    #[cfg(not(target_arch = "x86_64"))]
+                    let vbmi = false;
+                    if k.isa() == Isa::Scalar || n > MATVEC_BATCH_MAX || vbmi {
                         let mut want = vec![f32::NAN; n * rows];
                         matmul_with(k, &w, &x, n, &mut want).unwrap();
                         let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();

@@ -324,6 +324,26 @@ impl GgufFile {
         self.buf.bytes().get(start..start + t.nbytes as usize).unwrap_or(&[])
     }
 
+    /// Tells the kernel that the whole pages inside `bytes` (a part of this file's image) will
+    /// not be read for a while, so a map drops them from this process's memory; they are read
+    /// back from the file if they are touched again. Does nothing without a map (`--no-mmap`)
+    /// or for bytes outside the image.
+    pub fn release_pages(&self, bytes: &[u8]) {
+        let Buffer::Mmap(map) = &self.buf else { return };
+        let (base, start) = (map.as_ptr() as usize, bytes.as_ptr() as usize);
+        if start < base || start + bytes.len() > base + map.len() {
+            return;
+        }
+        const PAGE: usize = 4096;
+        let first = (start - base).div_ceil(PAGE) * PAGE;
+        let end = (start - base + bytes.len()) / PAGE * PAGE;
+        if end > first {
+            // SAFETY: the map is read-only, so dropping its pages loses nothing:
+            // a later read faults them in again from the file. Errors are only a missed hint.
+            let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, first, end - first) };
+        }
+    }
+
     /// The whole file image.
     pub fn bytes(&self) -> &[u8] {
         self.buf.bytes()

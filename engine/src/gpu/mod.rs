@@ -126,15 +126,15 @@ impl GpuModel {
         let mut max_matrix = 0;
         let mut layers = Vec::with_capacity(w.layers.len());
         for l in &w.layers {
-            for m in [&l.wq, &l.wk, &l.wv, &l.wo, &l.ffn_gate, &l.ffn_up, &l.ffn_down] {
-                max_matrix = max_matrix.max(m.rows * m.cols);
+            for m in l.matrices() {
+                max_matrix = max_matrix.max(m.file.rows * m.file.cols);
             }
             layers.push(GpuLayer {
                 attn_norm: vec(&l.attn_norm)?,
-                wq: be.upload_matrix(&l.wq)?,
-                wk: be.upload_matrix(&l.wk)?,
-                wv: be.upload_matrix(&l.wv)?,
-                wo: be.upload_matrix(&l.wo)?,
+                wq: be.upload_matrix(&l.wq.file)?,
+                wk: be.upload_matrix(&l.wk.file)?,
+                wv: be.upload_matrix(&l.wv.file)?,
+                wo: be.upload_matrix(&l.wo.file)?,
                 bq: opt(&l.bq)?,
                 bk: opt(&l.bk)?,
                 bv: opt(&l.bv)?,
@@ -142,9 +142,9 @@ impl GpuModel {
                 k_norm: opt(&l.k_norm)?,
                 post_attn_norm: opt(&l.post_attn_norm)?,
                 ffn_norm: vec(&l.ffn_norm)?,
-                ffn_gate: be.upload_matrix(&l.ffn_gate)?,
-                ffn_up: be.upload_matrix(&l.ffn_up)?,
-                ffn_down: be.upload_matrix(&l.ffn_down)?,
+                ffn_gate: be.upload_matrix(&l.ffn_gate.file)?,
+                ffn_up: be.upload_matrix(&l.ffn_up.file)?,
+                ffn_down: be.upload_matrix(&l.ffn_down.file)?,
                 post_ffw_norm: opt(&l.post_ffw_norm)?,
                 w16: Vec::new(),
             });

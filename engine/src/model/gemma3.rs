@@ -23,7 +23,7 @@ pub fn layer(m: &Model<'_>, il: usize, x: &mut [f32], seqs: &mut [SeqBatch<'_>])
     rms_norm(x, &w.attn_norm, c.rms_eps, &mut h);
 
     // Q, K, V projections. q: [n][n_head][hd], k: [n][n_head_kv][hd], v: [n][n_head_kv][hd_v]
-    let [mut q, mut k, v] = mm_many(m, [&w.wq, &w.wk, &w.wv], &h, n)?;
+    let [mut q, mut k, v] = mm_many(m, [&w.wq.cpu(), &w.wk.cpu(), &w.wv.cpu()], &h, n)?;
 
     // Per-head Q and K RMSNorms, then RoPE (NeoX) at each token's position.
     if let (Some(qn), Some(kn)) = (&w.q_norm, &w.k_norm) {
@@ -39,7 +39,7 @@ pub fn layer(m: &Model<'_>, il: usize, x: &mut [f32], seqs: &mut [SeqBatch<'_>])
     let attn = attend_seqs(m, seqs, il, &q, &k, &v);
 
     // Output projection, post-attention norm, residual.
-    let mut o = mm(m, &w.wo, &attn, n)?;
+    let mut o = mm(m, &w.wo.cpu(), &attn, n)?;
     if let Some(pn) = &w.post_attn_norm {
         rms_norm_inplace(&mut o, pn, c.rms_eps);
     }
@@ -47,9 +47,9 @@ pub fn layer(m: &Model<'_>, il: usize, x: &mut [f32], seqs: &mut [SeqBatch<'_>])
 
     // FFN: pre-norm, GELU-tanh gate times up, down, post-norm, residual.
     rms_norm(x, &w.ffn_norm, c.rms_eps, &mut h);
-    let [mut gate, up] = mm_many(m, [&w.ffn_gate, &w.ffn_up], &h, n)?;
+    let [mut gate, up] = mm_many(m, [&w.ffn_gate.cpu(), &w.ffn_up.cpu()], &h, n)?;
     gated_act(&mut gate, &up, gelu_tanh);
-    let mut down = mm(m, &w.ffn_down, &gate, n)?;
+    let mut down = mm(m, &w.ffn_down.cpu(), &gate, n)?;
     if let Some(pn) = &w.post_ffw_norm {
         rms_norm_inplace(&mut down, pn, c.rms_eps);
     }

@@ -21,7 +21,7 @@ pub fn layer(m: &Model<'_>, il: usize, x: &mut [f32], seqs: &mut [SeqBatch<'_>])
     rms_norm(x, &w.attn_norm, c.rms_eps, &mut h);
 
     // Q, K, V projections (+ biases for Qwen2). q: [n][n_head][hd], k, v: [n][n_head_kv][hd]
-    let [mut q, mut k, mut v] = mm_many(m, [&w.wq, &w.wk, &w.wv], &h, n)?;
+    let [mut q, mut k, mut v] = mm_many(m, [&w.wq.cpu(), &w.wk.cpu(), &w.wv.cpu()], &h, n)?;
     add_bias(&mut q, w.bq.as_ref());
     add_bias(&mut k, w.bk.as_ref());
     add_bias(&mut v, w.bv.as_ref());
@@ -34,14 +34,14 @@ pub fn layer(m: &Model<'_>, il: usize, x: &mut [f32], seqs: &mut [SeqBatch<'_>])
 
     // Attention over each sequence's cache, output projection, residual.
     let attn = attend_seqs(m, seqs, il, &q, &k, &v);
-    let o = mm(m, &w.wo, &attn, n)?;
+    let o = mm(m, &w.wo.cpu(), &attn, n)?;
     ggml_kernels::ops::add_assign(x, &o);
 
     // FFN: pre-norm, SiLU gate times up, down, residual.
     rms_norm(x, &w.ffn_norm, c.rms_eps, &mut h);
-    let [mut gate, up] = mm_many(m, [&w.ffn_gate, &w.ffn_up], &h, n)?;
+    let [mut gate, up] = mm_many(m, [&w.ffn_gate.cpu(), &w.ffn_up.cpu()], &h, n)?;
     gated_act(&mut gate, &up, silu);
-    let down = mm(m, &w.ffn_down, &gate, n)?;
+    let down = mm(m, &w.ffn_down.cpu(), &gate, n)?;
     ggml_kernels::ops::add_assign(x, &down);
     Ok(())
 }

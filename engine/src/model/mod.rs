@@ -50,13 +50,37 @@ pub struct Model<'a> {
     /// activations for integer dot products (as llama.cpp does). Slow; for checking the model
     /// definition against a float32 reference without the activation-quantization error.
     pub exact_matmul: bool,
+    file: &'a GgufFile,
 }
 
 impl<'a> Model<'a> {
     pub fn load(file: &'a GgufFile) -> Result<Model<'a>, ModelError> {
         let cfg = ModelConfig::from_gguf(file)?;
         let weights = Weights::load(file, &cfg)?;
-        Ok(Model { cfg, weights, exact_matmul: false })
+        Ok(Model { cfg, weights, exact_matmul: false, file })
+    }
+
+    /// Builds the CPU's own layouts of the layer matrices that have one (Q5_0: see
+    /// `ggml_kernels::repack`), in parallel, once; later calls return at once. The mapped pages
+    /// of the matrices rebuilt are then handed back to the kernel (they are read again only if
+    /// the GPU uploads them), so the copies replace those bytes in memory rather than double
+    /// them. [`Session::new`] calls this.
+    pub fn prepare_cpu(&self) {
+        use rayon::prelude::*;
+        let all: Vec<&weights::Matrix<'a>> = self.weights.layers.iter().flat_map(|l| l.matrices()).collect();
+        all.par_iter().for_each(|m| {
+            if m.owned_bytes() == 0 {
+                m.cpu();
+                if m.owned_bytes() > 0 {
+                    self.file.release_pages(m.file.data);
+                }
+            }
+        });
+    }
+
+    /// Bytes of the CPU's own copies of weight matrices (0 before [`Model::prepare_cpu`]).
+    pub fn owned_weight_bytes(&self) -> u64 {
+        self.weights.layers.iter().flat_map(|l| l.matrices()).map(|m| m.owned_bytes() as u64).sum()
     }
 
     /// Attention kind of each layer as the model defines it.
@@ -79,8 +103,8 @@ impl<'a> Model<'a> {
             n += w.output.data.len() as u64;
         }
         for l in &w.layers {
-            for m in [&l.wq, &l.wk, &l.wv, &l.wo, &l.ffn_gate, &l.ffn_up, &l.ffn_down] {
-                n += m.data.len() as u64;
+            for m in l.matrices() {
+                n += m.file.data.len() as u64;
             }
         }
         n
@@ -176,6 +200,7 @@ impl<'m, 'a> Session<'m, 'a> {
         if p.n_ctx == 0 || p.n_batch == 0 {
             return Err(ModelError::Config("n_ctx and n_batch must be positive".into()));
         }
+        model.prepare_cpu();
         let kinds = p.layer_kinds.clone().unwrap_or_else(|| model.native_layer_kinds());
         if kinds.len() != model.cfg.n_layer {
             return Err(ModelError::Config(format!("{} layer kinds for {} layers", kinds.len(), model.cfg.n_layer)));

@@ -1,9 +1,14 @@
 //! The model's tensors, found by their GGUF names and checked against the hyperparameters.
 //!
 //! Matrices stay in the file's map ([`QMatrix`] borrows it); the small norm and bias vectors are
-//! converted to f32 once.
+//! converted to f32 once. A layer matrix whose type the CPU kernels decode faster in another
+//! layout (Q5_0, see `ggml_kernels::repack`) also gets an owned copy in that layout, built once
+//! before the first CPU forward pass ([`super::Model::prepare_cpu`]); the GPU uploads the file's
+//! bytes and never builds it.
 
-use ggml_kernels::matmul::QMatrix;
+use std::sync::OnceLock;
+
+use ggml_kernels::matmul::{pack_for_decode, PackedMatrix, QMatrix};
 use ggml_kernels::quants::dequantize;
 
 use crate::gguf::{GgufFile, TensorInfo};
@@ -11,18 +16,51 @@ use crate::gguf::{GgufFile, TensorInfo};
 use super::config::{Arch, ModelConfig};
 use super::ModelError;
 
+/// A layer's weight matrix: the file's bytes, and the CPU's own copy where it has a faster
+/// layout for the type.
+pub struct Matrix<'a> {
+    /// The matrix as the file stores it (borrowed from the map).
+    pub file: QMatrix<'a>,
+    /// The decode layout of `file`, or `None` where the file's layout is the CPU's best; built
+    /// on first use.
+    packed: OnceLock<Option<PackedMatrix>>,
+}
+
+impl<'a> Matrix<'a> {
+    pub fn new(file: QMatrix<'a>) -> Self {
+        Matrix { file, packed: OnceLock::new() }
+    }
+
+    /// What the CPU products read: the rebuilt layout where there is one (built by the first
+    /// call), else the file's. `ENGINE_CPU_REPACK=0` keeps every matrix in the file's layout
+    /// (for comparisons).
+    pub fn cpu(&self) -> QMatrix<'_> {
+        static OFF: OnceLock<bool> = OnceLock::new();
+        let off = *OFF.get_or_init(|| std::env::var("ENGINE_CPU_REPACK").is_ok_and(|v| v == "0"));
+        match self.packed.get_or_init(|| if off { None } else { pack_for_decode(&self.file) }) {
+            Some(p) => p.view(),
+            None => self.file,
+        }
+    }
+
+    /// Bytes of the CPU's own copy (0 when there is none or it is not built yet).
+    pub fn owned_bytes(&self) -> usize {
+        self.packed.get().and_then(|p| p.as_ref()).map_or(0, |p| p.nbytes())
+    }
+}
+
 /// One transformer block.
 pub struct LayerWeights<'a> {
     /// `[n_embd]`
     pub attn_norm: Vec<f32>,
     /// `[n_embd] -> [n_head * head_dim]`
-    pub wq: QMatrix<'a>,
+    pub wq: Matrix<'a>,
     /// `[n_embd] -> [n_head_kv * head_dim]`
-    pub wk: QMatrix<'a>,
+    pub wk: Matrix<'a>,
     /// `[n_embd] -> [n_head_kv * head_dim_v]`
-    pub wv: QMatrix<'a>,
+    pub wv: Matrix<'a>,
     /// `[n_head * head_dim_v] -> [n_embd]`
-    pub wo: QMatrix<'a>,
+    pub wo: Matrix<'a>,
     /// Qwen2's Q/K/V biases.
     pub bq: Option<Vec<f32>>,
     pub bk: Option<Vec<f32>>,
@@ -35,10 +73,10 @@ pub struct LayerWeights<'a> {
     /// `[n_embd]`
     pub ffn_norm: Vec<f32>,
     /// `[n_embd] -> [n_ff]`
-    pub ffn_gate: QMatrix<'a>,
-    pub ffn_up: QMatrix<'a>,
+    pub ffn_gate: Matrix<'a>,
+    pub ffn_up: Matrix<'a>,
     /// `[n_ff] -> [n_embd]`
-    pub ffn_down: QMatrix<'a>,
+    pub ffn_down: Matrix<'a>,
     /// Gemma 3's norm of the FFN output, `[n_embd]`.
     pub post_ffw_norm: Option<Vec<f32>>,
 }
@@ -51,6 +89,13 @@ pub struct Weights<'a> {
     /// `[n_embd] -> [n_vocab]`; the embedding matrix itself when the output is tied.
     pub output: QMatrix<'a>,
     pub layers: Vec<LayerWeights<'a>>,
+}
+
+impl<'a> LayerWeights<'a> {
+    /// The seven matrices, in the order wq, wk, wv, wo, ffn_gate, ffn_up, ffn_down.
+    pub fn matrices(&self) -> [&Matrix<'a>; 7] {
+        [&self.wq, &self.wk, &self.wv, &self.wo, &self.ffn_gate, &self.ffn_up, &self.ffn_down]
+    }
 }
 
 struct Loader<'a> {
@@ -114,10 +159,10 @@ impl<'a> Weights<'a> {
             };
             layers.push(LayerWeights {
                 attn_norm: l.vector(&n("attn_norm.weight"), e)?,
-                wq: l.matrix(&n("attn_q.weight"), e, cfg.n_head * hd)?,
-                wk: l.matrix(&n("attn_k.weight"), e, cfg.n_head_kv * hd)?,
-                wv: l.matrix(&n("attn_v.weight"), e, cfg.n_head_kv * hdv)?,
-                wo: l.matrix(&n("attn_output.weight"), cfg.n_head * hdv, e)?,
+                wq: Matrix::new(l.matrix(&n("attn_q.weight"), e, cfg.n_head * hd)?),
+                wk: Matrix::new(l.matrix(&n("attn_k.weight"), e, cfg.n_head_kv * hd)?),
+                wv: Matrix::new(l.matrix(&n("attn_v.weight"), e, cfg.n_head_kv * hdv)?),
+                wo: Matrix::new(l.matrix(&n("attn_output.weight"), cfg.n_head * hdv, e)?),
                 bq: req(n("attn_q.bias"), cfg.n_head * hd, qwen)?,
                 bk: req(n("attn_k.bias"), cfg.n_head_kv * hd, qwen)?,
                 bv: req(n("attn_v.bias"), cfg.n_head_kv * hdv, qwen)?,
@@ -125,9 +170,9 @@ impl<'a> Weights<'a> {
                 k_norm: req(n("attn_k_norm.weight"), hd, gemma)?,
                 post_attn_norm: req(n("post_attention_norm.weight"), e, gemma)?,
                 ffn_norm: l.vector(&n("ffn_norm.weight"), e)?,
-                ffn_gate: l.matrix(&n("ffn_gate.weight"), e, cfg.n_ff)?,
-                ffn_up: l.matrix(&n("ffn_up.weight"), e, cfg.n_ff)?,
-                ffn_down: l.matrix(&n("ffn_down.weight"), cfg.n_ff, e)?,
+                ffn_gate: Matrix::new(l.matrix(&n("ffn_gate.weight"), e, cfg.n_ff)?),
+                ffn_up: Matrix::new(l.matrix(&n("ffn_up.weight"), e, cfg.n_ff)?),
+                ffn_down: Matrix::new(l.matrix(&n("ffn_down.weight"), cfg.n_ff, e)?),
                 post_ffw_norm: req(n("post_ffw_norm.weight"), e, gemma)?,
             });
         }

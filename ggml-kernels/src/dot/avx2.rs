@@ -975,7 +975,7 @@ pub(super) unsafe fn matvec_q5_0x8(t: &super::Tile) {
     let spread = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
     let sel = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
     let ones = _mm256_set1_epi16(1);
-    let mut acc = _mm256_setzero_ps();
+    let mut acc = [_mm256_setzero_ps(); 4];
     // SAFETY: the group's `nb` blocks, the activation row's `nb` blocks and its side data are
     // readable (the caller's contract); `read_unaligned` needs no alignment.
     unsafe {
@@ -1005,12 +1005,14 @@ pub(super) unsafe fn matvec_q5_0x8(t: &super::Tile) {
             let dx = _mm256_cvtph_ps(load128(gb.add(Q5_0X8_SCALES)));
             let dy = _mm256_set1_ps(*t.aux.add(b));
             let cy = _mm256_set1_ps(-16.0 * *t.aux.add(t.nb + b));
-            acc = _mm256_fmadd_ps(dx, _mm256_fmadd_ps(sf, dy, cy), acc);
+            acc[b % 4] = _mm256_fmadd_ps(dx, _mm256_fmadd_ps(sf, dy, cy), acc[b % 4]);
         }
-        let mut lanes = [0f32; 8];
-        _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
-        for (r, &v) in lanes.iter().enumerate().take(t.mr) {
-            *t.out.add(r) = v;
+        let mut lanes = [[0f32; 8]; 4];
+        for (l, a) in lanes.iter_mut().zip(acc) {
+            _mm256_storeu_ps(l.as_mut_ptr(), a);
+        }
+        for r in 0..t.mr {
+            *t.out.add(r) = (lanes[0][r] + lanes[1][r]) + (lanes[2][r] + lanes[3][r]);
         }
     }
 }

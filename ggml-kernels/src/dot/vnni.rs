@@ -456,8 +456,10 @@ unsafe fn matvec_q5_0_vbmi_fold(t: &Tile) {
 /// 7 vector operations per pair of rows and block, against about 15 in ggml's layout
 /// ([`matvec_q5_0_vbmi_fold`]), and no horizontal sums.
 ///
-/// Rows and blocks are summed in order, so a row's result is `sum over b of dx * (s * dy - 16 *
-/// cy)` accumulated block after block in one lane.
+/// A row's blocks are summed as [`matvec_q5_0_vbmi_fold`] sums them (block `b` into
+/// accumulator `b % 4` as `dx * (s * dy - 16 * cy)`, then `(a0 + a1) + (a2 + a3)`), so where the
+/// row length is a multiple of four blocks the results are bit-identical to it (the last
+/// `nb % 4` blocks, where there are any, are summed otherwise).
 ///
 /// # Safety
 ///
@@ -468,7 +470,7 @@ unsafe fn matvec_q5_0x8(t: &Tile) {
     debug_assert!(t.nr == 1 && (1..=8).contains(&t.mr));
     let m4 = _mm256_set1_epi8(0xF);
     let bit4 = _mm256_set1_epi8(0x10);
-    let mut acc = _mm256_setzero_ps();
+    let mut acc = [_mm256_setzero_ps(); 4];
     // SAFETY: the group's `nb` blocks, the activation row's `nb` blocks and its side data are
     // readable (the caller's contract); the instructions run on this CPU (the table is handed
     // out only then). `k1` is declared clobbered; nothing else outside the named operands is
@@ -548,12 +550,14 @@ unsafe fn matvec_q5_0x8(t: &Tile) {
             let dx = _mm256_cvtph_ps(load128(gb.add(Q5_0X8_SCALES)));
             let dy = _mm256_set1_ps(*t.aux.add(b));
             let cy = _mm256_set1_ps(-16.0 * *t.aux.add(t.nb + b));
-            acc = _mm256_fmadd_ps(dx, _mm256_fmadd_ps(s, dy, cy), acc);
+            acc[b % 4] = _mm256_fmadd_ps(dx, _mm256_fmadd_ps(s, dy, cy), acc[b % 4]);
         }
-        let mut lanes = [0f32; 8];
-        _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
-        for (r, &v) in lanes.iter().enumerate().take(t.mr) {
-            *t.out.add(r) = v;
+        let mut lanes = [[0f32; 8]; 4];
+        for (l, a) in lanes.iter_mut().zip(acc) {
+            _mm256_storeu_ps(l.as_mut_ptr(), a);
+        }
+        for r in 0..t.mr {
+            *t.out.add(r) = (lanes[0][r] + lanes[1][r]) + (lanes[2][r] + lanes[3][r]);
         }
     }
 }
