@@ -2,6 +2,7 @@
 //!
 //! ```sh
 //! RAYON_NUM_THREADS=2 cargo bench -p engine-benches --bench kernels_ratio [-- TYPE...]
+//! RAYON_NUM_THREADS=2 cargo bench -p engine-benches --bench kernels_ratio -- probe   # bandwidth only
 //! ```
 //!
 //! On a shared machine the read bandwidth swings with the neighbours' load (on the dev VM
@@ -9,8 +10,9 @@
 //! minutes apart do not make a ratio. This harness alternates, in each of [`ROUNDS`] rounds, the
 //! bandwidth probe (two threads summing 1 GiB) and one `matmul` with one activation row over a
 //! matrix of 4096 columns and at least 256 MiB, for each type, and prints the best (fastest) of
-//! each and their ratio, plus the median ratio of the rounds. Not a criterion benchmark: it
-//! prints one table and exits.
+//! each and their ratio, plus the median ratio of the rounds. Q5_0 is measured twice: in ggml's
+//! layout and in the one the engine rebuilds it in for decode (`Q5_0x8`). Not a criterion
+//! benchmark: it prints one table and exits.
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -81,6 +83,19 @@ fn main() {
         .filter(|&n: &usize| n > 0)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let probe_buf: Vec<u64> = (0..(PROBE_BYTES / 8) as u64).collect();
+    // `-- probe`: only the bandwidth, best of three (the denominator for end-to-end decode runs
+    // taken between such probes).
+    if std::env::args().nth(1).as_deref() == Some("probe") {
+        let best = (0..3)
+            .map(|_| {
+                let t = Instant::now();
+                black_box(probe::sum_u64_threads(&probe_buf, threads));
+                PROBE_BYTES as f64 / t.elapsed().as_secs_f64() / 1e9
+            })
+            .fold(0f64, f64::max);
+        println!("probe: {best:.1} GB/s ({threads} threads, best of 3)");
+        return;
+    }
     println!(
         "kernels_ratio: {} rounds per type, {threads} threads, best table {}, load average {}",
         ROUNDS,

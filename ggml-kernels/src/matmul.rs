@@ -257,6 +257,46 @@ pub fn matmul_many(ws: &[&QMatrix<'_>], x: &[f32], n: usize, outs: &mut [&mut [f
 
 /// [`matmul_many`] with the kernels of a given table.
 pub fn matmul_many_with(k: &Kernels, ws: &[&QMatrix<'_>], x: &[f32], n: usize, outs: &mut [&mut [f32]]) -> Result<(), MatError> {
+    matmul_many_impl(k, ws, x, n, outs, None)
+}
+
+/// A gated FFN's first half: `out = act(gate x) * (up x)` element-wise, for `n` input vectors
+/// (`out`: `[n][rows]`), with the results of [`matmul_many`] for both products followed by
+/// [`crate::ops::gated_act`], bit for bit. For decode the two products run as one job whose
+/// chunks cover the same rows of both matrices, and each chunk applies `act` to its rows as
+/// soon as they are computed, so that work is shared by the threads and done while the other
+/// chunks stream in, instead of after the job on one thread.
+pub fn matmul_gated(gate: &QMatrix<'_>, up: &QMatrix<'_>, x: &[f32], n: usize, act: fn(f32) -> f32, out: &mut [f32]) -> Result<(), MatError> {
+    matmul_gated_with(Kernels::best(), gate, up, x, n, act, out)
+}
+
+/// [`matmul_gated`] with the kernels of a given table.
+pub fn matmul_gated_with(
+    k: &Kernels,
+    gate: &QMatrix<'_>,
+    up: &QMatrix<'_>,
+    x: &[f32],
+    n: usize,
+    act: fn(f32) -> f32,
+    out: &mut [f32],
+) -> Result<(), MatError> {
+    if gate.rows != up.rows {
+        return Err(MatError::Shape { what: "up rows (as many as gate rows)", expected: gate.rows, got: up.rows });
+    }
+    let mut up_out = vec![0f32; out.len()];
+    matmul_many_impl(k, &[gate, up], x, n, &mut [out, &mut up_out], Some(act))
+}
+
+/// [`matmul_many_with`], and with `gated` (two matrices) [`matmul_gated_with`], whose result
+/// lands in `outs[0]`.
+fn matmul_many_impl(
+    k: &Kernels,
+    ws: &[&QMatrix<'_>],
+    x: &[f32],
+    n: usize,
+    outs: &mut [&mut [f32]],
+    gated: Option<fn(f32) -> f32>,
+) -> Result<(), MatError> {
     if ws.len() != outs.len() {
         return Err(MatError::Shape { what: "matmul outputs (one per matrix)", expected: ws.len(), got: outs.len() });
     }
@@ -308,8 +348,14 @@ pub fn matmul_many_with(k: &Kernels, ws: &[&QMatrix<'_>], x: &[f32], n: usize, o
             gemm(dot, k.tile_fn(w.ty), w, a, out);
         }
     }
+    // The gate applied inside the decode job when both products are in it, else here.
+    let fused = gated.is_some() && jobs.len() == 2;
     if !jobs.is_empty() {
-        matvec(&mut jobs);
+        matvec(&mut jobs, if fused { gated } else { None });
+    }
+    drop(jobs);
+    if let (Some(act), false, [g, u]) = (gated, fused, &mut *outs) {
+        crate::ops::gated_act(g, u, act);
     }
     Ok(())
 }
@@ -411,9 +457,15 @@ impl<'w, 'a> MatvecJob<'w, 'a> {
 /// [`crate::pool::run`], whose threads claim chunks of rows (in order, matrix by matrix)
 /// from a shared counter until none is left, so a thread that starts late or is slowed down by
 /// another process simply takes fewer.
-fn matvec(jobs: &mut [MatvecJob<'_, '_>]) {
+///
+/// With `gated`, `jobs` are a gate and an up product of the same rows: each chunk covers the
+/// same rows of both and then sets `gate = act(gate) * up` on them.
+fn matvec(jobs: &mut [MatvecJob<'_, '_>], gated: Option<fn(f32) -> f32>) {
     let threads = rayon::current_num_threads();
     let total: usize = jobs.iter().map(MatvecJob::work).sum();
+    if let (Some(act), [g, u]) = (gated, &mut *jobs) {
+        return matvec_gated(g, u, act, total, threads);
+    }
     if total < SERIAL_BYTES || threads == 1 {
         for j in jobs.iter() {
             // SAFETY: all rows, on this thread only.
@@ -445,6 +497,49 @@ fn matvec(jobs: &mut [MatvecJob<'_, '_>]) {
         // SAFETY: each chunk is claimed by one thread only and chunks cover disjoint rows;
         // `pool::run` returns only when every thread is done, while the outputs are borrowed.
         unsafe { j.rows(r0, r1) };
+    });
+}
+
+/// [`matvec`] for a gate and an up product (`total` bytes of work): chunks of the same rows of
+/// both, each finished with `act`.
+fn matvec_gated(g: &MatvecJob<'_, '_>, u: &MatvecJob<'_, '_>, act: fn(f32) -> f32, total: usize, threads: usize) {
+    let rows = g.w.rows;
+    debug_assert_eq!(rows, u.w.rows);
+    let n = g.acts.rows();
+    // Rows `r0..r1` of both products, then the gate on them.
+    let chunk = |r0: usize, r1: usize| {
+        // SAFETY: the caller of `chunk` owns rows `r0..r1` of both outputs (see below); `r0` is
+        // a multiple of both kernels' groups.
+        unsafe {
+            g.rows(r0, r1);
+            u.rows(r0, r1);
+            let (go, uo) = (g.out.get(), u.out.get());
+            for t in 0..n {
+                for r in r0..r1 {
+                    let i = t * rows + r;
+                    *go.add(i) = act(*go.add(i)) * *uo.add(i);
+                }
+            }
+        }
+    };
+    if total < SERIAL_BYTES || threads == 1 {
+        chunk(0, rows);
+        return;
+    }
+    let chunk_bytes = (total / (threads * MATVEC_CHUNKS_PER_THREAD)).clamp(MATVEC_MIN_CHUNK_BYTES, MATVEC_MAX_CHUNK_BYTES);
+    let rb = ((g.w.row_bytes() + u.w.row_bytes()) * n).max(1);
+    let group = g.kernel.group().max(u.kernel.group());
+    let chunk_rows = (chunk_bytes / rb).max(1).div_ceil(group) * group;
+    let n_chunks = rows.div_ceil(chunk_rows);
+    let next = AtomicUsize::new(0);
+    crate::pool::run(threads.min(n_chunks), &|_| loop {
+        let c = next.fetch_add(1, Ordering::Relaxed);
+        if c >= n_chunks {
+            break;
+        }
+        // Each chunk is claimed by one thread only and chunks cover disjoint rows; `pool::run`
+        // returns only when every thread is done, while the outputs are borrowed.
+        chunk(c * chunk_rows, ((c + 1) * chunk_rows).min(rows));
     });
 }
 
@@ -795,6 +890,39 @@ mod tests {
         assert!(pack(&QMatrix::new(GgmlType::Q4_0, 32, 1, &[0u8; 18]).unwrap(), Layout::Q5_0x8).is_none());
         let bad = QMatrix { ty, cols: 32, rows: 9, data: &[0u8; 8 * 22], layout: Layout::Q5_0x8 };
         assert!(matches!(matmul(&bad, &[0.0; 32], 1, &mut [0.0; 9]), Err(MatError::DataSize { .. })));
+    }
+
+    #[test]
+    fn matmul_gated_equals_the_products_then_the_gate() {
+        // Packed Q5_0 pairs (groups of eight) and mixed types (groups of four and one), over and
+        // under the serial threshold, decode and prefill.
+        let mut rng = Rng::new(21);
+        let act = crate::ops::gelu_tanh;
+        let cases = [(GgmlType::Q5_0, GgmlType::Q5_0, 640usize, 2051usize), (GgmlType::Q4_K, GgmlType::Q8_0, 256, 301), (GgmlType::Q5_0, GgmlType::Q6_K, 256, 13)];
+        for (tg, tu, cols, rows) in cases {
+            let dg = random_weights(tg, rows * cols / tg.block_size(), &mut rng, Scales::Mixed);
+            let du = random_weights(tu, rows * cols / tu.block_size(), &mut rng, Scales::Mixed);
+            let (g, u) = (QMatrix::new(tg, cols, rows, &dg).unwrap(), QMatrix::new(tu, cols, rows, &du).unwrap());
+            let (pg, pu) = (pack(&g, Layout::Q5_0x8), pack(&u, Layout::Q5_0x8));
+            let g = pg.as_ref().map_or(g, |p| p.view());
+            let u = pu.as_ref().map_or(u, |p| p.view());
+            for k in Kernels::available() {
+                for n in [1usize, 3, 6] {
+                    let x = random_acts(n * cols, &mut rng, Acts::Spiky);
+                    let mut got = vec![f32::NAN; n * rows];
+                    matmul_gated_with(k, &g, &u, &x, n, act, &mut got).unwrap();
+                    let (mut wg, mut wu) = (vec![f32::NAN; n * rows], vec![f32::NAN; n * rows]);
+                    matmul_with(k, &g, &x, n, &mut wg).unwrap();
+                    matmul_with(k, &u, &x, n, &mut wu).unwrap();
+                    crate::ops::gated_act(&mut wg, &wu, act);
+                    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&got), bits(&wg), "{} {tg} {tu} {cols}x{rows} n {n}", k.isa());
+                }
+            }
+        }
+        let d = random_weights(GgmlType::Q8_0, 4, &mut rng, Scales::Normal);
+        let (a, b) = (QMatrix::new(GgmlType::Q8_0, 64, 2, &d).unwrap(), QMatrix::new(GgmlType::Q8_0, 32, 4, &d).unwrap());
+        assert!(matches!(matmul_gated(&a, &b, &[0.0; 64], 1, act, &mut [0.0; 2]), Err(MatError::Shape { .. })));
     }
 
     #[test]

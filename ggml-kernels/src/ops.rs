@@ -66,7 +66,13 @@ impl RopeTable {
 
     /// Rotates every head of one token's vector `x` (`n_head * head_dim` elements) to position `pos`.
     pub fn apply(&self, x: &mut [f32], head_dim: usize, pos: i64) {
-        debug_assert!(head_dim >= self.n_rot && x.len() % head_dim == 0);
+        self.apply_all(&mut [x], head_dim, pos);
+    }
+
+    /// [`RopeTable::apply`] to each of `xs` (one token's queries and keys), with the cosines and
+    /// sines of `pos` computed once for all of them.
+    pub fn apply_all(&self, xs: &mut [&mut [f32]], head_dim: usize, pos: i64) {
+        debug_assert!(head_dim >= self.n_rot && xs.iter().all(|x| x.len() % head_dim == 0));
         let half = self.n_rot / 2;
         // cos/sin per frequency, once per call (shared by all heads).
         let mut cs = [(0f32, 0f32); 256];
@@ -81,7 +87,7 @@ impl RopeTable {
             let theta = pos as f64 * f;
             *c = (theta.cos() as f32, theta.sin() as f32);
         }
-        for head in x.chunks_exact_mut(head_dim) {
+        for head in xs.iter_mut().flat_map(|x| x.chunks_exact_mut(head_dim)) {
             for (i, &(cos, sin)) in cs.iter().enumerate() {
                 let (a, b) = match self.kind {
                     RopeKind::Norm => (2 * i, 2 * i + 1),

@@ -5,9 +5,9 @@
 //! final norm and the tied output projection are shared with the other architectures
 //! ([`super::forward`]); this file is one decoder layer.
 
-use ggml_kernels::ops::{gated_act, gelu_tanh, rms_norm, rms_norm_inplace, RopeTable};
+use ggml_kernels::ops::{gelu_tanh, rms_norm, rms_norm_inplace};
 
-use super::{attend_seqs, mm, mm_many, row_positions, Model, ModelError, SeqBatch};
+use super::{attend_seqs, mm, mm_gated, mm_many, row_positions, Model, ModelError, SeqBatch};
 
 /// Decoder layer `il` over the hidden states `x` (`[n][n_embd]`, the rows of `seqs` in order),
 /// writing each sequence's keys and values into its cache.
@@ -16,7 +16,7 @@ pub fn layer(m: &Model<'_>, il: usize, x: &mut [f32], seqs: &mut [SeqBatch<'_>])
     let w = &m.weights.layers[il];
     let (e, hd) = (c.n_embd, c.head_dim);
     let n = x.len() / e;
-    let rope = RopeTable::new(c.rope_kind, c.n_rot, c.layers[il].rope_base, c.rope_freq_scale);
+    let rope = &m.rope[il];
 
     // Attention RMSNorm. h: [n][n_embd]
     let mut h = vec![0f32; n * e];
@@ -31,8 +31,8 @@ pub fn layer(m: &Model<'_>, il: usize, x: &mut [f32], seqs: &mut [SeqBatch<'_>])
         rms_norm_inplace(&mut k, kn, c.rms_eps);
     }
     for (t, pos) in row_positions(seqs).into_iter().enumerate() {
-        rope.apply(&mut q[t * c.n_head * hd..(t + 1) * c.n_head * hd], hd, pos as i64);
-        rope.apply(&mut k[t * c.n_head_kv * hd..(t + 1) * c.n_head_kv * hd], hd, pos as i64);
+        let (qt, kt) = (&mut q[t * c.n_head * hd..(t + 1) * c.n_head * hd], &mut k[t * c.n_head_kv * hd..(t + 1) * c.n_head_kv * hd]);
+        rope.apply_all(&mut [qt, kt], hd, pos as i64);
     }
 
     // Attention over each sequence's cache (sliding-window or global, as the layer's kind says).
@@ -47,8 +47,7 @@ pub fn layer(m: &Model<'_>, il: usize, x: &mut [f32], seqs: &mut [SeqBatch<'_>])
 
     // FFN: pre-norm, GELU-tanh gate times up, down, post-norm, residual.
     rms_norm(x, &w.ffn_norm, c.rms_eps, &mut h);
-    let [mut gate, up] = mm_many(m, [&w.ffn_gate.cpu(), &w.ffn_up.cpu()], &h, n)?;
-    gated_act(&mut gate, &up, gelu_tanh);
+    let gate = mm_gated(m, &w.ffn_gate.cpu(), &w.ffn_up.cpu(), &h, n, gelu_tanh)?;
     let mut down = mm(m, &w.ffn_down.cpu(), &gate, n)?;
     if let Some(pn) = &w.post_ffw_norm {
         rms_norm_inplace(&mut down, pn, c.rms_eps);

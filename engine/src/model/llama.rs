@@ -3,9 +3,9 @@
 //! `modeling_qwen2` define them. The embeddings, the final norm and the output projection are
 //! shared with the other architectures ([`super::forward`]); this file is one decoder layer.
 
-use ggml_kernels::ops::{gated_act, rms_norm, silu, RopeTable};
+use ggml_kernels::ops::{rms_norm, silu};
 
-use super::{add_bias, attend_seqs, mm, mm_many, row_positions, Model, ModelError, SeqBatch};
+use super::{add_bias, attend_seqs, mm, mm_gated, mm_many, row_positions, Model, ModelError, SeqBatch};
 
 /// Decoder layer `il` over the hidden states `x` (`[n][n_embd]`, the rows of `seqs` in order),
 /// writing each sequence's keys and values into its cache.
@@ -14,7 +14,7 @@ pub fn layer(m: &Model<'_>, il: usize, x: &mut [f32], seqs: &mut [SeqBatch<'_>])
     let w = &m.weights.layers[il];
     let (e, hd) = (c.n_embd, c.head_dim);
     let n = x.len() / e;
-    let rope = RopeTable::new(c.rope_kind, c.n_rot, c.layers[il].rope_base, c.rope_freq_scale);
+    let rope = &m.rope[il];
 
     // Attention RMSNorm. h: [n][n_embd]
     let mut h = vec![0f32; n * e];
@@ -28,8 +28,8 @@ pub fn layer(m: &Model<'_>, il: usize, x: &mut [f32], seqs: &mut [SeqBatch<'_>])
 
     // RoPE at each token's position.
     for (t, pos) in row_positions(seqs).into_iter().enumerate() {
-        rope.apply(&mut q[t * c.n_head * hd..(t + 1) * c.n_head * hd], hd, pos as i64);
-        rope.apply(&mut k[t * c.n_head_kv * hd..(t + 1) * c.n_head_kv * hd], hd, pos as i64);
+        let (qt, kt) = (&mut q[t * c.n_head * hd..(t + 1) * c.n_head * hd], &mut k[t * c.n_head_kv * hd..(t + 1) * c.n_head_kv * hd]);
+        rope.apply_all(&mut [qt, kt], hd, pos as i64);
     }
 
     // Attention over each sequence's cache, output projection, residual.
@@ -39,8 +39,7 @@ pub fn layer(m: &Model<'_>, il: usize, x: &mut [f32], seqs: &mut [SeqBatch<'_>])
 
     // FFN: pre-norm, SiLU gate times up, down, residual.
     rms_norm(x, &w.ffn_norm, c.rms_eps, &mut h);
-    let [mut gate, up] = mm_many(m, [&w.ffn_gate.cpu(), &w.ffn_up.cpu()], &h, n)?;
-    gated_act(&mut gate, &up, silu);
+    let gate = mm_gated(m, &w.ffn_gate.cpu(), &w.ffn_up.cpu(), &h, n, silu)?;
     let down = mm(m, &w.ffn_down.cpu(), &gate, n)?;
     ggml_kernels::ops::add_assign(x, &down);
     Ok(())

@@ -9,7 +9,8 @@ pub mod kv_cache;
 pub mod llama;
 pub mod weights;
 
-use ggml_kernels::matmul::{matmul, matmul_many, matmul_reference, QMatrix};
+use ggml_kernels::matmul::{matmul, matmul_gated, matmul_many, matmul_reference, QMatrix};
+use ggml_kernels::ops::RopeTable;
 
 use crate::gguf::{GgufError, GgufFile};
 use config::{Arch, ModelConfig};
@@ -51,13 +52,16 @@ pub struct Model<'a> {
     /// definition against a float32 reference without the activation-quantization error.
     pub exact_matmul: bool,
     file: &'a GgufFile,
+    /// Each layer's RoPE frequencies.
+    pub(crate) rope: Vec<RopeTable>,
 }
 
 impl<'a> Model<'a> {
     pub fn load(file: &'a GgufFile) -> Result<Model<'a>, ModelError> {
         let cfg = ModelConfig::from_gguf(file)?;
         let weights = Weights::load(file, &cfg)?;
-        Ok(Model { cfg, weights, exact_matmul: false, file })
+        let rope = cfg.layers.iter().map(|l| RopeTable::new(cfg.rope_kind, cfg.n_rot, l.rope_base, cfg.rope_freq_scale)).collect();
+        Ok(Model { cfg, weights, exact_matmul: false, file, rope })
     }
 
     /// Builds the CPU's own layouts of the layer matrices that have one (Q5_0: see
@@ -315,6 +319,9 @@ pub fn eval_batch(sessions: &mut [&mut Session<'_, '_>], tokens: &[&[u32]], whic
         let shapes: Vec<(usize, Logits)> = seqs.iter().map(|s| (s.n, s.which)).collect();
         drop(seqs);
         let mut at = 0;
+        // A session whose logits are this call's whole output (decode of one sequence) takes the
+        // buffer itself rather than a copy.
+        let mut whole = None;
         for (&i, (n, want)) in members.iter().zip(shapes) {
             let rows = want.rows(n);
             let part = &out[at..at + rows.len() * n_vocab];
@@ -322,7 +329,14 @@ pub fn eval_batch(sessions: &mut [&mut Session<'_, '_>], tokens: &[&[u32]], whic
             let s = &mut sessions[i];
             check_finite(part, s.n_past + rows.start, n_vocab)?;
             s.n_past += n;
-            logits[i].extend_from_slice(part);
+            if logits[i].is_empty() && !part.is_empty() && part.len() == out.len() {
+                whole = Some(i);
+            } else {
+                logits[i].extend_from_slice(part);
+            }
+        }
+        if let Some(i) = whole {
+            logits[i] = out;
         }
     }
     Ok(logits)
@@ -418,6 +432,19 @@ pub(crate) fn mm_many<const N: usize>(m: &Model<'_>, ws: [&QMatrix<'_>; N], x: &
         matmul_many(&ws, x, n, &mut views).map_err(|e| ModelError::Kernel(e.to_string()))?;
     }
     Ok(outs)
+}
+
+/// A gated FFN's first half, `act(gate x) * (up x)` (`[n][n_ff]`): for decode one job that
+/// applies `act` to each chunk of rows as it is computed (`matmul_gated`).
+pub(crate) fn mm_gated(m: &Model<'_>, gate: &QMatrix<'_>, up: &QMatrix<'_>, x: &[f32], n: usize, act: fn(f32) -> f32) -> Result<Vec<f32>, ModelError> {
+    if m.exact_matmul {
+        let [mut g, u] = mm_many(m, [gate, up], x, n)?;
+        ggml_kernels::ops::gated_act(&mut g, &u, act);
+        return Ok(g);
+    }
+    let mut out = vec![0f32; n * gate.rows];
+    matmul_gated(gate, up, x, n, act, &mut out).map_err(|e| ModelError::Kernel(e.to_string()))?;
+    Ok(out)
 }
 
 /// Adds `bias` to each of the rows of `x`.
