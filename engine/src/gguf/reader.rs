@@ -334,6 +334,7 @@ impl GgufFile {
         if start < base || start + bytes.len() > base + map.len() {
             return;
         }
+        // 4 KiB pages (x86-64); where pages are larger the misaligned call fails, a missed hint.
         const PAGE: usize = 4096;
         let first = (start - base).div_ceil(PAGE) * PAGE;
         let end = (start - base + bytes.len()) / PAGE * PAGE;
