@@ -18,18 +18,32 @@
 #define ATT_MAX_D 256
 #define ATT_PER_LANE (ATT_MAX_D / WARP_SIZE)
 
-// Launch: grid (n_head, n_splits = ceil(n_slots / split) or 1), block (32 * ATT_WARPS); the caller
-// picks `split` (slots per block) from the slot count: short runs keep many blocks in flight, long
-// contexts keep the number of partials the combine pass reads bounded.
-// part: [n_head][n_splits][2 + Dv] floats (max, sum, unnormalised output). When qpos_dev is not
-// null the query position is read from it instead of qpos (a captured CUDA graph replays the
-// same arguments every token).
+// Launch: grid (n_head, n_splits = ceil(n_slots / split) or 1, n_tokens), block (32 * ATT_WARPS);
+// the caller picks `split` (slots per block) from the slot count: short runs keep many blocks in
+// flight, long contexts keep the number of partials the combine pass reads bounded.
+// part: [n_tokens][n_head][n_splits][2 + Dv] floats (max, sum, unnormalised output). When
+// qpos_dev is not null token z's query position is qpos_dev[z] instead of qpos (a captured CUDA
+// graph replays the same arguments every token); when base_dev is not null token z attends to
+// the n_slots slots from base_dev[z] (its sequence's part of a cache of several sequences).
 extern "C" __global__ void __launch_bounds__(WARP_SIZE * ATT_WARPS)
 attn_decode_partial(const float* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v,
                     const int* __restrict__ kpos, float* __restrict__ part, int n_slots, int n_head,
                     int n_head_kv, int D, int Dv, float scale, int qpos, int window, int sink,
-                    const int* __restrict__ qpos_dev, int split) {
-    if (qpos_dev != nullptr) qpos = *qpos_dev;
+                    const int* __restrict__ qpos_dev, int split, const int* __restrict__ base_dev,
+                    long long total_slots) {
+    // Token z of the batch: its query row, position and first slot (its sequence's slots are
+    // base .. base + n_slots of the cache's total_slots; a base out of range sees nothing).
+    const int tok = blockIdx.z;
+    if (qpos_dev != nullptr) qpos = qpos_dev[tok];
+    long long base = base_dev != nullptr ? base_dev[tok] : 0;
+    if (base < 0 || base + n_slots > total_slots) {
+        base = 0;
+        qpos = -1;  // no slot is visible from a negative position
+    }
+    q += (long long)tok * n_head * D;
+    k += base * n_head_kv * D;
+    v += base * n_head_kv * Dv;
+    kpos += base;
     __shared__ float sm_m[ATT_WARPS], sm_l[ATT_WARPS];
     __shared__ float sm_o[ATT_WARPS][ATT_MAX_D];
     const int h = blockIdx.x, n_splits = gridDim.y;
@@ -85,7 +99,7 @@ attn_decode_partial(const float* __restrict__ q, const u16* __restrict__ k, cons
     float M = neg_inf();
 #pragma unroll
     for (int w = 0; w < ATT_WARPS; ++w) M = fmaxf(M, sm_m[w]);
-    float* out = part + ((long long)h * n_splits + blockIdx.y) * (2 + Dv);
+    float* out = part + (((long long)tok * n_head + h) * n_splits + blockIdx.y) * (2 + Dv);
     if (M == neg_inf()) {
         for (int d = threadIdx.x; d < Dv; d += blockDim.x) out[2 + d] = 0.0f;
         if (threadIdx.x == 0) {
@@ -113,10 +127,11 @@ attn_decode_partial(const float* __restrict__ q, const u16* __restrict__ k, cons
     }
 }
 
-// Launch: grid (n_head), block (any multiple of 32). out: [n_head][Dv], lse: [n_head].
+// Launch: grid (n_head, n_tokens), block (any multiple of 32). out: [n_tokens][n_head][Dv],
+// lse: [n_tokens][n_head].
 extern "C" __global__ void attn_decode_combine(const float* __restrict__ part, float* __restrict__ out,
                                                float* __restrict__ lse, int n_splits, int Dv) {
-    const int h = blockIdx.x;
+    const int h = blockIdx.y * gridDim.x + blockIdx.x;  // (token, head) row
     const float* ph = part + (long long)h * n_splits * (2 + Dv);
     float M = neg_inf();
     for (int s = 0; s < n_splits; ++s) M = fmaxf(M, ph[(long long)s * (2 + Dv)]);

@@ -576,7 +576,7 @@ impl CudaBackend {
         out: &mut DeviceBuffer<f32>,
         lse: &mut DeviceBuffer<f32>,
     ) -> Result<(), CudaError> {
-        self.attention_decode_inner(s, q, qpos, None, k, v, kpos, mask, None, out, lse)
+        self.attention_decode_inner(s, q, qpos, None, None, kpos.len(), k, v, kpos, mask, None, out, lse)
     }
 
     /// [`CudaBackend::attention_decode`] with the query position read from `qpos` on the device
@@ -597,14 +597,51 @@ impl CudaBackend {
         lse: &mut DeviceBuffer<f32>,
     ) -> Result<(), CudaError> {
         expect_len("attention query position", 1, qpos.len())?;
-        self.attention_decode_inner(s, q, 0, Some(qpos), k, v, kpos, mask, Some(part), out, lse)
+        self.attention_decode_inner(s, q, 0, Some(qpos), None, kpos.len(), k, v, kpos, mask, Some(part), out, lse)
+    }
+
+    /// Attention of `n` single queries of `n` sequences at once (decode of several sequences):
+    /// token `t` (`q`: `[n][n_head][head_dim]`, at position `qpos[t]`) attends to the `n_slots`
+    /// slots from `base[t]` of caches that hold several sequences' slots (`k`, `v`, `kpos` as in
+    /// [`CudaBackend::attention_decode`], `kpos.len()` slots in all), into `out`
+    /// (`[n][n_head][head_dim_v]`) and `lse` (`[n][n_head]`). Positions and bases are read on the
+    /// device and nothing is allocated, so the launches can be captured into a CUDA graph; `part`
+    /// holds at least [`CudaBackend::attention_partials_batch`] floats. A token whose run of slots
+    /// does not lie within the cache sees no slot (zeros, `-inf`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_decode_batch(
+        &self,
+        s: &AttnShape,
+        q: &DeviceBuffer<f32>,
+        qpos: &DeviceBuffer<i32>,
+        base: &DeviceBuffer<i32>,
+        n_slots: usize,
+        k: &DeviceBuffer<f16>,
+        v: &DeviceBuffer<f16>,
+        kpos: &DeviceBuffer<i32>,
+        mask: AttnMask,
+        part: &mut DeviceBuffer<f32>,
+        out: &mut DeviceBuffer<f32>,
+        lse: &mut DeviceBuffer<f32>,
+    ) -> Result<(), CudaError> {
+        expect_len("attention bases", qpos.len(), base.len())?;
+        self.attention_decode_inner(s, q, 0, Some(qpos), Some(base), n_slots, k, v, kpos, mask, Some(part), out, lse)
     }
 
     /// Floats of the partials of one decode attention over `n_slots` slots.
     pub fn attention_partials(s: &AttnShape, n_slots: usize) -> usize {
-        s.n_head * n_slots.div_ceil(decode_split(n_slots)).max(1) * (2 + s.head_dim_v)
+        Self::attention_partials_batch(s, n_slots, 1)
     }
 
+    /// Floats of the partials of [`CudaBackend::attention_decode_batch`] for `n` tokens over
+    /// `n_slots` slots each.
+    pub fn attention_partials_batch(s: &AttnShape, n_slots: usize, n: usize) -> usize {
+        n * s.n_head * n_slots.div_ceil(decode_split(n_slots)).max(1) * (2 + s.head_dim_v)
+    }
+
+    /// The decode attentions: `n = q.len() / (n_head * head_dim)` tokens; positions from
+    /// `qpos_dev` (one per token) or, for one token, `qpos`; each token's slots from its base in
+    /// `base_dev` (none: 0) over `n_slots` slots.
     #[allow(clippy::too_many_arguments)]
     fn attention_decode_inner(
         &self,
@@ -612,6 +649,8 @@ impl CudaBackend {
         q: &DeviceBuffer<f32>,
         qpos: i64,
         qpos_dev: Option<&DeviceBuffer<i32>>,
+        base_dev: Option<&DeviceBuffer<i32>>,
+        n_slots: usize,
         k: &DeviceBuffer<f16>,
         v: &DeviceBuffer<f16>,
         kpos: &DeviceBuffer<i32>,
@@ -621,21 +660,25 @@ impl CudaBackend {
         lse: &mut DeviceBuffer<f32>,
     ) -> Result<(), CudaError> {
         check_attn_shape(s)?;
-        let n_slots = kpos.len();
-        expect_len("attention query", s.n_head * s.head_dim, q.len())?;
-        if k.len() < n_slots * s.n_head_kv * s.head_dim {
-            return Err(CudaError::Shape { what: "attention keys (at least)", expected: n_slots * s.n_head_kv * s.head_dim, got: k.len() });
+        let n = qpos_dev.map_or(1, |p| p.len());
+        let total_slots = kpos.len();
+        if n_slots > total_slots {
+            return Err(CudaError::Shape { what: "attention slots per sequence (at most)", expected: total_slots, got: n_slots });
         }
-        if v.len() < n_slots * s.n_head_kv * s.head_dim_v {
+        expect_len("attention queries", n * s.n_head * s.head_dim, q.len())?;
+        if k.len() < total_slots * s.n_head_kv * s.head_dim {
+            return Err(CudaError::Shape { what: "attention keys (at least)", expected: total_slots * s.n_head_kv * s.head_dim, got: k.len() });
+        }
+        if v.len() < total_slots * s.n_head_kv * s.head_dim_v {
             return Err(CudaError::Shape {
                 what: "attention values (at least)",
-                expected: n_slots * s.n_head_kv * s.head_dim_v,
+                expected: total_slots * s.n_head_kv * s.head_dim_v,
                 got: v.len(),
             });
         }
-        expect_len("attention output", s.n_head * s.head_dim_v, out.len())?;
-        expect_len("attention lse", s.n_head, lse.len())?;
-        if s.n_head == 0 {
+        expect_len("attention output", n * s.n_head * s.head_dim_v, out.len())?;
+        expect_len("attention lse", n * s.n_head, lse.len())?;
+        if s.n_head == 0 || n == 0 {
             return Ok(());
         }
         // The kernel knows `window` and `sink`; a `span` (a native window under a streaming one)
@@ -653,8 +696,8 @@ impl CudaBackend {
         let n_splits = n_slots.div_ceil(split).max(1);
         let split32 = as_i32("split", split)?;
         // SAFETY (of the uninitialised allocation): attn_decode_partial writes every element of
-        // every (head, split) partial before attn_decode_combine reads it.
-        let n_part = Self::attention_partials(s, n_slots);
+        // every (token, head, split) partial before attn_decode_combine reads it.
+        let n_part = Self::attention_partials_batch(s, n_slots, n);
         let mut owned;
         let part = match part_buf {
             Some(p) => {
@@ -670,24 +713,35 @@ impl CudaBackend {
         };
         let (n_slots32, n_head, n_head_kv) = (as_i32("slots", n_slots)?, as_i32("n_head", s.n_head)?, as_i32("n_head_kv", s.n_head_kv)?);
         let (d, dv, splits) = (s.head_dim as i32, s.head_dim_v as i32, as_i32("splits", n_splits)?);
+        let total = total_slots as i64;
         let mut b = self.stream.launch_builder(&self.k.attn_partial);
         b.arg(&q.inner).arg(&k.inner).arg(&v.inner).arg(&kpos.inner).arg(&mut *part);
-        let no_qpos_dev: u64 = 0;
+        let null: u64 = 0;
         b.arg(&n_slots32).arg(&n_head).arg(&n_head_kv).arg(&d).arg(&dv).arg(&s.scale).arg(&qpos).arg(&window).arg(&sink);
         match qpos_dev {
             Some(p) => b.arg(&p.inner),
-            None => b.arg(&no_qpos_dev),
+            None => b.arg(&null),
         };
         b.arg(&split32);
-        // SAFETY: block (h, split) reads q[h], the keys and values of kv head h / group for the
-        // slots of its split (< n_slots, within k and v as checked), kpos of those slots, and
-        // writes its partial (n_head * n_splits * (2 + Dv) floats allocated above).
-        unsafe { b.launch(cfg((as_u32("n_head", s.n_head)?, as_u32("splits", n_splits)?), ATT_THREADS)) }
-            .map_err(driver("launch attn_decode_partial"))?;
+        match base_dev {
+            Some(p) => b.arg(&p.inner),
+            None => b.arg(&null),
+        };
+        b.arg(&total);
+        let grid = LaunchConfig {
+            grid_dim: (as_u32("n_head", s.n_head)?, as_u32("splits", n_splits)?, as_u32("tokens", n)?),
+            block_dim: (ATT_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: block (h, split, t) reads q[t][h], the keys and values of kv head h / group for
+        // the slots of its split within its token's run [base, base + n_slots) (the kernel checks
+        // that run against total_slots, and k and v hold total_slots slots, as checked), kpos of
+        // those slots, and writes its partial (n_part floats, checked or allocated above).
+        unsafe { b.launch(grid) }.map_err(driver("launch attn_decode_partial"))?;
         let mut b = self.stream.launch_builder(&self.k.attn_combine);
         b.arg(&*part).arg(&mut out.inner).arg(&mut lse.inner).arg(&splits).arg(&dv);
-        // SAFETY: block h reads its n_splits partials and writes out[h][0..Dv] and lse[h].
-        unsafe { b.launch(cfg((as_u32("n_head", s.n_head)?, 1), 128)) }.map_err(driver("launch attn_decode_combine"))?;
+        // SAFETY: block (h, t) reads its n_splits partials and writes out[t][h][0..Dv] and lse[t][h].
+        unsafe { b.launch(cfg((as_u32("n_head", s.n_head)?, as_u32("tokens", n)?), 128)) }.map_err(driver("launch attn_decode_combine"))?;
         Ok(())
     }
 }

@@ -7,7 +7,7 @@
 use engine_cuda::{DeviceBuffer, GatedAct, MatmulScratch, RopeParams};
 use ggml_kernels::attention::AttnShape;
 
-use super::{Batch, GpuError, GpuLayerCache, GpuModel};
+use super::{Attend, Batch, GpuError, GpuLayerCache, GpuModel};
 use crate::model::config::Arch;
 use crate::model::Logits;
 
@@ -106,11 +106,29 @@ fn blocks(m: &GpuModel, cache: &mut [GpuLayerCache], b: &mut Batch, mm: &mut Mat
         // Keys and values into the cache (the ring's batch margin keeps what earlier queries of
         // the batch still need), then attention with the layer's mask. attn: [n][n_head][hd_v]
         be.kv_write(&b.k, &b.v, &b.slots[kv.slot_group], &b.pos, &mut kv.k, &mut kv.v, &mut kv.pos)?;
+        // A decode step (one token, or one token of each sequence) reads each token's sequence
+        // from the batch's bases on the device (the graph replays it); a prompt chunk attends to
+        // its sequence's run of slots.
         let mask = kv.kind.mask();
-        if n == 1 {
-            be.attention_decode_dev(&shape, &b.q, &b.pos, &kv.k, &kv.v, &kv.pos, mask, part, &mut b.attn, &mut b.lse)?;
-        } else {
-            be.attention_prefill(&shape, &b.q, &b.pos, &kv.k, &kv.v, &kv.pos, mask, &mut b.attn)?;
+        match b.attend {
+            Attend::One(seq) if n > 1 => {
+                let run = seq * kv.n_slots..(seq + 1) * kv.n_slots;
+                be.attention_prefill_slots(&shape, &b.q, &b.pos, &kv.k, &kv.v, &kv.pos, run, mask, &mut b.attn)?;
+            }
+            _ => be.attention_decode_batch(
+                &shape,
+                &b.q,
+                &b.pos,
+                &b.bases[kv.slot_group],
+                kv.n_slots,
+                &kv.k,
+                &kv.v,
+                &kv.pos,
+                mask,
+                part,
+                &mut b.attn,
+                &mut b.lse,
+            )?,
         }
 
         // Output projection, post-attention norm (Gemma 3), residual.

@@ -211,12 +211,14 @@ impl GpuModel {
     }
 }
 
-/// One layer's KV cache on the device: `n_slots` slots of keys and values (f16) and the
-/// position each holds (-1: empty).
+/// One layer's KV cache on the device: for each sequence of the session, `n_slots` slots of keys
+/// and values (f16) and the position each holds (-1: empty); sequence `s` owns slots
+/// `s * n_slots .. (s + 1) * n_slots`.
 struct GpuLayerCache {
     kind: LayerKind,
     /// Slots kept before the ring (streaming layers' sinks).
     sink_slots: usize,
+    /// Slots per sequence.
     n_slots: usize,
     k: DeviceBuffer<f16>,
     v: DeviceBuffer<f16>,
@@ -226,7 +228,7 @@ struct GpuLayerCache {
 }
 
 impl GpuLayerCache {
-    /// The slot that holds position `pos` (as `kv_cache::LayerCache`).
+    /// The slot of its sequence's run that holds position `pos` (as `kv_cache::LayerCache`).
     fn slot(&self, pos: usize) -> usize {
         if pos < self.sink_slots {
             pos
@@ -236,13 +238,26 @@ impl GpuLayerCache {
     }
 }
 
+/// Which cache slots a batch's tokens attend to.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Attend {
+    /// Every token belongs to this sequence (a prompt chunk, or one decode step).
+    One(usize),
+    /// Token `t` is the next token of sequence `t` (one decode step of every sequence).
+    EachOwn,
+}
+
 /// Activation buffers of a batch of `n` tokens (shapes in the comments, per token).
 struct Batch {
     n: usize,
-    /// Token ids, positions, and for each slot group the slot of each token.
+    /// Token ids, positions, and for each slot group the slot of each token and the first slot
+    /// of its sequence's run.
     ids: DeviceBuffer<i32>,
     pos: DeviceBuffer<i32>,
     slots: Vec<DeviceBuffer<i32>>,
+    bases: Vec<DeviceBuffer<i32>>,
+    /// Set before each forward pass.
+    attend: Attend,
     /// The residual stream `[n_embd]` and the normed input of a block `[n_embd]`.
     x: DeviceBuffer<f32>,
     h: DeviceBuffer<f32>,
@@ -256,7 +271,7 @@ struct Batch {
     /// `[n_ff]` each.
     gate: DeviceBuffer<f32>,
     up: DeviceBuffer<f32>,
-    /// Decode attention's log-sum-exp `[n_head]` (unused).
+    /// Decode attention's log-sum-exp `[n][n_head]` (unused).
     lse: DeviceBuffer<f32>,
     /// Decode (`n == 1`): the logits `[n_vocab]`.
     logits: Option<DeviceBuffer<f32>>,
@@ -278,6 +293,8 @@ impl Batch {
             ids: be.alloc(n)?,
             pos: be.alloc(n)?,
             slots: (0..n_groups).map(|_| be.alloc(n)).collect::<Result<_, _>>()?,
+            bases: (0..n_groups).map(|_| be.alloc(n)).collect::<Result<_, _>>()?,
+            attend: Attend::One(0),
             x: be.alloc(n * c.n_embd)?,
             h: be.alloc(n * c.n_embd)?,
             q: be.alloc(n * c.n_head * c.head_dim)?,
@@ -287,7 +304,7 @@ impl Batch {
             o: be.alloc(n * c.n_embd)?,
             gate: be.alloc(n * c.n_ff)?,
             up: be.alloc(n * c.n_ff)?,
-            lse: be.alloc(c.n_head)?,
+            lse: be.alloc(n * c.n_head)?,
             logits: if n == 1 { Some(be.alloc(c.n_vocab)?) } else { None },
             dq: if n == 1 {
                 let q8 = |cols: usize| be.alloc::<u8>(cols / 32 * engine_cuda::Q8_1_BYTES);
@@ -301,9 +318,9 @@ impl Batch {
     fn bytes(c: &ModelConfig, n: usize, n_groups: usize) -> u64 {
         let floats = n * (2 * c.n_embd + c.n_head * c.head_dim + c.n_head_kv * (c.head_dim + c.head_dim_v))
             + n * (c.n_head * c.head_dim_v + c.n_embd + 2 * c.n_ff)
-            + c.n_head
+            + n * c.n_head
             + if n == 1 { c.n_vocab } else { 0 };
-        ((floats + n * (2 + n_groups)) * 4) as u64
+        ((floats + n * (2 + 2 * n_groups)) * 4) as u64
     }
 }
 
@@ -312,7 +329,7 @@ impl crate::generate::Evaluate for GpuSession<'_> {
         GpuSession::eval(self, tokens, which).map_err(ModelError::from)
     }
     fn n_past(&self) -> usize {
-        self.n_past
+        self.past[0]
     }
     fn n_ctx(&self) -> usize {
         self.n_ctx
@@ -322,28 +339,42 @@ impl crate::generate::Evaluate for GpuSession<'_> {
 /// Batch buffers kept for reuse (one per batch size seen; prompt chunks and decode).
 const KEPT_BATCHES: usize = 3;
 
-/// A conversation on the GPU.
+/// One or several conversations (sequences) on the GPU, each with its own KV cache; the
+/// sequences can be decoded together, one token each per weight read
+/// ([`GpuSession::eval_parallel`]).
 pub struct GpuSession<'m> {
     pub model: &'m GpuModel,
     layers: Vec<GpuLayerCache>,
     n_groups: usize,
     batches: Vec<Batch>,
     mm: MatmulScratch,
+    /// Positions per sequence.
     n_ctx: usize,
     n_batch: usize,
-    n_past: usize,
+    /// Positions held, per sequence.
+    past: Vec<usize>,
     /// The decode step captured as a CUDA graph on its first use (over the buffers of the
     /// one-token batch, which is never evicted), unless `ENGINE_CUDA_GRAPH=0`.
     graph: Option<DeviceGraph>,
     use_graph: bool,
-    /// Decode attention's partials (split-KV), for the largest layer; allocated once so that
-    /// decode allocates nothing.
+    /// Decode attention's partials (split-KV), for the largest layer and one token per
+    /// sequence; allocated once so that decode allocates nothing.
     part: DeviceBuffer<f32>,
 }
 
-impl<'m> GpuSession<'m> {
-    /// Allocates the KV cache and scratch, after checking that they fit in free device memory.
-    pub fn new(model: &'m GpuModel, p: &SessionParams) -> Result<GpuSession<'m>, GpuError> {
+/// The cache layout and memory of a session: each layer's kind, slots per sequence and sinks,
+/// and the slot groups (layers with the same layout share their slot maps).
+struct Plan {
+    kinds: Vec<LayerKind>,
+    layouts: Vec<(usize, usize)>,
+    groups: Vec<(usize, usize)>,
+    n_batch: usize,
+    /// KV bytes of one sequence.
+    kv_bytes_per_seq: u64,
+}
+
+impl Plan {
+    fn new(model: &GpuModel, p: &SessionParams) -> Result<Plan, GpuError> {
         if p.n_ctx == 0 || p.n_batch == 0 {
             return Err(ModelError::Config("n_ctx and n_batch must be positive".into()).into());
         }
@@ -376,24 +407,72 @@ impl<'m> GpuSession<'m> {
                 }
             }
         };
+        let layouts: Vec<(usize, usize)> = kinds.iter().map(|&k| layout(k)).collect();
         let (k_row, v_row) = (c.n_head_kv * c.head_dim, c.n_head_kv * c.head_dim_v);
-        let kv_bytes: u64 = kinds.iter().map(|&k| layout(k).0 as u64 * ((k_row + v_row) * 2 + 4) as u64).sum();
-        let max_cols = c.n_embd.max(c.n_ff).max(c.n_head * c.head_dim_v);
-        let be = &model.be;
+        let kv_bytes_per_seq = layouts.iter().map(|l| l.0 as u64 * ((k_row + v_row) * 2 + 4) as u64).sum();
         let mut groups: Vec<(usize, usize)> = Vec::new();
-        for &k in &kinds {
-            if !groups.contains(&layout(k)) {
-                groups.push(layout(k));
+        for &l in &layouts {
+            if !groups.contains(&l) {
+                groups.push(l);
             }
         }
-        let scratch = be.matmul_scratch_bytes(n_batch, max_cols, model.max_matrix) as u64
-            + Batch::bytes(c, n_batch, groups.len())
-            + Batch::bytes(c, 1, groups.len());
+        Ok(Plan { kinds, layouts, groups, n_batch, kv_bytes_per_seq })
+    }
+
+    fn shape(c: &ModelConfig) -> AttnShape {
+        AttnShape { n_head: c.n_head, n_head_kv: c.n_head_kv, head_dim: c.head_dim, head_dim_v: c.head_dim_v, scale: c.attn_scale }
+    }
+
+    /// Bytes of everything but the KV cache for `n_seq` sequences: the prompt batch, the decode
+    /// batches, the GEMM scratch and the decode attention's partials.
+    fn scratch_bytes(&self, model: &GpuModel, n_seq: usize) -> u64 {
+        let c = &model.cfg;
+        let max_cols = c.n_embd.max(c.n_ff).max(c.n_head * c.head_dim_v);
+        let max_slots = self.layouts.iter().map(|l| l.0).max().unwrap_or(0);
+        let n_mm = self.n_batch.max(n_seq);
+        model.be.matmul_scratch_bytes(n_mm, max_cols, model.max_matrix) as u64
+            + Batch::bytes(c, self.n_batch, self.groups.len())
+            + Batch::bytes(c, 1, self.groups.len())
+            + if n_seq > 1 { Batch::bytes(c, n_seq, self.groups.len()) } else { 0 }
+            + 4 * CudaBackend::attention_partials_batch(&Self::shape(c), max_slots, n_seq) as u64
+    }
+}
+
+impl<'m> GpuSession<'m> {
+    /// One sequence: allocates the KV cache and scratch, after checking that they fit in free
+    /// device memory.
+    pub fn new(model: &'m GpuModel, p: &SessionParams) -> Result<GpuSession<'m>, GpuError> {
+        Self::with_sequences(model, p, 1)
+    }
+
+    /// How many sequences of `p.n_ctx` positions fit in the device memory free now (0: not one).
+    pub fn fit_sequences(model: &GpuModel, p: &SessionParams) -> Result<usize, GpuError> {
+        let plan = Plan::new(model, p)?;
+        let (free, _) = model.be.memory_info()?;
+        let avail = free.saturating_sub(HEADROOM);
+        // The scratch grows with the count too: step down from the KV-only estimate.
+        let mut n = (avail / plan.kv_bytes_per_seq.max(1)) as usize;
+        while n > 0 && n as u64 * plan.kv_bytes_per_seq + plan.scratch_bytes(model, n) > avail {
+            n -= 1;
+        }
+        Ok(n)
+    }
+
+    /// `n_seq` sequences of `p.n_ctx` positions each, with their own KV caches.
+    pub fn with_sequences(model: &'m GpuModel, p: &SessionParams, n_seq: usize) -> Result<GpuSession<'m>, GpuError> {
+        if n_seq == 0 {
+            return Err(ModelError::Config("a session needs at least one sequence".into()).into());
+        }
+        let plan = Plan::new(model, p)?;
+        let c = &model.cfg;
+        let kv_bytes = plan.kv_bytes_per_seq * n_seq as u64;
+        let scratch = plan.scratch_bytes(model, n_seq);
+        let be = &model.be;
         let (free, total) = be.memory_info()?;
         if kv_bytes + scratch + HEADROOM > free {
             return Err(GpuError::DoesNotFit {
                 what: format!(
-                    "the KV cache for {} positions ({} MiB) with the batch scratch ({} MiB)",
+                    "the KV cache for {n_seq} x {} positions ({} MiB) with the batch scratch ({} MiB)",
                     p.n_ctx,
                     kv_bytes >> 20,
                     scratch >> 20
@@ -404,72 +483,154 @@ impl<'m> GpuSession<'m> {
                 device: be.info().name.clone(),
             });
         }
-        let mut layers = Vec::with_capacity(kinds.len());
-        for &kind in &kinds {
-            let (n_slots, sink_slots) = layout(kind);
-            let mut pos = be.alloc::<i32>(n_slots)?;
-            be.upload_into(&vec![-1i32; n_slots], &mut pos)?;
+        let (k_row, v_row) = (c.n_head_kv * c.head_dim, c.n_head_kv * c.head_dim_v);
+        let mut layers = Vec::with_capacity(plan.kinds.len());
+        for (&kind, &(n_slots, sink_slots)) in plan.kinds.iter().zip(&plan.layouts) {
+            let all = n_slots * n_seq;
+            let mut pos = be.alloc::<i32>(all)?;
+            be.upload_into(&vec![-1i32; all], &mut pos)?;
             layers.push(GpuLayerCache {
                 kind,
                 sink_slots,
                 n_slots,
-                k: be.alloc(n_slots * k_row)?,
-                v: be.alloc(n_slots * v_row)?,
+                k: be.alloc(all * k_row)?,
+                v: be.alloc(all * v_row)?,
                 pos,
-                slot_group: groups.iter().position(|&g| g == (n_slots, sink_slots)).unwrap_or(0),
+                slot_group: plan.groups.iter().position(|&g| g == (n_slots, sink_slots)).unwrap_or(0),
             });
         }
-        let mm = be.matmul_scratch(n_batch, max_cols, model.max_matrix)?;
-        let shape = AttnShape { n_head: c.n_head, n_head_kv: c.n_head_kv, head_dim: c.head_dim, head_dim_v: c.head_dim_v, scale: c.attn_scale };
+        let max_cols = c.n_embd.max(c.n_ff).max(c.n_head * c.head_dim_v);
+        let mm = be.matmul_scratch(plan.n_batch.max(n_seq), max_cols, model.max_matrix)?;
         let max_slots = layers.iter().map(|l| l.n_slots).max().unwrap_or(0);
-        let part = be.alloc(CudaBackend::attention_partials(&shape, max_slots))?;
+        let part = be.alloc(CudaBackend::attention_partials_batch(&Plan::shape(c), max_slots, n_seq))?;
         let use_graph = std::env::var("ENGINE_CUDA_GRAPH").map_or(true, |v| v != "0");
-        Ok(GpuSession { model, layers, n_groups: groups.len(), batches: Vec::new(), mm, n_ctx: p.n_ctx, n_batch, n_past: 0, graph: None, use_graph, part })
+        Ok(GpuSession {
+            model,
+            layers,
+            n_groups: plan.groups.len(),
+            batches: Vec::new(),
+            mm,
+            n_ctx: p.n_ctx,
+            n_batch: plan.n_batch,
+            past: vec![0; n_seq],
+            graph: None,
+            use_graph,
+            part,
+        })
     }
 
+    /// Positions held by the first sequence.
     pub fn n_past(&self) -> usize {
-        self.n_past
+        self.past[0]
     }
 
+    /// Positions held by sequence `seq`.
+    pub fn n_past_of(&self, seq: usize) -> usize {
+        self.past.get(seq).copied().unwrap_or(0)
+    }
+
+    /// Positions each sequence can hold.
     pub fn n_ctx(&self) -> usize {
         self.n_ctx
     }
 
-    /// Bytes of the KV cache.
+    /// Sequences of the session.
+    pub fn n_seq(&self) -> usize {
+        self.past.len()
+    }
+
+    /// Bytes of the KV cache (all sequences).
     pub fn kv_bytes(&self) -> usize {
         self.layers.iter().map(|l| (l.k.len() + l.v.len()) * 2).sum()
     }
 
-    /// Forgets the conversation.
+    /// Forgets every sequence.
     pub fn reset(&mut self) -> Result<(), GpuError> {
         for l in &mut self.layers {
-            self.model.be.upload_into(&vec![-1i32; l.n_slots], &mut l.pos)?;
+            self.model.be.upload_into(&vec![-1i32; l.pos.len()], &mut l.pos)?;
         }
-        self.n_past = 0;
+        self.past.iter_mut().for_each(|p| *p = 0);
         Ok(())
     }
 
-    /// Evaluates `tokens` after what the session holds; returns the logits `which` asks for,
-    /// `n_vocab` per position, in order (as [`crate::model::Session::eval`]).
+    fn check_seq(&self, seq: usize) -> Result<(), GpuError> {
+        if seq >= self.past.len() {
+            return Err(ModelError::Config(format!("sequence {seq} of a session of {}", self.past.len())).into());
+        }
+        Ok(())
+    }
+
+    /// Makes sequence `dst` a copy of sequence `src` (its cache and position), as llama.cpp's
+    /// `llama_memory_seq_cp`: a prompt evaluated once serves several sequences.
+    pub fn copy_sequence(&mut self, src: usize, dst: usize) -> Result<(), GpuError> {
+        self.check_seq(src)?;
+        self.check_seq(dst)?;
+        if src == dst {
+            return Ok(());
+        }
+        let be = &self.model.be;
+        let c = &self.model.cfg;
+        let (k_row, v_row) = (c.n_head_kv * c.head_dim, c.n_head_kv * c.head_dim_v);
+        for l in &mut self.layers {
+            let n = l.n_slots;
+            be.copy_within(&mut l.k, src * n * k_row, dst * n * k_row, n * k_row)?;
+            be.copy_within(&mut l.v, src * n * v_row, dst * n * v_row, n * v_row)?;
+            be.copy_within(&mut l.pos, src * n, dst * n, n)?;
+        }
+        self.past[dst] = self.past[src];
+        Ok(())
+    }
+
+    /// Evaluates `tokens` after what the first sequence holds; returns the logits `which` asks
+    /// for, `n_vocab` per position, in order (as [`crate::model::Session::eval`]).
     pub fn eval(&mut self, tokens: &[u32], which: Logits) -> Result<Vec<f32>, GpuError> {
+        self.eval_seq(0, tokens, which)
+    }
+
+    /// [`GpuSession::eval`] for sequence `seq`.
+    pub fn eval_seq(&mut self, seq: usize, tokens: &[u32], which: Logits) -> Result<Vec<f32>, GpuError> {
+        self.check_seq(seq)?;
         let n_vocab = self.model.cfg.n_vocab;
-        check_tokens(tokens, n_vocab, self.n_past, self.n_ctx)?;
+        check_tokens(tokens, n_vocab, self.past[seq], self.n_ctx)?;
         let wanted = which.rows(tokens.len());
         let mut logits = Vec::with_capacity(wanted.len() * n_vocab);
         for (i, chunk) in tokens.chunks(self.n_batch).enumerate() {
             let b0 = i * self.n_batch;
             let want = which.in_chunk(tokens.len(), b0, chunk.len());
-            let out = self.forward_chunk(chunk, want)?;
-            check_finite(&out, self.n_past + want.rows(chunk.len()).start, n_vocab)?;
-            self.n_past += chunk.len();
+            let out = self.forward_chunk(chunk, Attend::One(seq), want)?;
+            check_finite(&out, self.past[seq] + want.rows(chunk.len()).start, n_vocab)?;
+            self.past[seq] += chunk.len();
             logits.extend_from_slice(&out);
         }
         Ok(logits)
     }
 
-    /// Uploads the chunk's ids, positions and slots into the batch buffers for its size, then
-    /// runs [`forward::forward`].
-    fn forward_chunk(&mut self, tokens: &[u32], which: Logits) -> Result<Vec<f32>, GpuError> {
+    /// One decode step of every sequence: `tokens[s]` is the next token of sequence `s`; returns
+    /// the logits of each, `n_vocab` per sequence, in order. The sequences' weights are read once
+    /// for all of them (batched products), each attends to its own cache.
+    pub fn eval_parallel(&mut self, tokens: &[u32]) -> Result<Vec<f32>, GpuError> {
+        let n_seq = self.past.len();
+        if tokens.len() != n_seq {
+            return Err(ModelError::Config(format!("{} tokens for {n_seq} sequences", tokens.len())).into());
+        }
+        if n_seq == 1 {
+            return self.eval_seq(0, tokens, Logits::Last);
+        }
+        let n_vocab = self.model.cfg.n_vocab;
+        for (s, t) in tokens.iter().enumerate() {
+            check_tokens(std::slice::from_ref(t), n_vocab, self.past[s], self.n_ctx)?;
+        }
+        let out = self.forward_chunk(tokens, Attend::EachOwn, Logits::All)?;
+        for (s, row) in out.chunks(n_vocab).enumerate() {
+            check_finite(row, self.past[s], n_vocab)?;
+        }
+        self.past.iter_mut().for_each(|p| *p += 1);
+        Ok(out)
+    }
+
+    /// Uploads the chunk's ids, positions, slots and bases into the batch buffers for its size,
+    /// then runs [`forward::forward`] (or replays the decode graph).
+    fn forward_chunk(&mut self, tokens: &[u32], attend: Attend, which: Logits) -> Result<Vec<f32>, GpuError> {
         let n = tokens.len();
         let be = &self.model.be;
         let bi = match self.batches.iter().position(|b| b.n == n) {
@@ -486,15 +647,23 @@ impl<'m> GpuSession<'m> {
             }
         };
         let batch = &mut self.batches[bi];
+        batch.attend = attend;
+        // Each token's sequence and position.
+        let seq_pos: Vec<(usize, usize)> = match attend {
+            Attend::One(s) => (self.past[s]..self.past[s] + n).map(|p| (s, p)).collect(),
+            Attend::EachOwn => self.past.iter().enumerate().map(|(s, &p)| (s, p)).collect(),
+        };
         let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
-        let pos: Vec<i32> = (self.n_past..self.n_past + n).map(|p| p as i32).collect();
+        let pos: Vec<i32> = seq_pos.iter().map(|&(_, p)| p as i32).collect();
         be.upload_into(&ids, &mut batch.ids)?;
         be.upload_into(&pos, &mut batch.pos)?;
         let mut done = vec![false; self.n_groups];
         for l in &self.layers {
             if !done[l.slot_group] {
-                let slots: Vec<i32> = (self.n_past..self.n_past + n).map(|p| l.slot(p) as i32).collect();
+                let slots: Vec<i32> = seq_pos.iter().map(|&(s, p)| (s * l.n_slots + l.slot(p)) as i32).collect();
+                let bases: Vec<i32> = seq_pos.iter().map(|&(s, _)| (s * l.n_slots) as i32).collect();
                 be.upload_into(&slots, &mut batch.slots[l.slot_group])?;
+                be.upload_into(&bases, &mut batch.bases[l.slot_group])?;
                 done[l.slot_group] = true;
             }
         }

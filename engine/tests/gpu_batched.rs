@@ -1,0 +1,123 @@
+//! Several sequences in one GPU session (`GpuSession::with_sequences`): prompts of different
+//! lengths prefilled into their own runs of cache slots, then decode steps of every sequence at
+//! once (`eval_parallel`: batched products, one attention launch over all the caches). Each
+//! sequence must get the logits the CPU gives it alone (`model::Session`), within the bound of
+//! `gpu_parity.rs`, so no sequence sees another's keys; a sequence copied from another
+//! (`copy_sequence`) must continue exactly as its source. Skips (and says so) without a GPU.
+
+use engine::gguf::GgufFile;
+use engine::gpu::{GpuModel, GpuSession};
+use engine::model::kv_cache::{KvType, LayerKind};
+use engine::model::{Logits, Model, Session, SessionParams};
+use engine::quant_mix::FileType;
+use engine::synth::{preset, synthesize, SynthParams};
+
+/// Largest NMSE of a GPU row of logits against the CPU's (as `gpu_parity.rs`).
+const NMSE_BOUND: f64 = 5e-3;
+
+fn nmse(a: &[f32], b: &[f32]) -> f64 {
+    let (mut num, mut den) = (0f64, 0f64);
+    for (x, y) in a.iter().zip(b) {
+        num += (*x as f64 - *y as f64).powi(2);
+        den += (*y as f64).powi(2);
+    }
+    num / den.max(1e-30)
+}
+
+fn check_finite(v: &[f32]) {
+    assert!(v.iter().all(|x| x.is_finite()), "non-finite logits");
+}
+
+#[test]
+fn parallel_sequences_match_each_alone() {
+    let devices = match engine_cuda::probe() {
+        Ok(d) => d,
+        Err(e) => {
+            println!("skipped: {e}");
+            return;
+        }
+    };
+    println!("device: {}", devices[0].name);
+    let dir = tempfile::tempdir().unwrap();
+    // (preset, file type, every other layer streaming with this sink + window)
+    let cases: &[(&str, FileType, Option<(u32, u32)>)] = &[
+        ("llama-tiny", FileType::Q4KM, None),
+        ("llama-tiny", FileType::Q4_0, Some((4, 8))),
+        ("gemma3-tiny", FileType::Q4KM, None),
+        ("qwen2-tiny", FileType::Q8_0, None),
+    ];
+    for &(name, ftype, lazy) in cases {
+        let path = dir.path().join(format!("{name}-{ftype}.gguf"));
+        synthesize(&SynthParams { preset: preset(name).unwrap(), ftype, seed: 5 }, &path, None).unwrap();
+        let file = GgufFile::open(&path).unwrap();
+        let model = Model::load(&file).unwrap();
+        let kinds: Vec<LayerKind> = model
+            .native_layer_kinds()
+            .into_iter()
+            .enumerate()
+            .map(|(il, k)| match lazy {
+                Some((sink, window)) if il % 2 == 1 => LayerKind::Streaming { sink, window, native_window: None },
+                _ => k,
+            })
+            .collect();
+        let params = SessionParams { n_ctx: 80, n_batch: 16, kv_type: KvType::F16, layer_kinds: Some(kinds) };
+        let gm = GpuModel::upload(&model, 0).unwrap();
+        let n_vocab = model.cfg.n_vocab;
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n_vocab as u64) as u32
+        };
+        // Three prompts of different lengths (one over two prompt batches), six decode steps.
+        let prompts: Vec<Vec<u32>> = [9usize, 40, 23].iter().map(|&n| (0..n).map(|_| next()).collect()).collect();
+        let steps: Vec<Vec<u32>> = (0..6).map(|_| (0..3).map(|_| next()).collect()).collect();
+
+        let mut gpu = GpuSession::with_sequences(&gm, &params, 3).unwrap();
+        let mut worst = 0f64;
+        let mut cpu: Vec<Session> = (0..3).map(|_| Session::new(&model, &params).unwrap()).collect();
+        for (s, p) in prompts.iter().enumerate() {
+            let g = gpu.eval_seq(s, p, Logits::Last).unwrap();
+            let c = cpu[s].eval(p, Logits::Last).unwrap();
+            check_finite(&g);
+            let e = nmse(&g, &c);
+            assert!(e <= NMSE_BOUND, "{name} {ftype}: sequence {s} prompt: NMSE {e:.3e}");
+            worst = worst.max(e);
+        }
+        for (i, step) in steps.iter().enumerate() {
+            let g = gpu.eval_parallel(step).unwrap();
+            assert_eq!(g.len(), 3 * n_vocab);
+            for s in 0..3 {
+                let c = cpu[s].eval(&step[s..s + 1], Logits::Last).unwrap();
+                let row = &g[s * n_vocab..(s + 1) * n_vocab];
+                check_finite(row);
+                let e = nmse(row, &c);
+                assert!(e <= NMSE_BOUND, "{name} {ftype}: step {i} sequence {s}: NMSE {e:.3e}");
+                worst = worst.max(e);
+            }
+        }
+        assert_eq!((gpu.n_past_of(0), gpu.n_past_of(1), gpu.n_past_of(2)), (15, 46, 29));
+
+        // A copied sequence continues as its source: same token, same logits.
+        let mut two = GpuSession::with_sequences(&gm, &params, 2).unwrap();
+        two.eval_seq(0, &prompts[1], Logits::None).unwrap();
+        two.copy_sequence(0, 1).unwrap();
+        assert_eq!(two.n_past_of(1), prompts[1].len());
+        let t = steps[0][1];
+        let g = two.eval_parallel(&[t, t]).unwrap();
+        let (a, b) = g.split_at(n_vocab);
+        assert!(nmse(a, b) <= 1e-10, "{name} {ftype}: a copied sequence differs from its source: {:.3e}", nmse(a, b));
+        let mut alone = Session::new(&model, &params).unwrap();
+        alone.eval(&prompts[1], Logits::None).unwrap();
+        let c = alone.eval(&[t], Logits::Last).unwrap();
+        let e = nmse(b, &c);
+        assert!(e <= NMSE_BOUND, "{name} {ftype}: copied sequence vs CPU: NMSE {e:.3e}");
+
+        // Errors, not panics: a wrong token count, a sequence out of range.
+        assert!(two.eval_parallel(&[t]).is_err());
+        assert!(two.eval_seq(2, &[t], Logits::Last).is_err());
+        assert!(two.copy_sequence(0, 5).is_err());
+        println!("{name:>12} {ftype} lazy {lazy:?}: 3 sequences, worst NMSE against the CPU alone {worst:.3e}");
+    }
+}
