@@ -98,6 +98,15 @@ fn parallel_sequences_match_each_alone() {
             }
         }
         assert_eq!((gpu.n_past_of(0), gpu.n_past_of(1), gpu.n_past_of(2)), (15, 46, 29));
+        // A step of the first two sequences leaves the third where it was.
+        let g = gpu.eval_parallel(&steps[0][..2]).unwrap();
+        assert_eq!(g.len(), 2 * n_vocab);
+        for s in 0..2 {
+            let c = cpu[s].eval(&steps[0][s..s + 1], Logits::Last).unwrap();
+            let e = nmse(&g[s * n_vocab..(s + 1) * n_vocab], &c);
+            assert!(e <= NMSE_BOUND, "{name} {ftype}: partial step, sequence {s}: NMSE {e:.3e}");
+        }
+        assert_eq!((gpu.n_past_of(0), gpu.n_past_of(1), gpu.n_past_of(2)), (16, 47, 29));
 
         // A copied sequence continues as its source: same token, same logits.
         let mut two = GpuSession::with_sequences(&gm, &params, 2).unwrap();
@@ -114,8 +123,9 @@ fn parallel_sequences_match_each_alone() {
         let e = nmse(b, &c);
         assert!(e <= NMSE_BOUND, "{name} {ftype}: copied sequence vs CPU: NMSE {e:.3e}");
 
-        // Errors, not panics: a wrong token count, a sequence out of range.
-        assert!(two.eval_parallel(&[t]).is_err());
+        // Errors, not panics: more tokens than sequences, a sequence out of range.
+        assert!(two.eval_parallel(&[t, t, t]).is_err());
+        assert!(two.eval_parallel(&[]).is_err());
         assert!(two.eval_seq(2, &[t], Logits::Last).is_err());
         assert!(two.copy_sequence(0, 5).is_err());
         println!("{name:>12} {ftype} lazy {lazy:?}: 3 sequences, worst NMSE against the CPU alone {worst:.3e}");

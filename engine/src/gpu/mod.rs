@@ -243,7 +243,7 @@ impl GpuLayerCache {
 enum Attend {
     /// Every token belongs to this sequence (a prompt chunk, or one decode step).
     One(usize),
-    /// Token `t` is the next token of sequence `t` (one decode step of every sequence).
+    /// Token `t` is the next token of sequence `t` (one decode step of the first `n` sequences).
     EachOwn,
 }
 
@@ -605,13 +605,13 @@ impl<'m> GpuSession<'m> {
         Ok(logits)
     }
 
-    /// One decode step of every sequence: `tokens[s]` is the next token of sequence `s`; returns
-    /// the logits of each, `n_vocab` per sequence, in order. The sequences' weights are read once
-    /// for all of them (batched products), each attends to its own cache.
+    /// One decode step of the first `tokens.len()` sequences: `tokens[s]` is the next token of
+    /// sequence `s`; returns the logits of each, `n_vocab` per sequence, in order. The weights are
+    /// read once for all of them (batched products), each sequence attends to its own cache.
     pub fn eval_parallel(&mut self, tokens: &[u32]) -> Result<Vec<f32>, GpuError> {
-        let n_seq = self.past.len();
-        if tokens.len() != n_seq {
-            return Err(ModelError::Config(format!("{} tokens for {n_seq} sequences", tokens.len())).into());
+        let n_seq = tokens.len();
+        if n_seq == 0 || n_seq > self.past.len() {
+            return Err(ModelError::Config(format!("{n_seq} tokens for a session of {} sequences", self.past.len())).into());
         }
         if n_seq == 1 {
             return self.eval_seq(0, tokens, Logits::Last);
@@ -624,7 +624,7 @@ impl<'m> GpuSession<'m> {
         for (s, row) in out.chunks(n_vocab).enumerate() {
             check_finite(row, self.past[s], n_vocab)?;
         }
-        self.past.iter_mut().for_each(|p| *p += 1);
+        self.past[..n_seq].iter_mut().for_each(|p| *p += 1);
         Ok(out)
     }
 
@@ -651,7 +651,7 @@ impl<'m> GpuSession<'m> {
         // Each token's sequence and position.
         let seq_pos: Vec<(usize, usize)> = match attend {
             Attend::One(s) => (self.past[s]..self.past[s] + n).map(|p| (s, p)).collect(),
-            Attend::EachOwn => self.past.iter().enumerate().map(|(s, &p)| (s, p)).collect(),
+            Attend::EachOwn => self.past[..n].iter().enumerate().map(|(s, &p)| (s, p)).collect(),
         };
         let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
         let pos: Vec<i32> = seq_pos.iter().map(|&(_, p)| p as i32).collect();
