@@ -23,7 +23,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use engine::gguf::GgufFile;
 use engine::lighttransfer::{HybridMode, HybridOptions};
-use engine::model::kv_cache::KvType;
+use engine::model::kv_cache::{KvType, LayerKind};
 use engine::model::{eval_batch, Logits, Model, Session, SessionParams};
 use engine::sampling::Rng;
 use serde_json::{json, Value};
@@ -249,15 +249,19 @@ impl<'m> GpuBench<'m> {
         Ok(GpuBench { session, n_seq, depth_filled: false })
     }
 
-    /// [`run_once`] on the GPU.
-    fn run_once(&mut self, t: &Test, rng: &mut Rng) -> anyhow::Result<(f64, u64)> {
+    /// [`run_once`] on the GPU. With LightTransfer-Test (`mode`), the layers are chosen on the
+    /// depth fill (for tg) or on the first sequence's timed prompt (for pp: the caller gives
+    /// each run a fresh bench).
+    fn run_once(&mut self, t: &Test, mode: &HybridMode, native: &[LayerKind], rng: &mut Rng) -> anyhow::Result<(f64, u64)> {
         let s = &mut self.session;
         let n_vocab = s.model.cfg.n_vocab as u64;
         let mut random = |n: usize| -> Vec<u32> { (0..n).map(|_| (rng.next_u64() % n_vocab) as u32).collect() };
         if t.depth > 0 {
             let template = self.n_seq;
             if !self.depth_filled {
+                s.probe = mode.probe(native, t.depth);
                 s.eval_seq(template, &random(t.depth), Logits::None)?;
+                s.probe = None;
                 self.depth_filled = true;
             }
             for seq in 0..self.n_seq {
@@ -265,6 +269,9 @@ impl<'m> GpuBench<'m> {
             }
         } else {
             s.reset()?;
+            if t.n_prompt > 0 {
+                s.probe = mode.probe(native, t.n_prompt);
+            }
         }
         let prompts: Vec<Vec<u32>> = (0..self.n_seq).map(|_| random(t.n_prompt)).collect();
         let tokens: Vec<u32> = (0..self.n_seq).map(|_| random(1)[0]).collect();
@@ -283,6 +290,7 @@ impl<'m> GpuBench<'m> {
             }
         }
         let secs = start.elapsed().as_secs_f64();
+        s.probe = None;
         // The KV of the sequences tested (not the depth template).
         let kv = s.kv_bytes() as u64 / s.n_seq() as u64 * self.n_seq as u64;
         Ok(((self.n_seq * (t.n_prompt + t.n_gen)) as f64 / secs.max(1e-9), kv))
@@ -394,12 +402,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     (None, None) => bail!("--parallel-fit is for the GPU (-ngl / --device cuda)"),
                 };
                 let runs: Vec<(f64, u64)> = if let Some(g) = &gpu {
-                    if matches!(mode, HybridMode::Test { .. }) {
-                        bail!("on the GPU, bench runs the model's own layer kinds or --lazy-layers (LightTransfer-Test selection, --lazy, runs on the CPU)");
-                    }
+                    // LightTransfer-Test on a timed prompt cuts layers: a fresh session each run.
+                    let fresh = matches!(mode, HybridMode::Test { .. }) && t.depth == 0;
+                    let native = model.native_layer_kinds();
                     let mut b = GpuBench::new(g, &params, t, n_seq)?;
-                    b.run_once(t, &mut rng)?; // warm-up
-                    (0..args.reps).map(|_| b.run_once(t, &mut rng)).collect::<anyhow::Result<_>>()?
+                    b.run_once(t, &mode, &native, &mut rng)?; // warm-up
+                    let mut runs = Vec::new();
+                    for _ in 0..args.reps {
+                        if fresh {
+                            drop(b);
+                            b = GpuBench::new(g, &params, t, n_seq)?;
+                        }
+                        runs.push(b.run_once(t, &mode, &native, &mut rng)?);
+                    }
+                    runs
                 } else {
                     pool.install(|| -> anyhow::Result<Vec<(f64, u64)>> {
                         run_once(&model, &params, &mode, t, n_seq, &mut rng)?; // warm-up

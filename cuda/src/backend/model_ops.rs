@@ -483,6 +483,25 @@ impl CudaBackend {
         }
     }
 
+    /// Copies `len` elements of `src` from `src_at` into `dst` at `dst_at`.
+    pub fn copy_between<T: super::DeviceElem>(
+        &self,
+        src: &DeviceBuffer<T>,
+        src_at: usize,
+        dst: &mut DeviceBuffer<T>,
+        dst_at: usize,
+        len: usize,
+    ) -> Result<(), CudaError> {
+        let end = |at: usize, n: usize| at.checked_add(len).filter(|&e| e <= n);
+        let (Some(se), Some(de)) = (end(src_at, src.len()), end(dst_at, dst.len())) else {
+            return Err(CudaError::Invalid(format!("copy_between: {len} elements from {src_at} of {} to {dst_at} of {}", src.len(), dst.len())));
+        };
+        if len == 0 {
+            return Ok(());
+        }
+        self.stream.memcpy_dtod(&src.inner.slice(src_at..se), &mut dst.inner.slice_mut(dst_at..de)).map_err(driver("cuMemcpyDtoD"))
+    }
+
     /// Copies `dst.len()` elements of `src` from `offset` into `dst`.
     pub fn copy_range<T: super::DeviceElem>(
         &self,

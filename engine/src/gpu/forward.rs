@@ -8,20 +8,24 @@ use engine_cuda::{DeviceBuffer, GatedAct, MatmulScratch, RopeParams};
 use ggml_kernels::attention::AttnShape;
 
 use super::{Attend, Batch, GpuError, GpuLayerCache, GpuModel};
+use crate::lighttransfer::LazyProbe;
 use crate::model::config::Arch;
 use crate::model::Logits;
 
 /// Evaluates the batch's tokens (ids, positions and slots already uploaded), writing their keys
 /// and values into `cache`; returns the logits `which` asks for.
+/// With `probe` (the LightTransfer-Test probe and the sequence whose prompt this batch ends),
+/// each candidate layer's lazy ratio is measured right after its attention.
 pub(super) fn forward(
     m: &GpuModel,
     cache: &mut [GpuLayerCache],
     b: &mut Batch,
     mm: &mut MatmulScratch,
     part: &mut DeviceBuffer<f32>,
+    probe: Option<(&mut LazyProbe, usize)>,
     which: Logits,
 ) -> Result<Vec<f32>, GpuError> {
-    blocks(m, cache, b, mm, part)?;
+    blocks(m, cache, b, mm, part, probe)?;
     output(m, b, mm, which)
 }
 
@@ -35,7 +39,7 @@ pub(super) fn decode_launches(
     mm: &mut MatmulScratch,
     part: &mut DeviceBuffer<f32>,
 ) -> Result<(), GpuError> {
-    blocks(m, cache, b, mm, part)?;
+    blocks(m, cache, b, mm, part, None)?;
     let (be, c) = (&m.be, &m.cfg);
     let (Some(logits), Some(dq)) = (b.logits.as_mut(), b.dq.as_mut()) else {
         return Err(GpuError::Unsupported("decode buffers missing".into()));
@@ -46,7 +50,14 @@ pub(super) fn decode_launches(
 }
 
 /// The transformer blocks: embeddings in, the residual stream `b.x` out.
-fn blocks(m: &GpuModel, cache: &mut [GpuLayerCache], b: &mut Batch, mm: &mut MatmulScratch, part: &mut DeviceBuffer<f32>) -> Result<(), GpuError> {
+fn blocks(
+    m: &GpuModel,
+    cache: &mut [GpuLayerCache],
+    b: &mut Batch,
+    mm: &mut MatmulScratch,
+    part: &mut DeviceBuffer<f32>,
+    mut probe: Option<(&mut LazyProbe, usize)>,
+) -> Result<(), GpuError> {
     let (be, c) = (&m.be, &m.cfg);
     let n = b.n;
     let act = match c.arch {
@@ -129,6 +140,11 @@ fn blocks(m: &GpuModel, cache: &mut [GpuLayerCache], b: &mut Batch, mm: &mut Mat
                 &mut b.attn,
                 &mut b.lse,
             )?,
+        }
+
+        // LightTransfer-Test: the layer's lazy ratio from the prompt's last queries.
+        if let Some((p, seq)) = probe.as_mut() {
+            super::probe::measure(m, kv, b, *seq, il, p, part)?;
         }
 
         // Output projection, post-attention norm (Gemma 3), residual.

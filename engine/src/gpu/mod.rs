@@ -16,11 +16,13 @@
 //! the prefill GEMMs, so logits differ from the CPU's within the bound of `tests/gpu_parity.rs`.
 
 mod forward;
+mod probe;
 
 use engine_cuda::{CudaBackend, CudaError, DeviceBuffer, DeviceGraph, DeviceMatrix, MatmulScratch};
 use ggml_kernels::attention::AttnShape;
 use half::f16;
 
+use crate::lighttransfer::{probe_split, LazyProbe};
 use crate::model::config::ModelConfig;
 use crate::model::kv_cache::LayerKind;
 use crate::model::{check_finite, check_tokens, Logits, Model, ModelError, SessionParams};
@@ -230,10 +232,29 @@ struct GpuLayerCache {
 impl GpuLayerCache {
     /// The slot of its sequence's run that holds position `pos` (as `kv_cache::LayerCache`).
     fn slot(&self, pos: usize) -> usize {
-        if pos < self.sink_slots {
-            pos
-        } else {
-            self.sink_slots + (pos - self.sink_slots) % (self.n_slots - self.sink_slots)
+        slot_of(pos, self.sink_slots, self.n_slots)
+    }
+}
+
+/// The slot of a run of `n_slots` slots, the first `sink_slots` of them kept for the first
+/// positions and the rest a ring, that holds position `pos`.
+fn slot_of(pos: usize, sink_slots: usize, n_slots: usize) -> usize {
+    if pos < sink_slots {
+        pos
+    } else {
+        sink_slots + (pos - sink_slots) % (n_slots - sink_slots)
+    }
+}
+
+/// Slots per sequence and sink slots of a layer of this kind (the CPU's layout, plus a batch
+/// margin for ring layers: a prompt batch is written before it is attended to).
+fn layout(kind: LayerKind, n_ctx: usize, n_batch: usize) -> (usize, usize) {
+    match kind {
+        LayerKind::Full => (n_ctx, 0),
+        LayerKind::Window { window } => ((window as usize).saturating_add(n_batch).min(n_ctx), 0),
+        LayerKind::Streaming { sink, window, .. } => {
+            let n = (sink as usize).saturating_add(window as usize).saturating_add(n_batch).min(n_ctx);
+            (n, (sink as usize).min(n.saturating_sub(1)))
         }
     }
 }
@@ -344,8 +365,13 @@ const KEPT_BATCHES: usize = 3;
 /// ([`GpuSession::eval_parallel`]).
 pub struct GpuSession<'m> {
     pub model: &'m GpuModel,
+    /// LightTransfer-Test: set before a prompt (of any sequence) that ends at `probe.end`; the
+    /// ratios are measured in the prompt's last batch and the layers it chooses are cut to
+    /// streaming (for every sequence) when the prompt is done (see [`GpuSession::eval_seq`]).
+    pub probe: Option<LazyProbe>,
     layers: Vec<GpuLayerCache>,
-    n_groups: usize,
+    /// Slot layouts (slots per sequence, sink slots) in use; a layer's `slot_group` indexes it.
+    groups: Vec<(usize, usize)>,
     batches: Vec<Batch>,
     mm: MatmulScratch,
     /// Positions per sequence.
@@ -397,17 +423,7 @@ impl Plan {
             )));
         }
         let n_batch = p.n_batch.min(p.n_ctx);
-        let layout = |kind: LayerKind| -> (usize, usize) {
-            match kind {
-                LayerKind::Full => (p.n_ctx, 0),
-                LayerKind::Window { window } => ((window as usize).saturating_add(n_batch).min(p.n_ctx), 0),
-                LayerKind::Streaming { sink, window, .. } => {
-                    let n = (sink as usize).saturating_add(window as usize).saturating_add(n_batch).min(p.n_ctx);
-                    (n, (sink as usize).min(n.saturating_sub(1)))
-                }
-            }
-        };
-        let layouts: Vec<(usize, usize)> = kinds.iter().map(|&k| layout(k)).collect();
+        let layouts: Vec<(usize, usize)> = kinds.iter().map(|&k| layout(k, p.n_ctx, n_batch)).collect();
         let (k_row, v_row) = (c.n_head_kv * c.head_dim, c.n_head_kv * c.head_dim_v);
         let kv_bytes_per_seq = layouts.iter().map(|l| l.0 as u64 * ((k_row + v_row) * 2 + 4) as u64).sum();
         let mut groups: Vec<(usize, usize)> = Vec::new();
@@ -507,7 +523,8 @@ impl<'m> GpuSession<'m> {
         Ok(GpuSession {
             model,
             layers,
-            n_groups: plan.groups.len(),
+            probe: None,
+            groups: plan.groups.clone(),
             batches: Vec::new(),
             mm,
             n_ctx: p.n_ctx,
@@ -588,19 +605,40 @@ impl<'m> GpuSession<'m> {
     }
 
     /// [`GpuSession::eval`] for sequence `seq`.
+    ///
+    /// With a LightTransfer-Test probe set and `tokens` ending the prompt it measures, the last
+    /// batch holds the prompt's last `w_last` queries, each candidate layer's lazy ratio is
+    /// measured there, and the layers the probe chooses are cut to sink + window once the
+    /// prompt is evaluated (prefill keeps every layer full: the GPU allocates caches up front).
     pub fn eval_seq(&mut self, seq: usize, tokens: &[u32], which: Logits) -> Result<Vec<f32>, GpuError> {
         self.check_seq(seq)?;
         let n_vocab = self.model.cfg.n_vocab;
         check_tokens(tokens, n_vocab, self.past[seq], self.n_ctx)?;
+        // (A probe measures one prompt: the first to end at its position.)
+        let measuring =
+            self.probe.as_ref().is_some_and(|p| self.past[seq] + tokens.len() == p.end && p.ratios.iter().all(Option::is_none));
+        // Chunk bounds: batches of n_batch; when measuring, the last one holds the last w_last.
+        let split = match (&self.probe, measuring) {
+            (Some(p), true) => probe_split(tokens.len(), p.w_last, self.n_batch),
+            _ => tokens.len(),
+        };
+        let mut bounds: Vec<(usize, usize)> = (0..split).step_by(self.n_batch).map(|b0| (b0, (b0 + self.n_batch).min(split))).collect();
+        if split < tokens.len() {
+            bounds.push((split, tokens.len()));
+        }
         let wanted = which.rows(tokens.len());
         let mut logits = Vec::with_capacity(wanted.len() * n_vocab);
-        for (i, chunk) in tokens.chunks(self.n_batch).enumerate() {
-            let b0 = i * self.n_batch;
+        for (i, &(b0, b1)) in bounds.iter().enumerate() {
+            let chunk = &tokens[b0..b1];
             let want = which.in_chunk(tokens.len(), b0, chunk.len());
-            let out = self.forward_chunk(chunk, Attend::One(seq), want)?;
+            let measure = measuring && i + 1 == bounds.len();
+            let out = self.forward_chunk_probe(chunk, Attend::One(seq), want, measure.then_some(seq))?;
             check_finite(&out, self.past[seq] + want.rows(chunk.len()).start, n_vocab)?;
             self.past[seq] += chunk.len();
             logits.extend_from_slice(&out);
+        }
+        if measuring {
+            self.cut_chosen_layers()?;
         }
         Ok(logits)
     }
@@ -631,6 +669,12 @@ impl<'m> GpuSession<'m> {
     /// Uploads the chunk's ids, positions, slots and bases into the batch buffers for its size,
     /// then runs [`forward::forward`] (or replays the decode graph).
     fn forward_chunk(&mut self, tokens: &[u32], attend: Attend, which: Logits) -> Result<Vec<f32>, GpuError> {
+        self.forward_chunk_probe(tokens, attend, which, None)
+    }
+
+    /// [`GpuSession::forward_chunk`], measuring lazy ratios for the probe when `measure` names
+    /// the sequence whose prompt ends with this chunk.
+    fn forward_chunk_probe(&mut self, tokens: &[u32], attend: Attend, which: Logits, measure: Option<usize>) -> Result<Vec<f32>, GpuError> {
         let n = tokens.len();
         let be = &self.model.be;
         let bi = match self.batches.iter().position(|b| b.n == n) {
@@ -642,7 +686,7 @@ impl<'m> GpuSession<'m> {
                         self.batches.remove(i);
                     }
                 }
-                self.batches.push(Batch::new(be, &self.model.cfg, n, self.n_groups)?);
+                self.batches.push(Batch::new(be, &self.model.cfg, n, self.groups.len())?);
                 self.batches.len() - 1
             }
         };
@@ -657,7 +701,7 @@ impl<'m> GpuSession<'m> {
         let pos: Vec<i32> = seq_pos.iter().map(|&(_, p)| p as i32).collect();
         be.upload_into(&ids, &mut batch.ids)?;
         be.upload_into(&pos, &mut batch.pos)?;
-        let mut done = vec![false; self.n_groups];
+        let mut done = vec![false; self.groups.len()];
         for l in &self.layers {
             if !done[l.slot_group] {
                 let slots: Vec<i32> = seq_pos.iter().map(|&(s, p)| (s * l.n_slots + l.slot(p)) as i32).collect();
@@ -668,7 +712,7 @@ impl<'m> GpuSession<'m> {
             }
         }
         let model = self.model;
-        if n == 1 && which.rows(1) == (0..1) && self.use_graph {
+        if n == 1 && which.rows(1) == (0..1) && self.use_graph && measure.is_none() {
             if self.graph.is_none() {
                 let (layers, mm, part) = (&mut self.layers, &mut self.mm, &mut self.part);
                 self.graph = Some(be.capture(|| forward::decode_launches(model, layers, batch, mm, part).map_err(|e| match e {
@@ -681,6 +725,10 @@ impl<'m> GpuSession<'m> {
                 return Ok(be.download(logits)?);
             }
         }
-        forward::forward(model, &mut self.layers, batch, &mut self.mm, &mut self.part, which)
+        let probe = match (measure, self.probe.as_mut()) {
+            (Some(seq), Some(p)) => Some((p, seq)),
+            _ => None,
+        };
+        forward::forward(model, &mut self.layers, batch, &mut self.mm, &mut self.part, probe, which)
     }
 }

@@ -1,0 +1,107 @@
+//! LightTransfer-Test on the GPU against the CPU's: the same random-weight models and prompt,
+//! a probe on each session; the lazy ratios must agree within `RATIO_TOL` (the two paths
+//! quantize activations differently), the chosen layers must be the same wherever the CPU's
+//! ratios leave a margin of at least twice that around the cut, and decoding after the cut must
+//! give the CPU's logits within the bound of `gpu_parity.rs`, with the lazy layers' caches cut
+//! to sink + window (plus the GPU's batch margin). Skips (and says so) without a GPU.
+
+use engine::gguf::GgufFile;
+use engine::gpu::{GpuModel, GpuSession};
+use engine::lighttransfer::{LazyProbe, Selection, StreamParams};
+use engine::model::kv_cache::{KvType, LayerKind};
+use engine::model::{Logits, Model, Session, SessionParams};
+use engine::quant_mix::FileType;
+use engine::synth::{preset, synthesize, SynthParams};
+
+const RATIO_TOL: f32 = 0.02;
+const NMSE_BOUND: f64 = 5e-3;
+
+fn nmse(a: &[f32], b: &[f32]) -> f64 {
+    let (mut num, mut den) = (0f64, 0f64);
+    for (x, y) in a.iter().zip(b) {
+        num += (*x as f64 - *y as f64).powi(2);
+        den += (*y as f64).powi(2);
+    }
+    num / den.max(1e-30)
+}
+
+#[test]
+fn lighttransfer_test_on_the_gpu_chooses_as_the_cpu() {
+    let devices = match engine_cuda::probe() {
+        Ok(d) => d,
+        Err(e) => {
+            println!("skipped: {e}");
+            return;
+        }
+    };
+    println!("device: {}", devices[0].name);
+    let dir = tempfile::tempdir().unwrap();
+    for (name, ftype) in [("llama-tiny", FileType::Q8_0), ("qwen2-tiny", FileType::Q4KM), ("mistral-tiny", FileType::Q4_0)] {
+        let path = dir.path().join(format!("{name}.gguf"));
+        synthesize(&SynthParams { preset: preset(name).unwrap(), ftype, seed: 3 }, &path, None).unwrap();
+        let file = GgufFile::open(&path).unwrap();
+        let model = Model::load(&file).unwrap();
+        let gm = GpuModel::upload(&model, 0).unwrap();
+        let n_layer = model.cfg.n_layer;
+        let params = SessionParams { n_ctx: 128, n_batch: 32, kv_type: KvType::F16, layer_kinds: None };
+        let n_vocab = model.cfg.n_vocab as u64;
+        let mut seed = 0x1234_5678_9abc_def1u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n_vocab) as u32
+        };
+        let prompt: Vec<u32> = (0..70).map(|_| next()).collect();
+        let decode: Vec<u32> = (0..6).map(|_| next()).collect();
+        let stream = StreamParams { sink: 4, window: 8 };
+        let keep_full = n_layer / 2;
+        let probe = || LazyProbe::new(n_layer, stream, 16, prompt.len(), Selection::KeepFull(keep_full));
+
+        let mut cpu = Session::new(&model, &params).unwrap();
+        cpu.cache.probe = Some(probe());
+        let cpu_logits = cpu.eval(&prompt, Logits::Last).unwrap();
+        let cp = cpu.cache.probe.take().unwrap();
+
+        let mut gpu = GpuSession::new(&gm, &params).unwrap();
+        gpu.probe = Some(probe());
+        let gpu_logits = gpu.eval(&prompt, Logits::Last).unwrap();
+        let gp = gpu.probe.take().unwrap();
+        assert!(nmse(&gpu_logits, &cpu_logits) <= NMSE_BOUND, "{name}: prompt logits");
+
+        for il in 0..n_layer {
+            let (c, g) = (cp.ratios[il], gp.ratios[il]);
+            let (c, g) = (c.expect("every layer is a candidate"), g.unwrap_or_else(|| panic!("{name}: layer {il} not measured on the GPU")));
+            assert!((c - g).abs() <= RATIO_TOL, "{name}: layer {il}: ratio cpu {c} gpu {g}");
+        }
+        let mut sorted: Vec<f32> = cp.ratios.iter().map(|r| r.unwrap()).collect();
+        sorted.sort_by(f32::total_cmp);
+        let margin = sorted[keep_full] - sorted[keep_full - 1];
+        let (mut cl, mut gl) = (cp.made_lazy.clone(), gp.made_lazy.clone());
+        cl.sort_unstable();
+        gl.sort_unstable();
+        if margin >= 2.0 * RATIO_TOL {
+            assert_eq!(cl, gl, "{name}: lazy layers (ratios cpu {:?} gpu {:?})", cp.ratios, gp.ratios);
+        }
+        assert_eq!(gl.len(), n_layer - keep_full);
+        println!("{name:>12} {ftype}: ratios cpu {:?} gpu {:?}; lazy cpu {cl:?} gpu {gl:?}", cp.ratios, gp.ratios);
+
+        // The cut: lazy layers hold sink + window + n_batch slots instead of n_ctx.
+        let (k_row, v_row) = (model.cfg.n_head_kv * model.cfg.head_dim, model.cfg.n_head_kv * model.cfg.head_dim_v);
+        let per_slot = (k_row + v_row) * 2;
+        let expect = (n_layer - gl.len()) * 128 * per_slot + gl.len() * (4 + 8 + 32) * per_slot;
+        assert_eq!(gpu.kv_bytes(), expect, "{name}: KV bytes after the cut");
+
+        // Decoding after the cut: the same layers streaming on both (when they chose alike).
+        if cl == gl {
+            for &t in &decode {
+                let c = cpu.eval(&[t], Logits::Last).unwrap();
+                let g = gpu.eval(&[t], Logits::Last).unwrap();
+                let e = nmse(&g, &c);
+                assert!(e <= NMSE_BOUND, "{name}: decode after the cut: NMSE {e:.3e}");
+            }
+            let kinds: Vec<bool> = (0..n_layer).map(|il| matches!(cpu.cache.layers[il].kind, LayerKind::Streaming { .. })).collect();
+            assert_eq!(kinds.iter().filter(|&&k| k).count(), gl.len());
+        }
+    }
+}
