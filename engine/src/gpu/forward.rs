@@ -144,7 +144,7 @@ fn blocks(
 
         // LightTransfer-Test: the layer's lazy ratio from the prompt's last queries.
         if let Some((p, seq)) = probe.as_mut() {
-            super::probe::measure(m, kv, b, *seq, il, p, part)?;
+            super::probe::measure(m, kv, b, *seq, il, p)?;
         }
 
         // Output projection, post-attention norm (Gemma 3), residual.

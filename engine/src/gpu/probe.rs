@@ -4,10 +4,11 @@
 //! The ratio is the CPU's ([`crate::lighttransfer::lazy_ratio`]): for each of the prompt's last
 //! `w_last` queries and each head, the share of its attention (under the layer's own mask) that
 //! falls on the sink keys (`k < sink`) and the recent ones (`k >= end - window`), averaged in
-//! probability space. Here it comes from two log-sum-exps per query, both from the decode
-//! attention kernel: one under the layer's mask, one under that mask narrowed to the kept keys
-//! (a window of `window - (end - 1 - q)` positions ending at the query `q`, plus the sinks), so
-//! `share = exp(lse_keep - lse_full)`.
+//! probability space. Here it comes from log-sum-exps of the decode attention kernel over all the
+//! measured queries at once: one under the layer's mask, and (full-attention layers) one over the
+//! keys a lazy layer drops, `[sink, end - window)`, which lie before every measured query, so
+//! `share kept = 1 - exp(lse_dropped - lse_full)`. A native sliding-window layer bounds its keys
+//! by each query's position, so there the kept keys' mask is applied one query at a time.
 //!
 //! Unlike the CPU's layer-major prefill, every layer stays full until the prompt is done (the
 //! GPU allocates its caches up front), then the chosen layers get streaming caches of
@@ -23,7 +24,6 @@ use crate::model::kv_cache::LayerKind;
 
 /// Measures layer `il`'s lazy ratio, when it is a candidate, from the last queries of `b` (the
 /// batch that ends sequence `seq`'s prompt at `probe.end`), and records it in the probe.
-#[allow(clippy::too_many_arguments)]
 pub(super) fn measure(
     m: &GpuModel,
     kv: &GpuLayerCache,
@@ -31,7 +31,6 @@ pub(super) fn measure(
     seq: usize,
     il: usize,
     probe: &mut LazyProbe,
-    part: &mut DeviceBuffer<f32>,
 ) -> Result<(), GpuError> {
     if !probe.stream.is_candidate(kv.kind, probe.end) {
         return Ok(());
@@ -43,37 +42,62 @@ pub(super) fn measure(
     let pos0 = probe.end - n;
     let first = probe.end.saturating_sub(probe.w_last).max(pos0);
     let q_row = c.n_head * c.head_dim;
-    let mut q1: DeviceBuffer<f32> = be.alloc(q_row)?;
-    let mut qpos1: DeviceBuffer<i32> = be.alloc(1)?;
-    let base1 = be.upload(&[(seq * kv.n_slots) as i32])?;
-    let mut out1: DeviceBuffer<f32> = be.alloc(c.n_head * c.head_dim_v)?;
-    let mut lse1: DeviceBuffer<f32> = be.alloc(c.n_head)?;
     let native = kv.kind.mask();
     if matches!(kv.kind, LayerKind::Streaming { .. }) {
         return Err(GpuError::Unsupported(format!("LightTransfer-Test of layer {il}, which already streams")));
     }
-    let (sink, window) = (probe.stream.sink, probe.stream.window as i64);
+    let w = probe.end - first;
+    let end = probe.end;
+    let (sink, window) = (probe.stream.sink as usize, probe.stream.window as usize);
+    // The measured queries, their positions and their sequence's first slot.
+    let mut qw: DeviceBuffer<f32> = be.alloc(w * q_row)?;
+    be.copy_range(&b.q, (first - pos0) * q_row, &mut qw)?;
+    let own: Vec<i32> = (first..end).map(|p| p as i32).collect();
+    let qpos = be.upload(&own)?;
+    let base = be.upload(&vec![(seq * kv.n_slots) as i32; w])?;
+    let mut part: DeviceBuffer<f32> = be.alloc(engine_cuda::CudaBackend::attention_partials_batch(&shape, kv.n_slots, w))?;
+    let mut out: DeviceBuffer<f32> = be.alloc(w * c.n_head * c.head_dim_v)?;
+    let mut lse: DeviceBuffer<f32> = be.alloc(w * c.n_head)?;
     let unsupported = |what: &str, mask: AttnMask| GpuError::Unsupported(format!("LightTransfer-Test of layer {il}: the {what} mask {mask:?}"));
+    let full_mask = native.without_span().ok_or_else(|| unsupported("layer's", native))?;
+    be.attention_decode_batch(&shape, &qw, &qpos, &base, kv.n_slots, &kv.k, &kv.v, &kv.pos, full_mask, &mut part, &mut out, &mut lse)?;
+    let full = be.download(&lse)?;
     let mut sum = 0f64;
-    let mut rows = 0usize;
-    for qp in first..probe.end {
-        be.copy_range(&b.q, (qp - pos0) * q_row, &mut q1)?;
-        be.upload_into(&[qp as i32], &mut qpos1)?;
-        // The layer's own mask, and the same narrowed to the sinks and the keys from end - window.
-        let keep_window = (window - (probe.end as i64 - 1 - qp as i64)).max(0) as u32;
-        let keep = AttnMask { window: Some(keep_window), sink, span: native.span.or(native.window) };
-        let full_here = native.without_span_at(qp as i64).ok_or_else(|| unsupported("layer's", native))?;
-        let keep_here = keep.without_span_at(qp as i64).ok_or_else(|| unsupported("kept keys'", keep))?;
-        let mut lse = [Vec::new(), Vec::new()];
-        for (i, mask) in [full_here, keep_here].into_iter().enumerate() {
-            be.attention_decode_batch(&shape, &q1, &qpos1, &base1, kv.n_slots, &kv.k, &kv.v, &kv.pos, mask, part, &mut out1, &mut lse1)?;
-            lse[i] = be.download(&lse1)?;
+    if native == AttnMask::CAUSAL {
+        // The keys a lazy layer drops, [sink, end - window), come before every measured query,
+        // so one mask serves all of them: seen from position end - window - 1 with a window of
+        // end - window - sink positions. share kept = 1 - exp(lse_dropped - lse_full).
+        let from = (end - window - 1) as i32;
+        let seen_from = be.upload(&vec![from; w])?;
+        let dropped_mask = AttnMask { window: Some((end - window - sink) as u32), sink: 0, span: None };
+        be.attention_decode_batch(&shape, &qw, &seen_from, &base, kv.n_slots, &kv.k, &kv.v, &kv.pos, dropped_mask, &mut part, &mut out, &mut lse)?;
+        let dropped = be.download(&lse)?;
+        for (&f, &d) in full.iter().zip(&dropped) {
+            sum += if f == f32::NEG_INFINITY { 1.0 } else { (1.0 - ((d - f) as f64).exp()).max(0.0) };
         }
-        for (&full, &kept) in lse[0].iter().zip(&lse[1]) {
-            sum += if full == f32::NEG_INFINITY { 1.0 } else { ((kept - full) as f64).exp() };
-            rows += 1;
+    } else {
+        // A native sliding window bounds the keys by each query's position: the kept keys'
+        // mask (the sinks within the native window, and a window ending at the query that
+        // starts at end - window), one query at a time.
+        let mut q1: DeviceBuffer<f32> = be.alloc(q_row)?;
+        let mut qpos1: DeviceBuffer<i32> = be.alloc(1)?;
+        let base1 = be.upload(&[(seq * kv.n_slots) as i32])?;
+        let mut out1: DeviceBuffer<f32> = be.alloc(c.n_head * c.head_dim_v)?;
+        let mut lse1: DeviceBuffer<f32> = be.alloc(c.n_head)?;
+        for (j, qp) in (first..end).enumerate() {
+            be.copy_range(&qw, j * q_row, &mut q1)?;
+            be.upload_into(&[qp as i32], &mut qpos1)?;
+            let keep_window = (window as i64 - (end as i64 - 1 - qp as i64)).max(0) as u32;
+            let keep = AttnMask { window: Some(keep_window), sink: sink as u32, span: native.span.or(native.window) };
+            let keep_here = keep.without_span_at(qp as i64).ok_or_else(|| unsupported("kept keys'", keep))?;
+            be.attention_decode_batch(&shape, &q1, &qpos1, &base1, kv.n_slots, &kv.k, &kv.v, &kv.pos, keep_here, &mut part, &mut out1, &mut lse1)?;
+            let kept = be.download(&lse1)?;
+            for (&f, &k) in full[j * c.n_head..(j + 1) * c.n_head].iter().zip(&kept) {
+                sum += if f == f32::NEG_INFINITY { 1.0 } else { ((k - f) as f64).exp() };
+            }
         }
     }
+    let rows = w * c.n_head;
     let ratio = if rows == 0 { 1.0 } else { (sum / rows as f64) as f32 };
     probe.record(il, ratio);
     probe.elapsed += t0.elapsed();
