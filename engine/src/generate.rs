@@ -66,12 +66,17 @@ pub struct GenerateParams<'s> {
     pub stop: Option<&'s AtomicBool>,
 }
 
-/// What [`generate`] runs on: a CPU [`Session`] or a [`crate::gpu::GpuSession`].
+/// What [`generate`] (and [`crate::perplexity::perplexity`]) runs on: a CPU [`Session`] or a
+/// [`crate::gpu::GpuSession`].
 pub trait Evaluate {
     /// Evaluates `tokens` after what the session holds; the logits `which` asks for.
     fn eval(&mut self, tokens: &[u32], which: Logits) -> Result<Vec<f32>, crate::model::ModelError>;
     fn n_past(&self) -> usize;
     fn n_ctx(&self) -> usize;
+    /// Logits per position.
+    fn n_vocab(&self) -> usize;
+    /// Forgets everything the session holds.
+    fn reset(&mut self) -> Result<(), crate::model::ModelError>;
 }
 
 impl Evaluate for Session<'_, '_> {
@@ -83,6 +88,13 @@ impl Evaluate for Session<'_, '_> {
     }
     fn n_ctx(&self) -> usize {
         Session::n_ctx(self)
+    }
+    fn n_vocab(&self) -> usize {
+        self.model.cfg.n_vocab
+    }
+    fn reset(&mut self) -> Result<(), crate::model::ModelError> {
+        Session::reset(self);
+        Ok(())
     }
 }
 

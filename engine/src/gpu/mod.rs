@@ -355,6 +355,12 @@ impl crate::generate::Evaluate for GpuSession<'_> {
     fn n_ctx(&self) -> usize {
         self.n_ctx
     }
+    fn n_vocab(&self) -> usize {
+        self.model.cfg.n_vocab
+    }
+    fn reset(&mut self) -> Result<(), ModelError> {
+        GpuSession::reset(self).map_err(ModelError::from)
+    }
 }
 
 /// Batch buffers kept for reuse (one per batch size seen; prompt chunks and decode).
