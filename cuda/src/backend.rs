@@ -159,10 +159,12 @@ impl MatvecKernel {
 }
 
 /// Decode attention (attention.cu): slots per tile (= threads per block), query heads per block
-/// of each kernel variant (`attn_decode_g1` .. `attn_decode_g8`), the blocks per token the split
-/// aims at (about four per multiprocessor of an H100/H200), the most splits aimed at (the kernel
-/// holds twice as many, `AD_MAX_SPLITS`), the fewest slots per split (a warp), and the threads
-/// of the merge kernel (`AD_MERGE_THREADS`).
+/// of each kernel variant (`attn_decode_g1` .. `attn_decode_g8`), the blocks per call the split
+/// aims at (about four per multiprocessor of an H100/H200: two waves of the kernels, which keep
+/// two blocks per multiprocessor resident; the H200 figures in docs/PERFORMANCE.md were measured
+/// with it, other targets were not), the most splits aimed at (the kernel holds twice as many,
+/// `AD_MAX_SPLITS`), the fewest slots per split (a warp), and the threads of the merge kernel
+/// (`AD_MERGE_THREADS`).
 const AD_TILE: usize = 128;
 const AD_GROUPS: [usize; 4] = [1, 2, 4, 8];
 const AD_TARGET_BLOCKS: usize = 512;
@@ -203,6 +205,8 @@ fn decode_split(s: &AttnShape, n_slots: usize, n: usize) -> (usize, usize) {
 fn decode_max_splits(s: &AttnShape, n_slots: usize, n: usize) -> usize {
     (2 * decode_want_splits(s, n)).min(n_slots.div_ceil(AD_SPLIT_MIN).max(1))
 }
+
+/// The largest head dimension of the attention kernels (`ATT_MAX_D`).
 pub const ATT_MAX_HEAD_DIM: usize = 256;
 
 /// The kernel [`CudaBackend::matvec`] uses.
