@@ -158,20 +158,55 @@ impl MatvecKernel {
         [MatvecKernel::BlockPerRow, MatvecKernel::WarpsPerRow(1), MatvecKernel::WarpsPerRow(2), MatvecKernel::WarpsPerRow(4)];
 }
 
-/// Attention: slots per block, threads per block, largest head dimension (attention.cu).
-/// Decode attention: fewest slots per block, and the most blocks (splits) per head past which the
-/// split grows instead (see [`decode_split`]).
-const ATT_SPLIT_MIN: usize = 32;
-const ATT_MAX_SPLITS: usize = 64;
+/// Decode attention (attention.cu): slots per tile (= threads per block), query heads per block
+/// of each kernel variant (`attn_decode_g1` .. `attn_decode_g8`), the blocks per call the split
+/// aims at (about four per multiprocessor of an H100/H200: two waves of the kernels, which keep
+/// two blocks per multiprocessor resident; the H200 figures in docs/PERFORMANCE.md were measured
+/// with it, other targets were not), the most splits aimed at (the kernel holds twice as many,
+/// `AD_MAX_SPLITS`), the fewest slots per split (a warp), and the threads of the merge kernel
+/// (`AD_MERGE_THREADS`).
+const AD_TILE: usize = 128;
+const AD_GROUPS: [usize; 4] = [1, 2, 4, 8];
+const AD_TARGET_BLOCKS: usize = 512;
+const AD_WANT_SPLITS_MAX: usize = 128;
+const AD_SPLIT_MIN: usize = 32;
+const AD_MERGE_THREADS: u32 = 256;
 
-/// Slots per block of decode attention over `n_slots` slots: 32, or more (a multiple of 32) so
-/// that a head has at most 64 blocks. Short caches get many small blocks in flight; long ones keep
-/// the partials that the combine pass reads bounded. (H200, Llama-3-8B: splits of 32 decoded at
-/// 258 t/s at 129 slots but lost 8% at 8,320 slots against 256.)
-fn decode_split(n_slots: usize) -> usize {
-    n_slots.div_ceil(ATT_MAX_SPLITS).div_ceil(ATT_SPLIT_MIN).max(1) * ATT_SPLIT_MIN
+/// Query heads per block of decode attention for a GQA group of `group` heads: the smallest
+/// kernel variant holding the group, else the largest (several blocks per KV head).
+fn decode_heads_per_block(group: usize) -> usize {
+    AD_GROUPS.iter().copied().find(|&g| g >= group).unwrap_or(AD_GROUPS[AD_GROUPS.len() - 1])
 }
-const ATT_THREADS: u32 = 128;
+
+/// The splits decode attention aims at for `n` tokens: enough blocks (KV heads x head chunks x
+/// splits x tokens) to fill the GPU, at most [`AD_WANT_SPLITS_MAX`].
+fn decode_want_splits(s: &AttnShape, n: usize) -> usize {
+    let group = s.n_head / s.n_head_kv.max(1);
+    let per_split = s.n_head_kv * group.div_ceil(decode_heads_per_block(group)) * n.max(1);
+    (AD_TARGET_BLOCKS / per_split.max(1)).clamp(1, AD_WANT_SPLITS_MAX)
+}
+
+/// Slots per split and the number of splits of decode attention over `n_slots` slots: the
+/// wanted number of splits, each a multiple of 32 slots, or of a whole tile (128) once a split
+/// is longer than one (so no split ends in a short tile: 8,320 slots are 65 splits of 128, not
+/// 52 of 160), which makes at most twice the splits wanted.
+fn decode_split(s: &AttnShape, n_slots: usize, n: usize) -> (usize, usize) {
+    let want = decode_want_splits(s, n);
+    let mut split = n_slots.div_ceil(want).div_ceil(AD_SPLIT_MIN).max(1) * AD_SPLIT_MIN;
+    if split > AD_TILE {
+        split = split / AD_TILE * AD_TILE;
+    }
+    (split, n_slots.div_ceil(split).max(1))
+}
+
+/// A bound on the splits of [`decode_split`], non-decreasing in `n_slots` (a partials buffer
+/// sized for the largest layer serves the smaller ones): splits have at least 32 slots and, past
+/// one tile, at least half the slots per wanted split.
+fn decode_max_splits(s: &AttnShape, n_slots: usize, n: usize) -> usize {
+    (2 * decode_want_splits(s, n)).min(n_slots.div_ceil(AD_SPLIT_MIN).max(1))
+}
+
+/// The largest head dimension of the attention kernels (`ATT_MAX_D`).
 pub const ATT_MAX_HEAD_DIM: usize = 256;
 
 /// The kernel [`CudaBackend::matvec`] uses.
@@ -192,8 +227,9 @@ struct Kernels {
     matvec1: Vec<CudaFunction>,
     /// Version 2 with 1, 2 and 4 warps per row, per type of [`MATVEC_TYPES`].
     matvec2: Vec<[CudaFunction; 3]>,
-    attn_partial: CudaFunction,
-    attn_combine: CudaFunction,
+    /// Decode attention with 1, 2, 4 and 8 query heads per block ([`AD_GROUPS`]).
+    attn_decode: [CudaFunction; 4],
+    attn_merge: CudaFunction,
 }
 
 /// The CUDA backend on one device.
@@ -286,8 +322,8 @@ impl CudaBackend {
                     Ok([func(&format!("matvec2_{n}_w1"))?, func(&format!("matvec2_{n}_w2"))?, func(&format!("matvec2_{n}_w4"))?])
                 })
                 .collect::<Result<_, CudaError>>()?,
-            attn_partial: func("attn_decode_partial")?,
-            attn_combine: func("attn_decode_combine")?,
+            attn_decode: [func("attn_decode_g1")?, func("attn_decode_g2")?, func("attn_decode_g4")?, func("attn_decode_g8")?],
+            attn_merge: func("attn_decode_merge")?,
         };
         let mk = model_ops::ModelKernels::load(&func)?;
         let blas = model_ops::open_blas(&stream);
@@ -557,12 +593,14 @@ impl CudaBackend {
         self.matvec(w, scratch, out)
     }
 
+
     /// Attention of one query (`q`: `[n_head][head_dim]`, at position `qpos`) over the cache
     /// slots (`k`: `[slot][n_head_kv][head_dim]`, `v`: `[slot][n_head_kv][head_dim_v]`, f16,
     /// positions `kpos`, negative when empty), into `out` (`[n_head][head_dim_v]`) and `lse`
     /// (`[n_head]`: the log-sum-exp of the scaled, masked scores; `-inf` and a zero output for a
     /// head that sees no slot). Same contract as `ggml_kernels::attention::attention` with one
-    /// query; head dimensions up to [`ATT_MAX_HEAD_DIM`].
+    /// query; head dimensions up to [`ATT_MAX_HEAD_DIM`]. Allocates its partials and uploads the
+    /// position: [`CudaBackend::attention_decode_dev`] is the capturable form.
     #[allow(clippy::too_many_arguments)]
     pub fn attention_decode(
         &self,
@@ -576,12 +614,23 @@ impl CudaBackend {
         out: &mut DeviceBuffer<f32>,
         lse: &mut DeviceBuffer<f32>,
     ) -> Result<(), CudaError> {
-        self.attention_decode_inner(s, q, qpos, None, None, kpos.len(), k, v, kpos, mask, None, out, lse)
+        // A `span` (a native window under a streaming one) reduces to `window` and `sink` at a
+        // host-side position except where the query sees only some of the sinks.
+        check_attn_shape(s)?;
+        let reduced = mask
+            .without_span_at(qpos)
+            .ok_or_else(|| CudaError::Invalid(format!("attention: mask {mask:?} is not supported by the decode kernel at {qpos}")))?;
+        let qpos = i32::try_from(qpos).map_err(|_| CudaError::Invalid(format!("attention: position {qpos} exceeds 32 bits")))?;
+        let n_slots = kpos.len();
+        let qpos_dev = self.upload(&[qpos])?;
+        let mut part = self.alloc::<f32>(Self::attention_partials(s, n_slots))?;
+        self.attention_decode_launch(s, q, &qpos_dev, None, n_slots, k, v, kpos, reduced, &mut part, out, lse)
     }
 
     /// [`CudaBackend::attention_decode`] with the query position read from `qpos` on the device
     /// and the partials in `part` (at least [`CudaBackend::attention_partials`] floats), so that
-    /// the launches allocate nothing and can be captured into a CUDA graph.
+    /// the launches allocate nothing and can be captured into a CUDA graph. A mask with a `span`
+    /// runs only where it reduces to `window` and `sink` at every position.
     #[allow(clippy::too_many_arguments)]
     pub fn attention_decode_dev(
         &self,
@@ -597,17 +646,47 @@ impl CudaBackend {
         lse: &mut DeviceBuffer<f32>,
     ) -> Result<(), CudaError> {
         expect_len("attention query position", 1, qpos.len())?;
-        self.attention_decode_inner(s, q, 0, Some(qpos), None, kpos.len(), k, v, kpos, mask, Some(part), out, lse)
+        let reduced = Self::decode_mask(mask)?;
+        self.attention_decode_launch(s, q, qpos, None, kpos.len(), k, v, kpos, reduced, part, out, lse)
     }
 
-    /// Attention of `n` single queries of `n` sequences at once (decode of several sequences):
+    /// Floats of the partials of one decode attention over `n_slots` slots (non-decreasing in
+    /// `n_slots`).
+    pub fn attention_partials(s: &AttnShape, n_slots: usize) -> usize {
+        Self::attention_partials_batch(s, n_slots, 1)
+    }
+
+    /// Floats of the partials of [`CudaBackend::attention_decode_batch`] for `n` tokens over
+    /// `n_slots` slots each (non-decreasing in `n_slots`).
+    pub fn attention_partials_batch(s: &AttnShape, n_slots: usize, n: usize) -> usize {
+        n * s.n_head * decode_max_splits(s, n_slots, n) * (2 + s.head_dim_v)
+    }
+
+    /// Per decode attention kernel (query heads per block): registers per thread, local memory
+    /// bytes per thread (spills) and resident blocks per multiprocessor.
+    pub fn attention_decode_occupancy(&self) -> Result<Vec<(usize, i32, i32, u32)>, CudaError> {
+        let mut r = Vec::with_capacity(AD_GROUPS.len());
+        for (g, f) in AD_GROUPS.iter().zip(&self.k.attn_decode) {
+            let regs = f.num_regs().map_err(driver("cuFuncGetAttribute"))?;
+            let local = f.local_size_bytes().map_err(driver("cuFuncGetAttribute"))?;
+            let blocks = f.occupancy_max_active_blocks_per_multiprocessor(AD_TILE as u32, 0, None).map_err(driver("cuOccupancyMaxActiveBlocksPerMultiprocessor"))?;
+            r.push((*g, regs, local, blocks));
+        }
+        Ok(r)
+    }
+
+    /// Decode attention of `n = qpos.len()` tokens, each of its own sequence (or several of one):
     /// token `t` (`q`: `[n][n_head][head_dim]`, at position `qpos[t]`) attends to the `n_slots`
-    /// slots from `base[t]` of caches that hold several sequences' slots (`k`, `v`, `kpos` as in
-    /// [`CudaBackend::attention_decode`], `kpos.len()` slots in all), into `out`
-    /// (`[n][n_head][head_dim_v]`) and `lse` (`[n][n_head]`). Positions and bases are read on the
-    /// device and nothing is allocated, so the launches can be captured into a CUDA graph; `part`
-    /// holds at least [`CudaBackend::attention_partials_batch`] floats. A token whose run of slots
-    /// does not lie within the cache sees no slot (zeros, `-inf`).
+    /// cache slots `base[t] .. base[t] + n_slots` (`k`: `[slot][n_head_kv][head_dim]`, `v`:
+    /// `[slot][n_head_kv][head_dim_v]`, f16, positions `kpos`, negative when empty; the caches
+    /// hold `kpos.len()` slots, e.g. `n_seq * n_slots`) with `mask`, into `out`
+    /// (`[n][n_head][head_dim_v]`) and `lse` (`[n][n_head]`), as
+    /// [`CudaBackend::attention_decode`] does for each token. Positions and bases are read on the
+    /// device and the partials go to `part` (at least [`CudaBackend::attention_partials_batch`]
+    /// floats): nothing is allocated or synchronized, so the launches can be captured into a
+    /// CUDA graph. A token whose slots `base[t] .. base[t] + n_slots` do not lie within the
+    /// caches sees no slot (zero output, `-inf` log-sum-exp). A mask with a `span` runs only where
+    /// it reduces to `window` and `sink` at every position.
     #[allow(clippy::too_many_arguments)]
     pub fn attention_decode_batch(
         &self,
@@ -624,124 +703,99 @@ impl CudaBackend {
         out: &mut DeviceBuffer<f32>,
         lse: &mut DeviceBuffer<f32>,
     ) -> Result<(), CudaError> {
-        expect_len("attention bases", qpos.len(), base.len())?;
-        self.attention_decode_inner(s, q, 0, Some(qpos), Some(base), n_slots, k, v, kpos, mask, Some(part), out, lse)
+        expect_len("attention sequence bases", qpos.len(), base.len())?;
+        let reduced = Self::decode_mask(mask)?;
+        self.attention_decode_launch(s, q, qpos, Some(base), n_slots, k, v, kpos, reduced, part, out, lse)
     }
 
-    /// Floats of the partials of one decode attention over `n_slots` slots.
-    pub fn attention_partials(s: &AttnShape, n_slots: usize) -> usize {
-        Self::attention_partials_batch(s, n_slots, 1)
+    /// `mask` as the decode kernel takes it for device-side positions (without `span`).
+    fn decode_mask(mask: AttnMask) -> Result<AttnMask, CudaError> {
+        mask.without_span().ok_or_else(|| CudaError::Invalid(format!("attention: mask {mask:?} is not supported by the decode kernel here")))
     }
 
-    /// Floats of the partials of [`CudaBackend::attention_decode_batch`] for `n` tokens over
-    /// `n_slots` slots each.
-    pub fn attention_partials_batch(s: &AttnShape, n_slots: usize, n: usize) -> usize {
-        n * s.n_head * n_slots.div_ceil(decode_split(n_slots)).max(1) * (2 + s.head_dim_v)
-    }
-
-    /// The decode attentions: `n = q.len() / (n_head * head_dim)` tokens; positions from
-    /// `qpos_dev` (one per token) or, for one token, `qpos`; each token's slots from its base in
-    /// `base_dev` (none: 0) over `n_slots` slots.
+    /// Checks the shapes and launches decode attention (`attn_decode_g*` then `attn_decode_merge`)
+    /// with a mask without `span`; `base` `None`: every token at slot 0.
     #[allow(clippy::too_many_arguments)]
-    fn attention_decode_inner(
+    fn attention_decode_launch(
         &self,
         s: &AttnShape,
         q: &DeviceBuffer<f32>,
-        qpos: i64,
-        qpos_dev: Option<&DeviceBuffer<i32>>,
-        base_dev: Option<&DeviceBuffer<i32>>,
+        qpos: &DeviceBuffer<i32>,
+        base: Option<&DeviceBuffer<i32>>,
         n_slots: usize,
         k: &DeviceBuffer<f16>,
         v: &DeviceBuffer<f16>,
         kpos: &DeviceBuffer<i32>,
         mask: AttnMask,
-        part_buf: Option<&mut DeviceBuffer<f32>>,
+        part: &mut DeviceBuffer<f32>,
         out: &mut DeviceBuffer<f32>,
         lse: &mut DeviceBuffer<f32>,
     ) -> Result<(), CudaError> {
         check_attn_shape(s)?;
-        let n = qpos_dev.map_or(1, |p| p.len());
-        let total_slots = kpos.len();
-        if n_slots > total_slots {
-            return Err(CudaError::Shape { what: "attention slots per sequence (at most)", expected: total_slots, got: n_slots });
-        }
+        debug_assert!(mask.span.is_none());
+        let n = qpos.len();
+        let total = kpos.len();
         expect_len("attention queries", n * s.n_head * s.head_dim, q.len())?;
-        if k.len() < total_slots * s.n_head_kv * s.head_dim {
-            return Err(CudaError::Shape { what: "attention keys (at least)", expected: total_slots * s.n_head_kv * s.head_dim, got: k.len() });
+        if n_slots > total {
+            return Err(CudaError::Invalid(format!("attention: {n_slots} slots per sequence in caches of {total} slots")));
         }
-        if v.len() < total_slots * s.n_head_kv * s.head_dim_v {
-            return Err(CudaError::Shape {
-                what: "attention values (at least)",
-                expected: total_slots * s.n_head_kv * s.head_dim_v,
-                got: v.len(),
-            });
+        if k.len() < total * s.n_head_kv * s.head_dim {
+            return Err(CudaError::Shape { what: "attention keys (at least)", expected: total * s.n_head_kv * s.head_dim, got: k.len() });
+        }
+        if v.len() < total * s.n_head_kv * s.head_dim_v {
+            return Err(CudaError::Shape { what: "attention values (at least)", expected: total * s.n_head_kv * s.head_dim_v, got: v.len() });
         }
         expect_len("attention output", n * s.n_head * s.head_dim_v, out.len())?;
         expect_len("attention lse", n * s.n_head, lse.len())?;
-        if s.n_head == 0 || n == 0 {
+        let n_part = Self::attention_partials_batch(s, n_slots, n);
+        if part.len() < n_part {
+            return Err(CudaError::Shape { what: "attention partials (at least)", expected: n_part, got: part.len() });
+        }
+        if n == 0 || s.n_head == 0 {
             return Ok(());
         }
-        // The kernel knows `window` and `sink`; a `span` (a native window under a streaming one)
-        // reduces to them at a host-side query position (except where it sees only some of the
-        // sinks), and for a device-side one only where it bounds nothing position-dependent.
-        let reduced = if qpos_dev.is_some() { mask.without_span() } else { mask.without_span_at(qpos) };
-        let mask = reduced.ok_or_else(|| CudaError::Invalid(format!("attention: mask {mask:?} is not supported by the decode kernel here")))?;
-        let qpos = i32::try_from(qpos).map_err(|_| CudaError::Invalid(format!("attention: position {qpos} exceeds 32 bits")))?;
+        if n > 65_535 {
+            return Err(CudaError::Invalid(format!("attention: {n} tokens in one decode call (at most 65,535)")));
+        }
         let window: i32 = match mask.window {
             None => -1,
             Some(w) => i32::try_from(w).unwrap_or(i32::MAX),
         };
         let sink = i32::try_from(mask.sink).unwrap_or(i32::MAX);
-        let split = decode_split(n_slots);
-        let n_splits = n_slots.div_ceil(split).max(1);
-        let split32 = as_i32("split", split)?;
-        // SAFETY (of the uninitialised allocation): attn_decode_partial writes every element of
-        // every (token, head, split) partial before attn_decode_combine reads it.
-        let n_part = Self::attention_partials_batch(s, n_slots, n);
-        let mut owned;
-        let part = match part_buf {
-            Some(p) => {
-                if p.len() < n_part {
-                    return Err(CudaError::Shape { what: "attention partials (at least)", expected: n_part, got: p.len() });
-                }
-                &mut p.inner
-            }
-            None => {
-                owned = unsafe { self.stream.alloc::<f32>(n_part) }.map_err(driver("cuMemAlloc"))?;
-                &mut owned
-            }
-        };
-        let (n_slots32, n_head, n_head_kv) = (as_i32("slots", n_slots)?, as_i32("n_head", s.n_head)?, as_i32("n_head_kv", s.n_head_kv)?);
+        let (split, n_splits) = decode_split(s, n_slots, n);
+        let group = s.n_head / s.n_head_kv;
+        let heads = decode_heads_per_block(group);
+        let f = &self.k.attn_decode[AD_GROUPS.iter().position(|&g| g == heads).unwrap_or(AD_GROUPS.len() - 1)];
+        let grid_x = as_u32("attention blocks per token", s.n_head_kv * group.div_ceil(heads))?;
+        let (n_slots32, total32, split32) = (as_i32("slots", n_slots)?, as_i32("cache slots", total)?, as_i32("split", split)?);
+        let (n_head, n_head_kv) = (as_i32("n_head", s.n_head)?, as_i32("n_head_kv", s.n_head_kv)?);
         let (d, dv, splits) = (s.head_dim as i32, s.head_dim_v as i32, as_i32("splits", n_splits)?);
-        let total = total_slots as i64;
-        let mut b = self.stream.launch_builder(&self.k.attn_partial);
-        b.arg(&q.inner).arg(&k.inner).arg(&v.inner).arg(&kpos.inner).arg(&mut *part);
-        let null: u64 = 0;
-        b.arg(&n_slots32).arg(&n_head).arg(&n_head_kv).arg(&d).arg(&dv).arg(&s.scale).arg(&qpos).arg(&window).arg(&sink);
-        match qpos_dev {
+        let no_base: u64 = 0;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&q.inner).arg(&k.inner).arg(&v.inner).arg(&kpos.inner).arg(&qpos.inner);
+        match base {
             Some(p) => b.arg(&p.inner),
-            None => b.arg(&null),
+            None => b.arg(&no_base),
         };
-        b.arg(&split32);
-        match base_dev {
-            Some(p) => b.arg(&p.inner),
-            None => b.arg(&null),
-        };
-        b.arg(&total);
-        let grid = LaunchConfig {
-            grid_dim: (as_u32("n_head", s.n_head)?, as_u32("splits", n_splits)?, as_u32("tokens", n)?),
-            block_dim: (ATT_THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        // SAFETY: block (h, split, t) reads q[t][h], the keys and values of kv head h / group for
-        // the slots of its split within its token's run [base, base + n_slots) (the kernel checks
-        // that run against total_slots, and k and v hold total_slots slots, as checked), kpos of
-        // those slots, and writes its partial (n_part floats, checked or allocated above).
-        unsafe { b.launch(grid) }.map_err(driver("launch attn_decode_partial"))?;
-        let mut b = self.stream.launch_builder(&self.k.attn_combine);
-        b.arg(&*part).arg(&mut out.inner).arg(&mut lse.inner).arg(&splits).arg(&dv);
-        // SAFETY: block (h, t) reads its n_splits partials and writes out[t][h][0..Dv] and lse[t][h].
-        unsafe { b.launch(cfg((as_u32("n_head", s.n_head)?, as_u32("tokens", n)?), 128)) }.map_err(driver("launch attn_decode_combine"))?;
+        b.arg(&mut part.inner);
+        b.arg(&n_slots32).arg(&total32).arg(&n_head).arg(&n_head_kv).arg(&d).arg(&dv).arg(&s.scale).arg(&window).arg(&sink).arg(&split32);
+        debug_assert!(n_splits <= decode_max_splits(s, n_slots, n));
+        let grid = LaunchConfig { grid_dim: (grid_x, as_u32("splits", n_splits)?, n as u32), block_dim: (AD_TILE as u32, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: block (kv head x head chunk, split, token t) reads qpos[t] and base[t] (n of
+        // each, checked), the queries of its heads in token t (checked), and the keys, values
+        // and positions of slots base[t] + (its split, < n_slots), only when base[t] .. base[t]
+        // + n_slots lies within the total slots (tested in the kernel; k and v hold at least the
+        // total, checked); it writes the partials of its heads and split for token t (n *
+        // n_head * n_splits * (2 + Dv) <= part.len(), checked). Head dimensions are within the
+        // kernel's shared arrays (check_attn_shape).
+        unsafe { b.launch(grid) }.map_err(driver("launch attn_decode"))?;
+        let mut b = self.stream.launch_builder(&self.k.attn_merge);
+        b.arg(&part.inner).arg(&mut out.inner).arg(&mut lse.inner).arg(&n_head).arg(&splits).arg(&dv);
+        let grid = LaunchConfig { grid_dim: (as_u32("n_head", s.n_head)?, n as u32, 1), block_dim: (AD_MERGE_THREADS, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: block (h, t) reads the n_splits (<= 2 * AD_WANT_SPLITS_MAX = AD_MAX_SPLITS)
+        // partials of head h of token t and writes out[t][h][0..Dv] and lse[t][h] (lengths
+        // checked).
+        unsafe { b.launch(grid) }.map_err(driver("launch attn_decode_merge"))?;
         Ok(())
     }
 }

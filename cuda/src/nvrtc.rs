@@ -70,7 +70,7 @@ pub(crate) const FILES: &[KernelFile] = &[
     KernelFile {
         name: "attention.cu",
         source: include_str!("../kernels/attention.cu"),
-        functions: &["attn_decode_partial", "attn_decode_combine", "attn_prefill"],
+        functions: &["attn_decode_g1", "attn_decode_g2", "attn_decode_g4", "attn_decode_g8", "attn_decode_merge", "attn_prefill"],
     },
     KernelFile {
         name: "dequant.cu",
@@ -424,6 +424,10 @@ mod tests {
                 // Defined by `DEQUANT_KERNELS(type, ...)` as get_rows_<type> and dequant_f16_<type>.
                 if let Some(ty) = func.strip_prefix("get_rows_").or_else(|| func.strip_prefix("dequant_f16_")) {
                     patterns.push(format!("DEQUANT_KERNELS({ty}, "));
+                }
+                // Defined by `ATTN_DECODE_KERNEL(G)` as attn_decode_g<G>.
+                if let Some(g) = func.strip_prefix("attn_decode_g") {
+                    patterns.push(format!("ATTN_DECODE_KERNEL({g})"));
                 }
                 let defined = patterns.iter().any(|p| f.source.contains(p));
                 assert!(defined && f.source.contains("__global__"), "{} lacks {func}", f.name);
