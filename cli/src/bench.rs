@@ -10,8 +10,8 @@
 //! forward call (the weights are read once per step for all of them); tokens/s counts every
 //! sequence's tokens, and the KV column is all N caches together. On the GPU the N prompts are
 //! prefilled one after the other, a depth fill is evaluated once per test and copied into every
-//! sequence and every run (llama.cpp's `llama_memory_seq_cp`), and `--parallel-fit` adds a test
-//! with as many sequences as fit in GPU memory.
+//! sequence and every run (llama.cpp's `llama_memory_seq_cp`), and `--parallel-fit` tests as
+//! many sequences as fit in GPU memory.
 //!
 //! `--lazy-layers` makes the listed layers stream (sink + window) from the first token, as a
 //! file's `lighttransfer.*` flags would: what the hybrid model saves in memory and time.
@@ -66,7 +66,8 @@ pub struct Args {
     /// Sequence counts to test: that many sequences prefilled and decoded together.
     #[arg(long = "parallel", value_delimiter = ',', default_value = "1")]
     parallel: Vec<usize>,
-    /// GPU: also test as many sequences as fit in GPU memory (after the weights).
+    /// GPU: test as many sequences as fit in GPU memory (after the weights) instead of the
+    /// `--parallel` counts.
     #[arg(long = "parallel-fit")]
     parallel_fit: bool,
     /// These layers stream (keep sink + window positions) from the first token (e.g. 0,2,4).
@@ -358,11 +359,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             // (lazy fraction, sequences or None for "as many as fit", test)
             let mut cases: Vec<(f32, Option<usize>, &Test)> = Vec::new();
             for &lazy in &args.lazy {
-                for &n_seq in &args.parallel {
-                    cases.extend(tests.iter().map(|t| (lazy, Some(n_seq), t)));
-                }
                 if args.parallel_fit {
                     cases.extend(tests.iter().map(|t| (lazy, None, t)));
+                } else {
+                    for &n_seq in &args.parallel {
+                        cases.extend(tests.iter().map(|t| (lazy, Some(n_seq), t)));
+                    }
                 }
             }
             for (lazy, n_seq, t) in cases {

@@ -5,8 +5,8 @@
 // Cache layout: k [slot][n_head_kv][D], v [slot][n_head_kv][Dv] (f16), kpos [slot] (the absolute
 // position a slot holds; negative when empty). Query head h reads KV head h / (n_head / n_head_kv).
 // A slot at position kp is visible from the query position qp when
-//   kp >= 0 && kp <= qp && (window < 0 || qp - kp < window || kp < sink)
-// (window < 0: no window). Token t of a call (query q[t], position qpos[t]) sees the n_slots
+//   kp >= 0 && kp <= qp && (window < 0 || qp - kp < window || kp < sink) && (span < 0 || qp - kp < span)
+// (window < 0: no window; span < 0: no bound on the sinks' distance, see AttnMask::span). Token t of a call (query q[t], position qpos[t]) sees the n_slots
 // slots base[t] .. base[t] + n_slots of the caches (several sequences side by side).
 //
 // Two passes (split-K, "flash decoding"). attn_decode_g<G>: a block takes one KV head, G query
@@ -31,8 +31,8 @@
 #define AD_MERGE_THREADS 256
 #define ATT_MAX_D 256
 
-__device__ __forceinline__ bool att_visible(int kp, int qp, int window, int sink) {
-    return kp >= 0 && kp <= qp && (window < 0 || qp - kp < window || kp < sink);
+__device__ __forceinline__ bool att_visible(int kp, int qp, int window, int sink, int span) {
+    return kp >= 0 && kp <= qp && (window < 0 || qp - kp < window || kp < sink) && (span < 0 || qp - kp < span);
 }
 
 // Eight f16 values.
@@ -72,7 +72,7 @@ __device__ __forceinline__ void attn_decode_body(const float* __restrict__ q, co
                                                  const int* __restrict__ qpos, const int* __restrict__ base,
                                                  float* __restrict__ part, int n_slots, int total_slots, int n_head,
                                                  int n_head_kv, int D, int Dv, float scale, int window, int sink,
-                                                 int split) {
+                                                 int span, int split) {
     __shared__ __align__(16) float sq[G][ATT_MAX_D];  // the scaled queries
     __shared__ float sp[G][AD_TILE];                  // the tile's probabilities
     __shared__ float sred[AD_WARPS][G];
@@ -123,7 +123,7 @@ __device__ __forceinline__ void attn_decode_body(const float* __restrict__ q, co
 
     for (int tile = s0; in_range && tile < s1; tile += AD_TILE) {
         const int s = tile + tid;
-        const bool vis = s < s1 && att_visible(kp, qp, window, sink);
+        const bool vis = s < s1 && att_visible(kp, qp, window, sink, span);
         kp = s + AD_TILE < s1 ? kpos[b + s + AD_TILE] : -1;
         const u32 ballot = __ballot_sync(FULL_MASK, vis);
         // (Also the barrier after the previous tile's reads of sp and svis.)
@@ -263,9 +263,9 @@ __device__ __forceinline__ void attn_decode_body(const float* __restrict__ q, co
         attn_decode_g##G(const float* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v,             \
                          const int* __restrict__ kpos, const int* __restrict__ qpos, const int* __restrict__ base,      \
                          float* __restrict__ part, int n_slots, int total_slots, int n_head, int n_head_kv, int D,      \
-                         int Dv, float scale, int window, int sink, int split) {                                        \
+                         int Dv, float scale, int window, int sink, int span, int split) {                              \
         attn_decode_body<G>(q, k, v, kpos, qpos, base, part, n_slots, total_slots, n_head, n_head_kv, D, Dv, scale,   \
-                            window, sink, split);                                                                       \
+                            window, sink, span, split);                                                                 \
     }
 ATTN_DECODE_KERNEL(1)
 ATTN_DECODE_KERNEL(2)
@@ -361,7 +361,7 @@ attn_decode_merge(const float* __restrict__ part, float* __restrict__ out, float
 extern "C" __global__ void __launch_bounds__(AP_THREADS)
 attn_prefill(const float* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v,
              const int* __restrict__ kpos, const int* __restrict__ qpos, float* __restrict__ out, int n_q,
-             int n_slots, int n_head, int n_head_kv, int D, int Dv, float scale, int window, int sink) {
+             int n_slots, int n_head, int n_head_kv, int D, int Dv, float scale, int window, int sink, int span) {
     __shared__ float sq[AP_Q][ATT_MAX_D];
     __shared__ u16 skv[AP_K][AP_KV_STRIDE];
     __shared__ float sp[AP_Q][AP_K + 1];
@@ -396,7 +396,7 @@ attn_prefill(const float* __restrict__ q, const u16* __restrict__ k, const u16* 
             const int kp = s0 + tid < n_slots ? kpos[s0 + tid] : -1;
             skpos[tid] = kp;
             // Visible to some query of the block (a superset: any position in [qlo, qhi]).
-            any = kp >= 0 && kp <= qhi && (window < 0 || kp < sink || kp > qlo - window);
+            any = kp >= 0 && kp <= qhi && (window < 0 || kp < sink || kp > qlo - window) && (span < 0 || kp > qlo - span);
         }
         if (!__syncthreads_or(any)) continue;
         for (int i = tid; i < AP_K * D; i += AP_THREADS) {
@@ -416,7 +416,7 @@ attn_prefill(const float* __restrict__ q, const u16* __restrict__ k, const u16* 
         float mt = neg_inf();
 #pragma unroll
         for (int j = 0; j < AP_K / AP_RG; ++j) {
-            if (!q_ok || !att_visible(skpos[g + AP_RG * j], qp, window, sink)) sc[j] = neg_inf();
+            if (!q_ok || !att_visible(skpos[g + AP_RG * j], qp, window, sink, span)) sc[j] = neg_inf();
             mt = fmaxf(mt, sc[j]);
         }
 #pragma unroll

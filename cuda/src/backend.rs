@@ -614,17 +614,12 @@ impl CudaBackend {
         out: &mut DeviceBuffer<f32>,
         lse: &mut DeviceBuffer<f32>,
     ) -> Result<(), CudaError> {
-        // A `span` (a native window under a streaming one) reduces to `window` and `sink` at a
-        // host-side position except where the query sees only some of the sinks.
         check_attn_shape(s)?;
-        let reduced = mask
-            .without_span_at(qpos)
-            .ok_or_else(|| CudaError::Invalid(format!("attention: mask {mask:?} is not supported by the decode kernel at {qpos}")))?;
         let qpos = i32::try_from(qpos).map_err(|_| CudaError::Invalid(format!("attention: position {qpos} exceeds 32 bits")))?;
         let n_slots = kpos.len();
         let qpos_dev = self.upload(&[qpos])?;
         let mut part = self.alloc::<f32>(Self::attention_partials(s, n_slots))?;
-        self.attention_decode_launch(s, q, &qpos_dev, None, n_slots, k, v, kpos, reduced, &mut part, out, lse)
+        self.attention_decode_launch(s, q, &qpos_dev, None, n_slots, k, v, kpos, mask, &mut part, out, lse)
     }
 
     /// [`CudaBackend::attention_decode`] with the query position read from `qpos` on the device
@@ -646,8 +641,7 @@ impl CudaBackend {
         lse: &mut DeviceBuffer<f32>,
     ) -> Result<(), CudaError> {
         expect_len("attention query position", 1, qpos.len())?;
-        let reduced = Self::decode_mask(mask)?;
-        self.attention_decode_launch(s, q, qpos, None, kpos.len(), k, v, kpos, reduced, part, out, lse)
+        self.attention_decode_launch(s, q, qpos, None, kpos.len(), k, v, kpos, mask, part, out, lse)
     }
 
     /// Floats of the partials of one decode attention over `n_slots` slots (non-decreasing in
@@ -704,17 +698,11 @@ impl CudaBackend {
         lse: &mut DeviceBuffer<f32>,
     ) -> Result<(), CudaError> {
         expect_len("attention sequence bases", qpos.len(), base.len())?;
-        let reduced = Self::decode_mask(mask)?;
-        self.attention_decode_launch(s, q, qpos, Some(base), n_slots, k, v, kpos, reduced, part, out, lse)
+        self.attention_decode_launch(s, q, qpos, Some(base), n_slots, k, v, kpos, mask, part, out, lse)
     }
 
-    /// `mask` as the decode kernel takes it for device-side positions (without `span`).
-    fn decode_mask(mask: AttnMask) -> Result<AttnMask, CudaError> {
-        mask.without_span().ok_or_else(|| CudaError::Invalid(format!("attention: mask {mask:?} is not supported by the decode kernel here")))
-    }
-
-    /// Checks the shapes and launches decode attention (`attn_decode_g*` then `attn_decode_merge`)
-    /// with a mask without `span`; `base` `None`: every token at slot 0.
+    /// Checks the shapes and launches decode attention (`attn_decode_g*` then `attn_decode_merge`);
+    /// `base` `None`: every token at slot 0.
     #[allow(clippy::too_many_arguments)]
     fn attention_decode_launch(
         &self,
@@ -732,7 +720,6 @@ impl CudaBackend {
         lse: &mut DeviceBuffer<f32>,
     ) -> Result<(), CudaError> {
         check_attn_shape(s)?;
-        debug_assert!(mask.span.is_none());
         let n = qpos.len();
         let total = kpos.len();
         expect_len("attention queries", n * s.n_head * s.head_dim, q.len())?;
@@ -762,6 +749,7 @@ impl CudaBackend {
             Some(w) => i32::try_from(w).unwrap_or(i32::MAX),
         };
         let sink = i32::try_from(mask.sink).unwrap_or(i32::MAX);
+        let span: i32 = mask.span.map_or(-1, |w| i32::try_from(w).unwrap_or(i32::MAX));
         let (split, n_splits) = decode_split(s, n_slots, n);
         let group = s.n_head / s.n_head_kv;
         let heads = decode_heads_per_block(group);
@@ -778,7 +766,7 @@ impl CudaBackend {
             None => b.arg(&no_base),
         };
         b.arg(&mut part.inner);
-        b.arg(&n_slots32).arg(&total32).arg(&n_head).arg(&n_head_kv).arg(&d).arg(&dv).arg(&s.scale).arg(&window).arg(&sink).arg(&split32);
+        b.arg(&n_slots32).arg(&total32).arg(&n_head).arg(&n_head_kv).arg(&d).arg(&dv).arg(&s.scale).arg(&window).arg(&sink).arg(&span).arg(&split32);
         debug_assert!(n_splits <= decode_max_splits(s, n_slots, n));
         let grid = LaunchConfig { grid_dim: (grid_x, as_u32("splits", n_splits)?, n as u32), block_dim: (AD_TILE as u32, 1, 1), shared_mem_bytes: 0 };
         // SAFETY: block (kv head x head chunk, split, token t) reads qpos[t] and base[t] (n of

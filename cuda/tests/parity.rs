@@ -427,7 +427,8 @@ fn attention_rejects_bad_shapes() {
 fn attention_decode_matches_cpu_for_every_mask_group_and_head_size() {
     let Some(gpu) = gpu() else { return };
     let in_order = |n: i32| (0..n).collect::<Vec<i32>>();
-    let masks = [AttnMask::CAUSAL, AttnMask::sliding(300), AttnMask::streaming(4, 200)];
+    // (The last: a lazy sliding-window layer, whose sinks are seen within its native window.)
+    let masks = [AttnMask::CAUSAL, AttnMask::sliding(300), AttnMask::streaming(4, 200), AttnMask::streaming(4, 200).within(Some(1098))];
     let mut cases = Vec::new();
     for group in [1usize, 2, 4, 8] {
         for head_dim in [64usize, 128, 256] {
@@ -572,6 +573,8 @@ fn attention_prefill_matches_cpu_for_every_mask() {
         (8, 2, 128, 128, in_order(300), 100, 200, AttnMask::sliding(64)),
         (4, 4, 64, 64, in_order(300), 150, 150, AttnMask::streaming(4, 32)),
         (4, 1, 256, 256, ring, 980, 21, AttnMask::sliding(256)),
+        // A lazy sliding-window layer: queries 140..299 see the sinks while within 150 of them.
+        (4, 2, 64, 64, in_order(300), 140, 160, AttnMask::streaming(4, 32).within(Some(150))),
         (10, 2, 80, 80, in_order(77), 40, 37, AttnMask::CAUSAL),
         (4, 1, 64, 32, in_order(40), 20, 20, AttnMask::CAUSAL),
     ];

@@ -433,15 +433,12 @@ impl CudaBackend {
         if n == 0 || s.n_head == 0 {
             return Ok(());
         }
-        // The kernel knows `window` and `sink`: a `span` mask runs only where it reduces to them.
-        let mask = mask
-            .without_span()
-            .ok_or_else(|| CudaError::Invalid(format!("attention: mask {mask:?} is not supported by the prefill kernel")))?;
         let window: i32 = match mask.window {
             None => -1,
             Some(w) => i32::try_from(w).unwrap_or(i32::MAX),
         };
         let sink = i32::try_from(mask.sink).unwrap_or(i32::MAX);
+        let span: i32 = mask.span.map_or(-1, |w| i32::try_from(w).unwrap_or(i32::MAX));
         let (n32, slots32) = (as_i32("queries", n)?, as_i32("slots", n_slots)?);
         let (nh, nkv, d, dv) = (as_i32("n_head", s.n_head)?, as_i32("n_head_kv", s.n_head_kv)?, s.head_dim as i32, s.head_dim_v as i32);
         let kv = k.inner.slice(slots.start * k_row..slots.end * k_row);
@@ -449,7 +446,7 @@ impl CudaBackend {
         let pv = kpos.inner.slice(slots.clone());
         let mut b = self.stream.launch_builder(&self.mk.attn_prefill);
         b.arg(&q.inner).arg(&kv).arg(&vv).arg(&pv).arg(&qpos.inner).arg(&mut out.inner);
-        b.arg(&n32).arg(&slots32).arg(&nh).arg(&nkv).arg(&d).arg(&dv).arg(&s.scale).arg(&window).arg(&sink);
+        b.arg(&n32).arg(&slots32).arg(&nh).arg(&nkv).arg(&d).arg(&dv).arg(&s.scale).arg(&window).arg(&sink).arg(&span);
         // SAFETY: block (i, h) reads queries i*AP_Q.. (< n) of head h, every slot's key and value
         // of KV head h / group (the n_slots slots of the views, within the buffers as checked),
         // kpos and qpos, and writes the output rows of its queries; head dimensions are within

@@ -10,8 +10,9 @@
 //! Where it differs from the CPU path: streaming (lazy) layers keep `sink + window + n_batch`
 //! slots instead of exactly `sink + window`, the batch margin that native sliding-window layers
 //! already have, so a prefill batch is written before it is attended to (the masks, which work
-//! on positions, give the same result); lazy layers come from the file's flags or explicit
-//! options, not from LightTransfer-Test (which measures scores during prefill on the CPU path).
+//! on positions, give the same result); lazy layers come from the file's flags, explicit
+//! options, or LightTransfer-Test (`probe.rs`: measured in the prompt's last batch, the chosen
+//! layers cut to streaming once the prompt is done, where the CPU cuts them layer by layer).
 //! Activations are quantized to Q8_1 for decode (the CPU uses Q8_0/Q8_K) and rounded to f16 for
 //! the prefill GEMMs, so logits differ from the CPU's within the bound of `tests/gpu_parity.rs`.
 
@@ -420,13 +421,6 @@ impl Plan {
             .unwrap_or_else(|| c.layers.iter().map(|l| l.window.map_or(LayerKind::Full, |window| LayerKind::Window { window })).collect());
         if kinds.len() != c.n_layer {
             return Err(ModelError::Config(format!("{} layer kinds for {} layers", kinds.len(), c.n_layer)).into());
-        }
-        // The CUDA attention kernels know `window` and `sink` only: a lazy sliding-window layer
-        // whose sinks are visible to its early queries only (`AttnMask::span`) runs on the CPU.
-        if let Some(il) = kinds.iter().position(|k| k.mask().without_span().is_none()) {
-            return Err(GpuError::Unsupported(format!(
-                "layer {il}: a lazy sliding-window layer narrower than its native window (its sinks are seen within that window only)"
-            )));
         }
         let n_batch = p.n_batch.min(p.n_ctx);
         let layouts: Vec<(usize, usize)> = kinds.iter().map(|&k| layout(k, p.n_ctx, n_batch)).collect();

@@ -58,9 +58,7 @@ pub(super) fn measure(
     let mut part: DeviceBuffer<f32> = be.alloc(engine_cuda::CudaBackend::attention_partials_batch(&shape, kv.n_slots, w))?;
     let mut out: DeviceBuffer<f32> = be.alloc(w * c.n_head * c.head_dim_v)?;
     let mut lse: DeviceBuffer<f32> = be.alloc(w * c.n_head)?;
-    let unsupported = |what: &str, mask: AttnMask| GpuError::Unsupported(format!("LightTransfer-Test of layer {il}: the {what} mask {mask:?}"));
-    let full_mask = native.without_span().ok_or_else(|| unsupported("layer's", native))?;
-    be.attention_decode_batch(&shape, &qw, &qpos, &base, kv.n_slots, &kv.k, &kv.v, &kv.pos, full_mask, &mut part, &mut out, &mut lse)?;
+    be.attention_decode_batch(&shape, &qw, &qpos, &base, kv.n_slots, &kv.k, &kv.v, &kv.pos, native, &mut part, &mut out, &mut lse)?;
     let full = be.download(&lse)?;
     let mut sum = 0f64;
     if native == AttnMask::CAUSAL {
@@ -89,8 +87,7 @@ pub(super) fn measure(
             be.upload_into(&[qp as i32], &mut qpos1)?;
             let keep_window = (window as i64 - (end as i64 - 1 - qp as i64)).max(0) as u32;
             let keep = AttnMask { window: Some(keep_window), sink: sink as u32, span: native.span.or(native.window) };
-            let keep_here = keep.without_span_at(qp as i64).ok_or_else(|| unsupported("kept keys'", keep))?;
-            be.attention_decode_batch(&shape, &q1, &qpos1, &base1, kv.n_slots, &kv.k, &kv.v, &kv.pos, keep_here, &mut part, &mut out1, &mut lse1)?;
+            be.attention_decode_batch(&shape, &q1, &qpos1, &base1, kv.n_slots, &kv.k, &kv.v, &kv.pos, keep, &mut part, &mut out1, &mut lse1)?;
             let kept = be.download(&lse1)?;
             for (&f, &k) in full[j * c.n_head..(j + 1) * c.n_head].iter().zip(&kept) {
                 sum += if f == f32::NEG_INFINITY { 1.0 } else { ((k - f) as f64).exp() };
@@ -116,11 +113,6 @@ impl GpuSession<'_> {
                 continue;
             }
             let kind = stream.kind(self.layers[il].kind);
-            if kind.mask().without_span().is_none() {
-                return Err(GpuError::Unsupported(format!(
-                    "LightTransfer-Test chose layer {il}, a sliding-window layer whose streaming form sees its sinks within its native window only; run --lazy on the CPU"
-                )));
-            }
             self.cut_layer(il, kind, stream.sink as usize, stream.window as usize)?;
             cut = true;
         }
