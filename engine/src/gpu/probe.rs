@@ -6,8 +6,9 @@
 //! falls on the sink keys (`k < sink`) and the recent ones (`k >= end - window`), averaged in
 //! probability space. Here it comes from log-sum-exps of the decode attention kernel over all the
 //! measured queries at once: one under the layer's mask, and (full-attention layers) one over the
-//! keys a lazy layer drops, `[sink, end - window)`, which lie before every measured query, so
-//! `share kept = 1 - exp(lse_dropped - lse_full)`. A native sliding-window layer bounds its keys
+//! keys a lazy layer drops, `[sink, end - window)`, which lie before every measured query from
+//! `end - window - 1` on, so `share kept = 1 - exp(lse_dropped - lse_full)` (an earlier query,
+//! when `w_last > window`, keeps only the sinks: one more log-sum-exp over them). A native sliding-window layer bounds its keys
 //! by each query's position, so there the kept keys' mask is applied one query at a time.
 //!
 //! Unlike the CPU's layer-major prefill, every layer stays full until the prompt is done (the
@@ -62,16 +63,27 @@ pub(super) fn measure(
     let full = be.download(&lse)?;
     let mut sum = 0f64;
     if native == AttnMask::CAUSAL {
-        // The keys a lazy layer drops, [sink, end - window), come before every measured query,
-        // so one mask serves all of them: seen from position end - window - 1 with a window of
-        // end - window - sink positions. share kept = 1 - exp(lse_dropped - lse_full).
-        let from = (end - window - 1) as i32;
-        let seen_from = be.upload(&vec![from; w])?;
-        let dropped_mask = AttnMask { window: Some((end - window - sink) as u32), sink: 0, span: None };
-        be.attention_decode_batch(&shape, &qw, &seen_from, &base, kv.n_slots, &kv.k, &kv.v, &kv.pos, dropped_mask, &mut part, &mut out, &mut lse)?;
-        let dropped = be.download(&lse)?;
-        for (&f, &d) in full.iter().zip(&dropped) {
-            sum += if f == f32::NEG_INFINITY { 1.0 } else { (1.0 - ((d - f) as f64).exp()).max(0.0) };
+        // The keys a lazy layer drops, [sink, end - window), come before every measured query
+        // at or after end - window - 1, so one mask serves all of those: seen from position
+        // end - window - 1 with a window of end - window - sink positions, and their share kept
+        // is 1 - exp(lse_dropped - lse_full). An earlier query (w_last > window) keeps only the
+        // sinks: seen from position sink - 1, share exp(lse_sinks - lse_full).
+        let mut lse_from = |from: usize, mask: AttnMask| -> Result<Vec<f32>, GpuError> {
+            let at = be.upload(&vec![from as i32; w])?;
+            be.attention_decode_batch(&shape, &qw, &at, &base, kv.n_slots, &kv.k, &kv.v, &kv.pos, mask, &mut part, &mut out, &mut lse)?;
+            Ok(be.download(&lse)?)
+        };
+        let dropped = lse_from(end - window - 1, AttnMask { window: Some((end - window - sink) as u32), sink: 0, span: None })?;
+        let sinks = if sink > 0 { lse_from(sink - 1, AttnMask::CAUSAL)? } else { vec![f32::NEG_INFINITY; w * c.n_head] };
+        for (row, &f) in full.iter().enumerate() {
+            let qp = first + row / c.n_head;
+            sum += if f == f32::NEG_INFINITY {
+                1.0
+            } else if qp + 1 >= end - window {
+                (1.0 - ((dropped[row] - f) as f64).exp()).max(0.0)
+            } else {
+                ((sinks[row] - f) as f64).exp()
+            };
         }
     } else {
         // A native sliding window bounds the keys by each query's position: the kept keys'
