@@ -203,6 +203,6 @@ fn output(m: &GpuModel, b: &mut Batch, mm: &mut MatmulScratch, which: Logits) ->
     let mut normed: DeviceBuffer<f32> = be.alloc(rows.len() * e)?;
     be.rms_norm(&xo, &m.output_norm, c.rms_eps, &mut normed)?;
     let mut logits: DeviceBuffer<f32> = be.alloc(rows.len() * c.n_vocab)?;
-    be.matmul(m.output_matrix(), &normed, rows.len(), mm, &mut logits)?;
+    be.matmul_w16(m.output_matrix(), m.output16.as_ref(), &normed, rows.len(), mm, &mut logits)?;
     Ok(be.download(&logits)?)
 }

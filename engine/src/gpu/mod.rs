@@ -94,6 +94,9 @@ pub struct GpuModel {
     token_embd: DeviceMatrix,
     /// `None` when the output projection is the embedding matrix (tied).
     output: Option<DeviceMatrix>,
+    /// The output projection's f16 copy, kept with the layers' (the logits of several
+    /// positions or sequences as one GEMM).
+    output16: Option<DeviceBuffer<f16>>,
     output_norm: DeviceBuffer<f32>,
     layers: Vec<GpuLayer>,
     /// Bytes uploaded.
@@ -155,7 +158,10 @@ impl GpuModel {
         // f16 copies of the layer matrices for prefill, when cuBLAS is there and they take at
         // most half of the memory left (the rest is for KV caches); ENGINE_CUDA_F16_WEIGHTS=0
         // turns them off.
-        let f16_elems: usize = layers.iter().flat_map(|l| l.matrices().map(|m| m.rows * m.cols)).sum();
+        let out_w = if std::ptr::eq(w.output.data, w.token_embd.data) { &w.token_embd } else { &w.output };
+        let out16 = engine_cuda::DEQUANT_TYPES.contains(&out_w.ty);
+        let f16_elems: usize =
+            layers.iter().flat_map(|l| l.matrices().map(|m| m.rows * m.cols)).sum::<usize>() + if out16 { out_w.rows * out_w.cols } else { 0 };
         let wanted = std::env::var("ENGINE_CUDA_F16_WEIGHTS").map_or(true, |v| v != "0");
         let (free_now, _) = be.memory_info()?;
         let mut f16_bytes = 0;
@@ -174,6 +180,14 @@ impl GpuModel {
         let token_embd = be.upload_matrix(&w.token_embd)?;
         let tied = std::ptr::eq(w.output.data, w.token_embd.data);
         let output = if tied { None } else { Some(be.upload_matrix(&w.output)?) };
+        let output16 = if f16_bytes > 0 && out16 {
+            let m = output.as_ref().unwrap_or(&token_embd);
+            let mut b = be.alloc::<f16>(m.rows * m.cols)?;
+            be.dequantize_f16(m, &mut b)?;
+            Some(b)
+        } else {
+            None
+        };
         let output_norm = be.upload(&w.output_norm)?;
         be.synchronize()?;
         Ok(GpuModel {
@@ -181,6 +195,7 @@ impl GpuModel {
             be,
             token_embd,
             output,
+            output16,
             output_norm,
             layers,
             weight_bytes: model.weight_bytes(),
