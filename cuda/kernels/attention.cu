@@ -113,16 +113,25 @@ attn_decode_partial(const float* __restrict__ q, const u16* __restrict__ k, cons
     }
 }
 
-// Launch: grid (n_head), block (any multiple of 32). out: [n_head][Dv], lse: [n_head].
+// Launch: grid (n_head), block (any multiple of 32). out: [n_head][Dv], lse: [n_head]. When outq
+// is not null (decode: the input of the output projection), out is also quantized to Q8_1 blocks
+// there (Dv a multiple of 32: each warp's run of 32 outputs is one block), the bytes
+// quantize_q8_1 would give for out.
 extern "C" __global__ void attn_decode_combine(const float* __restrict__ part, float* __restrict__ out,
-                                               float* __restrict__ lse, int n_splits, int Dv) {
+                                               float* __restrict__ lse, int n_splits, int Dv,
+                                               block_q8_1* __restrict__ outq) {
     const int h = blockIdx.x;
+    const int lane = threadIdx.x % WARP_SIZE;
     const float* ph = part + (long long)h * n_splits * (2 + Dv);
     float M = neg_inf();
     for (int s = 0; s < n_splits; ++s) M = fmaxf(M, ph[(long long)s * (2 + Dv)]);
     float* oh = out + (long long)h * Dv;
+    // Whole warps step together (d0: the warp's first output), so a warp can quantize its run.
     if (M == neg_inf()) {
-        for (int d = threadIdx.x; d < Dv; d += blockDim.x) oh[d] = 0.0f;
+        for (int d0 = threadIdx.x - lane; d0 < Dv; d0 += blockDim.x) {
+            if (d0 + lane < Dv) oh[d0 + lane] = 0.0f;
+            if (outq != nullptr) quantize_q8_1_warp(0.0f, outq + ((long long)h * Dv + d0) / 32);
+        }
         if (threadIdx.x == 0) lse[h] = neg_inf();
         return;
     }
@@ -132,13 +141,19 @@ extern "C" __global__ void attn_decode_combine(const float* __restrict__ part, f
         L += ps[1] * expf(ps[0] - M);
     }
     const float inv = 1.0f / L;
-    for (int d = threadIdx.x; d < Dv; d += blockDim.x) {
-        float acc = 0.0f;
-        for (int s = 0; s < n_splits; ++s) {
-            const float* ps = ph + (long long)s * (2 + Dv);
-            acc += ps[2 + d] * expf(ps[0] - M);
+    for (int d0 = threadIdx.x - lane; d0 < Dv; d0 += blockDim.x) {
+        const int d = d0 + lane;
+        float o = 0.0f;
+        if (d < Dv) {
+            float acc = 0.0f;
+            for (int s = 0; s < n_splits; ++s) {
+                const float* ps = ph + (long long)s * (2 + Dv);
+                acc += ps[2 + d] * expf(ps[0] - M);
+            }
+            o = acc * inv;
+            oh[d] = o;
         }
-        oh[d] = acc * inv;
+        if (outq != nullptr) quantize_q8_1_warp(o, outq + ((long long)h * Dv + d0) / 32);
     }
     if (threadIdx.x == 0) lse[h] = M + logf(L);
 }

@@ -19,7 +19,9 @@ use crate::error::{driver, guarded, CudaError};
 use crate::nvrtc::{self, ModuleImage, FILES};
 use crate::DeviceInfo;
 
+mod fused;
 mod model_ops;
+pub use fused::QkvExtras;
 pub use model_ops::{DeviceGraph, MatmulScratch, DEQUANT_TYPES, GEMM_MIN_TOKENS};
 
 mod sealed {
@@ -205,6 +207,7 @@ pub struct CudaBackend {
     modules: Vec<ModuleImage>,
     k: Kernels,
     mk: model_ops::ModelKernels,
+    fk: fused::FusedKernels,
     /// cuBLAS for prefill GEMMs, or why it could not be loaded.
     blas: Result<cudarc::cublas::CudaBlas, String>,
 }
@@ -290,8 +293,9 @@ impl CudaBackend {
             attn_combine: func("attn_decode_combine")?,
         };
         let mk = model_ops::ModelKernels::load(&func)?;
+        let fk = fused::FusedKernels::load(&func)?;
         let blas = model_ops::open_blas(&stream);
-        Ok(CudaBackend { ctx, stream, info, multiprocessors, modules, k, mk, blas })
+        Ok(CudaBackend { ctx, stream, info, multiprocessors, modules, k, mk, fk, blas })
     }
 
     /// The device.
@@ -576,7 +580,7 @@ impl CudaBackend {
         out: &mut DeviceBuffer<f32>,
         lse: &mut DeviceBuffer<f32>,
     ) -> Result<(), CudaError> {
-        self.attention_decode_inner(s, q, qpos, None, k, v, kpos, mask, None, out, lse)
+        self.attention_decode_inner(s, q, qpos, None, k, v, kpos, mask, None, out, lse, None)
     }
 
     /// [`CudaBackend::attention_decode`] with the query position read from `qpos` on the device
@@ -597,7 +601,34 @@ impl CudaBackend {
         lse: &mut DeviceBuffer<f32>,
     ) -> Result<(), CudaError> {
         expect_len("attention query position", 1, qpos.len())?;
-        self.attention_decode_inner(s, q, 0, Some(qpos), k, v, kpos, mask, Some(part), out, lse)
+        self.attention_decode_inner(s, q, 0, Some(qpos), k, v, kpos, mask, Some(part), out, lse, None)
+    }
+
+    /// [`CudaBackend::attention_decode_dev`] that also writes `out` quantized to Q8_1 into
+    /// `out_q8` (the input of the output projection; the bytes of
+    /// [`CudaBackend::quantize_q8_1`] of `out`), in the same launches. `head_dim_v` must be a
+    /// multiple of 32.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_decode_dev_q8_1(
+        &self,
+        s: &AttnShape,
+        q: &DeviceBuffer<f32>,
+        qpos: &DeviceBuffer<i32>,
+        k: &DeviceBuffer<f16>,
+        v: &DeviceBuffer<f16>,
+        kpos: &DeviceBuffer<i32>,
+        mask: AttnMask,
+        part: &mut DeviceBuffer<f32>,
+        out: &mut DeviceBuffer<f32>,
+        lse: &mut DeviceBuffer<f32>,
+        out_q8: &mut DeviceBuffer<u8>,
+    ) -> Result<(), CudaError> {
+        expect_len("attention query position", 1, qpos.len())?;
+        if s.head_dim_v % 32 != 0 {
+            return Err(CudaError::Invalid(format!("attention: head_dim_v {} is not whole Q8_1 blocks", s.head_dim_v)));
+        }
+        expect_len("quantized attention output (bytes)", s.n_head * s.head_dim_v / 32 * Q8_1_BYTES, out_q8.len())?;
+        self.attention_decode_inner(s, q, 0, Some(qpos), k, v, kpos, mask, Some(part), out, lse, Some(out_q8))
     }
 
     /// Floats of the partials of one decode attention over `n_slots` slots.
@@ -619,6 +650,7 @@ impl CudaBackend {
         part_buf: Option<&mut DeviceBuffer<f32>>,
         out: &mut DeviceBuffer<f32>,
         lse: &mut DeviceBuffer<f32>,
+        out_q8: Option<&mut DeviceBuffer<u8>>,
     ) -> Result<(), CudaError> {
         check_attn_shape(s)?;
         let n_slots = kpos.len();
@@ -672,11 +704,11 @@ impl CudaBackend {
         let (d, dv, splits) = (s.head_dim as i32, s.head_dim_v as i32, as_i32("splits", n_splits)?);
         let mut b = self.stream.launch_builder(&self.k.attn_partial);
         b.arg(&q.inner).arg(&k.inner).arg(&v.inner).arg(&kpos.inner).arg(&mut *part);
-        let no_qpos_dev: u64 = 0;
+        let null: u64 = 0;
         b.arg(&n_slots32).arg(&n_head).arg(&n_head_kv).arg(&d).arg(&dv).arg(&s.scale).arg(&qpos).arg(&window).arg(&sink);
         match qpos_dev {
             Some(p) => b.arg(&p.inner),
-            None => b.arg(&no_qpos_dev),
+            None => b.arg(&null),
         };
         b.arg(&split32);
         // SAFETY: block (h, split) reads q[h], the keys and values of kv head h / group for the
@@ -686,7 +718,13 @@ impl CudaBackend {
             .map_err(driver("launch attn_decode_partial"))?;
         let mut b = self.stream.launch_builder(&self.k.attn_combine);
         b.arg(&*part).arg(&mut out.inner).arg(&mut lse.inner).arg(&splits).arg(&dv);
-        // SAFETY: block h reads its n_splits partials and writes out[h][0..Dv] and lse[h].
+        match out_q8 {
+            Some(o) => b.arg(&mut o.inner),
+            None => b.arg(&null),
+        };
+        // SAFETY: block h reads its n_splits partials and writes out[h][0..Dv] and lse[h], and
+        // when out_q8 is given (n_head * Dv / 32 blocks, Dv a multiple of 32, checked by the
+        // caller) its Dv / 32 blocks.
         unsafe { b.launch(cfg((as_u32("n_head", s.n_head)?, 1), 128)) }.map_err(driver("launch attn_decode_combine"))?;
         Ok(())
     }
