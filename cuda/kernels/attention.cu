@@ -18,17 +18,66 @@
 #define ATT_MAX_D 256
 #define ATT_PER_LANE (ATT_MAX_D / WARP_SIZE)
 
+// Merges head h's n_splits partials into out[h][0..Dv] and lse[h], and when outq is not null
+// quantizes out[h] to Q8_1 blocks there (Dv a multiple of 32: each warp's run of 32 outputs is one
+// block), the bytes quantize_q8_1 would give for out. `fresh`: read the partials past the L1
+// (they were written by other blocks of the running kernel).
+__device__ __forceinline__ float part_at(const float* p, bool fresh) {
+    return fresh ? *(volatile const float*)p : *p;
+}
+
+__device__ __forceinline__ void combine_head(const float* part, float* __restrict__ out, float* __restrict__ lse, int n_splits,
+                                             int Dv, block_q8_1* __restrict__ outq, int h, bool fresh) {
+    const int lane = threadIdx.x % WARP_SIZE;
+    const float* ph = part + (long long)h * n_splits * (2 + Dv);
+    float M = neg_inf();
+    for (int s = 0; s < n_splits; ++s) M = fmaxf(M, part_at(ph + (long long)s * (2 + Dv), fresh));
+    float* oh = out + (long long)h * Dv;
+    // Whole warps step together (d0: the warp's first output), so a warp can quantize its run.
+    if (M == neg_inf()) {
+        for (int d0 = threadIdx.x - lane; d0 < Dv; d0 += blockDim.x) {
+            if (d0 + lane < Dv) oh[d0 + lane] = 0.0f;
+            if (outq != nullptr) quantize_q8_1_warp(0.0f, outq + ((long long)h * Dv + d0) / 32);
+        }
+        if (threadIdx.x == 0) lse[h] = neg_inf();
+        return;
+    }
+    float L = 0.0f;
+    for (int s = 0; s < n_splits; ++s) {
+        const float* ps = ph + (long long)s * (2 + Dv);
+        L += part_at(ps + 1, fresh) * expf(part_at(ps, fresh) - M);
+    }
+    const float inv = 1.0f / L;
+    for (int d0 = threadIdx.x - lane; d0 < Dv; d0 += blockDim.x) {
+        const int d = d0 + lane;
+        float o = 0.0f;
+        if (d < Dv) {
+            float acc = 0.0f;
+            for (int s = 0; s < n_splits; ++s) {
+                const float* ps = ph + (long long)s * (2 + Dv);
+                acc += part_at(ps + 2 + d, fresh) * expf(part_at(ps, fresh) - M);
+            }
+            o = acc * inv;
+            oh[d] = o;
+        }
+        if (outq != nullptr) quantize_q8_1_warp(o, outq + ((long long)h * Dv + d0) / 32);
+    }
+    if (threadIdx.x == 0) lse[h] = M + logf(L);
+}
+
 // Launch: grid (n_head, n_splits = ceil(n_slots / split) or 1), block (32 * ATT_WARPS); the caller
 // picks `split` (slots per block) from the slot count: short runs keep many blocks in flight, long
 // contexts keep the number of partials the combine pass reads bounded.
 // part: [n_head][n_splits][2 + Dv] floats (max, sum, unnormalised output). When qpos_dev is not
 // null the query position is read from it instead of qpos (a captured CUDA graph replays the
-// same arguments every token).
+// same arguments every token). When sync is not null the partials are also combined into out,
+// lse and outq (as attn_decode_combine; decode: one launch instead of two).
 extern "C" __global__ void __launch_bounds__(WARP_SIZE * ATT_WARPS)
 attn_decode_partial(const float* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v,
                     const int* __restrict__ kpos, float* __restrict__ part, int n_slots, int n_head,
                     int n_head_kv, int D, int Dv, float scale, int qpos, int window, int sink,
-                    const int* __restrict__ qpos_dev, int split) {
+                    const int* __restrict__ qpos_dev, int split, unsigned int* sync, float* __restrict__ out,
+                    float* __restrict__ lse, block_q8_1* __restrict__ outq) {
     if (qpos_dev != nullptr) qpos = *qpos_dev;
     __shared__ float sm_m[ATT_WARPS], sm_l[ATT_WARPS];
     __shared__ float sm_o[ATT_WARPS][ATT_MAX_D];
@@ -85,77 +134,52 @@ attn_decode_partial(const float* __restrict__ q, const u16* __restrict__ k, cons
     float M = neg_inf();
 #pragma unroll
     for (int w = 0; w < ATT_WARPS; ++w) M = fmaxf(M, sm_m[w]);
-    float* out = part + ((long long)h * n_splits + blockIdx.y) * (2 + Dv);
+    float* pout = part + ((long long)h * n_splits + blockIdx.y) * (2 + Dv);
     if (M == neg_inf()) {
-        for (int d = threadIdx.x; d < Dv; d += blockDim.x) out[2 + d] = 0.0f;
+        for (int d = threadIdx.x; d < Dv; d += blockDim.x) pout[2 + d] = 0.0f;
         if (threadIdx.x == 0) {
-            out[0] = neg_inf();
-            out[1] = 0.0f;
+            pout[0] = neg_inf();
+            pout[1] = 0.0f;
         }
-        return;
-    }
-    float c[ATT_WARPS];
-    float L = 0.0f;
+    } else {
+        float c[ATT_WARPS];
+        float L = 0.0f;
 #pragma unroll
-    for (int w = 0; w < ATT_WARPS; ++w) {
-        c[w] = expf(sm_m[w] - M);
-        L += sm_l[w] * c[w];
-    }
-    for (int d = threadIdx.x; d < Dv; d += blockDim.x) {
-        float acc = 0.0f;
+        for (int w = 0; w < ATT_WARPS; ++w) {
+            c[w] = expf(sm_m[w] - M);
+            L += sm_l[w] * c[w];
+        }
+        for (int d = threadIdx.x; d < Dv; d += blockDim.x) {
+            float acc = 0.0f;
 #pragma unroll
-        for (int w = 0; w < ATT_WARPS; ++w) acc += sm_o[w][d] * c[w];
-        out[2 + d] = acc;
+            for (int w = 0; w < ATT_WARPS; ++w) acc += sm_o[w][d] * c[w];
+            pout[2 + d] = acc;
+        }
+        if (threadIdx.x == 0) {
+            pout[0] = M;
+            pout[1] = L;
+        }
     }
-    if (threadIdx.x == 0) {
-        out[0] = M;
-        out[1] = L;
-    }
+    if (sync == nullptr) return;
+    // Combined here (sync: n_head zeroed counters): the last of the head's blocks to publish its
+    // partial merges them all, as attn_decode_combine would, and resets the head's counter.
+    __shared__ bool last;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(&sync[h], 1u) == (unsigned int)(n_splits - 1);
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    combine_head(part, out, lse, n_splits, Dv, outq, h, true);
+    if (threadIdx.x == 0) sync[h] = 0;
 }
 
-// Launch: grid (n_head), block (any multiple of 32). out: [n_head][Dv], lse: [n_head]. When outq
-// is not null (decode: the input of the output projection), out is also quantized to Q8_1 blocks
-// there (Dv a multiple of 32: each warp's run of 32 outputs is one block), the bytes
-// quantize_q8_1 would give for out.
+// Launch: grid (n_head), block (any multiple of 32). out: [n_head][Dv], lse: [n_head]; outq as
+// combine_head.
 extern "C" __global__ void attn_decode_combine(const float* __restrict__ part, float* __restrict__ out,
                                                float* __restrict__ lse, int n_splits, int Dv,
                                                block_q8_1* __restrict__ outq) {
-    const int h = blockIdx.x;
-    const int lane = threadIdx.x % WARP_SIZE;
-    const float* ph = part + (long long)h * n_splits * (2 + Dv);
-    float M = neg_inf();
-    for (int s = 0; s < n_splits; ++s) M = fmaxf(M, ph[(long long)s * (2 + Dv)]);
-    float* oh = out + (long long)h * Dv;
-    // Whole warps step together (d0: the warp's first output), so a warp can quantize its run.
-    if (M == neg_inf()) {
-        for (int d0 = threadIdx.x - lane; d0 < Dv; d0 += blockDim.x) {
-            if (d0 + lane < Dv) oh[d0 + lane] = 0.0f;
-            if (outq != nullptr) quantize_q8_1_warp(0.0f, outq + ((long long)h * Dv + d0) / 32);
-        }
-        if (threadIdx.x == 0) lse[h] = neg_inf();
-        return;
-    }
-    float L = 0.0f;
-    for (int s = 0; s < n_splits; ++s) {
-        const float* ps = ph + (long long)s * (2 + Dv);
-        L += ps[1] * expf(ps[0] - M);
-    }
-    const float inv = 1.0f / L;
-    for (int d0 = threadIdx.x - lane; d0 < Dv; d0 += blockDim.x) {
-        const int d = d0 + lane;
-        float o = 0.0f;
-        if (d < Dv) {
-            float acc = 0.0f;
-            for (int s = 0; s < n_splits; ++s) {
-                const float* ps = ph + (long long)s * (2 + Dv);
-                acc += ps[2 + d] * expf(ps[0] - M);
-            }
-            o = acc * inv;
-            oh[d] = o;
-        }
-        if (outq != nullptr) quantize_q8_1_warp(o, outq + ((long long)h * Dv + d0) / 32);
-    }
-    if (threadIdx.x == 0) lse[h] = M + logf(L);
+    combine_head(part, out, lse, n_splits, Dv, outq, blockIdx.x, false);
 }
 
 // Attention of many queries (prefill) over the same f16 cache and masks: the query of token t

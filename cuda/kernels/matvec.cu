@@ -419,6 +419,39 @@ __device__ __forceinline__ float row_partial(const u8* __restrict__ wr, const bl
     return warp_sum(sum);
 }
 
+// row_partial for the same row of two matrices of type T (the FFN's gate and up), the loads of
+// both issued before either's products: groups of MV2_UNROLL / 2 passes of each row, the same
+// passes summed in the same order as row_partial, so each result is the float it gives.
+template <typename T>
+__device__ __forceinline__ void row_partial2(const u8* __restrict__ wa, const u8* __restrict__ wb, const block_q8_1* __restrict__ y,
+                                             int nb, int lane, int part, int wpr, float& sa, float& sb) {
+    constexpr int PER_PASS = WARP_SIZE / T::TPB;
+    constexpr int U = MV2_UNROLL / 2;
+    const int stride = PER_PASS * wpr;
+    const int t = lane % T::TPB;
+    float suma = 0.0f, sumb = 0.0f;
+    for (int kb = lane / T::TPB + part * PER_PASS; kb < nb; kb += U * stride) {
+        typename T::W va[U], vb[U];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            if (kb + u * stride < nb) {
+                va[u] = T::load(wa + (long long)(kb + u * stride) * T::TS, t);
+                vb[u] = T::load(wb + (long long)(kb + u * stride) * T::TS, t);
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            if (kb + u * stride < nb) {
+                const block_q8_1* yb = y + (kb + u * stride) * (T::QK / 32);
+                suma += T::compute(va[u], yb, t);
+                sumb += T::compute(vb[u], yb, t);
+            }
+        }
+    }
+    sa = warp_sum(suma);
+    sb = warp_sum(sumb);
+}
+
 template <typename T, int WPR>
 __device__ __forceinline__ void matvec2_row(const u8* __restrict__ w, const block_q8_1* __restrict__ y,
                                             float* __restrict__ dst, int ncols, int nrows) {
@@ -489,6 +522,27 @@ __device__ __forceinline__ float row_of_type(int ty, const u8* __restrict__ w, l
     }
 }
 
+template <typename T>
+__device__ __forceinline__ void rows2_of(const u8* __restrict__ wa, const u8* __restrict__ wb, long long row,
+                                        const block_q8_1* __restrict__ y, int ncols, int lane, int part, int wpr, float& sa, float& sb) {
+    const int nb = ncols / T::QK;
+    const long long off = row * (long long)nb * T::TS;
+    row_partial2<T>(wa + off, wb + off, y, nb, lane, part, wpr, sa, sb);
+}
+
+// Row `row` of two matrices of the same type index ty, their loads interleaved (row_partial2).
+__device__ __forceinline__ void rows2_of_type(int ty, const u8* __restrict__ wa, const u8* __restrict__ wb, long long row,
+                                             const block_q8_1* __restrict__ y, int ncols, int lane, int part, int wpr, float& sa,
+                                             float& sb) {
+    switch (ty) {
+        case 0: rows2_of<mv2_q8_0>(wa, wb, row, y, ncols, lane, part, wpr, sa, sb); break;
+        case 1: rows2_of<mv2_q4_0>(wa, wb, row, y, ncols, lane, part, wpr, sa, sb); break;
+        case 2: rows2_of<mv2_q5_0>(wa, wb, row, y, ncols, lane, part, wpr, sa, sb); break;
+        case 3: rows2_of<mv2_q4_k>(wa, wb, row, y, ncols, lane, part, wpr, sa, sb); break;
+        default: rows2_of<mv2_q6_k>(wa, wb, row, y, ncols, lane, part, wpr, sa, sb); break;
+    }
+}
+
 // Sums the partials of a row's wpr warps (uniform over the block) through `partial` (MV2_WARPS
 // floats of shared memory); true on lane 0 of the row's first warp, whose `sum` is then the
 // row's (as matvec2_row adds them). Every thread of the block must call it.
@@ -529,7 +583,8 @@ extern "C" __global__ void __launch_bounds__(WARP_SIZE * MV2_WARPS, MV_FUSED_MIN
 }
 
 // The gated FFN's first half in one launch: for each row r of gate and up (same shape, types may
-// differ), out[r] = act(gate[r] . y) * (up[r] . y) (act 0 = GELU-tanh, 1 = SiLU), and the Q8_1
+// differ; of one type, a warp issues the loads of both rows together), out[r] =
+// act(gate[r] . y) * (up[r] . y) (act 0 = GELU-tanh, 1 = SiLU), and the Q8_1
 // quantization of out into outq: the warp that writes the last of a block's 32 rows quantizes the
 // block. Each row's writer publishes its value with a fence and counts it in sync[r / 32]; the
 // warp that counts the 32nd reads the block back (volatile: past the L1), quantizes it and resets
@@ -546,8 +601,12 @@ extern "C" __global__ void __launch_bounds__(WARP_SIZE * MV2_WARPS)
     const int part = warp % wpr;
     float g = 0.0f, u = 0.0f;
     if (row < nrows) {
-        g = row_of_type(tyg, wg, row, y, ncols, lane, part, wpr);
-        u = row_of_type(tyu, wu, row, y, ncols, lane, part, wpr);
+        if (tyg == tyu) {
+            rows2_of_type(tyg, wg, wu, row, y, ncols, lane, part, wpr, g, u);
+        } else {
+            g = row_of_type(tyg, wg, row, y, ncols, lane, part, wpr);
+            u = row_of_type(tyu, wu, row, y, ncols, lane, part, wpr);
+        }
     }
     const bool owner = row_total(g, partial_g, lane, warp, part, wpr);
     row_total(u, partial_u, lane, warp, part, wpr);

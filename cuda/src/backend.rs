@@ -137,8 +137,10 @@ pub const Q8_1_BYTES: usize = 36;
 
 /// Threads per block of the version 1 matrix-vector kernels (`MV_THREADS` in matvec.cu).
 const MV_THREADS: u32 = 128;
-/// Warps per block of the version 2 kernels (`MV2_WARPS`).
+/// Warps per block of the version 2 kernels (`MV2_WARPS`), and passes per unrolled group
+/// (`MV2_UNROLL`).
 const MV2_WARPS: usize = 4;
+const MV2_UNROLL: usize = 4;
 
 /// Which matrix-vector kernel runs (matvec.cu keeps both versions, benchmarked against each
 /// other by `examples/matvec_bw.rs`).
@@ -163,15 +165,18 @@ impl MatvecKernel {
 /// Attention: slots per block, threads per block, largest head dimension (attention.cu).
 /// Decode attention: fewest slots per block, and the most blocks (splits) per head past which the
 /// split grows instead (see [`decode_split`]).
-const ATT_SPLIT_MIN: usize = 32;
+const ATT_SPLIT_MIN: usize = 16;
 const ATT_MAX_SPLITS: usize = 64;
 
-/// Slots per block of decode attention over `n_slots` slots: 32, or more (a multiple of 32) so
+/// Slots per block of decode attention over `n_slots` slots: 16, or more (a multiple of 16) so
 /// that a head has at most 64 blocks. Short caches get many small blocks in flight; long ones keep
 /// the partials that the combine pass reads bounded. (H200, Llama-3-8B: splits of 32 decoded at
-/// 258 t/s at 129 slots but lost 8% at 8,320 slots against 256.)
+/// 258 t/s at 129 slots but lost 8% at 8,320 slots against 256; Llama-3.2-1B at 129 slots:
+/// splits of 8, 16, 32: 787, 824, 762 t/s.) `ENGINE_CUDA_ATT_SPLIT_MIN` overrides the 16.
 fn decode_split(n_slots: usize) -> usize {
-    n_slots.div_ceil(ATT_MAX_SPLITS).div_ceil(ATT_SPLIT_MIN).max(1) * ATT_SPLIT_MIN
+    static MIN: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let min = *MIN.get_or_init(|| std::env::var("ENGINE_CUDA_ATT_SPLIT_MIN").ok().and_then(|v| v.parse().ok()).filter(|&v: &usize| v > 0).unwrap_or(ATT_SPLIT_MIN));
+    n_slots.div_ceil(ATT_MAX_SPLITS).div_ceil(min).max(1) * min
 }
 const ATT_THREADS: u32 = 128;
 pub const ATT_MAX_HEAD_DIM: usize = 256;
@@ -308,17 +313,37 @@ impl CudaBackend {
         self.multiprocessors
     }
 
-    /// The kernel [`MatvecKernel::Auto`] picks for `rows` rows of `ty`: version 2 with one warp
-    /// per row when the rows give every multiprocessor its 64 warps, else four warps per row;
-    /// Q4_K and Q5_0 keep one warp per row down to 16 warps per multiprocessor. On an H200 this
-    /// is within 10% of the best of the four kernels for every Llama-3-8B shape measured (the
-    /// table in docs/PERFORMANCE.md).
-    pub fn auto_matvec(&self, ty: GgmlType, rows: usize) -> MatvecKernel {
+    /// The kernel [`MatvecKernel::Auto`] picks for `rows` rows of `cols` columns of `ty`: version 2
+    /// with one warp per row when the rows give every multiprocessor its 64 warps, else four
+    /// warps per row; Q4_K and Q5_0 keep one warp per row down to 16 warps per multiprocessor. On
+    /// an H200 this is within 10% of the best of the four kernels for every Llama-3-8B shape
+    /// measured (the table in docs/PERFORMANCE.md). Two corrections for short rows (Llama-3.2-1B's
+    /// 2048 columns): no warp of a row is left without a pass, and the warps per row are halved
+    /// while the rows' warps exceed what the multiprocessors hold at once (32 warps each) and
+    /// each warp still has at most one unrolled group of passes. Of the Llama-3-8B shapes this
+    /// changes only Q4_0's 4096 x 4096 (four warps to two, the best of the table).
+    pub fn auto_matvec(&self, ty: GgmlType, rows: usize, cols: usize) -> MatvecKernel {
         let one_warp_from = match ty {
             GgmlType::Q4_K | GgmlType::Q5_0 => 16 * self.multiprocessors,
             _ => 64 * self.multiprocessors,
         };
-        MatvecKernel::WarpsPerRow(if rows >= one_warp_from { 1 } else { 4 })
+        let mut wpr = if rows >= one_warp_from { 1 } else { 4 };
+        // Blocks of the type one pass of a warp covers (32 / threads per block).
+        let per_pass = match ty {
+            GgmlType::Q8_0 => 8,
+            GgmlType::Q4_0 | GgmlType::Q5_0 => 16,
+            GgmlType::Q4_K => 4,
+            _ => 1,
+        };
+        let nb = cols / ty.block_size().max(1);
+        while wpr > 1 && nb < per_pass * wpr {
+            wpr /= 2;
+        }
+        let resident = 32 * self.multiprocessors;
+        while wpr > 1 && rows * wpr > resident && nb <= per_pass * (wpr / 2) * MV2_UNROLL {
+            wpr /= 2;
+        }
+        MatvecKernel::WarpsPerRow(wpr as u32)
     }
 
     /// The compiled kernel files: target, size, and whether they came from NVRTC or a cache.
@@ -504,7 +529,7 @@ impl CudaBackend {
             return Ok(());
         }
         let kernel = match kernel {
-            MatvecKernel::Auto => self.auto_matvec(w.ty, w.rows),
+            MatvecKernel::Auto => self.auto_matvec(w.ty, w.rows, w.cols),
             k => k,
         };
         if let MatvecKernel::WarpsPerRow(n) = kernel {
@@ -580,7 +605,7 @@ impl CudaBackend {
         out: &mut DeviceBuffer<f32>,
         lse: &mut DeviceBuffer<f32>,
     ) -> Result<(), CudaError> {
-        self.attention_decode_inner(s, q, qpos, None, k, v, kpos, mask, None, out, lse, None)
+        self.attention_decode_inner(s, q, qpos, None, k, v, kpos, mask, None, out, lse, None, None)
     }
 
     /// [`CudaBackend::attention_decode`] with the query position read from `qpos` on the device
@@ -601,13 +626,15 @@ impl CudaBackend {
         lse: &mut DeviceBuffer<f32>,
     ) -> Result<(), CudaError> {
         expect_len("attention query position", 1, qpos.len())?;
-        self.attention_decode_inner(s, q, 0, Some(qpos), k, v, kpos, mask, Some(part), out, lse, None)
+        self.attention_decode_inner(s, q, 0, Some(qpos), k, v, kpos, mask, Some(part), out, lse, None, None)
     }
 
     /// [`CudaBackend::attention_decode_dev`] that also writes `out` quantized to Q8_1 into
     /// `out_q8` (the input of the output projection; the bytes of
-    /// [`CudaBackend::quantize_q8_1`] of `out`), in the same launches. `head_dim_v` must be a
-    /// multiple of 32.
+    /// [`CudaBackend::quantize_q8_1`] of `out`), in one launch: the last block of each head to
+    /// finish its partial merges the head's partials (the floats of the separate combine pass).
+    /// `sync` holds `n_head` counters, zero before the launch and zero again after it (allocate
+    /// it zeroed once and reuse it). `head_dim_v` must be a multiple of 32.
     #[allow(clippy::too_many_arguments)]
     pub fn attention_decode_dev_q8_1(
         &self,
@@ -622,13 +649,15 @@ impl CudaBackend {
         out: &mut DeviceBuffer<f32>,
         lse: &mut DeviceBuffer<f32>,
         out_q8: &mut DeviceBuffer<u8>,
+        sync: &mut DeviceBuffer<i32>,
     ) -> Result<(), CudaError> {
         expect_len("attention query position", 1, qpos.len())?;
+        expect_len("attention counters", s.n_head, sync.len())?;
         if s.head_dim_v % 32 != 0 {
             return Err(CudaError::Invalid(format!("attention: head_dim_v {} is not whole Q8_1 blocks", s.head_dim_v)));
         }
         expect_len("quantized attention output (bytes)", s.n_head * s.head_dim_v / 32 * Q8_1_BYTES, out_q8.len())?;
-        self.attention_decode_inner(s, q, 0, Some(qpos), k, v, kpos, mask, Some(part), out, lse, Some(out_q8))
+        self.attention_decode_inner(s, q, 0, Some(qpos), k, v, kpos, mask, Some(part), out, lse, Some(out_q8), Some(sync))
     }
 
     /// Floats of the partials of one decode attention over `n_slots` slots.
@@ -651,6 +680,7 @@ impl CudaBackend {
         out: &mut DeviceBuffer<f32>,
         lse: &mut DeviceBuffer<f32>,
         out_q8: Option<&mut DeviceBuffer<u8>>,
+        sync: Option<&mut DeviceBuffer<i32>>,
     ) -> Result<(), CudaError> {
         check_attn_shape(s)?;
         let n_slots = kpos.len();
@@ -711,11 +741,27 @@ impl CudaBackend {
             None => b.arg(&null),
         };
         b.arg(&split32);
+        let grid = (as_u32("n_head", s.n_head)?, as_u32("splits", n_splits)?);
+        if let Some(sync) = sync {
+            b.arg(&mut sync.inner).arg(&mut out.inner).arg(&mut lse.inner);
+            match out_q8 {
+                Some(o) => b.arg(&mut o.inner),
+                None => b.arg(&null),
+            };
+            // SAFETY: block (h, split) reads q[h], the keys and values of kv head h / group for
+            // the slots of its split (< n_slots, within k and v as checked), kpos of those slots,
+            // and writes its partial (n_head * n_splits * (2 + Dv) floats allocated above); the
+            // last block of head h (counted in sync[h], n_head long, checked by the caller) reads
+            // the head's partials and writes out[h][0..Dv], lse[h] and, when given, out_q8's Dv /
+            // 32 blocks of head h (n_head * Dv / 32 blocks, checked by the caller).
+            unsafe { b.launch(cfg(grid, ATT_THREADS)) }.map_err(driver("launch attn_decode_partial"))?;
+            return Ok(());
+        }
+        b.arg(&null).arg(&null).arg(&null).arg(&null);
         // SAFETY: block (h, split) reads q[h], the keys and values of kv head h / group for the
         // slots of its split (< n_slots, within k and v as checked), kpos of those slots, and
         // writes its partial (n_head * n_splits * (2 + Dv) floats allocated above).
-        unsafe { b.launch(cfg((as_u32("n_head", s.n_head)?, as_u32("splits", n_splits)?), ATT_THREADS)) }
-            .map_err(driver("launch attn_decode_partial"))?;
+        unsafe { b.launch(cfg(grid, ATT_THREADS)) }.map_err(driver("launch attn_decode_partial"))?;
         let mut b = self.stream.launch_builder(&self.k.attn_combine);
         b.arg(&*part).arg(&mut out.inner).arg(&mut lse.inner).arg(&splits).arg(&dv);
         match out_q8 {

@@ -349,22 +349,29 @@ fn attention_case(gpu: &CudaBackend, c: &AttnCase, seed: u64) {
     let max_lse = got_lse.iter().zip(&want_lse).filter(|(_, w)| w.is_finite()).map(|(g, w)| (g - w).abs()).fold(0f32, f32::max);
     println!("{case}: lse max abs error {max_lse:.2e}");
 
-    // Decode's form (position on the device, partials given) with the output also quantized to
-    // Q8_1: the same floats, and the bytes quantize_q8_1 gives for them.
+    // Decode's form (position on the device, partials given, one launch that combines in its last
+    // block per head) with the output also quantized to Q8_1: the same floats as the two passes,
+    // and the bytes quantize_q8_1 gives for them; twice (the counters return to zero).
     if c.head_dim_v % 32 == 0 {
         let qp = gpu.upload(&[c.qpos as i32]).unwrap();
         let mut part = gpu.alloc::<f32>(CudaBackend::attention_partials(&shape, n_slots)).unwrap();
-        let mut out2 = gpu.upload(&vec![f32::NAN; want.len()]).unwrap();
-        let mut lse2 = gpu.upload(&vec![f32::NAN; c.n_head]).unwrap();
-        let q8_len = want.len() / 32 * Q8_1_BYTES;
-        let mut got_q8 = gpu.upload(&vec![0xABu8; q8_len]).unwrap();
-        gpu.attention_decode_dev_q8_1(&shape, &qd, &qp, &kd, &vd, &pd, c.mask, &mut part, &mut out2, &mut lse2, &mut got_q8).unwrap();
-        let got2 = gpu.download(&out2).unwrap();
-        assert_eq!(bits(&got2), bits(&got), "{case}: attention_decode_dev_q8_1 output");
-        assert_eq!(bits(&gpu.download(&lse2).unwrap()), bits(&got_lse), "{case}: attention_decode_dev_q8_1 lse");
-        let mut want_q8 = gpu.alloc::<u8>(q8_len).unwrap();
-        gpu.quantize_q8_1(&out2, &mut want_q8).unwrap();
-        assert_eq!(gpu.download(&got_q8).unwrap(), gpu.download(&want_q8).unwrap(), "{case}: fused Q8_1 output");
+        let mut sync = gpu.alloc::<i32>(c.n_head).unwrap();
+        for run in 0..2 {
+            let mut out2 = gpu.upload(&vec![f32::NAN; want.len()]).unwrap();
+            let mut lse2 = gpu.upload(&vec![f32::NAN; c.n_head]).unwrap();
+            let q8_len = want.len() / 32 * Q8_1_BYTES;
+            let mut got_q8 = gpu.upload(&vec![0xABu8; q8_len]).unwrap();
+            gpu.attention_decode_dev_q8_1(&shape, &qd, &qp, &kd, &vd, &pd, c.mask, &mut part, &mut out2, &mut lse2, &mut got_q8, &mut sync)
+                .unwrap();
+            let got2 = gpu.download(&out2).unwrap();
+            assert_eq!(bits(&got2), bits(&got), "{case} run {run}: attention_decode_dev_q8_1 output");
+            assert_eq!(bits(&gpu.download(&lse2).unwrap()), bits(&got_lse), "{case} run {run}: attention_decode_dev_q8_1 lse");
+            let mut want_q8 = gpu.alloc::<u8>(q8_len).unwrap();
+            gpu.quantize_q8_1(&out2, &mut want_q8).unwrap();
+            assert_eq!(gpu.download(&got_q8).unwrap(), gpu.download(&want_q8).unwrap(), "{case} run {run}: fused Q8_1 output");
+            assert!(gpu.download(&sync).unwrap().iter().all(|&v| v == 0), "{case} run {run}: counters not reset");
+        }
+        println!("{case}: one-launch decode form equal to the two passes");
     }
 }
 

@@ -47,7 +47,7 @@ impl CudaBackend {
     /// Warps per row of a version-2 kernel for `w` (`Auto`: as [`CudaBackend::matvec`] picks).
     fn fused_warps(&self, kernel: MatvecKernel, w: &DeviceMatrix) -> Result<u32, CudaError> {
         match kernel {
-            MatvecKernel::Auto => match self.auto_matvec(w.ty, w.rows) {
+            MatvecKernel::Auto => match self.auto_matvec(w.ty, w.rows, w.cols) {
                 MatvecKernel::WarpsPerRow(n) => Ok(n),
                 _ => Ok(4),
             },

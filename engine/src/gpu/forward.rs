@@ -125,11 +125,12 @@ fn blocks(m: &GpuModel, cache: &mut [GpuLayerCache], b: &mut Batch, mm: &mut Mat
             be.kv_write(&b.k, &b.v, &b.slots[kv.slot_group], &b.pos, &mut kv.k, &mut kv.v, &mut kv.pos)?;
         }
 
-        // Attention with the layer's mask. attn: [n][n_head][hd_v] (decode: also as Q8_1 for the
-        // output projection).
+        // Attention with the layer's mask. attn: [n][n_head][hd_v] (decode: one launch, the
+        // output also as Q8_1 for the output projection).
         let mask = kv.kind.mask();
         if let Some(dq) = b.dq.as_mut().filter(|_| c.head_dim_v % 32 == 0) {
-            be.attention_decode_dev_q8_1(&shape, &b.q, &b.pos, &kv.k, &kv.v, &kv.pos, mask, part, &mut b.attn, &mut b.lse, &mut dq.attn)?;
+            let (attn_q8, sync) = (&mut dq.attn, &mut dq.attn_sync);
+            be.attention_decode_dev_q8_1(&shape, &b.q, &b.pos, &kv.k, &kv.v, &kv.pos, mask, part, &mut b.attn, &mut b.lse, attn_q8, sync)?;
         } else if n == 1 {
             be.attention_decode_dev(&shape, &b.q, &b.pos, &kv.k, &kv.v, &kv.pos, mask, part, &mut b.attn, &mut b.lse)?;
             if let Some(dq) = b.dq.as_mut() {
