@@ -4,7 +4,6 @@
 // (gelu_tanh, silu and gated are in common.cuh: the fused gate/up product applies them too.)
 
 extern "C" __global__ void gelu_tanh_mul_f32(float* gate, const float* __restrict__ up, long long n) {
-    pdl_wait();
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (long long)gridDim.x * blockDim.x) {
         gate[i] = gelu_tanh(gate[i]) * up[i];
@@ -12,7 +11,6 @@ extern "C" __global__ void gelu_tanh_mul_f32(float* gate, const float* __restric
 }
 
 extern "C" __global__ void silu_mul_f32(float* gate, const float* __restrict__ up, long long n) {
-    pdl_wait();
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (long long)gridDim.x * blockDim.x) {
         gate[i] = silu(gate[i]) * up[i];
@@ -23,7 +21,6 @@ extern "C" __global__ void silu_mul_f32(float* gate, const float* __restrict__ u
 // silu_mul_f32 followed by quantize_q8_1). One warp per block of 32; act 0 = GELU-tanh, 1 = SiLU.
 extern "C" __global__ void gated_act_q8_1(const float* __restrict__ gate, const float* __restrict__ up,
                                           block_q8_1* __restrict__ out, long long n_blocks, int act) {
-    pdl_wait();
     const long long b = ((long long)blockIdx.x * blockDim.x + threadIdx.x) / WARP_SIZE;
     if (b >= n_blocks) return;  // whole warps leave together
     const int lane = threadIdx.x % WARP_SIZE;

@@ -78,7 +78,6 @@ attn_decode_partial(const float* __restrict__ q, const u16* __restrict__ k, cons
                     int n_head_kv, int D, int Dv, float scale, int qpos, int window, int sink,
                     const int* __restrict__ qpos_dev, int split, unsigned int* sync, float* __restrict__ out,
                     float* __restrict__ lse, block_q8_1* __restrict__ outq) {
-    pdl_wait();
     if (qpos_dev != nullptr) qpos = *qpos_dev;
     __shared__ float sm_m[ATT_WARPS], sm_l[ATT_WARPS];
     __shared__ float sm_o[ATT_WARPS][ATT_MAX_D];
@@ -180,7 +179,6 @@ attn_decode_partial(const float* __restrict__ q, const u16* __restrict__ k, cons
 extern "C" __global__ void attn_decode_combine(const float* __restrict__ part, float* __restrict__ out,
                                                float* __restrict__ lse, int n_splits, int Dv,
                                                block_q8_1* __restrict__ outq) {
-    pdl_wait();
     combine_head(part, out, lse, n_splits, Dv, outq, blockIdx.x, false);
 }
 
@@ -210,7 +208,6 @@ extern "C" __global__ void __launch_bounds__(AP_THREADS)
 attn_prefill(const float* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v,
              const int* __restrict__ kpos, const int* __restrict__ qpos, float* __restrict__ out, int n_q,
              int n_slots, int n_head, int n_head_kv, int D, int Dv, float scale, int window, int sink) {
-    pdl_wait();
     __shared__ float sq[AP_Q][ATT_MAX_D];
     __shared__ u16 skv[AP_K][AP_KV_STRIDE];
     __shared__ float sp[AP_Q][AP_K + 1];

@@ -10,19 +10,6 @@ typedef unsigned int u32;
 #define WARP_SIZE 32
 #define FULL_MASK 0xffffffffu
 
-// Programmatic dependent launch (sm_90 and later): waits until the kernels this one depends on
-// have completed and their writes are visible, then lets the kernels that depend on this one begin
-// launching (their blocks wait in their own pdl_wait). Both are no-ops for a kernel launched
-// without a programmatic dependency: everything but the decode graph with its kernel-to-kernel
-// edges made programmatic (CudaBackend::capture). Every kernel calls it first, before it reads or
-// writes anything, so a kernel never runs ahead of the one before it.
-__device__ __forceinline__ void pdl_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.wait;" ::: "memory");
-    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
-
 __device__ __forceinline__ float neg_inf() { return __int_as_float(0xff800000); }
 
 // IEEE half <-> float (round to nearest even, as half::f16::from_f32 and ggml do).

@@ -94,11 +94,9 @@ __device__ __forceinline__ void dequant_f16(const u8* __restrict__ w, u16* __res
 #define DEQUANT_KERNELS(name, T)                                                                              \
     extern "C" __global__ void get_rows_##name(const u8* __restrict__ w, const int* __restrict__ ids,          \
                                                float* __restrict__ out, int cols, float scale) {               \
-        pdl_wait();                                                                                           \
         get_rows<T>(w, ids, out, cols, scale);                                                                \
     }                                                                                                         \
     extern "C" __global__ void dequant_f16_##name(const u8* __restrict__ w, u16* __restrict__ out, int cols) { \
-        pdl_wait();                                                                                           \
         dequant_f16<T>(w, out, cols);                                                                         \
     }
 
@@ -112,7 +110,6 @@ DEQUANT_KERNELS(q6_k, dq_q6_k)
 
 // Grid-stride: y[i] = (f16) x[i].
 extern "C" __global__ void f32_to_f16(const float* __restrict__ x, u16* __restrict__ y, long long n) {
-    pdl_wait();
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
         y[i] = f2h(x[i]);
 }

@@ -6,7 +6,6 @@
 extern "C" __global__ void kv_write_f16(const float* __restrict__ k, const float* __restrict__ v, u16* __restrict__ kc,
                                         u16* __restrict__ vc, int* __restrict__ kpos, const int* __restrict__ slots,
                                         const int* __restrict__ pos, int k_row, int v_row) {
-    pdl_wait();
     const int t = blockIdx.x;
     const long long s = slots[t];
     for (int i = threadIdx.x; i < k_row; i += blockDim.x) kc[s * k_row + i] = f2h(k[(long long)t * k_row + i]);

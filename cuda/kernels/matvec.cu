@@ -160,23 +160,18 @@ __device__ __forceinline__ void matvec_row(const u8* __restrict__ w, const block
 // Launch: grid (rows), block (MV_THREADS). w: rows x (ncols / QK) blocks; y: ncols / 32 Q8_1
 // blocks; dst: rows floats.
 extern "C" __global__ void __launch_bounds__(MV_THREADS) matvec_q8_0(const u8* __restrict__ w, const block_q8_1* __restrict__ y, float* __restrict__ dst, int ncols) {
-    pdl_wait();
     matvec_row<mv_q8_0>(w, y, dst, ncols);
 }
 extern "C" __global__ void __launch_bounds__(MV_THREADS) matvec_q4_0(const u8* __restrict__ w, const block_q8_1* __restrict__ y, float* __restrict__ dst, int ncols) {
-    pdl_wait();
     matvec_row<mv_q4_0>(w, y, dst, ncols);
 }
 extern "C" __global__ void __launch_bounds__(MV_THREADS) matvec_q5_0(const u8* __restrict__ w, const block_q8_1* __restrict__ y, float* __restrict__ dst, int ncols) {
-    pdl_wait();
     matvec_row<mv_q5_0>(w, y, dst, ncols);
 }
 extern "C" __global__ void __launch_bounds__(MV_THREADS) matvec_q4_k(const u8* __restrict__ w, const block_q8_1* __restrict__ y, float* __restrict__ dst, int ncols) {
-    pdl_wait();
     matvec_row<mv_q4_k>(w, y, dst, ncols);
 }
 extern "C" __global__ void __launch_bounds__(MV_THREADS) matvec_q6_k(const u8* __restrict__ w, const block_q8_1* __restrict__ y, float* __restrict__ dst, int ncols) {
-    pdl_wait();
     matvec_row<mv_q6_k>(w, y, dst, ncols);
 }
 
@@ -488,7 +483,6 @@ __device__ __forceinline__ void matvec2_row(const u8* __restrict__ w, const bloc
     extern "C" __global__ void __launch_bounds__(WARP_SIZE * MV2_WARPS)                               \
         name(const u8* __restrict__ w, const block_q8_1* __restrict__ y, float* __restrict__ dst,   \
              int ncols, int nrows) {                                                                  \
-        pdl_wait();                                                                                   \
         matvec2_row<T, WPR>(w, y, dst, ncols, nrows);                                                \
     }
 #define MATVEC2_ALL(type, T) \
@@ -571,7 +565,6 @@ extern "C" __global__ void __launch_bounds__(WARP_SIZE * MV2_WARPS, MV_FUSED_MIN
     matvec_multi(const u8* __restrict__ w0, const u8* __restrict__ w1, const u8* __restrict__ w2, float* __restrict__ d0,
                  float* __restrict__ d1, float* __restrict__ d2, int rows0, int rows1, int rows2, int ty0, int ty1, int ty2,
                  int wpr0, int wpr1, int wpr2, int first1, int first2, const block_q8_1* __restrict__ y, int ncols) {
-    pdl_wait();
     __shared__ float partial[MV2_WARPS];
     const int blk = blockIdx.x;
     const int s = blk >= first2 ? 2 : (blk >= first1 ? 1 : 0);
@@ -602,7 +595,6 @@ extern "C" __global__ void __launch_bounds__(WARP_SIZE * MV2_WARPS)
     matvec_gate_up_q8_1(const u8* __restrict__ wg, const u8* __restrict__ wu, int tyg, int tyu, int wpr,
                         const block_q8_1* __restrict__ y, int ncols, int nrows, int act, float* out, unsigned int* sync,
                         block_q8_1* __restrict__ outq) {
-    pdl_wait();
     __shared__ float partial_g[MV2_WARPS], partial_u[MV2_WARPS];
     const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
     const long long row = (long long)blockIdx.x * (MV2_WARPS / wpr) + warp / wpr;

@@ -5,7 +5,6 @@
 // One block per row of n elements; any block size that is a multiple of 32. out may equal x.
 extern "C" __global__ void rms_norm_f32(const float* __restrict__ x, const float* __restrict__ w,
                                         float* out, int n, float eps) {
-    pdl_wait();
     __shared__ float scratch[32];
     const long long row = blockIdx.x;
     const float* xr = x + row * n;
@@ -32,7 +31,6 @@ extern "C" __global__ void rms_norm_f32(const float* __restrict__ x, const float
 #define NORM_CACHED 8
 extern "C" __global__ void add_rms_norm_q8_1(float* x, const float* __restrict__ y, const float* __restrict__ w,
                                              block_q8_1* __restrict__ out, int n, float eps) {
-    pdl_wait();
     __shared__ float scratch[32];
     const long long row = blockIdx.x;
     float* xr = x + row * n;

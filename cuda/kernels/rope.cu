@@ -17,7 +17,6 @@ __device__ __forceinline__ void rope_angle(int i, int n_rot, float base, float f
 // One thread per (token, head, pair); mode 0 = normal, 1 = NeoX.
 extern "C" __global__ void rope_f32(float* x, const int* __restrict__ pos, int n_tokens, int n_head,
                                     int head_dim, int n_rot, float base, float freq_scale, int mode) {
-    pdl_wait();
     const int half = n_rot / 2;
     const long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     const long long total = (long long)n_tokens * n_head * half;
@@ -52,7 +51,6 @@ extern "C" __global__ void rope_kv_write_f16(float* q, const float* __restrict__
                                              u16* __restrict__ vc, int* __restrict__ kpos, const int* __restrict__ slots,
                                              const int* __restrict__ pos, int n_head, int n_head_kv, int head_dim,
                                              int head_dim_v, int n_rot, float base, float freq_scale, int mode) {
-    pdl_wait();
     __shared__ float scratch[32];
     __shared__ float hs[ROPE_MAX_D];
     const int t = blockIdx.y;

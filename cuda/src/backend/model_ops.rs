@@ -447,76 +447,8 @@ impl CudaBackend {
 /// A captured sequence of launches (a CUDA graph), replayed with [`CudaBackend::launch_graph`].
 /// It holds the device pointers of the buffers it was captured with: the caller keeps those
 /// buffers alive and unmoved while the graph lives, and changes only their contents.
-///
-/// With `ENGINE_CUDA_PDL=1` the graph is also instantiated with every kernel-to-kernel edge made
-/// programmatic (programmatic dependent launch, sm_90 and later): a kernel's blocks are launched
-/// while the kernel before it runs its last blocks, and wait in `pdl_wait` (common.cuh, the first
-/// statement of every kernel) until it has completed and its writes are visible; the launch
-/// latency between dependent kernels is hidden, the order of every read and write is kept. Where
-/// the driver refuses such a graph the plain one runs.
 pub struct DeviceGraph {
     graph: cudarc::driver::CudaGraph,
-    programmatic: Option<ProgrammaticExec>,
-}
-
-/// A graph instantiated with programmatic edges, destroyed with the [`DeviceGraph`].
-struct ProgrammaticExec {
-    exec: cudarc::driver::sys::CUgraphExec,
-    edges: usize,
-}
-
-impl Drop for ProgrammaticExec {
-    fn drop(&mut self) {
-        // SAFETY: the executable graph was instantiated by cuGraphInstantiateWithFlags and is
-        // destroyed once, here; nothing launches it afterwards (it is owned by the DeviceGraph).
-        let _ = unsafe { cudarc::driver::sys::cuGraphExecDestroy(self.exec) };
-    }
-}
-
-impl DeviceGraph {
-    /// Kernel-to-kernel edges made programmatic (0: the plain graph runs).
-    pub fn programmatic_edges(&self) -> usize {
-        self.programmatic.as_ref().map_or(0, |p| p.edges)
-    }
-}
-
-/// Makes every kernel-to-kernel edge of `graph` programmatic (the dependent kernel may launch
-/// once every block of the one before has begun it, see `pdl_wait`) and instantiates it.
-///
-/// # Safety
-/// `graph` is a live graph of the current context, used by no other thread; on failure it may be
-/// left with some edges changed (the caller then no longer instantiates it).
-unsafe fn instantiate_programmatic(graph: cudarc::driver::sys::CUgraph) -> Result<ProgrammaticExec, cudarc::driver::DriverError> {
-    use cudarc::driver::sys;
-    use std::ptr::null_mut;
-    let mut n = 0usize;
-    sys::cuGraphGetEdges_v2(graph, null_mut(), null_mut(), null_mut(), &mut n).result()?;
-    let none = sys::CUgraphEdgeData { from_port: 0, to_port: 0, type_: 0, reserved: [0; 5] };
-    let (mut from, mut to, mut data) = (vec![null_mut(); n], vec![null_mut(); n], vec![none; n]);
-    sys::cuGraphGetEdges_v2(graph, from.as_mut_ptr(), to.as_mut_ptr(), data.as_mut_ptr(), &mut n).result()?;
-    let kernel = |node: sys::CUgraphNode| -> Result<bool, cudarc::driver::DriverError> {
-        let mut t = sys::CUgraphNodeType::CU_GRAPH_NODE_TYPE_EMPTY;
-        sys::cuGraphNodeGetType(node, &mut t).result()?;
-        Ok(t == sys::CUgraphNodeType::CU_GRAPH_NODE_TYPE_KERNEL)
-    };
-    let programmatic = sys::CUgraphEdgeData {
-        from_port: sys::CU_GRAPH_KERNEL_NODE_PORT_PROGRAMMATIC as u8,
-        to_port: 0,
-        type_: sys::CUgraphDependencyType::CU_GRAPH_DEPENDENCY_TYPE_PROGRAMMATIC as u8,
-        reserved: [0; 5],
-    };
-    let mut edges = 0;
-    for i in 0..n.min(from.len()) {
-        if data[i].type_ == sys::CUgraphDependencyType::CU_GRAPH_DEPENDENCY_TYPE_DEFAULT as u8 && kernel(from[i])? && kernel(to[i])? {
-            sys::cuGraphRemoveDependencies_v2(graph, &from[i], &to[i], &data[i], 1).result()?;
-            sys::cuGraphAddDependencies_v2(graph, &from[i], &to[i], &programmatic, 1).result()?;
-            edges += 1;
-        }
-    }
-    let mut exec = null_mut();
-    let flags = sys::CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH.0 as u64;
-    sys::cuGraphInstantiateWithFlags(&mut exec, graph, flags).result()?;
-    Ok(ProgrammaticExec { exec, edges })
 }
 
 impl CudaBackend {
@@ -530,37 +462,12 @@ impl CudaBackend {
         let g = self.stream.end_capture(CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH);
         r?;
         let graph = g.map_err(driver("cuStreamEndCapture"))?.ok_or_else(|| CudaError::Invalid("the captured graph is empty".into()))?;
-        let wanted = std::env::var("ENGINE_CUDA_PDL").is_ok_and(|v| v == "1") && self.info.compute_capability.0 >= 9;
-        let programmatic = if wanted {
-            // SAFETY: the graph was just captured on this thread's context and is owned here;
-            // its own executable was instantiated before, so a failure here leaves it usable.
-            match unsafe { instantiate_programmatic(graph.cu_graph()) } {
-                Ok(p) => {
-                    eprintln!("engine-cuda: decode graph with {} programmatic kernel-to-kernel edges (ENGINE_CUDA_PDL=1)", p.edges);
-                    Some(p)
-                }
-                Err(e) => {
-                    eprintln!("engine-cuda: ENGINE_CUDA_PDL=1 but the decode graph with programmatic edges failed ({}); running the plain graph", crate::error::driver_error_name(&e));
-                    None
-                }
-            }
-        } else {
-            None
-        };
-        Ok(DeviceGraph { graph, programmatic })
+        Ok(DeviceGraph { graph })
     }
 
     /// Replays a captured graph on the stream.
     pub fn launch_graph(&self, g: &DeviceGraph) -> Result<(), CudaError> {
-        match &g.programmatic {
-            Some(p) => {
-                self.ctx.bind_to_thread().map_err(driver("cuCtxSetCurrent"))?;
-                // SAFETY: an executable graph of this context (kept alive by `g`), launched on
-                // the backend's stream; its kernels' buffers are those the caller keeps alive.
-                unsafe { cudarc::driver::sys::cuGraphLaunch(p.exec, self.stream.cu_stream()) }.result().map_err(driver("cuGraphLaunch"))
-            }
-            None => g.graph.launch().map_err(driver("cuGraphLaunch")),
-        }
+        g.graph.launch().map_err(driver("cuGraphLaunch"))
     }
 }
 
