@@ -13,6 +13,8 @@
 //! | Q8_0 / Q8_1 activation quantization | `quants::quantize` | bytes equal [equal] |
 //! | matvec vs dequantized weights . f32 activations (cases of 32+ rows, and pooled per type) | `matmul::matmul_reference` | 2e-4 [case <= 5.1e-5, pooled <= 2.8e-5] |
 //! | matvec vs dequantized weights . dequantized Q8_1 activations (f64) | (the same integers) | 1e-10 [<= 1.9e-12] |
+//! | fused decode ops: Q/K/V in one launch, gate/up + activation + Q8_1, biases + Q/K norms + RoPE + KV write, one-launch attention + Q8_1, add + RMSNorm + Q8_1 | the unfused GPU ops (each held to the CPU above) | bits equal [equal] |
+//! | gate/up + activation vs `act(gate . x) * (up . x)` over dequantized weights | `matmul_reference`, `ops::gated_act` | 4e-4 [<= 1.1e-4] |
 //!
 //! The bound on the f32 reference covers the rounding of the activations to 8 bits, which the
 //! CPU's quantized path has as well (about 2e-5 for Gaussian data; the CPU path measures the
