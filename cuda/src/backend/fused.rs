@@ -75,6 +75,8 @@ impl CudaBackend {
             return Err(CudaError::Invalid(format!("matvec_multi: {} matrices and {} outputs (1 to 3 of each)", ws.len(), outs.len())));
         }
         let cols = ws[0].cols;
+        expect_len("matvec activations (Q8_1 bytes)", cols / 32 * Q8_1_BYTES, x_q8_1.len())?;
+        // Per segment: type index, warps per row, rows, and its first block (first[3]: the grid).
         let mut ty = [0i32; 3];
         let mut wpr = [1i32; 3];
         let mut rows = [0i32; 3];
@@ -83,7 +85,6 @@ impl CudaBackend {
             if w.cols != cols {
                 return Err(CudaError::Invalid(format!("matvec_multi: matrices of {} and {} columns", cols, w.cols)));
             }
-            expect_len("matvec activations (Q8_1 bytes)", cols / 32 * Q8_1_BYTES, x_q8_1.len())?;
             expect_len("matvec output", w.rows, out.len())?;
             ty[i] = MATVEC_TYPES.iter().position(|&t| t == w.ty).ok_or(CudaError::UnsupportedType(w.ty))? as i32;
             let n = self.fused_warps(kernel, w)?;
