@@ -19,7 +19,9 @@ use crate::error::{driver, guarded, CudaError};
 use crate::nvrtc::{self, ModuleImage, FILES};
 use crate::DeviceInfo;
 
+mod fused;
 mod model_ops;
+pub use fused::QkvExtras;
 pub use model_ops::{DeviceGraph, MatmulScratch, DEQUANT_TYPES, GEMM_MIN_TOKENS};
 
 mod sealed {
@@ -135,8 +137,10 @@ pub const Q8_1_BYTES: usize = 36;
 
 /// Threads per block of the version 1 matrix-vector kernels (`MV_THREADS` in matvec.cu).
 const MV_THREADS: u32 = 128;
-/// Warps per block of the version 2 kernels (`MV2_WARPS`).
+/// Warps per block of the version 2 kernels (`MV2_WARPS`), and passes per unrolled group
+/// (`MV2_UNROLL`).
 const MV2_WARPS: usize = 4;
+const MV2_UNROLL: usize = 4;
 
 /// Which matrix-vector kernel runs (matvec.cu keeps both versions, benchmarked against each
 /// other by `examples/matvec_bw.rs`).
@@ -241,6 +245,7 @@ pub struct CudaBackend {
     modules: Vec<ModuleImage>,
     k: Kernels,
     mk: model_ops::ModelKernels,
+    fk: fused::FusedKernels,
     /// cuBLAS for prefill GEMMs, or why it could not be loaded.
     blas: Result<cudarc::cublas::CudaBlas, String>,
 }
@@ -326,8 +331,9 @@ impl CudaBackend {
             attn_merge: func("attn_decode_merge")?,
         };
         let mk = model_ops::ModelKernels::load(&func)?;
+        let fk = fused::FusedKernels::load(&func)?;
         let blas = model_ops::open_blas(&stream);
-        Ok(CudaBackend { ctx, stream, info, multiprocessors, modules, k, mk, blas })
+        Ok(CudaBackend { ctx, stream, info, multiprocessors, modules, k, mk, fk, blas })
     }
 
     /// The device.
@@ -340,17 +346,37 @@ impl CudaBackend {
         self.multiprocessors
     }
 
-    /// The kernel [`MatvecKernel::Auto`] picks for `rows` rows of `ty`: version 2 with one warp
-    /// per row when the rows give every multiprocessor its 64 warps, else four warps per row;
-    /// Q4_K and Q5_0 keep one warp per row down to 16 warps per multiprocessor. On an H200 this
-    /// is within 10% of the best of the four kernels for every Llama-3-8B shape measured (the
-    /// table in docs/PERFORMANCE.md).
-    pub fn auto_matvec(&self, ty: GgmlType, rows: usize) -> MatvecKernel {
+    /// The kernel [`MatvecKernel::Auto`] picks for `rows` rows of `cols` columns of `ty`: version 2
+    /// with one warp per row when the rows give every multiprocessor its 64 warps, else four
+    /// warps per row; Q4_K and Q5_0 keep one warp per row down to 16 warps per multiprocessor. On
+    /// an H200 this is within 10% of the best of the four kernels for every Llama-3-8B shape
+    /// measured (the table in docs/PERFORMANCE.md). Two corrections for short rows (Llama-3.2-1B's
+    /// 2048 columns): no warp of a row is left without a pass, and the warps per row are halved
+    /// while the rows' warps exceed what the multiprocessors hold at once (32 warps each) and
+    /// each warp still has at most one unrolled group of passes. Of the Llama-3-8B shapes this
+    /// changes only Q4_0's 4096 x 4096 (four warps to two, the best of the table).
+    pub fn auto_matvec(&self, ty: GgmlType, rows: usize, cols: usize) -> MatvecKernel {
         let one_warp_from = match ty {
             GgmlType::Q4_K | GgmlType::Q5_0 => 16 * self.multiprocessors,
             _ => 64 * self.multiprocessors,
         };
-        MatvecKernel::WarpsPerRow(if rows >= one_warp_from { 1 } else { 4 })
+        let mut wpr = if rows >= one_warp_from { 1 } else { 4 };
+        // Blocks of the type one pass of a warp covers (32 / threads per block).
+        let per_pass = match ty {
+            GgmlType::Q8_0 => 8,
+            GgmlType::Q4_0 | GgmlType::Q5_0 => 16,
+            GgmlType::Q4_K => 4,
+            _ => 1,
+        };
+        let nb = cols / ty.block_size().max(1);
+        while wpr > 1 && nb < per_pass * wpr {
+            wpr /= 2;
+        }
+        let resident = 32 * self.multiprocessors;
+        while wpr > 1 && rows * wpr > resident && nb <= per_pass * (wpr / 2) * MV2_UNROLL {
+            wpr /= 2;
+        }
+        MatvecKernel::WarpsPerRow(wpr as u32)
     }
 
     /// The compiled kernel files: target, size, and whether they came from NVRTC or a cache.
@@ -536,7 +562,7 @@ impl CudaBackend {
             return Ok(());
         }
         let kernel = match kernel {
-            MatvecKernel::Auto => self.auto_matvec(w.ty, w.rows),
+            MatvecKernel::Auto => self.auto_matvec(w.ty, w.rows, w.cols),
             k => k,
         };
         if let MatvecKernel::WarpsPerRow(n) = kernel {

@@ -38,7 +38,7 @@ const COMMON: &str = include_str!("../kernels/common.cuh");
 /// Every kernel file, one per op family.
 pub(crate) const FILES: &[KernelFile] = &[
     KernelFile { name: "norm.cu", source: include_str!("../kernels/norm.cu"), functions: &["rms_norm_f32", "add_rms_norm_q8_1"] },
-    KernelFile { name: "rope.cu", source: include_str!("../kernels/rope.cu"), functions: &["rope_f32"] },
+    KernelFile { name: "rope.cu", source: include_str!("../kernels/rope.cu"), functions: &["rope_f32", "rope_kv_write_f16"] },
     KernelFile { name: "act.cu", source: include_str!("../kernels/act.cu"), functions: &["gelu_tanh_mul_f32", "silu_mul_f32", "gated_act_q8_1"] },
     KernelFile { name: "quantize.cu", source: include_str!("../kernels/quantize.cu"), functions: &["quantize_q8_0", "quantize_q8_1"] },
     KernelFile {
@@ -65,6 +65,8 @@ pub(crate) const FILES: &[KernelFile] = &[
             "matvec2_q6_k_w1",
             "matvec2_q6_k_w2",
             "matvec2_q6_k_w4",
+            "matvec_multi",
+            "matvec_gate_up_q8_1",
         ],
     },
     KernelFile {

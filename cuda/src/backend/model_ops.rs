@@ -180,7 +180,7 @@ impl CudaBackend {
             }
             let qb = w.cols / 32 * Q8_1_BYTES;
             self.quantize_q8_1_into(x, &mut scratch.x_q8_1, n * qb)?;
-            let kernel = self.auto_matvec(w.ty, w.rows);
+            let kernel = self.auto_matvec(w.ty, w.rows, w.cols);
             for t in 0..n {
                 let xq = scratch.x_q8_1.inner.slice(t * qb..(t + 1) * qb);
                 let mut o = out.inner.slice_mut(t * w.rows..(t + 1) * w.rows);

@@ -4,7 +4,7 @@
 //! configuration carries the RoPE kind, the embedding scale and each layer's window and RoPE
 //! base, exactly as the CPU passes (`model/gemma3.rs`, `model/llama.rs`) read them.
 
-use engine_cuda::{DeviceBuffer, GatedAct, MatmulScratch, RopeParams};
+use engine_cuda::{DeviceBuffer, GatedAct, MatmulScratch, QkvExtras, RopeParams};
 use ggml_kernels::attention::AttnShape;
 
 use super::{Attend, Batch, GpuError, GpuLayerCache, GpuModel};
@@ -90,36 +90,55 @@ fn blocks(
         let w16 = |i: usize| w.w16.get(i);
 
         // Q, K, V projections, + biases (Qwen2). q: [n][n_head][hd], k, v: [n][n_head_kv][hd]
-        // (Decode quantizes each input once for the matrix-vector products that share it.)
+        // Per-head Q and K RMSNorms (Gemma 3), then RoPE at each token's position. Keys and values
+        // into the cache (the ring's batch margin keeps what earlier queries of the batch still
+        // need). Decode does each of these in one launch: Q, K and V as one product over the input
+        // quantized once, then biases, norms, RoPE and the cache write together.
         if let Some(dq) = b.dq.as_mut() {
-            be.matvec(&w.wq, &dq.embd, &mut b.q)?;
-            be.matvec(&w.wk, &dq.embd, &mut b.k)?;
-            be.matvec(&w.wv, &dq.embd, &mut b.v)?;
+            be.matvec_multi(&[&w.wq, &w.wk, &w.wv], &dq.embd, &mut [&mut b.q, &mut b.k, &mut b.v])?;
+            let extras = QkvExtras {
+                bq: w.bq.as_ref(),
+                bk: w.bk.as_ref(),
+                bv: w.bv.as_ref(),
+                q_norm: w.q_norm.as_ref().filter(|_| w.k_norm.is_some()),
+                k_norm: w.k_norm.as_ref().filter(|_| w.q_norm.is_some()),
+                eps: c.rms_eps,
+            };
+            be.rope_kv_write(
+                &rope(c.n_head),
+                c.n_head_kv,
+                c.head_dim_v,
+                &extras,
+                &mut b.q,
+                &b.k,
+                &b.v,
+                &b.slots[kv.slot_group],
+                &b.pos,
+                &mut kv.k,
+                &mut kv.v,
+                &mut kv.pos,
+            )?;
         } else {
             be.matmul_w16(&w.wq, w16(0), &b.h, n, mm, &mut b.q)?;
             be.matmul_w16(&w.wk, w16(1), &b.h, n, mm, &mut b.k)?;
             be.matmul_w16(&w.wv, w16(2), &b.h, n, mm, &mut b.v)?;
-        }
-        for (x, bias) in [(&mut b.q, &w.bq), (&mut b.k, &w.bk), (&mut b.v, &w.bv)] {
-            if let Some(bias) = bias {
-                be.add_bias(x, bias)?;
+            for (x, bias) in [(&mut b.q, &w.bq), (&mut b.k, &w.bk), (&mut b.v, &w.bv)] {
+                if let Some(bias) = bias {
+                    be.add_bias(x, bias)?;
+                }
             }
+            if let (Some(qn), Some(kn)) = (&w.q_norm, &w.k_norm) {
+                be.rms_norm_inplace(&mut b.q, qn, c.rms_eps)?;
+                be.rms_norm_inplace(&mut b.k, kn, c.rms_eps)?;
+            }
+            be.rope(&mut b.q, &b.pos, &rope(c.n_head))?;
+            be.rope(&mut b.k, &b.pos, &rope(c.n_head_kv))?;
+            be.kv_write(&b.k, &b.v, &b.slots[kv.slot_group], &b.pos, &mut kv.k, &mut kv.v, &mut kv.pos)?;
         }
 
-        // Per-head Q and K RMSNorms (Gemma 3), then RoPE at each token's position.
-        if let (Some(qn), Some(kn)) = (&w.q_norm, &w.k_norm) {
-            be.rms_norm_inplace(&mut b.q, qn, c.rms_eps)?;
-            be.rms_norm_inplace(&mut b.k, kn, c.rms_eps)?;
-        }
-        be.rope(&mut b.q, &b.pos, &rope(c.n_head))?;
-        be.rope(&mut b.k, &b.pos, &rope(c.n_head_kv))?;
-
-        // Keys and values into the cache (the ring's batch margin keeps what earlier queries of
-        // the batch still need), then attention with the layer's mask. attn: [n][n_head][hd_v]
-        be.kv_write(&b.k, &b.v, &b.slots[kv.slot_group], &b.pos, &mut kv.k, &mut kv.v, &mut kv.pos)?;
-        // A decode step (one token, or one token of each sequence) reads each token's sequence
-        // from the batch's bases on the device (the graph replays it); a prompt chunk attends to
-        // its sequence's run of slots.
+        // Attention with the layer's mask. attn: [n][n_head][hd_v]. A decode step (one token, or
+        // one token of each sequence) reads each token's sequence from the batch's bases on the
+        // device (the graph replays it); a prompt chunk attends to its sequence's run of slots.
         let mask = kv.kind.mask();
         match b.attend {
             Attend::One(seq) if n > 1 => {
@@ -141,6 +160,9 @@ fn blocks(
                 &mut b.lse,
             )?,
         }
+        if let Some(dq) = b.dq.as_mut() {
+            be.quantize_q8_1(&b.attn, &mut dq.attn)?;
+        }
 
         // LightTransfer-Test: the layer's lazy ratio from the prompt's last queries.
         if let Some((p, seq)) = probe.as_mut() {
@@ -149,7 +171,6 @@ fn blocks(
 
         // Output projection, post-attention norm (Gemma 3), residual.
         if let Some(dq) = b.dq.as_mut() {
-            be.quantize_q8_1(&b.attn, &mut dq.attn)?;
             be.matvec(&w.wo, &dq.attn, &mut b.o)?;
         } else {
             be.matmul_w16(&w.wo, w16(3), &b.attn, n, mm, &mut b.o)?;
@@ -160,12 +181,10 @@ fn blocks(
 
         // FFN: residual, pre-norm, act(gate) * up (GELU-tanh: Gemma 3; SiLU: Llama), down,
         // post-norm (Gemma 3), residual. Decode fuses the residual addition with the norm and
-        // its quantization, and the activation with the quantization of its output.
+        // its quantization, and gate, up, the activation and its quantization in one launch.
         if let Some(dq) = b.dq.as_mut() {
             be.add_rms_norm_q8_1(&mut b.x, Some(&b.o), &w.ffn_norm, c.rms_eps, &mut dq.embd)?;
-            be.matvec(&w.ffn_gate, &dq.embd, &mut b.gate)?;
-            be.matvec(&w.ffn_up, &dq.embd, &mut b.up)?;
-            be.gated_act_q8_1(&b.gate, &b.up, act, &mut dq.ff)?;
+            be.gate_up_act_q8_1(&w.ffn_gate, &w.ffn_up, &dq.embd, act, &mut b.gate, &mut dq.ff_sync, &mut dq.ff)?;
             be.matvec(&w.ffn_down, &dq.ff, &mut b.o)?;
         } else {
             be.add(&mut b.x, &b.o)?;

@@ -316,11 +316,13 @@ struct Batch {
     dq: Option<DecodeQ8>,
 }
 
-/// Q8_1 copies of the decode step's matrix inputs: `[n_embd]`, `[n_head * head_dim_v]`, `[n_ff]`.
+/// Q8_1 copies of the decode step's matrix inputs: `[n_embd]`, `[n_head * head_dim_v]`, `[n_ff]`;
+/// and the counters of the fused gate/up product (zero between launches) `[n_ff / 32]`.
 struct DecodeQ8 {
     embd: DeviceBuffer<u8>,
     attn: DeviceBuffer<u8>,
     ff: DeviceBuffer<u8>,
+    ff_sync: DeviceBuffer<i32>,
 }
 
 impl Batch {
@@ -345,7 +347,9 @@ impl Batch {
             logits: if n == 1 { Some(be.alloc(c.n_vocab)?) } else { None },
             dq: if n == 1 {
                 let q8 = |cols: usize| be.alloc::<u8>(cols / 32 * engine_cuda::Q8_1_BYTES);
-                Some(DecodeQ8 { embd: q8(c.n_embd)?, attn: q8(c.n_head * c.head_dim_v)?, ff: q8(c.n_ff)? })
+                Some(DecodeQ8 { embd: q8(c.n_embd)?, attn: q8(c.n_head * c.head_dim_v)?, ff: q8(c.n_ff)?,
+                    ff_sync: be.alloc(c.n_ff / 32)?,
+                })
             } else {
                 None
             },
@@ -356,7 +360,7 @@ impl Batch {
         let floats = n * (2 * c.n_embd + c.n_head * c.head_dim + c.n_head_kv * (c.head_dim + c.head_dim_v))
             + n * (c.n_head * c.head_dim_v + c.n_embd + 2 * c.n_ff)
             + n * c.n_head
-            + if n == 1 { c.n_vocab } else { 0 };
+            + if n == 1 { c.n_vocab + c.n_ff / 32 } else { 0 };
         ((floats + n * (2 + 2 * n_groups)) * 4) as u64
     }
 }
