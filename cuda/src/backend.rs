@@ -174,6 +174,9 @@ const AD_GROUPS: [usize; 4] = [1, 2, 4, 8];
 const AD_TARGET_BLOCKS: usize = 512;
 const AD_WANT_SPLITS_MAX: usize = 128;
 const AD_SPLIT_MIN: usize = 32;
+/// The longest split aimed at: with many tokens (sequences) per call the blocks already fill the
+/// GPU, and splits of a whole cache each left a few long blocks as the last wave.
+const AD_SPLIT_SLOTS_MAX: usize = 2048;
 const AD_MERGE_THREADS: u32 = 256;
 
 /// Query heads per block of decode attention for a GQA group of `group` heads: the smallest
@@ -182,12 +185,13 @@ fn decode_heads_per_block(group: usize) -> usize {
     AD_GROUPS.iter().copied().find(|&g| g >= group).unwrap_or(AD_GROUPS[AD_GROUPS.len() - 1])
 }
 
-/// The splits decode attention aims at for `n` tokens: enough blocks (KV heads x head chunks x
-/// splits x tokens) to fill the GPU, at most [`AD_WANT_SPLITS_MAX`].
-fn decode_want_splits(s: &AttnShape, n: usize) -> usize {
+/// The splits decode attention aims at for `n` tokens over `n_slots` slots: enough blocks (KV
+/// heads x head chunks x splits x tokens) to fill the GPU, and splits of at most
+/// [`AD_SPLIT_SLOTS_MAX`] slots, at most [`AD_WANT_SPLITS_MAX`] (non-decreasing in `n_slots`).
+fn decode_want_splits(s: &AttnShape, n_slots: usize, n: usize) -> usize {
     let group = s.n_head / s.n_head_kv.max(1);
     let per_split = s.n_head_kv * group.div_ceil(decode_heads_per_block(group)) * n.max(1);
-    (AD_TARGET_BLOCKS / per_split.max(1)).clamp(1, AD_WANT_SPLITS_MAX)
+    (AD_TARGET_BLOCKS / per_split.max(1)).max(n_slots.div_ceil(AD_SPLIT_SLOTS_MAX)).clamp(1, AD_WANT_SPLITS_MAX)
 }
 
 /// Slots per split and the number of splits of decode attention over `n_slots` slots: the
@@ -195,7 +199,7 @@ fn decode_want_splits(s: &AttnShape, n: usize) -> usize {
 /// is longer than one (so no split ends in a short tile: 8,320 slots are 65 splits of 128, not
 /// 52 of 160), which makes at most twice the splits wanted.
 fn decode_split(s: &AttnShape, n_slots: usize, n: usize) -> (usize, usize) {
-    let want = decode_want_splits(s, n);
+    let want = decode_want_splits(s, n_slots, n);
     let mut split = n_slots.div_ceil(want).div_ceil(AD_SPLIT_MIN).max(1) * AD_SPLIT_MIN;
     if split > AD_TILE {
         split = split / AD_TILE * AD_TILE;
@@ -207,7 +211,7 @@ fn decode_split(s: &AttnShape, n_slots: usize, n: usize) -> (usize, usize) {
 /// sized for the largest layer serves the smaller ones): splits have at least 32 slots and, past
 /// one tile, at least half the slots per wanted split.
 fn decode_max_splits(s: &AttnShape, n_slots: usize, n: usize) -> usize {
-    (2 * decode_want_splits(s, n)).min(n_slots.div_ceil(AD_SPLIT_MIN).max(1))
+    (2 * decode_want_splits(s, n_slots, n)).min(n_slots.div_ceil(AD_SPLIT_MIN).max(1))
 }
 
 /// The largest head dimension of the attention kernels (`ATT_MAX_D`).
@@ -679,7 +683,9 @@ impl CudaBackend {
     /// Floats of the partials of [`CudaBackend::attention_decode_batch`] for `n` tokens over
     /// `n_slots` slots each (non-decreasing in `n_slots`).
     pub fn attention_partials_batch(s: &AttnShape, n_slots: usize, n: usize) -> usize {
-        n * s.n_head * decode_max_splits(s, n_slots, n) * (2 + s.head_dim_v)
+        // The most over every token count up to n: fewer tokens take more splits each, so a
+        // buffer sized for n sequences serves a call over some of them.
+        (1..=n.max(1)).map(|t| t * s.n_head * decode_max_splits(s, n_slots, t) * (2 + s.head_dim_v)).max().unwrap_or(0)
     }
 
     /// Per decode attention kernel (query heads per block): registers per thread, local memory

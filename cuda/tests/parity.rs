@@ -548,6 +548,16 @@ fn attention_partials_grow_with_the_slots() {
                 last = p;
             }
         }
+        // ... and a session sized for n sequences serves a step of fewer of them (fewer tokens
+        // take more splits each).
+        for slots in [129usize, 4097, 16_641, 32_801] {
+            let mut last = 0;
+            for n in 1..=130 {
+                let p = CudaBackend::attention_partials_batch(&s, slots, n);
+                assert!(p >= last, "{s:?} {slots} slots: {p} partials for {n} tokens, {last} for {}", n - 1);
+                last = p;
+            }
+        }
     }
 }
 
