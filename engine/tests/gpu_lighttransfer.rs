@@ -58,7 +58,6 @@ fn lighttransfer_test_on_the_gpu_chooses_as_the_cpu() {
         let decode: Vec<u32> = (0..6).map(|_| next()).collect();
         let stream = StreamParams { sink: 4, window: 8 };
         let cands: Vec<usize> = (0..n_layer).filter(|&il| stream.is_candidate(model.native_layer_kinds()[il], prompt.len())).collect();
-        assert!(cands.len() >= 2, "{name}: candidates {cands:?}");
         let keep_full = cands.len() / 2;
         let probe = || LazyProbe::new(n_layer, stream, 16, prompt.len(), Selection::KeepFull(keep_full));
 
@@ -79,6 +78,13 @@ fn lighttransfer_test_on_the_gpu_chooses_as_the_cpu() {
                 (None, None) => assert!(!cands.contains(&il)),
                 (c, g) => panic!("{name}: layer {il}: measured on one side only (cpu {c:?}, gpu {g:?})"),
             }
+        }
+        if cands.len() < 2 {
+            // (Mistral's tiny preset: a sliding window no wider than sink + window, so no layer
+            // could lose anything by streaming.)
+            assert!(gp.made_lazy.len() == cands.len() - keep_full, "{name}: {:?}", gp.made_lazy);
+            println!("{name:>12} {ftype}: {} candidates, nothing to choose", cands.len());
+            continue;
         }
         let mut sorted: Vec<f32> = cp.ratios.iter().flatten().copied().collect();
         sorted.sort_by(f32::total_cmp);
