@@ -5,24 +5,17 @@
 //! `gpu_parity.rs`, so no sequence sees another's keys; a sequence copied from another
 //! (`copy_sequence`) must continue exactly as its source. Skips (and says so) without a GPU.
 
+mod common;
+
+use common::{every_other_streaming, gpus, nmse, tiny_model, tokens};
 use engine::gguf::GgufFile;
 use engine::gpu::{GpuModel, GpuSession};
-use engine::model::kv_cache::{KvType, LayerKind};
+use engine::model::kv_cache::KvType;
 use engine::model::{Logits, Model, Session, SessionParams};
 use engine::quant_mix::FileType;
-use engine::synth::{preset, synthesize, SynthParams};
 
 /// Largest NMSE of a GPU row of logits against the CPU's (as `gpu_parity.rs`).
 const NMSE_BOUND: f64 = 5e-3;
-
-fn nmse(a: &[f32], b: &[f32]) -> f64 {
-    let (mut num, mut den) = (0f64, 0f64);
-    for (x, y) in a.iter().zip(b) {
-        num += (*x as f64 - *y as f64).powi(2);
-        den += (*y as f64).powi(2);
-    }
-    num / den.max(1e-30)
-}
 
 fn check_finite(v: &[f32]) {
     assert!(v.iter().all(|x| x.is_finite()), "non-finite logits");
@@ -30,14 +23,7 @@ fn check_finite(v: &[f32]) {
 
 #[test]
 fn parallel_sequences_match_each_alone() {
-    let devices = match engine_cuda::probe() {
-        Ok(d) => d,
-        Err(e) => {
-            println!("skipped: {e}");
-            return;
-        }
-    };
-    println!("device: {}", devices[0].name);
+    let Some(_) = gpus() else { return };
     let dir = tempfile::tempdir().unwrap();
     // (preset, file type, every other layer streaming with this sink + window)
     let cases: &[(&str, FileType, Option<(u32, u32)>)] = &[
@@ -47,29 +33,14 @@ fn parallel_sequences_match_each_alone() {
         ("qwen2-tiny", FileType::Q8_0, None),
     ];
     for &(name, ftype, lazy) in cases {
-        let path = dir.path().join(format!("{name}-{ftype}.gguf"));
-        synthesize(&SynthParams { preset: preset(name).unwrap(), ftype, seed: 5 }, &path, None).unwrap();
+        let path = tiny_model(dir.path(), name, ftype, 5);
         let file = GgufFile::open(&path).unwrap();
         let model = Model::load(&file).unwrap();
-        let kinds: Vec<LayerKind> = model
-            .native_layer_kinds()
-            .into_iter()
-            .enumerate()
-            .map(|(il, k)| match lazy {
-                Some((sink, window)) if il % 2 == 1 => LayerKind::Streaming { sink, window, native_window: None },
-                _ => k,
-            })
-            .collect();
+        let kinds = every_other_streaming(model.native_layer_kinds(), lazy);
         let params = SessionParams { n_ctx: 80, n_batch: 16, kv_type: KvType::F16, layer_kinds: Some(kinds) };
         let gm = GpuModel::upload(&model, 0).unwrap();
         let n_vocab = model.cfg.n_vocab;
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut next = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed % n_vocab as u64) as u32
-        };
+        let mut next = tokens(0x2545_f491_4f6c_dd1d, n_vocab);
         // Three prompts of different lengths (one over two prompt batches), six decode steps.
         let prompts: Vec<Vec<u32>> = [9usize, 40, 23].iter().map(|&n| (0..n).map(|_| next()).collect()).collect();
         let steps: Vec<Vec<u32>> = (0..6).map(|_| (0..3).map(|_| next()).collect()).collect();
@@ -136,14 +107,10 @@ fn parallel_sequences_match_each_alone() {
 /// within 1% (the criterion against llama.cpp) on random-weight models and text.
 #[test]
 fn perplexity_on_the_gpu_matches_the_cpu() {
-    if let Err(e) = engine_cuda::probe() {
-        println!("skipped: {e}");
-        return;
-    }
+    let Some(_) = gpus() else { return };
     let dir = tempfile::tempdir().unwrap();
     for (name, ftype) in [("llama-tiny", FileType::Q4KM), ("gemma3-tiny", FileType::Q8_0)] {
-        let path = dir.path().join(format!("{name}.gguf"));
-        synthesize(&SynthParams { preset: preset(name).unwrap(), ftype, seed: 9 }, &path, None).unwrap();
+        let path = tiny_model(dir.path(), name, ftype, 9);
         let file = GgufFile::open(&path).unwrap();
         let model = Model::load(&file).unwrap();
         let gm = GpuModel::upload(&model, 0).unwrap();

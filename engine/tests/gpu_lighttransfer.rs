@@ -5,55 +5,33 @@
 //! give the CPU's logits within the bound of `gpu_parity.rs`, with the lazy layers' caches cut
 //! to sink + window (plus the GPU's batch margin). Skips (and says so) without a GPU.
 
+mod common;
+
+use common::{gpus, nmse, tiny_model, tokens};
 use engine::gguf::GgufFile;
 use engine::gpu::{GpuModel, GpuSession};
 use engine::lighttransfer::{LazyProbe, Selection, StreamParams};
 use engine::model::kv_cache::{KvType, LayerKind};
 use engine::model::{Logits, Model, Session, SessionParams};
 use engine::quant_mix::FileType;
-use engine::synth::{preset, synthesize, SynthParams};
 
 const RATIO_TOL: f32 = 0.02;
 const NMSE_BOUND: f64 = 5e-3;
 
-fn nmse(a: &[f32], b: &[f32]) -> f64 {
-    let (mut num, mut den) = (0f64, 0f64);
-    for (x, y) in a.iter().zip(b) {
-        num += (*x as f64 - *y as f64).powi(2);
-        den += (*y as f64).powi(2);
-    }
-    num / den.max(1e-30)
-}
-
 #[test]
 fn lighttransfer_test_on_the_gpu_chooses_as_the_cpu() {
-    let devices = match engine_cuda::probe() {
-        Ok(d) => d,
-        Err(e) => {
-            println!("skipped: {e}");
-            return;
-        }
-    };
-    println!("device: {}", devices[0].name);
+    let Some(_) = gpus() else { return };
     let dir = tempfile::tempdir().unwrap();
     // (Gemma 3: sliding-window layers among the candidates, measured query by query, and cut to
     // streaming layers that see their sinks within the native window.)
     for (name, ftype) in [("llama-tiny", FileType::Q8_0), ("qwen2-tiny", FileType::Q4KM), ("mistral-tiny", FileType::Q4_0), ("gemma3-tiny", FileType::Q4KM)] {
-        let path = dir.path().join(format!("{name}.gguf"));
-        synthesize(&SynthParams { preset: preset(name).unwrap(), ftype, seed: 3 }, &path, None).unwrap();
+        let path = tiny_model(dir.path(), name, ftype, 3);
         let file = GgufFile::open(&path).unwrap();
         let model = Model::load(&file).unwrap();
         let gm = GpuModel::upload(&model, 0).unwrap();
         let n_layer = model.cfg.n_layer;
         let params = SessionParams { n_ctx: 128, n_batch: 32, kv_type: KvType::F16, layer_kinds: None };
-        let n_vocab = model.cfg.n_vocab as u64;
-        let mut seed = 0x1234_5678_9abc_def1u64;
-        let mut next = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed % n_vocab) as u32
-        };
+        let mut next = tokens(0x1234_5678_9abc_def1, model.cfg.n_vocab);
         let prompt: Vec<u32> = (0..70).map(|_| next()).collect();
         let decode: Vec<u32> = (0..6).map(|_| next()).collect();
         let stream = StreamParams { sink: 4, window: 8 };
