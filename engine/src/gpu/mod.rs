@@ -500,6 +500,11 @@ impl<'m> GpuSession<'m> {
         }
         let plan = Plan::new(model, p)?;
         let c = &model.cfg;
+        // Slots are addressed with 32-bit indices on the device.
+        let most_slots = plan.layouts.iter().map(|l| l.0).max().unwrap_or(0);
+        if most_slots.checked_mul(n_seq).is_none_or(|t| t > i32::MAX as usize) {
+            return Err(ModelError::Config(format!("{n_seq} sequences of {most_slots} cache slots exceed 2^31 slots per layer")).into());
+        }
         let kv_bytes = plan.kv_bytes_per_seq * n_seq as u64;
         let scratch = plan.scratch_bytes(model, n_seq);
         let be = &model.be;
