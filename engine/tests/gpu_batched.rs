@@ -134,3 +134,36 @@ fn perplexity_on_the_gpu_matches_the_cpu() {
         assert!(g.ppl.is_finite() && rel <= 0.01, "{name}: cpu {} gpu {}", c.ppl, g.ppl);
     }
 }
+
+/// `engine chat -ngl` goes back to the cached prefix of a conversation: the GPU session's
+/// `truncate` keeps what the CPU's keeps (the same answer, then the same logits after it), and
+/// refuses, as the CPU does, to go back past what a sliding window already dropped.
+#[test]
+fn truncate_on_the_gpu_as_on_the_cpu() {
+    let Some(_) = gpus() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    for (name, ftype) in [("llama-tiny", FileType::Q8_0), ("gemma3-tiny", FileType::Q4KM)] {
+        let path = tiny_model(dir.path(), name, ftype, 21);
+        let file = GgufFile::open(&path).unwrap();
+        let model = Model::load(&file).unwrap();
+        let gm = GpuModel::upload(&model, 0).unwrap();
+        let params = SessionParams { n_ctx: 128, n_batch: 16, kv_type: KvType::F16, layer_kinds: None };
+        let mut next = tokens(0xfeed_beef, model.cfg.n_vocab);
+        let prompt: Vec<u32> = (0..100).map(|_| next()).collect();
+        let again: Vec<u32> = (0..5).map(|_| next()).collect();
+        for keep in [99usize, 90, 60, 10] {
+            let mut cpu = Session::new(&model, &params).unwrap();
+            let mut gpu = GpuSession::new(&gm, &params).unwrap();
+            cpu.eval(&prompt, Logits::None).unwrap();
+            gpu.eval(&prompt, Logits::None).unwrap();
+            let (c_ok, g_ok) = (cpu.truncate(keep), gpu.truncate(keep).unwrap());
+            assert_eq!(c_ok, g_ok, "{name}: truncate to {keep}");
+            assert_eq!(cpu.n_past(), gpu.n_past(), "{name}: truncate to {keep}");
+            let c = cpu.eval(&again, Logits::Last).unwrap();
+            let g = gpu.eval(&again, Logits::Last).unwrap();
+            let e = nmse(&g, &c);
+            assert!(e <= NMSE_BOUND, "{name}: after truncating to {keep}: NMSE {e:.3e}");
+            println!("{name:>12} {ftype}: truncate to {keep}: {c_ok}, then NMSE {e:.2e}");
+        }
+    }
+}

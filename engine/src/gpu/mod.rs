@@ -365,6 +365,30 @@ impl Batch {
     }
 }
 
+impl crate::generate::Conversation for GpuSession<'_> {
+    fn truncate(&mut self, n: usize) -> Result<bool, ModelError> {
+        GpuSession::truncate(self, n).map_err(ModelError::from)
+    }
+    fn restart(&mut self, params: &SessionParams) -> Result<(), ModelError> {
+        // The old caches go first, so the new ones have their memory.
+        self.graph = None;
+        self.batches.clear();
+        self.layers.clear();
+        *self = GpuSession::new(self.model, params).map_err(ModelError::from)?;
+        Ok(())
+    }
+    fn set_probe(&mut self, probe: Option<LazyProbe>) {
+        self.probe = probe;
+    }
+    fn take_probe(&mut self) -> Option<LazyProbe> {
+        self.probe.take()
+    }
+    fn kv_layers(&self) -> Vec<(LayerKind, usize)> {
+        // (The first sequence's share: a chat holds one.)
+        self.layers.iter().map(|l| (l.kind, (l.k.len() + l.v.len()) * 2 / self.past.len())).collect()
+    }
+}
+
 impl crate::generate::Evaluate for GpuSession<'_> {
     fn eval(&mut self, tokens: &[u32], which: Logits) -> Result<Vec<f32>, ModelError> {
         GpuSession::eval(self, tokens, which).map_err(ModelError::from)
@@ -592,6 +616,36 @@ impl<'m> GpuSession<'m> {
         }
         self.past.iter_mut().for_each(|p| *p = 0);
         Ok(())
+    }
+
+    /// Keeps only the first `n` positions of the first sequence (as
+    /// [`crate::model::Session::truncate`]): false when a ring already dropped what position `n`
+    /// needs, and that sequence is then empty.
+    pub fn truncate(&mut self, n: usize) -> Result<bool, GpuError> {
+        if n >= self.past[0] {
+            return Ok(true);
+        }
+        let be = &self.model.be;
+        let mut held_ok = true;
+        let mut runs = Vec::with_capacity(self.layers.len());
+        for l in &self.layers {
+            let mut pos = be.download(&l.pos)?;
+            let run = &mut pos[..l.n_slots];
+            run.iter_mut().filter(|p| **p >= n as i32).for_each(|p| *p = -1);
+            let mask = l.kind.mask();
+            let held = run.iter().filter(|&&p| p >= 0 && mask.visible(n as i64, p as i64)).count();
+            let needed = (0..n as i64).filter(|&p| mask.visible(n as i64, p)).count();
+            held_ok &= held == needed;
+            runs.push(pos);
+        }
+        for (l, mut pos) in self.layers.iter_mut().zip(runs) {
+            if !held_ok {
+                pos[..l.n_slots].iter_mut().for_each(|p| *p = -1);
+            }
+            be.upload_into(&pos, &mut l.pos)?;
+        }
+        self.past[0] = if held_ok { n } else { 0 };
+        Ok(held_ok)
     }
 
     fn check_seq(&self, seq: usize) -> Result<(), GpuError> {
