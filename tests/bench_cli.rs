@@ -102,3 +102,39 @@ fn parallel_sequences_are_rows_of_their_own() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--parallel must be at least 1"));
 }
+
+#[test]
+fn lazy_layers_stream_from_the_first_token() {
+    let Some(model) = default_model() else { return };
+    // Gemma 3 270M: layers 5 and 11 are global. The first row, pp16 at depth 256, has caches of
+    // 256 + 16 + 1 = 273 positions; streaming layers keep sink + window = 4 + 124.
+    let args = ["-o", "json", "-d", "256"];
+    let native = bench(&model, &args);
+    assert!(native.status.success(), "{}", String::from_utf8_lossy(&native.stderr));
+    let lazy = bench(&model, &[&args[..], &["--lazy-layers", "5,11", "--sink", "4", "--window", "124"]].concat());
+    assert!(lazy.status.success(), "{}", String::from_utf8_lossy(&lazy.stderr));
+    let row = |o: &std::process::Output| -> serde_json::Value {
+        let doc: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON document");
+        doc.as_array().expect("an array")[0].clone()
+    };
+    let (n, l) = (row(&native), row(&lazy));
+    assert_eq!((n["n_prompt"].as_u64(), n["n_depth"].as_u64()), (Some(16), Some(256)));
+    assert_eq!(l["lazy_layers"], serde_json::json!([5, 11]));
+    assert!(n["lazy_layers"].is_null());
+    // Two layers keep 128 instead of 273 positions of f16 K and V (1 KV head of 256 dims each).
+    let per_pos = 2 * 256 * 2;
+    let saved = n["kv_bytes"].as_u64().unwrap() - l["kv_bytes"].as_u64().unwrap();
+    assert_eq!(saved, 2 * (273 - 128) * per_pos, "native {} lazy {}", n["kv_bytes"], l["kv_bytes"]);
+
+    let md = bench(&model, &["--lazy-layers", "5,11"]);
+    assert!(md.status.success());
+    assert!(String::from_utf8_lossy(&md.stdout).contains(" tg4 lazy2/18 "), "{}", String::from_utf8_lossy(&md.stdout));
+
+    let bad = bench(&model, &["--lazy-layers", "18"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("layer 18 does not exist"), "{}", String::from_utf8_lossy(&bad.stderr));
+
+    let fit = bench(&model, &["--parallel-fit"]);
+    assert!(!fit.status.success());
+    assert!(String::from_utf8_lossy(&fit.stderr).contains("--parallel-fit is for the GPU"));
+}

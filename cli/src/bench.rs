@@ -8,7 +8,13 @@
 //! `--parallel N` runs each test on N sequences at once, each with its own KV cache, as
 //! llama-batched-bench does: N prompts prefilled together, then N tokens per decode step in one
 //! forward call (the weights are read once per step for all of them); tokens/s counts every
-//! sequence's tokens, and the KV column is all N caches together.
+//! sequence's tokens, and the KV column is all N caches together. On the GPU the N prompts are
+//! prefilled one after the other, a depth fill is evaluated once per test and copied into every
+//! sequence and every run (llama.cpp's `llama_memory_seq_cp`), and `--parallel-fit` tests as
+//! many sequences as fit in GPU memory.
+//!
+//! `--lazy-layers` makes the listed layers stream (sink + window) from the first token, as a
+//! file's `lighttransfer.*` flags would: what the hybrid model saves in memory and time.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -17,7 +23,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use engine::gguf::GgufFile;
 use engine::lighttransfer::{HybridMode, HybridOptions};
-use engine::model::kv_cache::KvType;
+use engine::model::kv_cache::{KvType, LayerKind};
 use engine::model::{eval_batch, Logits, Model, Session, SessionParams};
 use engine::sampling::Rng;
 use serde_json::{json, Value};
@@ -60,6 +66,13 @@ pub struct Args {
     /// Sequence counts to test: that many sequences prefilled and decoded together.
     #[arg(long = "parallel", value_delimiter = ',', default_value = "1")]
     parallel: Vec<usize>,
+    /// GPU: test as many sequences as fit in GPU memory (after the weights) instead of the
+    /// `--parallel` counts.
+    #[arg(long = "parallel-fit")]
+    parallel_fit: bool,
+    /// These layers stream (keep sink + window positions) from the first token (e.g. 0,2,4).
+    #[arg(long = "lazy-layers", value_delimiter = ',')]
+    lazy_layers: Option<Vec<usize>>,
     /// Sink positions lazy layers keep.
     #[arg(long = "sink", default_value_t = engine::lighttransfer::DEFAULT_SINK)]
     sink: u32,
@@ -222,25 +235,67 @@ fn run_once(
     Ok(((n_seq * (t.n_prompt + t.n_gen)) as f64 / secs.max(1e-9), kv))
 }
 
-/// [`run_once`] on the GPU (native or file-flagged layer kinds only).
-fn run_once_gpu(model: &engine::gpu::GpuModel, params: &SessionParams, t: &Test, rng: &mut Rng) -> anyhow::Result<(f64, u64)> {
-    let n_vocab = model.cfg.n_vocab as u64;
-    let mut random = |n: usize| -> Vec<u32> { (0..n).map(|_| (rng.next_u64() % n_vocab) as u32).collect() };
-    let mut session = engine::gpu::GpuSession::new(model, params)?;
-    if t.depth > 0 {
-        session.eval(&random(t.depth), Logits::None)?;
+/// A test's sessions on the GPU: `n_seq` sequences, plus one holding the depth fill (evaluated
+/// once, copied into the others before every run).
+struct GpuBench<'m> {
+    session: engine::gpu::GpuSession<'m>,
+    n_seq: usize,
+    depth_filled: bool,
+}
+
+impl<'m> GpuBench<'m> {
+    fn new(model: &'m engine::gpu::GpuModel, params: &SessionParams, t: &Test, n_seq: usize) -> anyhow::Result<GpuBench<'m>> {
+        let extra = usize::from(t.depth > 0);
+        let session = engine::gpu::GpuSession::with_sequences(model, params, n_seq + extra)?;
+        Ok(GpuBench { session, n_seq, depth_filled: false })
     }
-    let prompt = random(t.n_prompt);
-    let token = random(1)[0];
-    let start = Instant::now();
-    if t.n_prompt > 0 {
-        session.eval(&prompt, Logits::Last)?;
+
+    /// [`run_once`] on the GPU. With LightTransfer-Test (`mode`), the layers are chosen on the
+    /// depth fill (for tg) or on the first sequence's timed prompt (for pp: the caller gives
+    /// each run a fresh bench).
+    fn run_once(&mut self, t: &Test, mode: &HybridMode, native: &[LayerKind], rng: &mut Rng) -> anyhow::Result<(f64, u64)> {
+        let s = &mut self.session;
+        let n_vocab = s.model.cfg.n_vocab as u64;
+        let mut random = |n: usize| -> Vec<u32> { (0..n).map(|_| (rng.next_u64() % n_vocab) as u32).collect() };
+        if t.depth > 0 {
+            let template = self.n_seq;
+            if !self.depth_filled {
+                s.probe = mode.probe(native, t.depth);
+                s.eval_seq(template, &random(t.depth), Logits::None)?;
+                s.probe = None;
+                self.depth_filled = true;
+            }
+            for seq in 0..self.n_seq {
+                s.copy_sequence(template, seq)?;
+            }
+        } else {
+            s.reset()?;
+            if t.n_prompt > 0 {
+                s.probe = mode.probe(native, t.n_prompt);
+            }
+        }
+        let prompts: Vec<Vec<u32>> = (0..self.n_seq).map(|_| random(t.n_prompt)).collect();
+        let tokens: Vec<u32> = (0..self.n_seq).map(|_| random(1)[0]).collect();
+        s.model.be.synchronize().map_err(engine::gpu::GpuError::from)?;
+        let start = Instant::now();
+        if t.n_prompt > 0 {
+            for (seq, p) in prompts.iter().enumerate() {
+                s.eval_seq(seq, p, Logits::Last)?;
+            }
+        }
+        for _ in 0..t.n_gen {
+            if self.n_seq == 1 {
+                s.eval_seq(0, &tokens, Logits::Last)?;
+            } else {
+                s.eval_parallel(&tokens)?;
+            }
+        }
+        let secs = start.elapsed().as_secs_f64();
+        s.probe = None;
+        // The KV of the sequences tested (not the depth template).
+        let kv = s.kv_bytes() as u64 / s.n_seq() as u64 * self.n_seq as u64;
+        Ok(((self.n_seq * (t.n_prompt + t.n_gen)) as f64 / secs.max(1e-9), kv))
     }
-    for _ in 0..t.n_gen {
-        session.eval(&[token], Logits::Last)?;
-    }
-    let secs = start.elapsed().as_secs_f64();
-    Ok(((t.n_prompt + t.n_gen) as f64 / secs.max(1e-9), session.kv_bytes() as u64))
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -301,38 +356,68 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         };
         for &nt in &threads {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(nt).build().context("starting the thread pool")?;
-            let mut cases: Vec<(f32, usize, &Test)> = Vec::new();
+            // (lazy fraction, sequences or None for "as many as fit", test)
+            let mut cases: Vec<(f32, Option<usize>, &Test)> = Vec::new();
             for &lazy in &args.lazy {
-                for &n_seq in &args.parallel {
-                    cases.extend(tests.iter().map(|t| (lazy, n_seq, t)));
+                if args.parallel_fit {
+                    cases.extend(tests.iter().map(|t| (lazy, None, t)));
+                } else {
+                    for &n_seq in &args.parallel {
+                        cases.extend(tests.iter().map(|t| (lazy, Some(n_seq), t)));
+                    }
                 }
             }
             for (lazy, n_seq, t) in cases {
                 let n_ctx = t.depth + t.n_prompt + t.n_gen + 1;
-                let params = SessionParams {
+                let mut params = SessionParams {
                     n_ctx,
                     n_batch: args.batch,
                     kv_type: if args.kv_type == "f32" { KvType::F32 } else { KvType::F16 },
                     layer_kinds: None,
                 };
-                let mode = if lazy > 0.0 {
+                let mode = if lazy > 0.0 || args.lazy_layers.is_some() {
                     let opts = HybridOptions {
-                        lazy_fraction: Some(lazy),
+                        lazy_fraction: (lazy > 0.0).then_some(lazy),
                         sink: Some(args.sink),
                         window: Some(args.window),
                         ignore_file: true,
+                        lazy_layers: args.lazy_layers.clone(),
                         ..HybridOptions::default()
                     };
                     opts.resolve(None, &model.native_layer_kinds())?
                 } else {
                     HybridMode::Native
                 };
-                let runs: Vec<(f64, u64)> = if let Some(g) = &gpu {
-                    if !matches!(mode, HybridMode::Native) || n_seq != 1 {
-                        bail!("on the GPU, bench runs one sequence with the model's own layer kinds (--lazy selection and --parallel run on the CPU)");
+                if let HybridMode::Static { kinds, .. } = &mode {
+                    params.layer_kinds = Some(kinds.clone());
+                }
+                let n_seq = match (n_seq, &gpu) {
+                    (Some(n), _) => n,
+                    (None, Some(g)) => {
+                        let extra = usize::from(t.depth > 0);
+                        let fit = engine::gpu::GpuSession::fit_sequences(g, &params)?.saturating_sub(extra);
+                        if fit == 0 {
+                            bail!("{}: not one sequence of {n_ctx} positions fits in GPU memory", t.name());
+                        }
+                        fit
                     }
-                    run_once_gpu(g, &params, t, &mut rng)?; // warm-up
-                    (0..args.reps).map(|_| run_once_gpu(g, &params, t, &mut rng)).collect::<anyhow::Result<_>>()?
+                    (None, None) => bail!("--parallel-fit is for the GPU (-ngl / --device cuda)"),
+                };
+                let runs: Vec<(f64, u64)> = if let Some(g) = &gpu {
+                    // LightTransfer-Test on a timed prompt cuts layers: a fresh session each run.
+                    let fresh = matches!(mode, HybridMode::Test { .. }) && t.depth == 0;
+                    let native = model.native_layer_kinds();
+                    let mut b = GpuBench::new(g, &params, t, n_seq)?;
+                    b.run_once(t, &mode, &native, &mut rng)?; // warm-up
+                    let mut runs = Vec::new();
+                    for _ in 0..args.reps {
+                        if fresh {
+                            drop(b);
+                            b = GpuBench::new(g, &params, t, n_seq)?;
+                        }
+                        runs.push(b.run_once(t, &mode, &native, &mut rng)?);
+                    }
+                    runs
                 } else {
                     pool.install(|| -> anyhow::Result<Vec<(f64, u64)>> {
                         run_once(&model, &params, &mode, t, n_seq, &mut rng)?; // warm-up
@@ -345,6 +430,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 let mut test_name = t.name();
                 if lazy > 0.0 {
                     test_name = format!("{test_name} lazy{lazy}");
+                }
+                if let (HybridMode::Static { lazy, .. }, 0.0) = (&mode, lazy) {
+                    test_name = format!("{test_name} lazy{}/{}", lazy.len(), model.cfg.n_layer);
                 }
                 if n_seq > 1 {
                     test_name = format!("{test_name} x{n_seq}");
@@ -387,6 +475,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                         "samples_ts": samples,
                         "kv_bytes": kv,
                         "lazy_fraction": lazy,
+                        "lazy_layers": match &mode { HybridMode::Static { lazy, .. } => json!(lazy), _ => json!(null) },
                         "n_parallel": n_seq,
                     }),
                 });

@@ -12,13 +12,13 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use engine::chat::{Builtin, ChatTemplate, Message};
-use engine::generate::{generate, GenStats, GenerateParams, StopReason};
+use engine::generate::{generate, Conversation, GenStats, GenerateParams, StopReason};
 use engine::model::{Model, Session};
 use engine::sampling::{Sampler, SamplerParams};
 use engine::tokenizer::{TokenizeOptions, Tokenizer};
 use rustyline::error::ReadlineError;
 
-use crate::common::{describe_hybrid, human_bytes, init_threads, open_model, tokenizer, HybridArgs, ModelArgs, SamplingArgs};
+use crate::common::{describe_hybrid, human_bytes, init_threads, open_model, tokenizer, DeviceArgs, HybridArgs, ModelArgs, SamplingArgs};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -41,6 +41,8 @@ pub struct Args {
     /// History file (default: chat_history.txt in the model cache directory).
     #[arg(long = "history")]
     history: Option<PathBuf>,
+    #[command(flatten)]
+    device: DeviceArgs,
 }
 
 const HELP: &str = "\
@@ -65,8 +67,9 @@ struct Saved {
 
 const SAVE_FORMAT: &str = "engine-chat-1";
 
-struct Chat<'m, 'a> {
-    session: Session<'m, 'a>,
+struct Chat<'m> {
+    /// The CPU's session or the GPU's.
+    session: Box<dyn Conversation + 'm>,
     tok: &'m Tokenizer,
     template: Option<ChatTemplate>,
     sampler_params: SamplerParams,
@@ -113,7 +116,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let native = model.native_layer_kinds();
     let mut params = args.model.session_params(model.cfg.n_ctx_train, 4096);
     params.layer_kinds = Some(mode.kinds(&native));
-    let session = Session::new(&model, &params)?;
+    let gpu = if args.device.cuda(model.cfg.n_layer)? {
+        Some(engine::gpu::GpuModel::upload(&model, 0).context("loading the model onto the GPU")?)
+    } else {
+        None
+    };
+    let session: Box<dyn Conversation> = match &gpu {
+        Some(g) => Box::new(engine::gpu::GpuSession::new(g, &params)?),
+        None => Box::new(Session::new(&model, &params)?),
+    };
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
@@ -138,6 +149,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
 
     eprintln!("engine chat: {} ({}, {} positions of context)", file.path().display(), model.cfg.describe(), chat.session.n_ctx());
+    if let Some(g) = &gpu {
+        eprintln!("device: CUDA, {}", g.device_name());
+    }
     match &chat.template {
         Some(t) => eprintln!("chat template: {}", t.name()),
         None => eprintln!(
@@ -243,7 +257,7 @@ fn ensure_default_model() -> anyhow::Result<()> {
     }
 }
 
-impl Chat<'_, '_> {
+impl Chat<'_> {
     /// Runs a slash command; false means leave.
     fn command(&mut self, cmd: &str) -> anyhow::Result<bool> {
         let (name, rest) = cmd.split_once(char::is_whitespace).unwrap_or((cmd, ""));
@@ -290,9 +304,8 @@ impl Chat<'_, '_> {
         self.sampler.reset();
         self.hybrid_note = None;
         // Layers LightTransfer-Test turned lazy go back to their native kind.
-        match Session::new(self.session.model, &self.params) {
-            Ok(s) => self.session = s,
-            Err(_) => self.session.reset(),
+        if self.session.restart(&self.params).is_err() {
+            let _ = self.session.reset();
         }
     }
 
@@ -331,14 +344,21 @@ impl Chat<'_, '_> {
             None => println!("no reply yet"),
         }
         println!("context: {} of {} positions used", self.session.n_past(), self.session.n_ctx());
-        let cache = &self.session.cache;
-        println!("kv cache: {}", human_bytes(cache.bytes() as u64));
-        for (kind, layers, bytes) in cache.bytes_by_kind() {
-            let which: Vec<String> =
-                cache.layers.iter().enumerate().filter(|(_, l)| l.kind.label() == kind).map(|(i, _)| i.to_string()).collect();
-            println!("  {kind:<15} {layers:>3} layers {:>10}  (layers {})", human_bytes(bytes as u64), which.join(","));
+        let layers = self.session.kv_layers();
+        println!("kv cache: {}", human_bytes(layers.iter().map(|l| l.1 as u64).sum()));
+        let mut labels: Vec<&str> = Vec::new();
+        for (kind, _) in &layers {
+            if !labels.contains(&kind.label()) {
+                labels.push(kind.label());
+            }
         }
-        let lazy: Vec<usize> = cache.layers.iter().enumerate().filter(|(_, l)| l.kind.label() == "streaming").map(|(i, _)| i).collect();
+        for label in labels {
+            let which: Vec<usize> = (0..layers.len()).filter(|&i| layers[i].0.label() == label).collect();
+            let bytes: usize = which.iter().map(|&i| layers[i].1).sum();
+            let names: Vec<String> = which.iter().map(|i| i.to_string()).collect();
+            println!("  {label:<15} {:>3} layers {:>10}  (layers {})", which.len(), human_bytes(bytes as u64), names.join(","));
+        }
+        let lazy: Vec<usize> = (0..layers.len()).filter(|&i| layers[i].0.label() == "streaming").collect();
         println!("lazy (streaming) layers: {} {lazy:?}", lazy.len());
         if let Some(note) = &self.hybrid_note {
             println!("hybrid: {note}");
@@ -401,7 +421,7 @@ impl Chat<'_, '_> {
         // Keep what the cache holds of this prompt; evaluate the rest.
         let common = self.cached.iter().zip(&tokens).take_while(|(a, b)| a == b).count();
         if common < self.cached.len() {
-            if self.session.truncate(common) {
+            if self.session.truncate(common)? {
                 self.cached.truncate(common);
             } else {
                 self.cached.clear();
@@ -417,20 +437,20 @@ impl Chat<'_, '_> {
             );
         }
         if self.session.n_past() == 0 {
-            self.session.cache.probe = self.mode.probe(&self.native, new.len());
+            self.session.set_probe(self.mode.probe(&self.native, new.len()));
         }
         self.stop.store(false, Ordering::Relaxed);
         let mut reply = String::new();
         let stdout = std::io::stdout();
         let params = GenerateParams { n_predict: self.n_predict, stop: Some(&self.stop) };
-        let stats = generate(&mut self.session, self.tok, &mut self.sampler, new, &params, |text| {
+        let stats = generate(&mut *self.session, self.tok, &mut self.sampler, new, &params, |text| {
             reply.push_str(text);
             let mut out = stdout.lock();
             out.write_all(text.as_bytes())?;
             out.flush()
         })?;
         println!();
-        if let Some(probe) = self.session.cache.probe.take() {
+        if let Some(probe) = self.session.take_probe() {
             self.hybrid_note = describe_hybrid(&self.mode, Some(&probe));
         }
         match stats.stop {

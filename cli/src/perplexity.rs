@@ -9,7 +9,7 @@ use anyhow::Context;
 use engine::model::{Model, Session};
 use engine::tokenizer::TokenizeOptions;
 
-use crate::common::{describe_hybrid, init_threads, open_model, tokenizer, HybridArgs, ModelArgs};
+use crate::common::{describe_hybrid, init_threads, open_model, tokenizer, DeviceArgs, HybridArgs, ModelArgs};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -25,6 +25,8 @@ pub struct Args {
     /// Score at most this many chunks.
     #[arg(long = "chunks")]
     chunks: Option<usize>,
+    #[command(flatten)]
+    device: DeviceArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -45,19 +47,49 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     params.layer_kinds = Some(mode.kinds(&model.native_layer_kinds()));
     let n_ctx = params.n_ctx;
     params.n_batch = params.n_batch.max(n_ctx);
-    let mut session = Session::new(&model, &params)?;
+    let gpu = if args.device.cuda(model.cfg.n_layer)? {
+        let g = engine::gpu::GpuModel::upload(&model, 0).context("loading the model onto the GPU")?;
+        eprintln!("device: CUDA, {}", g.device_name());
+        Some(g)
+    } else {
+        None
+    };
+    let mut cpu_session;
+    let mut gpu_session;
+    let session: &mut dyn PerplexitySession = match &gpu {
+        Some(g) => {
+            gpu_session = engine::gpu::GpuSession::new(g, &params)?;
+            &mut gpu_session
+        }
+        None => {
+            cpu_session = Session::new(&model, &params)?;
+            &mut cpu_session
+        }
+    };
     let t = Instant::now();
     let tokens = tok.tokenize(&text, TokenizeOptions { add_special: true, parse_special: false });
     eprintln!("tokenized {} bytes into {} tokens in {:.0} ms", text.len(), tokens.len(), t.elapsed().as_secs_f64() * 1e3);
     let bos = if tok.add_bos() { tok.bos() } else { None };
     eprintln!("calculating perplexity over {} chunks, n_ctx={n_ctx}", (tokens.len() / n_ctx).min(args.chunks.unwrap_or(usize::MAX)));
     let t = Instant::now();
-    let result = engine::perplexity::perplexity(&mut session, &tokens, bos, n_ctx, args.chunks, |i, ppl| {
-        print!("[{}]{ppl:.4},", i + 1);
-        let _ = std::io::stdout().flush();
-    })?;
+    let result = session.score(&tokens, bos, n_ctx, args.chunks)?;
     println!();
     eprintln!("{} tokens scored in {:.1} s", result.n_scored, t.elapsed().as_secs_f64());
     println!("Final estimate: PPL = {:.4} +/- {:.5}", result.ppl, result.stderr);
     Ok(())
+}
+
+/// A CPU or GPU session, scoring a text with [`engine::perplexity::perplexity`] and printing the
+/// running value after each chunk as llama-perplexity does.
+trait PerplexitySession {
+    fn score(&mut self, tokens: &[u32], bos: Option<u32>, n_ctx: usize, chunks: Option<usize>) -> anyhow::Result<engine::perplexity::Perplexity>;
+}
+
+impl<S: engine::generate::Evaluate> PerplexitySession for S {
+    fn score(&mut self, tokens: &[u32], bos: Option<u32>, n_ctx: usize, chunks: Option<usize>) -> anyhow::Result<engine::perplexity::Perplexity> {
+        Ok(engine::perplexity::perplexity(self, tokens, bos, n_ctx, chunks, |i, ppl| {
+            print!("[{}]{ppl:.4},", i + 1);
+            let _ = std::io::stdout().flush();
+        })?)
+    }
 }

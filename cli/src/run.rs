@@ -59,21 +59,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut sampler = Sampler::new(sampler_params.clone())?;
     let ids = tok.tokenize(&prompt, TokenizeOptions::default());
     if args.device.cuda(model.cfg.n_layer)? {
-        if mode.probe(&native, ids.len()).is_some() {
-            anyhow::bail!(
-                "LightTransfer-Test selection (--lazy) runs on the CPU only; on the GPU, give lazy layers through the file's flags"
-            );
-        }
         let gpu = engine::gpu::GpuModel::upload(&model, 0).context("loading the model onto the GPU")?;
         let mut session = engine::gpu::GpuSession::new(&gpu, &params)?;
+        session.probe = mode.probe(&native, ids.len());
         let display = (!args.no_display_prompt).then_some(prompt.as_str());
         let stats = stream_to_stdout(&mut session, &tok, &mut sampler, display, &ids, n_predict)?;
+        let probe = session.probe.take();
         eprintln!();
         eprintln!("model:      {} ({}, {})", file.path().display(), model.cfg.describe(), human_bytes(gpu.weight_bytes()));
         eprintln!("device:     CUDA, {}", gpu.device_name());
         eprintln!("prompt:     {} tokens, {:.2} tokens/s", stats.n_prompt, stats.prompt_tps());
         eprintln!("generation: {} tokens, {:.2} tokens/s ({:?})", stats.n_gen, stats.gen_tps(), stats.stop);
         eprintln!("kv cache:   {} for {} positions (f16, on the GPU)", human_bytes(session.kv_bytes() as u64), session.n_ctx());
+        if let Some(h) = describe_hybrid(&mode, probe.as_ref()) {
+            eprintln!("hybrid:     {h}");
+        }
         return Ok(());
     }
     let mut session = Session::new(&model, &params)?;

@@ -122,7 +122,7 @@ fn main() -> Result<(), CudaError> {
         let mut xq = gpu.alloc::<u8>(cols / 32 * Q8_1_BYTES)?;
         gpu.quantize_q8_1(&xd, &mut xq)?;
         let mut out = gpu.alloc::<f32>(rows)?;
-        let auto = gpu.auto_matvec(ty, rows);
+        let auto = gpu.auto_matvec(ty, rows, cols);
         for kernel in MatvecKernel::ALL {
             for i in 0..20 {
                 gpu.matvec_with(kernel, &mats[i % n_copies], &xq, &mut out)?;

@@ -1,14 +1,7 @@
 // The gated FFN's middle, element-wise and in place: gate = act(gate) * up.
 // CPU reference: ggml_kernels::ops::{gated_act, gelu_tanh, silu}.
 
-__device__ __forceinline__ float gelu_tanh(float x) {
-    const float SQRT_2_OVER_PI = 0.7978846f;
-    return 0.5f * x * (1.0f + tanhf(SQRT_2_OVER_PI * x * (1.0f + 0.044715f * x * x)));
-}
-
-__device__ __forceinline__ float silu(float x) {
-    return x / (1.0f + expf(-x));
-}
+// (gelu_tanh, silu and gated are in common.cuh: the fused gate/up product applies them too.)
 
 extern "C" __global__ void gelu_tanh_mul_f32(float* gate, const float* __restrict__ up, long long n) {
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
@@ -32,16 +25,5 @@ extern "C" __global__ void gated_act_q8_1(const float* __restrict__ gate, const 
     if (b >= n_blocks) return;  // whole warps leave together
     const int lane = threadIdx.x % WARP_SIZE;
     const long long i = b * 32 + lane;
-    const float g = gate[i];
-    const float v = (act == 0 ? gelu_tanh(g) : silu(g)) * up[i];
-    const float amax = warp_max(fabsf(v));
-    const float d = amax / 127.0f;
-    const float id = d != 0.0f ? 1.0f / d : 0.0f;
-    const int q = (int)roundf(v * id);
-    const int sum = warp_sum_int(q);
-    out[b].qs[lane] = (i8)q;
-    if (lane == 0) {
-        out[b].d = f2h(d);
-        out[b].s = f2h((float)sum * d);
-    }
+    quantize_q8_1_warp(gated(act, gate[i], up[i]), out + b);
 }

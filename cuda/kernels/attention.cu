@@ -1,146 +1,343 @@
-// Single-query attention (decode) over an f16 KV cache, with causal, window and sink+window
-// masks, returning each head's output and the log-sum-exp of its scaled, masked scores.
-// CPU reference: ggml_kernels::attention::attention (one query row).
+// Decode attention: each query (one token of some sequence) over an f16 KV cache, with causal,
+// window and sink+window masks, returning each head's output and the log-sum-exp of its scaled,
+// masked scores. CPU reference: ggml_kernels::attention::attention (one query row per token).
 //
 // Cache layout: k [slot][n_head_kv][D], v [slot][n_head_kv][Dv] (f16), kpos [slot] (the absolute
 // position a slot holds; negative when empty). Query head h reads KV head h / (n_head / n_head_kv).
 // A slot at position kp is visible from the query position qp when
-//   kp >= 0 && kp <= qp && (window < 0 || qp - kp < window || kp < sink)
-// (window < 0: no window).
+//   kp >= 0 && kp <= qp && (window < 0 || qp - kp < window || kp < sink) && (span < 0 || qp - kp < span)
+// (window < 0: no window; span < 0: no bound on the sinks' distance, see AttnMask::span). Token t of a call (query q[t], position qpos[t]) sees the n_slots
+// slots base[t] .. base[t] + n_slots of the caches (several sequences side by side).
 //
-// Two passes (split-K, "flash decoding"): attn_decode_partial gives each (head, run of `split`
-// slots) to one block of ATT_WARPS warps; a warp takes one slot at a time (lanes split the head
-// dimension, so the row reads are coalesced) and keeps a running max, sum and weighted V (online
-// softmax); the warps then merge into the block's partial (max, sum, o[Dv]). attn_decode_combine
-// merges the partials of each head, normalises and writes the log-sum-exp.
+// Two passes (split-K, "flash decoding"). attn_decode_g<G>: a block takes one KV head, G query
+// heads of its group (the whole group when it has at most G heads) and one run of `split` slots,
+// so each key and value row is read once for the G heads. It walks the run in tiles of AD_TILE
+// slots: thread i scores slot i of the tile against the G queries (the key row in 16-byte loads,
+// the scaled queries in shared memory), the block takes each head's tile maximum (one online
+// softmax step per tile, not per slot), and then the threads split each value row into 16-byte
+// pieces (thread = piece + group of slots) and accumulate the G weighted outputs. Tiles with no
+// visible slot are skipped after reading their positions only. The run's partial per head is
+// (max, sum, unnormalised output[Dv]). attn_decode_merge merges the partials of each (token,
+// head), normalises, and writes the log-sum-exp.
 
-#define ATT_WARPS 4
+#define AD_TILE 128  // slots per tile = threads per block
+#define AD_WARPS (AD_TILE / WARP_SIZE)
+// 16-byte key pieces, and value rows, a thread has in flight: 16 with up to 4 heads per block, 8
+// with 8 (H200, Llama-3-8B shape at 8,320 slots: 31.0 us per call with 16, 33.6 with 8, the
+// registers going from 166 to 255 and the resident blocks from 3 to 2 per multiprocessor; the
+// 8-head kernel at 255 registers spills, and Qwen 2.5 7B's shape took 42.2 us with 16, 36.8 with 8).
+#define AD_INFLIGHT(G) ((G) <= 4 ? 16 : 8)
+#define AD_MAX_SPLITS 256
+#define AD_MERGE_THREADS 256
 #define ATT_MAX_D 256
-#define ATT_PER_LANE (ATT_MAX_D / WARP_SIZE)
 
-// Launch: grid (n_head, n_splits = ceil(n_slots / split) or 1), block (32 * ATT_WARPS); the caller
-// picks `split` (slots per block) from the slot count: short runs keep many blocks in flight, long
-// contexts keep the number of partials the combine pass reads bounded.
-// part: [n_head][n_splits][2 + Dv] floats (max, sum, unnormalised output). When qpos_dev is not
-// null the query position is read from it instead of qpos (a captured CUDA graph replays the
-// same arguments every token).
-extern "C" __global__ void __launch_bounds__(WARP_SIZE * ATT_WARPS)
-attn_decode_partial(const float* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v,
-                    const int* __restrict__ kpos, float* __restrict__ part, int n_slots, int n_head,
-                    int n_head_kv, int D, int Dv, float scale, int qpos, int window, int sink,
-                    const int* __restrict__ qpos_dev, int split) {
-    if (qpos_dev != nullptr) qpos = *qpos_dev;
-    __shared__ float sm_m[ATT_WARPS], sm_l[ATT_WARPS];
-    __shared__ float sm_o[ATT_WARPS][ATT_MAX_D];
-    const int h = blockIdx.x, n_splits = gridDim.y;
-    const int kvh = h / (n_head / n_head_kv);
-    const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
+__device__ __forceinline__ bool att_visible(int kp, int qp, int window, int sink, int span) {
+    return kp >= 0 && kp <= qp && (window < 0 || qp - kp < window || kp < sink) && (span < 0 || qp - kp < span);
+}
 
-    float qr[ATT_PER_LANE], o[ATT_PER_LANE];
+// Eight f16 values.
+struct __align__(16) half8_t {
+    u32 w[4];
+};
+
+// The 8 halves at p when vec (16-byte aligned), else the first n (< 8 or all 8) of them and zeros.
+__device__ __forceinline__ half8_t load_half8(const u16* __restrict__ p, int n, bool vec) {
+    half8_t r;
+    if (vec) {
+        r = *reinterpret_cast<const half8_t*>(p);
+    } else {
 #pragma unroll
-    for (int i = 0; i < ATT_PER_LANE; ++i) {
-        const int d = lane + WARP_SIZE * i;
-        qr[i] = d < D ? q[(long long)h * D + d] : 0.0f;
-        o[i] = 0.0f;
-    }
-    float m = neg_inf(), l = 0.0f;
-    const int s0 = blockIdx.y * split;
-    const int s1 = min(s0 + split, n_slots);
-    for (int s = s0 + warp; s < s1; s += ATT_WARPS) {
-        const int kp = kpos[s];
-        const bool visible = kp >= 0 && kp <= qpos && (window < 0 || qpos - kp < window || kp < sink);
-        if (!visible) continue;  // the same for the whole warp
-        const u16* kr = k + ((long long)s * n_head_kv + kvh) * D;
-        float dot = 0.0f;
-#pragma unroll
-        for (int i = 0; i < ATT_PER_LANE; ++i) {
-            const int d = lane + WARP_SIZE * i;
-            if (d < D) dot += qr[i] * h2f(kr[d]);
+        for (int i = 0; i < 4; ++i) {
+            const u32 lo = 2 * i < n ? p[2 * i] : 0, hi = 2 * i + 1 < n ? p[2 * i + 1] : 0;
+            r.w[i] = lo | (hi << 16);
         }
-        const float score = warp_sum(dot) * scale;
-        const float m_new = fmaxf(m, score);
-        const float corr = expf(m - m_new);
-        const float p = expf(score - m_new);
-        l = l * corr + p;
-        const u16* vr = v + ((long long)s * n_head_kv + kvh) * Dv;
-#pragma unroll
-        for (int i = 0; i < ATT_PER_LANE; ++i) {
-            const int d = lane + WARP_SIZE * i;
-            if (d < Dv) o[i] = o[i] * corr + p * h2f(vr[d]);
-        }
-        m = m_new;
     }
+    return r;
+}
 
-    // Merge the warps.
-    if (lane == 0) {
-        sm_m[warp] = m;
-        sm_l[warp] = l;
-    }
+__device__ __forceinline__ void unpack_half8(const half8_t& h, float* f) {
 #pragma unroll
-    for (int i = 0; i < ATT_PER_LANE; ++i) {
-        const int d = lane + WARP_SIZE * i;
-        if (d < Dv) sm_o[warp][d] = o[i];
+    for (int i = 0; i < 4; ++i) {
+        f[2 * i] = h2f((u16)(h.w[i] & 0xffff));
+        f[2 * i + 1] = h2f((u16)(h.w[i] >> 16));
+    }
+}
+
+// Launch: grid (n_head_kv * ceil(group / G), n_splits, n tokens), block AD_TILE. part: [n][n_head]
+// [n_splits][2 + Dv] floats. qpos: [n]; base: [n] or null (every token at slot 0); a token whose
+// run base .. base + n_slots does not lie within the total_slots of the caches sees no slot.
+template <int G>
+__device__ __forceinline__ void attn_decode_body(const float* __restrict__ q, const u16* __restrict__ k,
+                                                 const u16* __restrict__ v, const int* __restrict__ kpos,
+                                                 const int* __restrict__ qpos, const int* __restrict__ base,
+                                                 float* __restrict__ part, int n_slots, int total_slots, int n_head,
+                                                 int n_head_kv, int D, int Dv, float scale, int window, int sink,
+                                                 int span, int split) {
+    __shared__ __align__(16) float sq[G][ATT_MAX_D];  // the scaled queries
+    __shared__ float sp[G][AD_TILE];                  // the tile's probabilities
+    __shared__ float sred[AD_WARPS][G];
+    __shared__ u32 svis[AD_WARPS];                    // the tile's visible slots, a bit each
+    __shared__ float so[AD_TILE * 8];                 // the output merge, one head at a time
+
+    const int t = blockIdx.z, n_splits = gridDim.y;
+    const int group = n_head / n_head_kv, n_chunks = (group + G - 1) / G;
+    const int kvh = blockIdx.x / n_chunks, chunk = blockIdx.x % n_chunks;
+    const int h0 = kvh * group + chunk * G;  // first query head of the block
+    const int gc = min(G, group - chunk * G);
+    const int tid = threadIdx.x, lane = tid % WARP_SIZE, warp = tid / WARP_SIZE;
+    const int qp = qpos[t];
+    const int b = base != nullptr ? base[t] : 0;
+    const bool in_range = b >= 0 && (long long)b + n_slots <= (long long)total_slots;
+    const int s0 = blockIdx.y * split, s1 = min(s0 + split, n_slots);
+
+    // Key pieces of 8 dimensions (thread = slot), value pieces (thread = piece pc of the rows
+    // j = gr, gr + n_groups, ... of the tile).
+    const int pk = (D + 7) / 8, pv = (Dv + 7) / 8;
+    const bool kvec = D % 8 == 0, vvec = Dv % 8 == 0;
+    const int n_groups = AD_TILE / pv, pc = tid % pv, gr = tid / pv;
+    const long long k_stride = (long long)n_head_kv * D, v_stride = (long long)n_head_kv * Dv;
+    constexpr int KCHUNK = AD_INFLIGHT(G), VUNROLL = AD_INFLIGHT(G);
+    const u16* kb = k + ((long long)b * n_head_kv + kvh) * D;
+    const u16* vb = v + ((long long)b * n_head_kv + kvh) * Dv + 8 * pc;
+
+    float m[G], lsum[G], acc[G][8];
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+        m[g] = neg_inf();
+        lsum[g] = 0.0f;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) acc[g][e] = 0.0f;
+    }
+    bool seen = false;  // some tile had a visible slot
+
+    // The first tile's positions (then each tile fetches the next one's), and the scaled queries
+    // (zeros past D and past the group).
+    int kp = in_range && s0 + tid < s1 ? kpos[b + s0 + tid] : -1;
+    if (in_range) {
+        for (int i = tid; i < G * 8 * pk; i += AD_TILE) {
+            const int g = i / (8 * pk), d = i % (8 * pk);
+            sq[g][d] = g < gc && d < D ? q[((long long)t * n_head + h0 + g) * D + d] * scale : 0.0f;
+        }
     }
     __syncthreads();
-    float M = neg_inf();
+
+    for (int tile = s0; in_range && tile < s1; tile += AD_TILE) {
+        const int s = tile + tid;
+        const bool vis = s < s1 && att_visible(kp, qp, window, sink, span);
+        kp = s + AD_TILE < s1 ? kpos[b + s + AD_TILE] : -1;
+        const u32 ballot = __ballot_sync(FULL_MASK, vis);
+        // (Also the barrier after the previous tile's reads of sp and svis.)
+        if (!__syncthreads_or(vis)) continue;
+        seen = true;
+        if (lane == 0) svis[warp] = ballot;
+
+        // Scores of slot s against the G queries.
+        float sc[G];
 #pragma unroll
-    for (int w = 0; w < ATT_WARPS; ++w) M = fmaxf(M, sm_m[w]);
-    float* out = part + ((long long)h * n_splits + blockIdx.y) * (2 + Dv);
-    if (M == neg_inf()) {
-        for (int d = threadIdx.x; d < Dv; d += blockDim.x) out[2 + d] = 0.0f;
-        if (threadIdx.x == 0) {
+        for (int g = 0; g < G; ++g) sc[g] = 0.0f;
+        if (vis) {
+            const u16* kr = kb + (long long)s * k_stride;
+            for (int c = 0; c < pk; c += KCHUNK) {
+                half8_t kk[KCHUNK];
+#pragma unroll
+                for (int i = 0; i < KCHUNK; ++i) {
+                    if (c + i < pk) kk[i] = load_half8(kr + 8 * (c + i), D - 8 * (c + i), kvec);
+                }
+#pragma unroll
+                for (int i = 0; i < KCHUNK; ++i) {
+                    if (c + i < pk) {
+                        float kf[8];
+                        unpack_half8(kk[i], kf);
+                        const int d0 = 8 * (c + i);
+#pragma unroll
+                        for (int g = 0; g < G; ++g) {
+                            const float* qq = &sq[g][d0];
+                            float a = sc[g];
+#pragma unroll
+                            for (int e = 0; e < 8; ++e) a = fmaf(qq[e], kf[e], a);
+                            sc[g] = a;
+                        }
+                    }
+                }
+            }
+        }
+        // One online-softmax step for the tile: each head's tile maximum, the rescaling of what
+        // came before, the tile's probabilities.
+#pragma unroll
+        for (int g = 0; g < G; ++g) {
+            sc[g] = vis ? sc[g] : neg_inf();
+            const float mw = warp_max(sc[g]);
+            if (lane == 0) sred[warp][g] = mw;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int g = 0; g < G; ++g) {
+            float mt = sred[0][g];
+#pragma unroll
+            for (int w = 1; w < AD_WARPS; ++w) mt = fmaxf(mt, sred[w][g]);
+            const float m_new = fmaxf(m[g], mt);  // finite: the tile has a visible slot
+            const float corr = expf(m[g] - m_new);
+            const float p = expf(sc[g] - m_new);
+            sp[g][tid] = p;
+            lsum[g] = lsum[g] * corr + p;
+            m[g] = m_new;
+#pragma unroll
+            for (int e = 0; e < 8; ++e) acc[g][e] *= corr;
+        }
+        __syncthreads();
+
+        // The tile's values, weighted.
+        if (gr < n_groups) {
+            for (int j0 = gr; j0 < AD_TILE; j0 += VUNROLL * n_groups) {
+                half8_t vv[VUNROLL];
+                bool ok[VUNROLL];
+#pragma unroll
+                for (int u = 0; u < VUNROLL; ++u) {
+                    const int j = j0 + u * n_groups;
+                    ok[u] = j < AD_TILE && ((svis[j / WARP_SIZE] >> (j % WARP_SIZE)) & 1u);
+                    if (ok[u]) vv[u] = load_half8(vb + (long long)(tile + j) * v_stride, Dv - 8 * pc, vvec);
+                }
+#pragma unroll
+                for (int u = 0; u < VUNROLL; ++u) {
+                    if (ok[u]) {
+                        const int j = j0 + u * n_groups;
+                        float vf[8];
+                        unpack_half8(vv[u], vf);
+#pragma unroll
+                        for (int g = 0; g < G; ++g) {
+                            const float p = sp[g][j];
+#pragma unroll
+                            for (int e = 0; e < 8; ++e) acc[g][e] = fmaf(p, vf[e], acc[g][e]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    // The block's partial per head: max (uniform over the block), the sum of the threads' sums,
+    // and the output summed over the slot groups. A block that saw nothing writes (-inf, 0) only
+    // (the merge gives its output weight zero and does not read it).
+    if (!seen) {
+        if (tid < gc) {
+            float* out = part + (((long long)t * n_head + h0 + tid) * n_splits + blockIdx.y) * (2 + Dv);
             out[0] = neg_inf();
             out[1] = 0.0f;
         }
         return;
     }
-    float c[ATT_WARPS];
-    float L = 0.0f;
+    __syncthreads();  // the last tile's reads of sred are done
 #pragma unroll
-    for (int w = 0; w < ATT_WARPS; ++w) {
-        c[w] = expf(sm_m[w] - M);
-        L += sm_l[w] * c[w];
+    for (int g = 0; g < G; ++g) {
+        const float x = warp_sum(lsum[g]);
+        if (lane == 0) sred[warp][g] = x;
     }
-    for (int d = threadIdx.x; d < Dv; d += blockDim.x) {
-        float acc = 0.0f;
+    __syncthreads();
 #pragma unroll
-        for (int w = 0; w < ATT_WARPS; ++w) acc += sm_o[w][d] * c[w];
-        out[2 + d] = acc;
-    }
-    if (threadIdx.x == 0) {
-        out[0] = M;
-        out[1] = L;
+    for (int g = 0; g < G; ++g) {
+        if (g >= gc) break;
+        float* out = part + (((long long)t * n_head + h0 + g) * n_splits + blockIdx.y) * (2 + Dv);
+        if (tid == 0) {
+            float l = 0.0f;
+#pragma unroll
+            for (int w = 0; w < AD_WARPS; ++w) l += sred[w][g];
+            out[0] = m[g];
+            out[1] = l;
+        }
+        if (gr < n_groups) {
+#pragma unroll
+            for (int e = 0; e < 8; ++e) so[tid * 8 + e] = acc[g][e];
+        }
+        __syncthreads();
+        for (int d = tid; d < Dv; d += AD_TILE) {
+            float a = 0.0f;
+            for (int r = 0; r < n_groups; ++r) a += so[r * pv * 8 + d];
+            out[2 + d] = a;
+        }
+        __syncthreads();
     }
 }
 
-// Launch: grid (n_head), block (any multiple of 32). out: [n_head][Dv], lse: [n_head].
-extern "C" __global__ void attn_decode_combine(const float* __restrict__ part, float* __restrict__ out,
-                                               float* __restrict__ lse, int n_splits, int Dv) {
-    const int h = blockIdx.x;
-    const float* ph = part + (long long)h * n_splits * (2 + Dv);
-    float M = neg_inf();
-    for (int s = 0; s < n_splits; ++s) M = fmaxf(M, ph[(long long)s * (2 + Dv)]);
-    float* oh = out + (long long)h * Dv;
+#define ATTN_DECODE_KERNEL(G)                                                                                            \
+    extern "C" __global__ void __launch_bounds__(AD_TILE)                                                                \
+        attn_decode_g##G(const float* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v,             \
+                         const int* __restrict__ kpos, const int* __restrict__ qpos, const int* __restrict__ base,      \
+                         float* __restrict__ part, int n_slots, int total_slots, int n_head, int n_head_kv, int D,      \
+                         int Dv, float scale, int window, int sink, int span, int split) {                              \
+        attn_decode_body<G>(q, k, v, kpos, qpos, base, part, n_slots, total_slots, n_head, n_head_kv, D, Dv, scale,   \
+                            window, sink, span, split);                                                                 \
+    }
+ATTN_DECODE_KERNEL(1)
+ATTN_DECODE_KERNEL(2)
+ATTN_DECODE_KERNEL(4)
+ATTN_DECODE_KERNEL(8)
+
+// Launch: grid (n_head, n tokens), block AD_MERGE_THREADS, n_splits at most AD_MAX_SPLITS.
+// out: [n][n_head][Dv], lse: [n][n_head]. Each split's weight exp(max - M) is computed once; the
+// warps then take every n_warps-th split (lanes split the dimensions) and meet in shared memory.
+// Splits of weight zero (no visible slot) are not read past their (max, sum).
+extern "C" __global__ void __launch_bounds__(AD_MERGE_THREADS)
+attn_decode_merge(const float* __restrict__ part, float* __restrict__ out, float* __restrict__ lse, int n_head,
+                  int n_splits, int Dv) {
+    __shared__ float sw[AD_MAX_SPLITS];
+    __shared__ float scratch[WARP_SIZE];
+    __shared__ float sacc[AD_MERGE_THREADS / WARP_SIZE][ATT_MAX_D];
+    const int tid = threadIdx.x, lane = tid % WARP_SIZE, warp = tid / WARP_SIZE;
+    const int n_warps = AD_MERGE_THREADS / WARP_SIZE;
+    const long long row = (long long)blockIdx.y * n_head + blockIdx.x;
+    const int stride = 2 + Dv;
+    const float* ph = part + row * n_splits * stride;
+
+    // M: the largest split maximum (block-wide).
+    float mx = neg_inf();
+    for (int s = tid; s < n_splits; s += AD_MERGE_THREADS) mx = fmaxf(mx, ph[(long long)s * stride]);
+    mx = warp_max(mx);
+    if (lane == 0) scratch[warp] = mx;
+    __syncthreads();
+    mx = lane < n_warps ? scratch[lane] : neg_inf();
+    const float M = warp_max(mx);
+    float* oh = out + row * Dv;
     if (M == neg_inf()) {
-        for (int d = threadIdx.x; d < Dv; d += blockDim.x) oh[d] = 0.0f;
-        if (threadIdx.x == 0) lse[h] = neg_inf();
+        for (int d = tid; d < Dv; d += AD_MERGE_THREADS) oh[d] = 0.0f;
+        if (tid == 0) lse[row] = neg_inf();
         return;
     }
-    float L = 0.0f;
-    for (int s = 0; s < n_splits; ++s) {
-        const float* ps = ph + (long long)s * (2 + Dv);
-        L += ps[1] * expf(ps[0] - M);
+    float l = 0.0f;
+    for (int s = tid; s < n_splits; s += AD_MERGE_THREADS) {
+        const float w = expf(ph[(long long)s * stride] - M);
+        sw[s] = w;
+        l += ph[(long long)s * stride + 1] * w;
     }
-    const float inv = 1.0f / L;
-    for (int d = threadIdx.x; d < Dv; d += blockDim.x) {
-        float acc = 0.0f;
-        for (int s = 0; s < n_splits; ++s) {
-            const float* ps = ph + (long long)s * (2 + Dv);
-            acc += ps[2 + d] * expf(ps[0] - M);
+    const float L = block_sum(l, scratch);  // its barriers also publish sw
+
+    float a[ATT_MAX_D / WARP_SIZE];
+#pragma unroll
+    for (int i = 0; i < ATT_MAX_D / WARP_SIZE; ++i) a[i] = 0.0f;
+#pragma unroll 4
+    for (int s = warp; s < n_splits; s += n_warps) {
+        const float w = sw[s];
+        if (w == 0.0f) continue;
+        const float* ps = ph + (long long)s * stride + 2;
+#pragma unroll
+        for (int i = 0; i < ATT_MAX_D / WARP_SIZE; ++i) {
+            const int d = lane + WARP_SIZE * i;
+            if (d < Dv) a[i] = fmaf(ps[d], w, a[i]);
         }
-        oh[d] = acc * inv;
     }
-    if (threadIdx.x == 0) lse[h] = M + logf(L);
+#pragma unroll
+    for (int i = 0; i < ATT_MAX_D / WARP_SIZE; ++i) {
+        const int d = lane + WARP_SIZE * i;
+        if (d < Dv) sacc[warp][d] = a[i];
+    }
+    __syncthreads();
+    const float inv = 1.0f / L;
+    for (int d = tid; d < Dv; d += AD_MERGE_THREADS) {
+        float x = 0.0f;
+#pragma unroll
+        for (int w = 0; w < n_warps; ++w) x += sacc[w][d];
+        oh[d] = x * inv;
+    }
+    if (tid == 0) lse[row] = M + logf(L);
 }
 
 // Attention of many queries (prefill) over the same f16 cache and masks: the query of token t
@@ -160,15 +357,11 @@ extern "C" __global__ void attn_decode_combine(const float* __restrict__ part, f
 #define AP_RG 8  // threads per query row
 #define AP_KV_STRIDE (ATT_MAX_D + 2)
 
-__device__ __forceinline__ bool att_visible(int kp, int qp, int window, int sink) {
-    return kp >= 0 && kp <= qp && (window < 0 || qp - kp < window || kp < sink);
-}
-
 // Launch: grid (ceil(n_q / AP_Q), n_head), block AP_THREADS.
 extern "C" __global__ void __launch_bounds__(AP_THREADS)
 attn_prefill(const float* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v,
              const int* __restrict__ kpos, const int* __restrict__ qpos, float* __restrict__ out, int n_q,
-             int n_slots, int n_head, int n_head_kv, int D, int Dv, float scale, int window, int sink) {
+             int n_slots, int n_head, int n_head_kv, int D, int Dv, float scale, int window, int sink, int span) {
     __shared__ float sq[AP_Q][ATT_MAX_D];
     __shared__ u16 skv[AP_K][AP_KV_STRIDE];
     __shared__ float sp[AP_Q][AP_K + 1];
@@ -203,7 +396,7 @@ attn_prefill(const float* __restrict__ q, const u16* __restrict__ k, const u16* 
             const int kp = s0 + tid < n_slots ? kpos[s0 + tid] : -1;
             skpos[tid] = kp;
             // Visible to some query of the block (a superset: any position in [qlo, qhi]).
-            any = kp >= 0 && kp <= qhi && (window < 0 || kp < sink || kp > qlo - window);
+            any = kp >= 0 && kp <= qhi && (window < 0 || kp < sink || kp > qlo - window) && (span < 0 || kp > qlo - span);
         }
         if (!__syncthreads_or(any)) continue;
         for (int i = tid; i < AP_K * D; i += AP_THREADS) {
@@ -223,7 +416,7 @@ attn_prefill(const float* __restrict__ q, const u16* __restrict__ k, const u16* 
         float mt = neg_inf();
 #pragma unroll
         for (int j = 0; j < AP_K / AP_RG; ++j) {
-            if (!q_ok || !att_visible(skpos[g + AP_RG * j], qp, window, sink)) sc[j] = neg_inf();
+            if (!q_ok || !att_visible(skpos[g + AP_RG * j], qp, window, sink, span)) sc[j] = neg_inf();
             mt = fmaxf(mt, sc[j]);
         }
 #pragma unroll

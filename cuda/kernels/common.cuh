@@ -76,3 +76,36 @@ struct block_q8_1 {
     u16 s;
     i8 qs[32];
 };
+
+// One Q8_1 block from a warp, lane i giving element i: d = max|x| / 127, q = round(x / d) half
+// away from zero (0 for an all-zero block), s = d * sum(q); the same f32 operations in the same
+// order as the CPU reference quantizer (ggml_kernels::quants::q8_1::quantize_row), so the bytes
+// match. Every lane of the warp must call it.
+__device__ __forceinline__ void quantize_q8_1_warp(float v, block_q8_1* __restrict__ out) {
+    const int lane = threadIdx.x % WARP_SIZE;
+    const float amax = warp_max(fabsf(v));
+    const float d = amax / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    const int q = (int)roundf(v * id);
+    const int sum = warp_sum_int(q);
+    out->qs[lane] = (i8)q;
+    if (lane == 0) {
+        out->d = f2h(d);
+        out->s = f2h((float)sum * d);
+    }
+}
+
+// The activations of gated FFNs (CPU reference: ggml_kernels::ops::{gelu_tanh, silu}).
+__device__ __forceinline__ float gelu_tanh(float x) {
+    const float SQRT_2_OVER_PI = 0.7978846f;
+    return 0.5f * x * (1.0f + tanhf(SQRT_2_OVER_PI * x * (1.0f + 0.044715f * x * x)));
+}
+
+__device__ __forceinline__ float silu(float x) {
+    return x / (1.0f + expf(-x));
+}
+
+// act 0 = GELU-tanh, 1 = SiLU: act(g) * u.
+__device__ __forceinline__ float gated(int act, float g, float u) {
+    return (act == 0 ? gelu_tanh(g) : silu(g)) * u;
+}

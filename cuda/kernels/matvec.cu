@@ -382,6 +382,76 @@ struct mv2_q6_k {
     }
 };
 
+// The warp-summed partial dot product of one row (nb blocks of T at wr) with y, over the passes
+// of warp `part` of the row's `wpr` warps: whole groups of MV2_UNROLL passes, then what remains
+// as one group of guarded passes, so short rows (fewer passes than a group: a row of 2048 Q4_K
+// columns is two passes per warp) still issue all their loads before the first product. Every
+// version-2 kernel, fused or not, sums through this function, so a row gets the same float for
+// the same `wpr`.
+template <typename T>
+__device__ __forceinline__ float row_partial(const u8* __restrict__ wr, const block_q8_1* __restrict__ y, int nb, int lane,
+                                             int part, int wpr) {
+    constexpr int PER_PASS = WARP_SIZE / T::TPB;
+    const int stride = PER_PASS * wpr;
+    const int t = lane % T::TPB;
+    float sum = 0.0f;
+    int kb = lane / T::TPB + part * PER_PASS;
+    // Whole groups of MV2_UNROLL passes, the weights of all of them loaded first (in PTX).
+    for (; kb + (MV2_UNROLL - 1) * stride < nb; kb += MV2_UNROLL * stride) {
+        typename T::W wv[MV2_UNROLL];
+#pragma unroll
+        for (int u = 0; u < MV2_UNROLL; ++u) wv[u] = T::load(wr + (long long)(kb + u * stride) * T::TS, t);
+#pragma unroll
+        for (int u = 0; u < MV2_UNROLL; ++u) sum += T::compute(wv[u], y + (kb + u * stride) * (T::QK / 32), t);
+    }
+    // The remaining passes (fewer than a group), loads first, each guarded.
+    if (kb < nb) {
+        typename T::W wv[MV2_UNROLL - 1];
+#pragma unroll
+        for (int u = 0; u < MV2_UNROLL - 1; ++u) {
+            if (kb + u * stride < nb) wv[u] = T::load(wr + (long long)(kb + u * stride) * T::TS, t);
+        }
+#pragma unroll
+        for (int u = 0; u < MV2_UNROLL - 1; ++u) {
+            if (kb + u * stride < nb) sum += T::compute(wv[u], y + (kb + u * stride) * (T::QK / 32), t);
+        }
+    }
+    return warp_sum(sum);
+}
+
+// row_partial for the same row of two matrices of type T (the FFN's gate and up), the loads of
+// both issued before either's products: groups of MV2_UNROLL / 2 passes of each row, the same
+// passes summed in the same order as row_partial, so each result is the float it gives.
+template <typename T>
+__device__ __forceinline__ void row_partial2(const u8* __restrict__ wa, const u8* __restrict__ wb, const block_q8_1* __restrict__ y,
+                                             int nb, int lane, int part, int wpr, float& sa, float& sb) {
+    constexpr int PER_PASS = WARP_SIZE / T::TPB;
+    constexpr int U = MV2_UNROLL / 2;
+    const int stride = PER_PASS * wpr;
+    const int t = lane % T::TPB;
+    float suma = 0.0f, sumb = 0.0f;
+    for (int kb = lane / T::TPB + part * PER_PASS; kb < nb; kb += U * stride) {
+        typename T::W va[U], vb[U];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            if (kb + u * stride < nb) {
+                va[u] = T::load(wa + (long long)(kb + u * stride) * T::TS, t);
+                vb[u] = T::load(wb + (long long)(kb + u * stride) * T::TS, t);
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            if (kb + u * stride < nb) {
+                const block_q8_1* yb = y + (kb + u * stride) * (T::QK / 32);
+                suma += T::compute(va[u], yb, t);
+                sumb += T::compute(vb[u], yb, t);
+            }
+        }
+    }
+    sa = warp_sum(suma);
+    sb = warp_sum(sumb);
+}
+
 template <typename T, int WPR>
 __device__ __forceinline__ void matvec2_row(const u8* __restrict__ w, const block_q8_1* __restrict__ y,
                                             float* __restrict__ dst, int ncols, int nrows) {
@@ -389,28 +459,9 @@ __device__ __forceinline__ void matvec2_row(const u8* __restrict__ w, const bloc
     const long long row = (long long)blockIdx.x * (MV2_WARPS / WPR) + warp / WPR;
     const int part = warp % WPR;  // which of the row's warps this is
     const int nb = ncols / T::QK;
-    constexpr int PER_PASS = WARP_SIZE / T::TPB;
-    constexpr int STRIDE = PER_PASS * WPR;
-    const int t = lane % T::TPB;
     float sum = 0.0f;
     if (WPR == 1 && row >= nrows) return;  // whole warps leave; no barrier follows
-    if (row < nrows) {
-        const u8* wr = w + row * (long long)nb * T::TS;
-        int kb = lane / T::TPB + part * PER_PASS;
-        // Whole groups of MV2_UNROLL passes, the weights of all of them loaded first (in PTX).
-        for (; kb + (MV2_UNROLL - 1) * STRIDE < nb; kb += MV2_UNROLL * STRIDE) {
-            typename T::W wv[MV2_UNROLL];
-#pragma unroll
-            for (int u = 0; u < MV2_UNROLL; ++u) wv[u] = T::load(wr + (long long)(kb + u * STRIDE) * T::TS, t);
-#pragma unroll
-            for (int u = 0; u < MV2_UNROLL; ++u) sum += T::compute(wv[u], y + (kb + u * STRIDE) * (T::QK / 32), t);
-        }
-        // The remaining passes, one at a time.
-        for (; kb < nb; kb += STRIDE) {
-            sum += T::compute(T::load(wr + (long long)kb * T::TS, t), y + kb * (T::QK / 32), t);
-        }
-        sum = warp_sum(sum);
-    }
+    if (row < nrows) sum = row_partial<T>(w + row * (long long)nb * T::TS, y, nb, lane, part, WPR);
     if (WPR == 1) {
         if (lane == 0) dst[row] = sum;
         return;
@@ -441,3 +492,136 @@ MATVEC2_ALL(q4_0, mv2_q4_0)
 MATVEC2_ALL(q5_0, mv2_q5_0)
 MATVEC2_ALL(q4_k, mv2_q4_k)
 MATVEC2_ALL(q6_k, mv2_q6_k)
+
+// ---------------------------------------------------------------------------------------------
+// Fused decode products: several matrices that read the same Q8_1 activations in one launch.
+// Rows are version-2 rows (row_partial), so each output is the float the single-matrix kernel
+// with the same warps per row gives. A matrix's type is an index in the host's MATVEC_TYPES
+// order: 0 Q8_0, 1 Q4_0, 2 Q5_0, 3 Q4_K, 4 Q6_K; the type is uniform over a block, so the switch
+// does not split warps.
+
+// Blocks per multiprocessor matvec_multi is compiled for (at most 64 registers a thread, as the
+// single-matrix kernels use; matvec_gate_up_q8_1 would spill under that cap and takes 72).
+#define MV_FUSED_MIN_BLOCKS 8
+
+template <typename T>
+__device__ __forceinline__ float row_of(const u8* __restrict__ w, long long row, const block_q8_1* __restrict__ y, int ncols,
+                                        int lane, int part, int wpr) {
+    const int nb = ncols / T::QK;
+    return row_partial<T>(w + row * (long long)nb * T::TS, y, nb, lane, part, wpr);
+}
+
+__device__ __forceinline__ float row_of_type(int ty, const u8* __restrict__ w, long long row, const block_q8_1* __restrict__ y,
+                                             int ncols, int lane, int part, int wpr) {
+    switch (ty) {
+        case 0: return row_of<mv2_q8_0>(w, row, y, ncols, lane, part, wpr);
+        case 1: return row_of<mv2_q4_0>(w, row, y, ncols, lane, part, wpr);
+        case 2: return row_of<mv2_q5_0>(w, row, y, ncols, lane, part, wpr);
+        case 3: return row_of<mv2_q4_k>(w, row, y, ncols, lane, part, wpr);
+        default: return row_of<mv2_q6_k>(w, row, y, ncols, lane, part, wpr);
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void rows2_of(const u8* __restrict__ wa, const u8* __restrict__ wb, long long row,
+                                        const block_q8_1* __restrict__ y, int ncols, int lane, int part, int wpr, float& sa, float& sb) {
+    const int nb = ncols / T::QK;
+    const long long off = row * (long long)nb * T::TS;
+    row_partial2<T>(wa + off, wb + off, y, nb, lane, part, wpr, sa, sb);
+}
+
+// Row `row` of two matrices of the same type index ty, their loads interleaved (row_partial2).
+__device__ __forceinline__ void rows2_of_type(int ty, const u8* __restrict__ wa, const u8* __restrict__ wb, long long row,
+                                             const block_q8_1* __restrict__ y, int ncols, int lane, int part, int wpr, float& sa,
+                                             float& sb) {
+    switch (ty) {
+        case 0: rows2_of<mv2_q8_0>(wa, wb, row, y, ncols, lane, part, wpr, sa, sb); break;
+        case 1: rows2_of<mv2_q4_0>(wa, wb, row, y, ncols, lane, part, wpr, sa, sb); break;
+        case 2: rows2_of<mv2_q5_0>(wa, wb, row, y, ncols, lane, part, wpr, sa, sb); break;
+        case 3: rows2_of<mv2_q4_k>(wa, wb, row, y, ncols, lane, part, wpr, sa, sb); break;
+        default: rows2_of<mv2_q6_k>(wa, wb, row, y, ncols, lane, part, wpr, sa, sb); break;
+    }
+}
+
+// Sums the partials of a row's wpr warps (uniform over the block) through `partial` (MV2_WARPS
+// floats of shared memory); true on lane 0 of the row's first warp, whose `sum` is then the
+// row's (as matvec2_row adds them). Every thread of the block must call it.
+__device__ __forceinline__ bool row_total(float& sum, float* partial, int lane, int warp, int part, int wpr) {
+    if (wpr == 1) return lane == 0;
+    if (lane == 0) partial[warp] = sum;
+    __syncthreads();
+    if (part != 0 || lane != 0) return false;
+    float s = 0.0f;
+    for (int i = 0; i < wpr; ++i) s += partial[warp + i];
+    sum = s;
+    return true;
+}
+
+// Up to three matrices of ncols columns (the attention's Q, K and V): segment s has rows_s rows
+// of type ty_s at w_s, wpr_s warps per row, output d_s, and blocks [first_s, first_{s+1}) of the
+// grid (first_0 = 0, first_3 = gridDim.x), i.e. ceil(rows_s / (MV2_WARPS / wpr_s)) blocks.
+// Launch: block (32 * MV2_WARPS).
+extern "C" __global__ void __launch_bounds__(WARP_SIZE * MV2_WARPS, MV_FUSED_MIN_BLOCKS)
+    matvec_multi(const u8* __restrict__ w0, const u8* __restrict__ w1, const u8* __restrict__ w2, float* __restrict__ d0,
+                 float* __restrict__ d1, float* __restrict__ d2, int rows0, int rows1, int rows2, int ty0, int ty1, int ty2,
+                 int wpr0, int wpr1, int wpr2, int first1, int first2, const block_q8_1* __restrict__ y, int ncols) {
+    __shared__ float partial[MV2_WARPS];
+    const int blk = blockIdx.x;
+    const int s = blk >= first2 ? 2 : (blk >= first1 ? 1 : 0);
+    const u8* w = s == 0 ? w0 : (s == 1 ? w1 : w2);
+    float* dst = s == 0 ? d0 : (s == 1 ? d1 : d2);
+    const int nrows = s == 0 ? rows0 : (s == 1 ? rows1 : rows2);
+    const int ty = s == 0 ? ty0 : (s == 1 ? ty1 : ty2);
+    const int wpr = s == 0 ? wpr0 : (s == 1 ? wpr1 : wpr2);
+    const int first = s == 0 ? 0 : (s == 1 ? first1 : first2);
+    const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
+    const long long row = (long long)(blk - first) * (MV2_WARPS / wpr) + warp / wpr;
+    const int part = warp % wpr;
+    float sum = 0.0f;
+    if (row < nrows) sum = row_of_type(ty, w, row, y, ncols, lane, part, wpr);
+    if (row_total(sum, partial, lane, warp, part, wpr) && row < nrows) dst[row] = sum;
+}
+
+// The gated FFN's first half in one launch: for each row r of gate and up (same shape, types may
+// differ; of one type, a warp issues the loads of both rows together), out[r] =
+// act(gate[r] . y) * (up[r] . y) (act 0 = GELU-tanh, 1 = SiLU), and the Q8_1
+// quantization of out into outq: the warp that writes the last of a block's 32 rows quantizes the
+// block. Each row's writer publishes its value with a fence and counts it in sync[r / 32]; the
+// warp that counts the 32nd reads the block back (volatile: past the L1), quantizes it and resets
+// the counter to zero for the next launch (sync: nrows / 32 zeroed counters). The bytes equal
+// matvec2 on gate and up with the same warps per row, then gated_act_q8_1.
+// Launch: block (32 * MV2_WARPS), grid (ceil(nrows / (MV2_WARPS / wpr))); nrows a multiple of 32.
+extern "C" __global__ void __launch_bounds__(WARP_SIZE * MV2_WARPS)
+    matvec_gate_up_q8_1(const u8* __restrict__ wg, const u8* __restrict__ wu, int tyg, int tyu, int wpr,
+                        const block_q8_1* __restrict__ y, int ncols, int nrows, int act, float* out, unsigned int* sync,
+                        block_q8_1* __restrict__ outq) {
+    __shared__ float partial_g[MV2_WARPS], partial_u[MV2_WARPS];
+    const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
+    const long long row = (long long)blockIdx.x * (MV2_WARPS / wpr) + warp / wpr;
+    const int part = warp % wpr;
+    float g = 0.0f, u = 0.0f;
+    if (row < nrows) {
+        if (tyg == tyu) {
+            rows2_of_type(tyg, wg, wu, row, y, ncols, lane, part, wpr, g, u);
+        } else {
+            g = row_of_type(tyg, wg, row, y, ncols, lane, part, wpr);
+            u = row_of_type(tyu, wu, row, y, ncols, lane, part, wpr);
+        }
+    }
+    const bool owner = row_total(g, partial_g, lane, warp, part, wpr);
+    row_total(u, partial_u, lane, warp, part, wpr);
+    if (row >= nrows || part != 0) return;  // whole warps leave; no barrier follows
+    unsigned int before = 0;
+    if (owner) {
+        out[row] = gated(act, g, u);
+        __threadfence();
+        before = atomicAdd(&sync[row / 32], 1u);
+    }
+    before = __shfl_sync(FULL_MASK, before, 0);
+    if (before != 31) return;
+    __threadfence();
+    const long long b = row / 32;
+    const float v = ((volatile const float*)out)[b * 32 + lane];
+    quantize_q8_1_warp(v, outq + b);
+    if (lane == 0) sync[b] = 0;
+}

@@ -25,13 +25,34 @@ extern "C" __global__ void rms_norm_f32(const float* __restrict__ x, const float
 // RMSNorm of each row of x times w, quantized to Q8_1 blocks. Computes the same floats as
 // add_f32, rms_norm_f32 and quantize_q8_1 in sequence (same expressions, same reduction order
 // for the same block size), so the bytes equal theirs. One block per row; n a multiple of 32.
+// Thread i takes elements i, i + blockDim.x, ...: the first NORM_CACHED of them stay in registers
+// with their weights (loaded before the reduction), so the quantization re-reads nothing; warp w's
+// k-th element run is then Q8_1 block w + k * (blockDim.x / 32).
+#define NORM_CACHED 8
 extern "C" __global__ void add_rms_norm_q8_1(float* x, const float* __restrict__ y, const float* __restrict__ w,
                                              block_q8_1* __restrict__ out, int n, float eps) {
     __shared__ float scratch[32];
     const long long row = blockIdx.x;
     float* xr = x + row * n;
+    float vals[NORM_CACHED], ws[NORM_CACHED];
     float ss = 0.0f;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+#pragma unroll
+    for (int k = 0; k < NORM_CACHED; ++k) {
+        const int i = threadIdx.x + k * blockDim.x;
+        vals[k] = 0.0f;
+        ws[k] = 0.0f;
+        if (i < n) {
+            float v = xr[i];
+            if (y != nullptr) {
+                v += y[row * n + i];
+                xr[i] = v;
+            }
+            vals[k] = v;
+            ws[k] = w[i];
+            ss += v * v;
+        }
+    }
+    for (int i = threadIdx.x + NORM_CACHED * blockDim.x; i < n; i += blockDim.x) {
         float v = xr[i];
         if (y != nullptr) {
             v += y[row * n + i];
@@ -43,18 +64,13 @@ extern "C" __global__ void add_rms_norm_q8_1(float* x, const float* __restrict__
     const float scale = 1.0f / sqrtf(ss / (float)n + eps);
     const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE, nwarps = blockDim.x / WARP_SIZE;
     block_q8_1* o = out + row * (n / 32);
-    for (int b = warp; b < n / 32; b += nwarps) {
+#pragma unroll
+    for (int k = 0; k < NORM_CACHED; ++k) {
+        const int b = warp + k * nwarps;
+        if (b < n / 32) quantize_q8_1_warp(vals[k] * scale * ws[k], o + b);
+    }
+    for (int b = warp + NORM_CACHED * nwarps; b < n / 32; b += nwarps) {
         const int i = b * 32 + lane;
-        const float v = xr[i] * scale * w[i];
-        const float amax = warp_max(fabsf(v));
-        const float d = amax / 127.0f;
-        const float id = d != 0.0f ? 1.0f / d : 0.0f;
-        const int q = (int)roundf(v * id);
-        const int sum = warp_sum_int(q);
-        o[b].qs[lane] = (i8)q;
-        if (lane == 0) {
-            o[b].d = f2h(d);
-            o[b].s = f2h((float)sum * d);
-        }
+        quantize_q8_1_warp(xr[i] * scale * w[i], o + b);
     }
 }

@@ -28,14 +28,5 @@ extern "C" __global__ void quantize_q8_0(const float* __restrict__ x, u8* __rest
 extern "C" __global__ void quantize_q8_1(const float* __restrict__ x, block_q8_1* __restrict__ out, long long n_blocks) {
     const long long b = ((long long)blockIdx.x * blockDim.x + threadIdx.x) / WARP_SIZE;
     if (b >= n_blocks) return;
-    const int lane = threadIdx.x % WARP_SIZE;
-    float d;
-    int q;
-    q8_block(x, b, d, q);
-    const int sum = warp_sum_int(q);
-    out[b].qs[lane] = (i8)q;
-    if (lane == 0) {
-        out[b].d = f2h(d);
-        out[b].s = f2h((float)sum * d);
-    }
+    quantize_q8_1_warp(x[b * 32 + threadIdx.x % WARP_SIZE], out + b);
 }

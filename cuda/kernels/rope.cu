@@ -4,6 +4,16 @@
 // NeoX mode; its angle is pos * freq_scale * base^(-2i/n_rot), computed in double precision as the
 // CPU reference (ggml_kernels::ops::RopeTable) does, so long positions keep their accuracy.
 
+// cos and sin of pair i's angle at position p.
+__device__ __forceinline__ void rope_angle(int i, int n_rot, float base, float freq_scale, int p, float& cs, float& sn) {
+    const double inv_freq = (double)freq_scale * pow((double)base, -2.0 * (double)i / (double)n_rot);
+    const double theta = (double)p * inv_freq;
+    double s, c;
+    sincos(theta, &s, &c);
+    cs = (float)c;
+    sn = (float)s;
+}
+
 // One thread per (token, head, pair); mode 0 = normal, 1 = NeoX.
 extern "C" __global__ void rope_f32(float* x, const int* __restrict__ pos, int n_tokens, int n_head,
                                     int head_dim, int n_rot, float base, float freq_scale, int mode) {
@@ -14,15 +24,89 @@ extern "C" __global__ void rope_f32(float* x, const int* __restrict__ pos, int n
     const int i = (int)(idx % half);
     const long long th = idx / half;  // token * n_head + head
     const int t = (int)(th / n_head);
-    const double inv_freq = (double)freq_scale * pow((double)base, -2.0 * (double)i / (double)n_rot);
-    const double theta = (double)pos[t] * inv_freq;
-    double s, c;
-    sincos(theta, &s, &c);
-    const float cs = (float)c, sn = (float)s;
+    float cs, sn;
+    rope_angle(i, n_rot, base, freq_scale, pos[t], cs, sn);
     float* head = x + th * head_dim;
     const int a = mode == 0 ? 2 * i : i;
     const int b = mode == 0 ? 2 * i + 1 : i + half;
     const float x0 = head[a], x1 = head[b];
     head[a] = x0 * cs - x1 * sn;
     head[b] = x0 * sn + x1 * cs;
+}
+
+// Decode, fused: the attention inputs of each token t (blockIdx.y), from the Q, K and V
+// projections to the cache. Block h < n_head takes query head h, block n_head + j key head j and
+// value head j: the bias added (Qwen2; null when absent), the head's RMSNorm (Gemma 3's
+// q_norm / k_norm; null when absent), RoPE at pos[t]; queries are written back to q, keys and
+// values stored as f16 in cache slot slots[t] (kc: [slot][n_head_kv][head_dim], vc:
+// [slot][n_head_kv][head_dim_v]), with kpos[slots[t]] = pos[t]. The same floats as add_bias_f32,
+// rms_norm_f32, rope_f32 and kv_write_f16 in sequence, given rms_norm_f32's block size for a row
+// of head_dim (head_dim rounded up to a multiple of 32), one element per thread.
+// Launch: grid (n_head + n_head_kv, n_tokens), block (head_dim rounded up to 32, at most ROPE_MAX_D).
+#define ROPE_MAX_D 1024
+extern "C" __global__ void rope_kv_write_f16(float* q, const float* __restrict__ k, const float* __restrict__ v,
+                                             const float* __restrict__ bq, const float* __restrict__ bk,
+                                             const float* __restrict__ bv, const float* __restrict__ q_norm,
+                                             const float* __restrict__ k_norm, float eps, u16* __restrict__ kc,
+                                             u16* __restrict__ vc, int* __restrict__ kpos, const int* __restrict__ slots,
+                                             const int* __restrict__ pos, int n_head, int n_head_kv, int head_dim,
+                                             int head_dim_v, int n_rot, float base, float freq_scale, int mode) {
+    __shared__ float scratch[32];
+    __shared__ float hs[ROPE_MAX_D];
+    const int t = blockIdx.y;
+    const bool is_q = blockIdx.x < n_head;
+    const int hh = is_q ? blockIdx.x : blockIdx.x - n_head;
+    const int i = threadIdx.x;
+    const long long slot = slots[t];
+    const int p = pos[t];
+    if (!is_q) {
+        const int v_row = n_head_kv * head_dim_v;
+        for (int d = i; d < head_dim_v; d += blockDim.x) {
+            float x = v[(long long)t * v_row + hh * head_dim_v + d];
+            if (bv != nullptr) x += bv[hh * head_dim_v + d];
+            vc[slot * v_row + hh * head_dim_v + d] = f2h(x);
+        }
+        if (hh == 0 && i == 0) kpos[slot] = p;
+    }
+    const int row = (is_q ? n_head : n_head_kv) * head_dim;
+    const float* src = is_q ? q : k;
+    const float* bias = is_q ? bq : bk;
+    const float* nw = is_q ? q_norm : k_norm;
+    const long long at = (long long)t * row + hh * head_dim;
+    float x = 0.0f;
+    if (i < head_dim) {
+        x = src[at + i];
+        if (bias != nullptr) x += bias[hh * head_dim + i];
+    }
+    if (nw != nullptr) {
+        const float ss = block_sum(i < head_dim ? x * x : 0.0f, scratch);
+        const float scale = 1.0f / sqrtf(ss / (float)head_dim + eps);
+        if (i < head_dim) x = x * scale * nw[i];
+    }
+    if (i < head_dim) hs[i] = x;
+    __syncthreads();
+    const int half = n_rot / 2;
+    float* qo = q + at;
+    u16* ko = kc + (slot * n_head_kv + hh) * head_dim;
+    if (i < half) {
+        float cs, sn;
+        rope_angle(i, n_rot, base, freq_scale, p, cs, sn);
+        const int a = mode == 0 ? 2 * i : i;
+        const int b = mode == 0 ? 2 * i + 1 : i + half;
+        const float x0 = hs[a], x1 = hs[b];
+        const float ra = x0 * cs - x1 * sn, rb = x0 * sn + x1 * cs;
+        if (is_q) {
+            qo[a] = ra;
+            qo[b] = rb;
+        } else {
+            ko[a] = f2h(ra);
+            ko[b] = f2h(rb);
+        }
+    } else if (i >= n_rot && i < head_dim) {
+        if (is_q) {
+            qo[i] = x;
+        } else {
+            ko[i] = f2h(x);
+        }
+    }
 }

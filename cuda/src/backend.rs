@@ -19,7 +19,9 @@ use crate::error::{driver, guarded, CudaError};
 use crate::nvrtc::{self, ModuleImage, FILES};
 use crate::DeviceInfo;
 
+mod fused;
 mod model_ops;
+pub use fused::QkvExtras;
 pub use model_ops::{DeviceGraph, MatmulScratch, DEQUANT_TYPES, GEMM_MIN_TOKENS};
 
 mod sealed {
@@ -135,8 +137,10 @@ pub const Q8_1_BYTES: usize = 36;
 
 /// Threads per block of the version 1 matrix-vector kernels (`MV_THREADS` in matvec.cu).
 const MV_THREADS: u32 = 128;
-/// Warps per block of the version 2 kernels (`MV2_WARPS`).
+/// Warps per block of the version 2 kernels (`MV2_WARPS`), and passes per unrolled group
+/// (`MV2_UNROLL`).
 const MV2_WARPS: usize = 4;
+const MV2_UNROLL: usize = 4;
 
 /// Which matrix-vector kernel runs (matvec.cu keeps both versions, benchmarked against each
 /// other by `examples/matvec_bw.rs`).
@@ -158,20 +162,59 @@ impl MatvecKernel {
         [MatvecKernel::BlockPerRow, MatvecKernel::WarpsPerRow(1), MatvecKernel::WarpsPerRow(2), MatvecKernel::WarpsPerRow(4)];
 }
 
-/// Attention: slots per block, threads per block, largest head dimension (attention.cu).
-/// Decode attention: fewest slots per block, and the most blocks (splits) per head past which the
-/// split grows instead (see [`decode_split`]).
-const ATT_SPLIT_MIN: usize = 32;
-const ATT_MAX_SPLITS: usize = 64;
+/// Decode attention (attention.cu): slots per tile (= threads per block), query heads per block
+/// of each kernel variant (`attn_decode_g1` .. `attn_decode_g8`), the blocks per call the split
+/// aims at (about four per multiprocessor of an H100/H200: two waves of the kernels, which keep
+/// two blocks per multiprocessor resident; the H200 figures in docs/PERFORMANCE.md were measured
+/// with it, other targets were not), the most splits aimed at (the kernel holds twice as many,
+/// `AD_MAX_SPLITS`), the fewest slots per split (a warp), and the threads of the merge kernel
+/// (`AD_MERGE_THREADS`).
+const AD_TILE: usize = 128;
+const AD_GROUPS: [usize; 4] = [1, 2, 4, 8];
+const AD_TARGET_BLOCKS: usize = 512;
+const AD_WANT_SPLITS_MAX: usize = 128;
+const AD_SPLIT_MIN: usize = 32;
+/// The longest split aimed at: with many tokens (sequences) per call the blocks already fill the
+/// GPU, and splits of a whole cache each left a few long blocks as the last wave.
+const AD_SPLIT_SLOTS_MAX: usize = 2048;
+const AD_MERGE_THREADS: u32 = 256;
 
-/// Slots per block of decode attention over `n_slots` slots: 32, or more (a multiple of 32) so
-/// that a head has at most 64 blocks. Short caches get many small blocks in flight; long ones keep
-/// the partials that the combine pass reads bounded. (H200, Llama-3-8B: splits of 32 decoded at
-/// 258 t/s at 129 slots but lost 8% at 8,320 slots against 256.)
-fn decode_split(n_slots: usize) -> usize {
-    n_slots.div_ceil(ATT_MAX_SPLITS).div_ceil(ATT_SPLIT_MIN).max(1) * ATT_SPLIT_MIN
+/// Query heads per block of decode attention for a GQA group of `group` heads: the smallest
+/// kernel variant holding the group, else the largest (several blocks per KV head).
+fn decode_heads_per_block(group: usize) -> usize {
+    AD_GROUPS.iter().copied().find(|&g| g >= group).unwrap_or(AD_GROUPS[AD_GROUPS.len() - 1])
 }
-const ATT_THREADS: u32 = 128;
+
+/// The splits decode attention aims at for `n` tokens over `n_slots` slots: enough blocks (KV
+/// heads x head chunks x splits x tokens) to fill the GPU, and splits of at most
+/// [`AD_SPLIT_SLOTS_MAX`] slots, at most [`AD_WANT_SPLITS_MAX`] (non-decreasing in `n_slots`).
+fn decode_want_splits(s: &AttnShape, n_slots: usize, n: usize) -> usize {
+    let group = s.n_head / s.n_head_kv.max(1);
+    let per_split = s.n_head_kv * group.div_ceil(decode_heads_per_block(group)) * n.max(1);
+    (AD_TARGET_BLOCKS / per_split.max(1)).max(n_slots.div_ceil(AD_SPLIT_SLOTS_MAX)).clamp(1, AD_WANT_SPLITS_MAX)
+}
+
+/// Slots per split and the number of splits of decode attention over `n_slots` slots: the
+/// wanted number of splits, each a multiple of 32 slots, or of a whole tile (128) once a split
+/// is longer than one (so no split ends in a short tile: 8,320 slots are 65 splits of 128, not
+/// 52 of 160), which makes at most twice the splits wanted.
+fn decode_split(s: &AttnShape, n_slots: usize, n: usize) -> (usize, usize) {
+    let want = decode_want_splits(s, n_slots, n);
+    let mut split = n_slots.div_ceil(want).div_ceil(AD_SPLIT_MIN).max(1) * AD_SPLIT_MIN;
+    if split > AD_TILE {
+        split = split / AD_TILE * AD_TILE;
+    }
+    (split, n_slots.div_ceil(split).max(1))
+}
+
+/// A bound on the splits of [`decode_split`], non-decreasing in `n_slots` (a partials buffer
+/// sized for the largest layer serves the smaller ones): splits have at least 32 slots and, past
+/// one tile, at least half the slots per wanted split.
+fn decode_max_splits(s: &AttnShape, n_slots: usize, n: usize) -> usize {
+    (2 * decode_want_splits(s, n_slots, n)).min(n_slots.div_ceil(AD_SPLIT_MIN).max(1))
+}
+
+/// The largest head dimension of the attention kernels (`ATT_MAX_D`).
 pub const ATT_MAX_HEAD_DIM: usize = 256;
 
 /// The kernel [`CudaBackend::matvec`] uses.
@@ -192,8 +235,9 @@ struct Kernels {
     matvec1: Vec<CudaFunction>,
     /// Version 2 with 1, 2 and 4 warps per row, per type of [`MATVEC_TYPES`].
     matvec2: Vec<[CudaFunction; 3]>,
-    attn_partial: CudaFunction,
-    attn_combine: CudaFunction,
+    /// Decode attention with 1, 2, 4 and 8 query heads per block ([`AD_GROUPS`]).
+    attn_decode: [CudaFunction; 4],
+    attn_merge: CudaFunction,
 }
 
 /// The CUDA backend on one device.
@@ -205,6 +249,7 @@ pub struct CudaBackend {
     modules: Vec<ModuleImage>,
     k: Kernels,
     mk: model_ops::ModelKernels,
+    fk: fused::FusedKernels,
     /// cuBLAS for prefill GEMMs, or why it could not be loaded.
     blas: Result<cudarc::cublas::CudaBlas, String>,
 }
@@ -286,12 +331,13 @@ impl CudaBackend {
                     Ok([func(&format!("matvec2_{n}_w1"))?, func(&format!("matvec2_{n}_w2"))?, func(&format!("matvec2_{n}_w4"))?])
                 })
                 .collect::<Result<_, CudaError>>()?,
-            attn_partial: func("attn_decode_partial")?,
-            attn_combine: func("attn_decode_combine")?,
+            attn_decode: [func("attn_decode_g1")?, func("attn_decode_g2")?, func("attn_decode_g4")?, func("attn_decode_g8")?],
+            attn_merge: func("attn_decode_merge")?,
         };
         let mk = model_ops::ModelKernels::load(&func)?;
+        let fk = fused::FusedKernels::load(&func)?;
         let blas = model_ops::open_blas(&stream);
-        Ok(CudaBackend { ctx, stream, info, multiprocessors, modules, k, mk, blas })
+        Ok(CudaBackend { ctx, stream, info, multiprocessors, modules, k, mk, fk, blas })
     }
 
     /// The device.
@@ -304,17 +350,37 @@ impl CudaBackend {
         self.multiprocessors
     }
 
-    /// The kernel [`MatvecKernel::Auto`] picks for `rows` rows of `ty`: version 2 with one warp
-    /// per row when the rows give every multiprocessor its 64 warps, else four warps per row;
-    /// Q4_K and Q5_0 keep one warp per row down to 16 warps per multiprocessor. On an H200 this
-    /// is within 10% of the best of the four kernels for every Llama-3-8B shape measured (the
-    /// table in docs/PERFORMANCE.md).
-    pub fn auto_matvec(&self, ty: GgmlType, rows: usize) -> MatvecKernel {
+    /// The kernel [`MatvecKernel::Auto`] picks for `rows` rows of `cols` columns of `ty`: version 2
+    /// with one warp per row when the rows give every multiprocessor its 64 warps, else four
+    /// warps per row; Q4_K and Q5_0 keep one warp per row down to 16 warps per multiprocessor. On
+    /// an H200 this is within 10% of the best of the four kernels for every Llama-3-8B shape
+    /// measured (the table in docs/PERFORMANCE.md). Two corrections for short rows (Llama-3.2-1B's
+    /// 2048 columns): no warp of a row is left without a pass, and the warps per row are halved
+    /// while the rows' warps exceed what the multiprocessors hold at once (32 warps each) and
+    /// each warp still has at most one unrolled group of passes. Of the Llama-3-8B shapes this
+    /// changes only Q4_0's 4096 x 4096 (four warps to two, the best of the table).
+    pub fn auto_matvec(&self, ty: GgmlType, rows: usize, cols: usize) -> MatvecKernel {
         let one_warp_from = match ty {
             GgmlType::Q4_K | GgmlType::Q5_0 => 16 * self.multiprocessors,
             _ => 64 * self.multiprocessors,
         };
-        MatvecKernel::WarpsPerRow(if rows >= one_warp_from { 1 } else { 4 })
+        let mut wpr = if rows >= one_warp_from { 1 } else { 4 };
+        // Blocks of the type one pass of a warp covers (32 / threads per block).
+        let per_pass = match ty {
+            GgmlType::Q8_0 => 8,
+            GgmlType::Q4_0 | GgmlType::Q5_0 => 16,
+            GgmlType::Q4_K => 4,
+            _ => 1,
+        };
+        let nb = cols / ty.block_size().max(1);
+        while wpr > 1 && nb < per_pass * wpr {
+            wpr /= 2;
+        }
+        let resident = 32 * self.multiprocessors;
+        while wpr > 1 && rows * wpr > resident && nb <= per_pass * (wpr / 2) * MV2_UNROLL {
+            wpr /= 2;
+        }
+        MatvecKernel::WarpsPerRow(wpr as u32)
     }
 
     /// The compiled kernel files: target, size, and whether they came from NVRTC or a cache.
@@ -500,7 +566,7 @@ impl CudaBackend {
             return Ok(());
         }
         let kernel = match kernel {
-            MatvecKernel::Auto => self.auto_matvec(w.ty, w.rows),
+            MatvecKernel::Auto => self.auto_matvec(w.ty, w.rows, w.cols),
             k => k,
         };
         if let MatvecKernel::WarpsPerRow(n) = kernel {
@@ -557,12 +623,14 @@ impl CudaBackend {
         self.matvec(w, scratch, out)
     }
 
+
     /// Attention of one query (`q`: `[n_head][head_dim]`, at position `qpos`) over the cache
     /// slots (`k`: `[slot][n_head_kv][head_dim]`, `v`: `[slot][n_head_kv][head_dim_v]`, f16,
     /// positions `kpos`, negative when empty), into `out` (`[n_head][head_dim_v]`) and `lse`
     /// (`[n_head]`: the log-sum-exp of the scaled, masked scores; `-inf` and a zero output for a
     /// head that sees no slot). Same contract as `ggml_kernels::attention::attention` with one
-    /// query; head dimensions up to [`ATT_MAX_HEAD_DIM`].
+    /// query; head dimensions up to [`ATT_MAX_HEAD_DIM`]. Allocates its partials and uploads the
+    /// position: [`CudaBackend::attention_decode_dev`] is the capturable form.
     #[allow(clippy::too_many_arguments)]
     pub fn attention_decode(
         &self,
@@ -576,12 +644,18 @@ impl CudaBackend {
         out: &mut DeviceBuffer<f32>,
         lse: &mut DeviceBuffer<f32>,
     ) -> Result<(), CudaError> {
-        self.attention_decode_inner(s, q, qpos, None, k, v, kpos, mask, None, out, lse)
+        check_attn_shape(s)?;
+        let qpos = i32::try_from(qpos).map_err(|_| CudaError::Invalid(format!("attention: position {qpos} exceeds 32 bits")))?;
+        let n_slots = kpos.len();
+        let qpos_dev = self.upload(&[qpos])?;
+        let mut part = self.alloc::<f32>(Self::attention_partials(s, n_slots))?;
+        self.attention_decode_launch(s, q, &qpos_dev, None, n_slots, k, v, kpos, mask, &mut part, out, lse)
     }
 
     /// [`CudaBackend::attention_decode`] with the query position read from `qpos` on the device
     /// and the partials in `part` (at least [`CudaBackend::attention_partials`] floats), so that
-    /// the launches allocate nothing and can be captured into a CUDA graph.
+    /// the launches allocate nothing and can be captured into a CUDA graph. A mask with a `span`
+    /// runs only where it reduces to `window` and `sink` at every position.
     #[allow(clippy::too_many_arguments)]
     pub fn attention_decode_dev(
         &self,
@@ -597,97 +671,151 @@ impl CudaBackend {
         lse: &mut DeviceBuffer<f32>,
     ) -> Result<(), CudaError> {
         expect_len("attention query position", 1, qpos.len())?;
-        self.attention_decode_inner(s, q, 0, Some(qpos), k, v, kpos, mask, Some(part), out, lse)
+        self.attention_decode_launch(s, q, qpos, None, kpos.len(), k, v, kpos, mask, part, out, lse)
     }
 
-    /// Floats of the partials of one decode attention over `n_slots` slots.
+    /// Floats of the partials of one decode attention over `n_slots` slots (non-decreasing in
+    /// `n_slots`).
     pub fn attention_partials(s: &AttnShape, n_slots: usize) -> usize {
-        s.n_head * n_slots.div_ceil(decode_split(n_slots)).max(1) * (2 + s.head_dim_v)
+        Self::attention_partials_batch(s, n_slots, 1)
     }
 
+    /// Floats of the partials of [`CudaBackend::attention_decode_batch`] for `n` tokens over
+    /// `n_slots` slots each (non-decreasing in `n_slots`).
+    pub fn attention_partials_batch(s: &AttnShape, n_slots: usize, n: usize) -> usize {
+        // The most over every token count up to n: fewer tokens take more splits each, so a
+        // buffer sized for n sequences serves a call over some of them.
+        (1..=n.max(1)).map(|t| t * s.n_head * decode_max_splits(s, n_slots, t) * (2 + s.head_dim_v)).max().unwrap_or(0)
+    }
+
+    /// Per decode attention kernel (query heads per block): registers per thread, local memory
+    /// bytes per thread (spills) and resident blocks per multiprocessor.
+    pub fn attention_decode_occupancy(&self) -> Result<Vec<(usize, i32, i32, u32)>, CudaError> {
+        let mut r = Vec::with_capacity(AD_GROUPS.len());
+        for (g, f) in AD_GROUPS.iter().zip(&self.k.attn_decode) {
+            let regs = f.num_regs().map_err(driver("cuFuncGetAttribute"))?;
+            let local = f.local_size_bytes().map_err(driver("cuFuncGetAttribute"))?;
+            let blocks = f.occupancy_max_active_blocks_per_multiprocessor(AD_TILE as u32, 0, None).map_err(driver("cuOccupancyMaxActiveBlocksPerMultiprocessor"))?;
+            r.push((*g, regs, local, blocks));
+        }
+        Ok(r)
+    }
+
+    /// Decode attention of `n = qpos.len()` tokens, each of its own sequence (or several of one):
+    /// token `t` (`q`: `[n][n_head][head_dim]`, at position `qpos[t]`) attends to the `n_slots`
+    /// cache slots `base[t] .. base[t] + n_slots` (`k`: `[slot][n_head_kv][head_dim]`, `v`:
+    /// `[slot][n_head_kv][head_dim_v]`, f16, positions `kpos`, negative when empty; the caches
+    /// hold `kpos.len()` slots, e.g. `n_seq * n_slots`) with `mask`, into `out`
+    /// (`[n][n_head][head_dim_v]`) and `lse` (`[n][n_head]`), as
+    /// [`CudaBackend::attention_decode`] does for each token. Positions and bases are read on the
+    /// device and the partials go to `part` (at least [`CudaBackend::attention_partials_batch`]
+    /// floats): nothing is allocated or synchronized, so the launches can be captured into a
+    /// CUDA graph. A token whose slots `base[t] .. base[t] + n_slots` do not lie within the
+    /// caches sees no slot (zero output, `-inf` log-sum-exp). A mask with a `span` runs only where
+    /// it reduces to `window` and `sink` at every position.
     #[allow(clippy::too_many_arguments)]
-    fn attention_decode_inner(
+    pub fn attention_decode_batch(
         &self,
         s: &AttnShape,
         q: &DeviceBuffer<f32>,
-        qpos: i64,
-        qpos_dev: Option<&DeviceBuffer<i32>>,
+        qpos: &DeviceBuffer<i32>,
+        base: &DeviceBuffer<i32>,
+        n_slots: usize,
         k: &DeviceBuffer<f16>,
         v: &DeviceBuffer<f16>,
         kpos: &DeviceBuffer<i32>,
         mask: AttnMask,
-        part_buf: Option<&mut DeviceBuffer<f32>>,
+        part: &mut DeviceBuffer<f32>,
+        out: &mut DeviceBuffer<f32>,
+        lse: &mut DeviceBuffer<f32>,
+    ) -> Result<(), CudaError> {
+        expect_len("attention sequence bases", qpos.len(), base.len())?;
+        self.attention_decode_launch(s, q, qpos, Some(base), n_slots, k, v, kpos, mask, part, out, lse)
+    }
+
+    /// Checks the shapes and launches decode attention (`attn_decode_g*` then `attn_decode_merge`);
+    /// `base` `None`: every token at slot 0.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_decode_launch(
+        &self,
+        s: &AttnShape,
+        q: &DeviceBuffer<f32>,
+        qpos: &DeviceBuffer<i32>,
+        base: Option<&DeviceBuffer<i32>>,
+        n_slots: usize,
+        k: &DeviceBuffer<f16>,
+        v: &DeviceBuffer<f16>,
+        kpos: &DeviceBuffer<i32>,
+        mask: AttnMask,
+        part: &mut DeviceBuffer<f32>,
         out: &mut DeviceBuffer<f32>,
         lse: &mut DeviceBuffer<f32>,
     ) -> Result<(), CudaError> {
         check_attn_shape(s)?;
-        let n_slots = kpos.len();
-        expect_len("attention query", s.n_head * s.head_dim, q.len())?;
-        if k.len() < n_slots * s.n_head_kv * s.head_dim {
-            return Err(CudaError::Shape { what: "attention keys (at least)", expected: n_slots * s.n_head_kv * s.head_dim, got: k.len() });
+        let n = qpos.len();
+        let total = kpos.len();
+        expect_len("attention queries", n * s.n_head * s.head_dim, q.len())?;
+        if n_slots > total {
+            return Err(CudaError::Invalid(format!("attention: {n_slots} slots per sequence in caches of {total} slots")));
         }
-        if v.len() < n_slots * s.n_head_kv * s.head_dim_v {
-            return Err(CudaError::Shape {
-                what: "attention values (at least)",
-                expected: n_slots * s.n_head_kv * s.head_dim_v,
-                got: v.len(),
-            });
+        if k.len() < total * s.n_head_kv * s.head_dim {
+            return Err(CudaError::Shape { what: "attention keys (at least)", expected: total * s.n_head_kv * s.head_dim, got: k.len() });
         }
-        expect_len("attention output", s.n_head * s.head_dim_v, out.len())?;
-        expect_len("attention lse", s.n_head, lse.len())?;
-        if s.n_head == 0 {
+        if v.len() < total * s.n_head_kv * s.head_dim_v {
+            return Err(CudaError::Shape { what: "attention values (at least)", expected: total * s.n_head_kv * s.head_dim_v, got: v.len() });
+        }
+        expect_len("attention output", n * s.n_head * s.head_dim_v, out.len())?;
+        expect_len("attention lse", n * s.n_head, lse.len())?;
+        let n_part = Self::attention_partials_batch(s, n_slots, n);
+        if part.len() < n_part {
+            return Err(CudaError::Shape { what: "attention partials (at least)", expected: n_part, got: part.len() });
+        }
+        if n == 0 || s.n_head == 0 {
             return Ok(());
         }
-        // The kernel knows `window` and `sink`; a `span` (a native window under a streaming one)
-        // reduces to them at a host-side query position (except where it sees only some of the
-        // sinks), and for a device-side one only where it bounds nothing position-dependent.
-        let reduced = if qpos_dev.is_some() { mask.without_span() } else { mask.without_span_at(qpos) };
-        let mask = reduced.ok_or_else(|| CudaError::Invalid(format!("attention: mask {mask:?} is not supported by the decode kernel here")))?;
-        let qpos = i32::try_from(qpos).map_err(|_| CudaError::Invalid(format!("attention: position {qpos} exceeds 32 bits")))?;
+        if n > 65_535 {
+            return Err(CudaError::Invalid(format!("attention: {n} tokens in one decode call (at most 65,535)")));
+        }
         let window: i32 = match mask.window {
             None => -1,
             Some(w) => i32::try_from(w).unwrap_or(i32::MAX),
         };
         let sink = i32::try_from(mask.sink).unwrap_or(i32::MAX);
-        let split = decode_split(n_slots);
-        let n_splits = n_slots.div_ceil(split).max(1);
-        let split32 = as_i32("split", split)?;
-        // SAFETY (of the uninitialised allocation): attn_decode_partial writes every element of
-        // every (head, split) partial before attn_decode_combine reads it.
-        let n_part = Self::attention_partials(s, n_slots);
-        let mut owned;
-        let part = match part_buf {
-            Some(p) => {
-                if p.len() < n_part {
-                    return Err(CudaError::Shape { what: "attention partials (at least)", expected: n_part, got: p.len() });
-                }
-                &mut p.inner
-            }
-            None => {
-                owned = unsafe { self.stream.alloc::<f32>(n_part) }.map_err(driver("cuMemAlloc"))?;
-                &mut owned
-            }
-        };
-        let (n_slots32, n_head, n_head_kv) = (as_i32("slots", n_slots)?, as_i32("n_head", s.n_head)?, as_i32("n_head_kv", s.n_head_kv)?);
+        let span: i32 = mask.span.map_or(-1, |w| i32::try_from(w).unwrap_or(i32::MAX));
+        let (split, n_splits) = decode_split(s, n_slots, n);
+        let group = s.n_head / s.n_head_kv;
+        let heads = decode_heads_per_block(group);
+        let f = &self.k.attn_decode[AD_GROUPS.iter().position(|&g| g == heads).unwrap_or(AD_GROUPS.len() - 1)];
+        let grid_x = as_u32("attention blocks per token", s.n_head_kv * group.div_ceil(heads))?;
+        let (n_slots32, total32, split32) = (as_i32("slots", n_slots)?, as_i32("cache slots", total)?, as_i32("split", split)?);
+        let (n_head, n_head_kv) = (as_i32("n_head", s.n_head)?, as_i32("n_head_kv", s.n_head_kv)?);
         let (d, dv, splits) = (s.head_dim as i32, s.head_dim_v as i32, as_i32("splits", n_splits)?);
-        let mut b = self.stream.launch_builder(&self.k.attn_partial);
-        b.arg(&q.inner).arg(&k.inner).arg(&v.inner).arg(&kpos.inner).arg(&mut *part);
-        let no_qpos_dev: u64 = 0;
-        b.arg(&n_slots32).arg(&n_head).arg(&n_head_kv).arg(&d).arg(&dv).arg(&s.scale).arg(&qpos).arg(&window).arg(&sink);
-        match qpos_dev {
+        let no_base: u64 = 0;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&q.inner).arg(&k.inner).arg(&v.inner).arg(&kpos.inner).arg(&qpos.inner);
+        match base {
             Some(p) => b.arg(&p.inner),
-            None => b.arg(&no_qpos_dev),
+            None => b.arg(&no_base),
         };
-        b.arg(&split32);
-        // SAFETY: block (h, split) reads q[h], the keys and values of kv head h / group for the
-        // slots of its split (< n_slots, within k and v as checked), kpos of those slots, and
-        // writes its partial (n_head * n_splits * (2 + Dv) floats allocated above).
-        unsafe { b.launch(cfg((as_u32("n_head", s.n_head)?, as_u32("splits", n_splits)?), ATT_THREADS)) }
-            .map_err(driver("launch attn_decode_partial"))?;
-        let mut b = self.stream.launch_builder(&self.k.attn_combine);
-        b.arg(&*part).arg(&mut out.inner).arg(&mut lse.inner).arg(&splits).arg(&dv);
-        // SAFETY: block h reads its n_splits partials and writes out[h][0..Dv] and lse[h].
-        unsafe { b.launch(cfg((as_u32("n_head", s.n_head)?, 1), 128)) }.map_err(driver("launch attn_decode_combine"))?;
+        b.arg(&mut part.inner);
+        b.arg(&n_slots32).arg(&total32).arg(&n_head).arg(&n_head_kv).arg(&d).arg(&dv).arg(&s.scale).arg(&window).arg(&sink).arg(&span).arg(&split32);
+        debug_assert!(n_splits <= decode_max_splits(s, n_slots, n));
+        let grid = LaunchConfig { grid_dim: (grid_x, as_u32("splits", n_splits)?, n as u32), block_dim: (AD_TILE as u32, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: block (kv head x head chunk, split, token t) reads qpos[t] and base[t] (n of
+        // each, checked), the queries of its heads in token t (checked), and the keys, values
+        // and positions of slots base[t] + (its split, < n_slots), only when base[t] .. base[t]
+        // + n_slots lies within the total slots (tested in the kernel; k and v hold at least the
+        // total, checked); it writes the partials of its heads and split for token t (n *
+        // n_head * n_splits * (2 + Dv) <= part.len(), checked). Head dimensions are within the
+        // kernel's shared arrays (check_attn_shape).
+        unsafe { b.launch(grid) }.map_err(driver("launch attn_decode"))?;
+        let mut b = self.stream.launch_builder(&self.k.attn_merge);
+        b.arg(&part.inner).arg(&mut out.inner).arg(&mut lse.inner).arg(&n_head).arg(&splits).arg(&dv);
+        let grid = LaunchConfig { grid_dim: (as_u32("n_head", s.n_head)?, n as u32, 1), block_dim: (AD_MERGE_THREADS, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: block (h, t) reads the n_splits (<= 2 * AD_WANT_SPLITS_MAX = AD_MAX_SPLITS)
+        // partials of head h of token t and writes out[t][h][0..Dv] and lse[t][h] (lengths
+        // checked).
+        unsafe { b.launch(grid) }.map_err(driver("launch attn_decode_merge"))?;
         Ok(())
     }
 }

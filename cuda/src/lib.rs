@@ -27,7 +27,8 @@ mod nvrtc;
 use std::fmt;
 
 pub use backend::{
-    CudaBackend, DeviceBuffer, DeviceElem, DeviceGraph, DeviceMatrix, GatedAct, MatmulScratch, MatvecKernel, RopeParams, ATT_MAX_HEAD_DIM,
+    CudaBackend, DeviceBuffer, DeviceElem, DeviceGraph, DeviceMatrix, GatedAct, MatmulScratch, MatvecKernel, QkvExtras, RopeParams,
+    ATT_MAX_HEAD_DIM,
     DEFAULT_MATVEC, DEQUANT_TYPES, GEMM_MIN_TOKENS, MATVEC_TYPES, Q8_0_BYTES, Q8_1_BYTES,
 };
 pub use error::CudaError;

@@ -38,7 +38,7 @@ const COMMON: &str = include_str!("../kernels/common.cuh");
 /// Every kernel file, one per op family.
 pub(crate) const FILES: &[KernelFile] = &[
     KernelFile { name: "norm.cu", source: include_str!("../kernels/norm.cu"), functions: &["rms_norm_f32", "add_rms_norm_q8_1"] },
-    KernelFile { name: "rope.cu", source: include_str!("../kernels/rope.cu"), functions: &["rope_f32"] },
+    KernelFile { name: "rope.cu", source: include_str!("../kernels/rope.cu"), functions: &["rope_f32", "rope_kv_write_f16"] },
     KernelFile { name: "act.cu", source: include_str!("../kernels/act.cu"), functions: &["gelu_tanh_mul_f32", "silu_mul_f32", "gated_act_q8_1"] },
     KernelFile { name: "quantize.cu", source: include_str!("../kernels/quantize.cu"), functions: &["quantize_q8_0", "quantize_q8_1"] },
     KernelFile {
@@ -65,12 +65,14 @@ pub(crate) const FILES: &[KernelFile] = &[
             "matvec2_q6_k_w1",
             "matvec2_q6_k_w2",
             "matvec2_q6_k_w4",
+            "matvec_multi",
+            "matvec_gate_up_q8_1",
         ],
     },
     KernelFile {
         name: "attention.cu",
         source: include_str!("../kernels/attention.cu"),
-        functions: &["attn_decode_partial", "attn_decode_combine", "attn_prefill"],
+        functions: &["attn_decode_g1", "attn_decode_g2", "attn_decode_g4", "attn_decode_g8", "attn_decode_merge", "attn_prefill"],
     },
     KernelFile {
         name: "dequant.cu",
@@ -424,6 +426,10 @@ mod tests {
                 // Defined by `DEQUANT_KERNELS(type, ...)` as get_rows_<type> and dequant_f16_<type>.
                 if let Some(ty) = func.strip_prefix("get_rows_").or_else(|| func.strip_prefix("dequant_f16_")) {
                     patterns.push(format!("DEQUANT_KERNELS({ty}, "));
+                }
+                // Defined by `ATTN_DECODE_KERNEL(G)` as attn_decode_g<G>.
+                if let Some(g) = func.strip_prefix("attn_decode_g") {
+                    patterns.push(format!("ATTN_DECODE_KERNEL({g})"));
                 }
                 let defined = patterns.iter().any(|p| f.source.contains(p));
                 assert!(defined && f.source.contains("__global__"), "{} lacks {func}", f.name);

@@ -5,7 +5,9 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::model::{Logits, ModelError, Session};
+use crate::lighttransfer::LazyProbe;
+use crate::model::kv_cache::LayerKind;
+use crate::model::{Logits, ModelError, Session, SessionParams};
 use crate::sampling::{Sampler, SamplingError};
 use crate::tokenizer::Tokenizer;
 
@@ -66,12 +68,17 @@ pub struct GenerateParams<'s> {
     pub stop: Option<&'s AtomicBool>,
 }
 
-/// What [`generate`] runs on: a CPU [`Session`] or a [`crate::gpu::GpuSession`].
+/// What [`generate`] (and [`crate::perplexity::perplexity`]) runs on: a CPU [`Session`] or a
+/// [`crate::gpu::GpuSession`].
 pub trait Evaluate {
     /// Evaluates `tokens` after what the session holds; the logits `which` asks for.
     fn eval(&mut self, tokens: &[u32], which: Logits) -> Result<Vec<f32>, crate::model::ModelError>;
     fn n_past(&self) -> usize;
     fn n_ctx(&self) -> usize;
+    /// Logits per position.
+    fn n_vocab(&self) -> usize;
+    /// Forgets everything the session holds.
+    fn reset(&mut self) -> Result<(), crate::model::ModelError>;
 }
 
 impl Evaluate for Session<'_, '_> {
@@ -84,13 +91,56 @@ impl Evaluate for Session<'_, '_> {
     fn n_ctx(&self) -> usize {
         Session::n_ctx(self)
     }
+    fn n_vocab(&self) -> usize {
+        self.model.cfg.n_vocab
+    }
+    fn reset(&mut self) -> Result<(), crate::model::ModelError> {
+        Session::reset(self);
+        Ok(())
+    }
+}
+
+/// What a chat holds: a session that can also go back to a prefix of what it holds, start over
+/// with the native layers, run LightTransfer-Test on its first prompt and report its KV cache;
+/// the CPU's [`Session`] or a [`crate::gpu::GpuSession`].
+pub trait Conversation: Evaluate {
+    /// Keeps only the first `n` positions; false when the cache could not go back that far (a
+    /// sliding window already dropped what position `n` needs), and it is then empty.
+    fn truncate(&mut self, n: usize) -> Result<bool, ModelError>;
+    /// Starts over with caches for `params` (layers LightTransfer-Test made lazy go back).
+    fn restart(&mut self, params: &SessionParams) -> Result<(), ModelError>;
+    /// Arms (or disarms) LightTransfer-Test for the next prompt.
+    fn set_probe(&mut self, probe: Option<LazyProbe>);
+    /// The probe, after the prompt it measured.
+    fn take_probe(&mut self) -> Option<LazyProbe>;
+    /// Each layer's kind and KV bytes.
+    fn kv_layers(&self) -> Vec<(LayerKind, usize)>;
+}
+
+impl Conversation for Session<'_, '_> {
+    fn truncate(&mut self, n: usize) -> Result<bool, ModelError> {
+        Ok(Session::truncate(self, n))
+    }
+    fn restart(&mut self, params: &SessionParams) -> Result<(), ModelError> {
+        *self = Session::new(self.model, params)?;
+        Ok(())
+    }
+    fn set_probe(&mut self, probe: Option<LazyProbe>) {
+        self.cache.probe = probe;
+    }
+    fn take_probe(&mut self) -> Option<LazyProbe> {
+        self.cache.probe.take()
+    }
+    fn kv_layers(&self) -> Vec<(LayerKind, usize)> {
+        self.cache.layers.iter().map(|l| (l.kind, l.bytes())).collect()
+    }
 }
 
 /// Evaluates `prompt` after what `session` holds, then generates, calling `on_text` with each
 /// piece of text as soon as it forms whole UTF-8 characters. Generated tokens (all but an ending
 /// end-of-generation token) are appended to the session.
-pub fn generate(
-    session: &mut impl Evaluate,
+pub fn generate<S: Evaluate + ?Sized>(
+    session: &mut S,
     tokenizer: &Tokenizer,
     sampler: &mut Sampler,
     prompt: &[u32],

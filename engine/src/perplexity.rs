@@ -3,7 +3,8 @@
 //! its first token) and is evaluated from an empty cache; the second half of each chunk is
 //! scored (position `j` predicts token `j + 1`, for `n_ctx/2 <= j < n_ctx - 1`).
 
-use crate::model::{Logits, ModelError, Session};
+use crate::generate::Evaluate;
+use crate::model::{Logits, ModelError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PerplexityError {
@@ -29,7 +30,7 @@ pub struct Perplexity {
 
 /// Scores `tokens` in chunks of `n_ctx`. `on_chunk(i, running_ppl)` is called after each chunk.
 pub fn perplexity(
-    session: &mut Session<'_, '_>,
+    session: &mut impl Evaluate,
     tokens: &[u32],
     bos: Option<u32>,
     n_ctx: usize,
@@ -45,7 +46,7 @@ pub fn perplexity(
     if tokens.len() < 2 * n_ctx {
         return Err(PerplexityError::TooShort { n_tokens: tokens.len(), n_ctx });
     }
-    let n_vocab = session.model.cfg.n_vocab;
+    let n_vocab = session.n_vocab();
     let n_chunks = (tokens.len() / n_ctx).min(max_chunks.unwrap_or(usize::MAX));
     let first = n_ctx / 2;
     let (mut nll, mut nll2, mut count) = (0f64, 0f64, 0usize);
@@ -54,7 +55,7 @@ pub fn perplexity(
         if let Some(b) = bos {
             chunk[0] = b;
         }
-        session.reset();
+        session.reset()?;
         let logits = session.eval(&chunk, Logits::From(first))?;
         for (row, j) in logits.chunks_exact(n_vocab).zip(first..n_ctx - 1) {
             let target = chunk[j + 1] as usize;

@@ -14,26 +14,19 @@
 //! copies for prefill), and with both off (`ENGINE_CUDA_GRAPH=0`, `ENGINE_CUDA_F16_WEIGHTS=0`).
 //! Skips (and says so) without a GPU.
 
+mod common;
+
+use common::{every_other_streaming, gpus, nmse, tiny_model, tokens};
 use engine::gguf::GgufFile;
 use engine::gpu::{GpuModel, GpuSession};
-use engine::model::kv_cache::{KvType, LayerKind};
+use engine::model::kv_cache::KvType;
 use engine::model::{Logits, Model, Session, SessionParams};
 use engine::quant_mix::FileType;
-use engine::synth::{preset, synthesize, SynthParams};
 
 /// Largest per-position NMSE of GPU logits against the CPU's.
 const NMSE_BOUND: f64 = 5e-3;
 /// Largest NMSE of GPU logits against the exact f32 pass, over all positions of a case.
 const EXACT_BOUND: f64 = 5e-4;
-
-fn nmse(a: &[f32], b: &[f32]) -> f64 {
-    let (mut num, mut den) = (0f64, 0f64);
-    for (x, y) in a.iter().zip(b) {
-        num += (*x as f64 - *y as f64).powi(2);
-        den += (*y as f64).powi(2);
-    }
-    num / den.max(1e-30)
-}
 
 fn argmax(v: &[f32]) -> usize {
     v.iter().enumerate().fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &x)| if x > bv { (i, x) } else { (bi, bv) }).0
@@ -53,14 +46,7 @@ fn run(eval: &mut dyn FnMut(&[u32], Logits) -> Vec<f32>, prompt: &[u32], decode:
 
 #[test]
 fn whole_model_logits_cpu_vs_cuda() {
-    let devices = match engine_cuda::probe() {
-        Ok(d) => d,
-        Err(e) => {
-            println!("skipped: {e}");
-            return;
-        }
-    };
-    println!("device: {} (cc {}.{})", devices[0].name, devices[0].compute_capability.0, devices[0].compute_capability.1);
+    let Some(_) = gpus() else { return };
     let dir = tempfile::tempdir().unwrap();
     // (preset, file type, lazy layers as streaming sink + window on every other layer)
     let cases: &[(&str, FileType, Option<(u32, u32)>)] = &[
@@ -73,31 +59,14 @@ fn whole_model_logits_cpu_vs_cuda() {
     ];
     let mut worst = 0f64;
     for &(name, ftype, lazy) in cases {
-        let p = preset(name).unwrap();
-        let path = dir.path().join(format!("{name}-{ftype}.gguf"));
-        synthesize(&SynthParams { preset: p, ftype, seed: 11 }, &path, None).unwrap();
+        let path = tiny_model(dir.path(), name, ftype, 11);
         let file = GgufFile::open(&path).unwrap();
         let model = Model::load(&file).unwrap();
         let mut exact_model = Model::load(&file).unwrap();
         exact_model.exact_matmul = true;
-        let kinds: Vec<LayerKind> = model
-            .native_layer_kinds()
-            .into_iter()
-            .enumerate()
-            .map(|(il, k)| match lazy {
-                Some((sink, window)) if il % 2 == 1 => LayerKind::Streaming { sink, window, native_window: None },
-                _ => k,
-            })
-            .collect();
+        let kinds = every_other_streaming(model.native_layer_kinds(), lazy);
         let params = SessionParams { n_ctx: 96, n_batch: 32, kv_type: KvType::F16, layer_kinds: Some(kinds) };
-        let n_vocab = model.cfg.n_vocab as u64;
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed % n_vocab) as u32
-        };
+        let mut next = tokens(0x9e37_79b9_7f4a_7c15, model.cfg.n_vocab);
         let prompt: Vec<u32> = (0..48).map(|_| next()).collect();
         let decode: Vec<u32> = (0..8).map(|_| next()).collect();
 

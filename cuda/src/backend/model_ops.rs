@@ -180,7 +180,7 @@ impl CudaBackend {
             }
             let qb = w.cols / 32 * Q8_1_BYTES;
             self.quantize_q8_1_into(x, &mut scratch.x_q8_1, n * qb)?;
-            let kernel = self.auto_matvec(w.ty, w.rows);
+            let kernel = self.auto_matvec(w.ty, w.rows, w.cols);
             for t in 0..n {
                 let xq = scratch.x_q8_1.inner.slice(t * qb..(t + 1) * qb);
                 let mut o = out.inner.slice_mut(t * w.rows..(t + 1) * w.rows);
@@ -395,33 +395,62 @@ impl CudaBackend {
         mask: AttnMask,
         out: &mut DeviceBuffer<f32>,
     ) -> Result<(), CudaError> {
-        check_attn_shape(s)?;
-        let n = qpos.len();
         let n_slots = kpos.len();
-        expect_len("attention queries", n * s.n_head * s.head_dim, q.len())?;
         expect_len("attention keys", n_slots * s.n_head_kv * s.head_dim, k.len())?;
         expect_len("attention values", n_slots * s.n_head_kv * s.head_dim_v, v.len())?;
+        self.attention_prefill_slots(s, q, qpos, k, v, kpos, 0..n_slots, mask, out)
+    }
+
+    /// [`CudaBackend::attention_prefill`] over the cache slots `slots` only (one sequence's part of
+    /// a cache that holds several).
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_prefill_slots(
+        &self,
+        s: &AttnShape,
+        q: &DeviceBuffer<f32>,
+        qpos: &DeviceBuffer<i32>,
+        k: &DeviceBuffer<f16>,
+        v: &DeviceBuffer<f16>,
+        kpos: &DeviceBuffer<i32>,
+        slots: std::ops::Range<usize>,
+        mask: AttnMask,
+        out: &mut DeviceBuffer<f32>,
+    ) -> Result<(), CudaError> {
+        check_attn_shape(s)?;
+        let n = qpos.len();
+        let (k_row, v_row) = (s.n_head_kv * s.head_dim, s.n_head_kv * s.head_dim_v);
+        if slots.start > slots.end || slots.end > kpos.len() || k.len() < kpos.len() * k_row || v.len() < kpos.len() * v_row {
+            return Err(CudaError::Invalid(format!(
+                "attention: slots {slots:?} of a cache of {} positions ({} keys, {} values)",
+                kpos.len(),
+                k.len(),
+                v.len()
+            )));
+        }
+        let n_slots = slots.len();
+        expect_len("attention queries", n * s.n_head * s.head_dim, q.len())?;
         expect_len("attention output", n * s.n_head * s.head_dim_v, out.len())?;
         if n == 0 || s.n_head == 0 {
             return Ok(());
         }
-        // The kernel knows `window` and `sink`: a `span` mask runs only where it reduces to them.
-        let mask = mask
-            .without_span()
-            .ok_or_else(|| CudaError::Invalid(format!("attention: mask {mask:?} is not supported by the prefill kernel")))?;
         let window: i32 = match mask.window {
             None => -1,
             Some(w) => i32::try_from(w).unwrap_or(i32::MAX),
         };
         let sink = i32::try_from(mask.sink).unwrap_or(i32::MAX);
+        let span: i32 = mask.span.map_or(-1, |w| i32::try_from(w).unwrap_or(i32::MAX));
         let (n32, slots32) = (as_i32("queries", n)?, as_i32("slots", n_slots)?);
         let (nh, nkv, d, dv) = (as_i32("n_head", s.n_head)?, as_i32("n_head_kv", s.n_head_kv)?, s.head_dim as i32, s.head_dim_v as i32);
+        let kv = k.inner.slice(slots.start * k_row..slots.end * k_row);
+        let vv = v.inner.slice(slots.start * v_row..slots.end * v_row);
+        let pv = kpos.inner.slice(slots.clone());
         let mut b = self.stream.launch_builder(&self.mk.attn_prefill);
-        b.arg(&q.inner).arg(&k.inner).arg(&v.inner).arg(&kpos.inner).arg(&qpos.inner).arg(&mut out.inner);
-        b.arg(&n32).arg(&slots32).arg(&nh).arg(&nkv).arg(&d).arg(&dv).arg(&s.scale).arg(&window).arg(&sink);
+        b.arg(&q.inner).arg(&kv).arg(&vv).arg(&pv).arg(&qpos.inner).arg(&mut out.inner);
+        b.arg(&n32).arg(&slots32).arg(&nh).arg(&nkv).arg(&d).arg(&dv).arg(&s.scale).arg(&window).arg(&sink).arg(&span);
         // SAFETY: block (i, h) reads queries i*AP_Q.. (< n) of head h, every slot's key and value
-        // of KV head h / group (n_slots of each, checked), kpos and qpos, and writes the output
-        // rows of its queries; head dimensions are within the kernel's shared arrays (checked).
+        // of KV head h / group (the n_slots slots of the views, within the buffers as checked),
+        // kpos and qpos, and writes the output rows of its queries; head dimensions are within
+        // the kernel's shared arrays (checked).
         unsafe { b.launch(cfg((as_u32("query tiles", n.div_ceil(AP_Q))?, as_u32("n_head", s.n_head)?), 128)) }
             .map_err(driver("launch attn_prefill"))?;
         Ok(())
@@ -429,6 +458,47 @@ impl CudaBackend {
 }
 
 impl CudaBackend {
+    /// Copies `len` elements of `buf` from `src` to `dst` (ranges that do not overlap).
+    pub fn copy_within<T: super::DeviceElem>(&self, buf: &mut DeviceBuffer<T>, src: usize, dst: usize, len: usize) -> Result<(), CudaError> {
+        let fits = |a: usize| a.checked_add(len).is_some_and(|e| e <= buf.len());
+        if !fits(src) || !fits(dst) || (src < dst + len && dst < src + len) {
+            return Err(CudaError::Invalid(format!("copy_within: {len} elements from {src} to {dst} of {}", buf.len())));
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        let (lo, hi) = (src.min(dst), src.max(dst));
+        let (mut a, mut b) = buf.inner.split_at_mut(hi);
+        if src < dst {
+            let from = a.slice(lo..lo + len);
+            let mut to = b.slice_mut(0..len);
+            self.stream.memcpy_dtod(&from, &mut to).map_err(driver("cuMemcpyDtoD"))
+        } else {
+            let from = b.slice(0..len);
+            let mut to = a.slice_mut(lo..lo + len);
+            self.stream.memcpy_dtod(&from, &mut to).map_err(driver("cuMemcpyDtoD"))
+        }
+    }
+
+    /// Copies `len` elements of `src` from `src_at` into `dst` at `dst_at`.
+    pub fn copy_between<T: super::DeviceElem>(
+        &self,
+        src: &DeviceBuffer<T>,
+        src_at: usize,
+        dst: &mut DeviceBuffer<T>,
+        dst_at: usize,
+        len: usize,
+    ) -> Result<(), CudaError> {
+        let end = |at: usize, n: usize| at.checked_add(len).filter(|&e| e <= n);
+        let (Some(se), Some(de)) = (end(src_at, src.len()), end(dst_at, dst.len())) else {
+            return Err(CudaError::Invalid(format!("copy_between: {len} elements from {src_at} of {} to {dst_at} of {}", src.len(), dst.len())));
+        };
+        if len == 0 {
+            return Ok(());
+        }
+        self.stream.memcpy_dtod(&src.inner.slice(src_at..se), &mut dst.inner.slice_mut(dst_at..de)).map_err(driver("cuMemcpyDtoD"))
+    }
+
     /// Copies `dst.len()` elements of `src` from `offset` into `dst`.
     pub fn copy_range<T: super::DeviceElem>(
         &self,

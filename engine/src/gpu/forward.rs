@@ -4,24 +4,28 @@
 //! configuration carries the RoPE kind, the embedding scale and each layer's window and RoPE
 //! base, exactly as the CPU passes (`model/gemma3.rs`, `model/llama.rs`) read them.
 
-use engine_cuda::{DeviceBuffer, GatedAct, MatmulScratch, RopeParams};
+use engine_cuda::{DeviceBuffer, GatedAct, MatmulScratch, QkvExtras, RopeParams};
 use ggml_kernels::attention::AttnShape;
 
-use super::{Batch, GpuError, GpuLayerCache, GpuModel};
+use super::{Attend, Batch, GpuError, GpuLayerCache, GpuModel};
+use crate::lighttransfer::LazyProbe;
 use crate::model::config::Arch;
 use crate::model::Logits;
 
 /// Evaluates the batch's tokens (ids, positions and slots already uploaded), writing their keys
 /// and values into `cache`; returns the logits `which` asks for.
+/// With `probe` (the LightTransfer-Test probe and the sequence whose prompt this batch ends),
+/// each candidate layer's lazy ratio is measured right after its attention.
 pub(super) fn forward(
     m: &GpuModel,
     cache: &mut [GpuLayerCache],
     b: &mut Batch,
     mm: &mut MatmulScratch,
     part: &mut DeviceBuffer<f32>,
+    probe: Option<(&mut LazyProbe, usize)>,
     which: Logits,
 ) -> Result<Vec<f32>, GpuError> {
-    blocks(m, cache, b, mm, part)?;
+    blocks(m, cache, b, mm, part, probe)?;
     output(m, b, mm, which)
 }
 
@@ -35,7 +39,7 @@ pub(super) fn decode_launches(
     mm: &mut MatmulScratch,
     part: &mut DeviceBuffer<f32>,
 ) -> Result<(), GpuError> {
-    blocks(m, cache, b, mm, part)?;
+    blocks(m, cache, b, mm, part, None)?;
     let (be, c) = (&m.be, &m.cfg);
     let (Some(logits), Some(dq)) = (b.logits.as_mut(), b.dq.as_mut()) else {
         return Err(GpuError::Unsupported("decode buffers missing".into()));
@@ -46,7 +50,14 @@ pub(super) fn decode_launches(
 }
 
 /// The transformer blocks: embeddings in, the residual stream `b.x` out.
-fn blocks(m: &GpuModel, cache: &mut [GpuLayerCache], b: &mut Batch, mm: &mut MatmulScratch, part: &mut DeviceBuffer<f32>) -> Result<(), GpuError> {
+fn blocks(
+    m: &GpuModel,
+    cache: &mut [GpuLayerCache],
+    b: &mut Batch,
+    mm: &mut MatmulScratch,
+    part: &mut DeviceBuffer<f32>,
+    mut probe: Option<(&mut LazyProbe, usize)>,
+) -> Result<(), GpuError> {
     let (be, c) = (&m.be, &m.cfg);
     let n = b.n;
     let act = match c.arch {
@@ -79,43 +90,87 @@ fn blocks(m: &GpuModel, cache: &mut [GpuLayerCache], b: &mut Batch, mm: &mut Mat
         let w16 = |i: usize| w.w16.get(i);
 
         // Q, K, V projections, + biases (Qwen2). q: [n][n_head][hd], k, v: [n][n_head_kv][hd]
-        // (Decode quantizes each input once for the matrix-vector products that share it.)
+        // Per-head Q and K RMSNorms (Gemma 3), then RoPE at each token's position. Keys and values
+        // into the cache (the ring's batch margin keeps what earlier queries of the batch still
+        // need). Decode does each of these in one launch: Q, K and V as one product over the input
+        // quantized once, then biases, norms, RoPE and the cache write together.
         if let Some(dq) = b.dq.as_mut() {
-            be.matvec(&w.wq, &dq.embd, &mut b.q)?;
-            be.matvec(&w.wk, &dq.embd, &mut b.k)?;
-            be.matvec(&w.wv, &dq.embd, &mut b.v)?;
+            be.matvec_multi(&[&w.wq, &w.wk, &w.wv], &dq.embd, &mut [&mut b.q, &mut b.k, &mut b.v])?;
+            let extras = QkvExtras {
+                bq: w.bq.as_ref(),
+                bk: w.bk.as_ref(),
+                bv: w.bv.as_ref(),
+                q_norm: w.q_norm.as_ref().filter(|_| w.k_norm.is_some()),
+                k_norm: w.k_norm.as_ref().filter(|_| w.q_norm.is_some()),
+                eps: c.rms_eps,
+            };
+            be.rope_kv_write(
+                &rope(c.n_head),
+                c.n_head_kv,
+                c.head_dim_v,
+                &extras,
+                &mut b.q,
+                &b.k,
+                &b.v,
+                &b.slots[kv.slot_group],
+                &b.pos,
+                &mut kv.k,
+                &mut kv.v,
+                &mut kv.pos,
+            )?;
         } else {
             be.matmul_w16(&w.wq, w16(0), &b.h, n, mm, &mut b.q)?;
             be.matmul_w16(&w.wk, w16(1), &b.h, n, mm, &mut b.k)?;
             be.matmul_w16(&w.wv, w16(2), &b.h, n, mm, &mut b.v)?;
-        }
-        for (x, bias) in [(&mut b.q, &w.bq), (&mut b.k, &w.bk), (&mut b.v, &w.bv)] {
-            if let Some(bias) = bias {
-                be.add_bias(x, bias)?;
+            for (x, bias) in [(&mut b.q, &w.bq), (&mut b.k, &w.bk), (&mut b.v, &w.bv)] {
+                if let Some(bias) = bias {
+                    be.add_bias(x, bias)?;
+                }
             }
+            if let (Some(qn), Some(kn)) = (&w.q_norm, &w.k_norm) {
+                be.rms_norm_inplace(&mut b.q, qn, c.rms_eps)?;
+                be.rms_norm_inplace(&mut b.k, kn, c.rms_eps)?;
+            }
+            be.rope(&mut b.q, &b.pos, &rope(c.n_head))?;
+            be.rope(&mut b.k, &b.pos, &rope(c.n_head_kv))?;
+            be.kv_write(&b.k, &b.v, &b.slots[kv.slot_group], &b.pos, &mut kv.k, &mut kv.v, &mut kv.pos)?;
         }
 
-        // Per-head Q and K RMSNorms (Gemma 3), then RoPE at each token's position.
-        if let (Some(qn), Some(kn)) = (&w.q_norm, &w.k_norm) {
-            be.rms_norm_inplace(&mut b.q, qn, c.rms_eps)?;
-            be.rms_norm_inplace(&mut b.k, kn, c.rms_eps)?;
-        }
-        be.rope(&mut b.q, &b.pos, &rope(c.n_head))?;
-        be.rope(&mut b.k, &b.pos, &rope(c.n_head_kv))?;
-
-        // Keys and values into the cache (the ring's batch margin keeps what earlier queries of
-        // the batch still need), then attention with the layer's mask. attn: [n][n_head][hd_v]
-        be.kv_write(&b.k, &b.v, &b.slots[kv.slot_group], &b.pos, &mut kv.k, &mut kv.v, &mut kv.pos)?;
+        // Attention with the layer's mask. attn: [n][n_head][hd_v]. A decode step (one token, or
+        // one token of each sequence) reads each token's sequence from the batch's bases on the
+        // device (the graph replays it); a prompt chunk attends to its sequence's run of slots.
         let mask = kv.kind.mask();
-        if n == 1 {
-            be.attention_decode_dev(&shape, &b.q, &b.pos, &kv.k, &kv.v, &kv.pos, mask, part, &mut b.attn, &mut b.lse)?;
-        } else {
-            be.attention_prefill(&shape, &b.q, &b.pos, &kv.k, &kv.v, &kv.pos, mask, &mut b.attn)?;
+        match b.attend {
+            Attend::One(seq) if n > 1 => {
+                let run = seq * kv.n_slots..(seq + 1) * kv.n_slots;
+                be.attention_prefill_slots(&shape, &b.q, &b.pos, &kv.k, &kv.v, &kv.pos, run, mask, &mut b.attn)?;
+            }
+            _ => be.attention_decode_batch(
+                &shape,
+                &b.q,
+                &b.pos,
+                &b.bases[kv.slot_group],
+                kv.n_slots,
+                &kv.k,
+                &kv.v,
+                &kv.pos,
+                mask,
+                part,
+                &mut b.attn,
+                &mut b.lse,
+            )?,
+        }
+        if let Some(dq) = b.dq.as_mut() {
+            be.quantize_q8_1(&b.attn, &mut dq.attn)?;
+        }
+
+        // LightTransfer-Test: the layer's lazy ratio from the prompt's last queries.
+        if let Some((p, seq)) = probe.as_mut() {
+            super::probe::measure(m, kv, b, *seq, il, p)?;
         }
 
         // Output projection, post-attention norm (Gemma 3), residual.
         if let Some(dq) = b.dq.as_mut() {
-            be.quantize_q8_1(&b.attn, &mut dq.attn)?;
             be.matvec(&w.wo, &dq.attn, &mut b.o)?;
         } else {
             be.matmul_w16(&w.wo, w16(3), &b.attn, n, mm, &mut b.o)?;
@@ -126,12 +181,10 @@ fn blocks(m: &GpuModel, cache: &mut [GpuLayerCache], b: &mut Batch, mm: &mut Mat
 
         // FFN: residual, pre-norm, act(gate) * up (GELU-tanh: Gemma 3; SiLU: Llama), down,
         // post-norm (Gemma 3), residual. Decode fuses the residual addition with the norm and
-        // its quantization, and the activation with the quantization of its output.
+        // its quantization, and gate, up, the activation and its quantization in one launch.
         if let Some(dq) = b.dq.as_mut() {
             be.add_rms_norm_q8_1(&mut b.x, Some(&b.o), &w.ffn_norm, c.rms_eps, &mut dq.embd)?;
-            be.matvec(&w.ffn_gate, &dq.embd, &mut b.gate)?;
-            be.matvec(&w.ffn_up, &dq.embd, &mut b.up)?;
-            be.gated_act_q8_1(&b.gate, &b.up, act, &mut dq.ff)?;
+            be.gate_up_act_q8_1(&w.ffn_gate, &w.ffn_up, &dq.embd, act, &mut b.gate, &mut dq.ff_sync, &mut dq.ff)?;
             be.matvec(&w.ffn_down, &dq.ff, &mut b.o)?;
         } else {
             be.add(&mut b.x, &b.o)?;
@@ -169,6 +222,6 @@ fn output(m: &GpuModel, b: &mut Batch, mm: &mut MatmulScratch, which: Logits) ->
     let mut normed: DeviceBuffer<f32> = be.alloc(rows.len() * e)?;
     be.rms_norm(&xo, &m.output_norm, c.rms_eps, &mut normed)?;
     let mut logits: DeviceBuffer<f32> = be.alloc(rows.len() * c.n_vocab)?;
-    be.matmul(m.output_matrix(), &normed, rows.len(), mm, &mut logits)?;
+    be.matmul_w16(m.output_matrix(), m.output16.as_ref(), &normed, rows.len(), mm, &mut logits)?;
     Ok(be.download(&logits)?)
 }

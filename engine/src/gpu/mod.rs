@@ -10,17 +10,20 @@
 //! Where it differs from the CPU path: streaming (lazy) layers keep `sink + window + n_batch`
 //! slots instead of exactly `sink + window`, the batch margin that native sliding-window layers
 //! already have, so a prefill batch is written before it is attended to (the masks, which work
-//! on positions, give the same result); lazy layers come from the file's flags or explicit
-//! options, not from LightTransfer-Test (which measures scores during prefill on the CPU path).
+//! on positions, give the same result); lazy layers come from the file's flags, explicit
+//! options, or LightTransfer-Test (`probe.rs`: measured in the prompt's last batch, the chosen
+//! layers cut to streaming once the prompt is done, where the CPU cuts them layer by layer).
 //! Activations are quantized to Q8_1 for decode (the CPU uses Q8_0/Q8_K) and rounded to f16 for
 //! the prefill GEMMs, so logits differ from the CPU's within the bound of `tests/gpu_parity.rs`.
 
 mod forward;
+mod probe;
 
 use engine_cuda::{CudaBackend, CudaError, DeviceBuffer, DeviceGraph, DeviceMatrix, MatmulScratch};
 use ggml_kernels::attention::AttnShape;
 use half::f16;
 
+use crate::lighttransfer::{probe_split, LazyProbe};
 use crate::model::config::ModelConfig;
 use crate::model::kv_cache::LayerKind;
 use crate::model::{check_finite, check_tokens, Logits, Model, ModelError, SessionParams};
@@ -91,6 +94,9 @@ pub struct GpuModel {
     token_embd: DeviceMatrix,
     /// `None` when the output projection is the embedding matrix (tied).
     output: Option<DeviceMatrix>,
+    /// The output projection's f16 copy, kept with the layers' (the logits of several
+    /// positions or sequences as one GEMM).
+    output16: Option<DeviceBuffer<f16>>,
     output_norm: DeviceBuffer<f32>,
     layers: Vec<GpuLayer>,
     /// Bytes uploaded.
@@ -152,7 +158,10 @@ impl GpuModel {
         // f16 copies of the layer matrices for prefill, when cuBLAS is there and they take at
         // most half of the memory left (the rest is for KV caches); ENGINE_CUDA_F16_WEIGHTS=0
         // turns them off.
-        let f16_elems: usize = layers.iter().flat_map(|l| l.matrices().map(|m| m.rows * m.cols)).sum();
+        let out_w = if std::ptr::eq(w.output.data, w.token_embd.data) { &w.token_embd } else { &w.output };
+        let out16 = engine_cuda::DEQUANT_TYPES.contains(&out_w.ty);
+        let f16_elems: usize =
+            layers.iter().flat_map(|l| l.matrices().map(|m| m.rows * m.cols)).sum::<usize>() + if out16 { out_w.rows * out_w.cols } else { 0 };
         let wanted = std::env::var("ENGINE_CUDA_F16_WEIGHTS").map_or(true, |v| v != "0");
         let (free_now, _) = be.memory_info()?;
         let mut f16_bytes = 0;
@@ -171,6 +180,14 @@ impl GpuModel {
         let token_embd = be.upload_matrix(&w.token_embd)?;
         let tied = std::ptr::eq(w.output.data, w.token_embd.data);
         let output = if tied { None } else { Some(be.upload_matrix(&w.output)?) };
+        let output16 = if f16_bytes > 0 && out16 {
+            let m = output.as_ref().unwrap_or(&token_embd);
+            let mut b = be.alloc::<f16>(m.rows * m.cols)?;
+            be.dequantize_f16(m, &mut b)?;
+            Some(b)
+        } else {
+            None
+        };
         let output_norm = be.upload(&w.output_norm)?;
         be.synchronize()?;
         Ok(GpuModel {
@@ -178,6 +195,7 @@ impl GpuModel {
             be,
             token_embd,
             output,
+            output16,
             output_norm,
             layers,
             weight_bytes: model.weight_bytes(),
@@ -211,12 +229,14 @@ impl GpuModel {
     }
 }
 
-/// One layer's KV cache on the device: `n_slots` slots of keys and values (f16) and the
-/// position each holds (-1: empty).
+/// One layer's KV cache on the device: for each sequence of the session, `n_slots` slots of keys
+/// and values (f16) and the position each holds (-1: empty); sequence `s` owns slots
+/// `s * n_slots .. (s + 1) * n_slots`.
 struct GpuLayerCache {
     kind: LayerKind,
     /// Slots kept before the ring (streaming layers' sinks).
     sink_slots: usize,
+    /// Slots per sequence.
     n_slots: usize,
     k: DeviceBuffer<f16>,
     v: DeviceBuffer<f16>,
@@ -226,23 +246,55 @@ struct GpuLayerCache {
 }
 
 impl GpuLayerCache {
-    /// The slot that holds position `pos` (as `kv_cache::LayerCache`).
+    /// The slot of its sequence's run that holds position `pos` (as `kv_cache::LayerCache`).
     fn slot(&self, pos: usize) -> usize {
-        if pos < self.sink_slots {
-            pos
-        } else {
-            self.sink_slots + (pos - self.sink_slots) % (self.n_slots - self.sink_slots)
+        slot_of(pos, self.sink_slots, self.n_slots)
+    }
+}
+
+/// The slot of a run of `n_slots` slots, the first `sink_slots` of them kept for the first
+/// positions and the rest a ring, that holds position `pos`.
+fn slot_of(pos: usize, sink_slots: usize, n_slots: usize) -> usize {
+    if pos < sink_slots {
+        pos
+    } else {
+        sink_slots + (pos - sink_slots) % (n_slots - sink_slots)
+    }
+}
+
+/// Slots per sequence and sink slots of a layer of this kind (the CPU's layout, plus a batch
+/// margin for ring layers: a prompt batch is written before it is attended to).
+fn layout(kind: LayerKind, n_ctx: usize, n_batch: usize) -> (usize, usize) {
+    match kind {
+        LayerKind::Full => (n_ctx, 0),
+        LayerKind::Window { window } => ((window as usize).saturating_add(n_batch).min(n_ctx), 0),
+        LayerKind::Streaming { sink, window, .. } => {
+            let n = (sink as usize).saturating_add(window as usize).saturating_add(n_batch).min(n_ctx);
+            (n, (sink as usize).min(n.saturating_sub(1)))
         }
     }
+}
+
+/// Which cache slots a batch's tokens attend to.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Attend {
+    /// Every token belongs to this sequence (a prompt chunk, or one decode step).
+    One(usize),
+    /// Token `t` is the next token of sequence `t` (one decode step of the first `n` sequences).
+    EachOwn,
 }
 
 /// Activation buffers of a batch of `n` tokens (shapes in the comments, per token).
 struct Batch {
     n: usize,
-    /// Token ids, positions, and for each slot group the slot of each token.
+    /// Token ids, positions, and for each slot group the slot of each token and the first slot
+    /// of its sequence's run.
     ids: DeviceBuffer<i32>,
     pos: DeviceBuffer<i32>,
     slots: Vec<DeviceBuffer<i32>>,
+    bases: Vec<DeviceBuffer<i32>>,
+    /// Set before each forward pass.
+    attend: Attend,
     /// The residual stream `[n_embd]` and the normed input of a block `[n_embd]`.
     x: DeviceBuffer<f32>,
     h: DeviceBuffer<f32>,
@@ -256,7 +308,7 @@ struct Batch {
     /// `[n_ff]` each.
     gate: DeviceBuffer<f32>,
     up: DeviceBuffer<f32>,
-    /// Decode attention's log-sum-exp `[n_head]` (unused).
+    /// Decode attention's log-sum-exp `[n][n_head]` (unused).
     lse: DeviceBuffer<f32>,
     /// Decode (`n == 1`): the logits `[n_vocab]`.
     logits: Option<DeviceBuffer<f32>>,
@@ -264,11 +316,13 @@ struct Batch {
     dq: Option<DecodeQ8>,
 }
 
-/// Q8_1 copies of the decode step's matrix inputs: `[n_embd]`, `[n_head * head_dim_v]`, `[n_ff]`.
+/// Q8_1 copies of the decode step's matrix inputs: `[n_embd]`, `[n_head * head_dim_v]`, `[n_ff]`;
+/// and the counters of the fused gate/up product (zero between launches) `[n_ff / 32]`.
 struct DecodeQ8 {
     embd: DeviceBuffer<u8>,
     attn: DeviceBuffer<u8>,
     ff: DeviceBuffer<u8>,
+    ff_sync: DeviceBuffer<i32>,
 }
 
 impl Batch {
@@ -278,6 +332,8 @@ impl Batch {
             ids: be.alloc(n)?,
             pos: be.alloc(n)?,
             slots: (0..n_groups).map(|_| be.alloc(n)).collect::<Result<_, _>>()?,
+            bases: (0..n_groups).map(|_| be.alloc(n)).collect::<Result<_, _>>()?,
+            attend: Attend::One(0),
             x: be.alloc(n * c.n_embd)?,
             h: be.alloc(n * c.n_embd)?,
             q: be.alloc(n * c.n_head * c.head_dim)?,
@@ -287,11 +343,13 @@ impl Batch {
             o: be.alloc(n * c.n_embd)?,
             gate: be.alloc(n * c.n_ff)?,
             up: be.alloc(n * c.n_ff)?,
-            lse: be.alloc(c.n_head)?,
+            lse: be.alloc(n * c.n_head)?,
             logits: if n == 1 { Some(be.alloc(c.n_vocab)?) } else { None },
             dq: if n == 1 {
                 let q8 = |cols: usize| be.alloc::<u8>(cols / 32 * engine_cuda::Q8_1_BYTES);
-                Some(DecodeQ8 { embd: q8(c.n_embd)?, attn: q8(c.n_head * c.head_dim_v)?, ff: q8(c.n_ff)? })
+                Some(DecodeQ8 { embd: q8(c.n_embd)?, attn: q8(c.n_head * c.head_dim_v)?, ff: q8(c.n_ff)?,
+                    ff_sync: be.alloc(c.n_ff / 32)?,
+                })
             } else {
                 None
             },
@@ -301,9 +359,33 @@ impl Batch {
     fn bytes(c: &ModelConfig, n: usize, n_groups: usize) -> u64 {
         let floats = n * (2 * c.n_embd + c.n_head * c.head_dim + c.n_head_kv * (c.head_dim + c.head_dim_v))
             + n * (c.n_head * c.head_dim_v + c.n_embd + 2 * c.n_ff)
-            + c.n_head
-            + if n == 1 { c.n_vocab } else { 0 };
-        ((floats + n * (2 + n_groups)) * 4) as u64
+            + n * c.n_head
+            + if n == 1 { c.n_vocab + c.n_ff / 32 } else { 0 };
+        ((floats + n * (2 + 2 * n_groups)) * 4) as u64
+    }
+}
+
+impl crate::generate::Conversation for GpuSession<'_> {
+    fn truncate(&mut self, n: usize) -> Result<bool, ModelError> {
+        GpuSession::truncate(self, n).map_err(ModelError::from)
+    }
+    fn restart(&mut self, params: &SessionParams) -> Result<(), ModelError> {
+        // The old caches go first, so the new ones have their memory.
+        self.graph = None;
+        self.batches.clear();
+        self.layers.clear();
+        *self = GpuSession::new(self.model, params).map_err(ModelError::from)?;
+        Ok(())
+    }
+    fn set_probe(&mut self, probe: Option<LazyProbe>) {
+        self.probe = probe;
+    }
+    fn take_probe(&mut self) -> Option<LazyProbe> {
+        self.probe.take()
+    }
+    fn kv_layers(&self) -> Vec<(LayerKind, usize)> {
+        // (The first sequence's share: a chat holds one.)
+        self.layers.iter().map(|l| (l.kind, (l.k.len() + l.v.len()) * 2 / self.past.len())).collect()
     }
 }
 
@@ -312,38 +394,63 @@ impl crate::generate::Evaluate for GpuSession<'_> {
         GpuSession::eval(self, tokens, which).map_err(ModelError::from)
     }
     fn n_past(&self) -> usize {
-        self.n_past
+        self.past[0]
     }
     fn n_ctx(&self) -> usize {
         self.n_ctx
+    }
+    fn n_vocab(&self) -> usize {
+        self.model.cfg.n_vocab
+    }
+    fn reset(&mut self) -> Result<(), ModelError> {
+        GpuSession::reset(self).map_err(ModelError::from)
     }
 }
 
 /// Batch buffers kept for reuse (one per batch size seen; prompt chunks and decode).
 const KEPT_BATCHES: usize = 3;
 
-/// A conversation on the GPU.
+/// One or several conversations (sequences) on the GPU, each with its own KV cache; the
+/// sequences can be decoded together, one token each per weight read
+/// ([`GpuSession::eval_parallel`]).
 pub struct GpuSession<'m> {
     pub model: &'m GpuModel,
+    /// LightTransfer-Test: set before a prompt (of any sequence) that ends at `probe.end`; the
+    /// ratios are measured in the prompt's last batch and the layers it chooses are cut to
+    /// streaming (for every sequence) when the prompt is done (see [`GpuSession::eval_seq`]).
+    pub probe: Option<LazyProbe>,
     layers: Vec<GpuLayerCache>,
-    n_groups: usize,
+    /// Slot layouts (slots per sequence, sink slots) in use; a layer's `slot_group` indexes it.
+    groups: Vec<(usize, usize)>,
     batches: Vec<Batch>,
     mm: MatmulScratch,
+    /// Positions per sequence.
     n_ctx: usize,
     n_batch: usize,
-    n_past: usize,
+    /// Positions held, per sequence.
+    past: Vec<usize>,
     /// The decode step captured as a CUDA graph on its first use (over the buffers of the
     /// one-token batch, which is never evicted), unless `ENGINE_CUDA_GRAPH=0`.
     graph: Option<DeviceGraph>,
     use_graph: bool,
-    /// Decode attention's partials (split-KV), for the largest layer; allocated once so that
-    /// decode allocates nothing.
+    /// Decode attention's partials (split-KV), for the largest layer and one token per
+    /// sequence; allocated once so that decode allocates nothing.
     part: DeviceBuffer<f32>,
 }
 
-impl<'m> GpuSession<'m> {
-    /// Allocates the KV cache and scratch, after checking that they fit in free device memory.
-    pub fn new(model: &'m GpuModel, p: &SessionParams) -> Result<GpuSession<'m>, GpuError> {
+/// The cache layout and memory of a session: each layer's kind, slots per sequence and sinks,
+/// and the slot groups (layers with the same layout share their slot maps).
+struct Plan {
+    kinds: Vec<LayerKind>,
+    layouts: Vec<(usize, usize)>,
+    groups: Vec<(usize, usize)>,
+    n_batch: usize,
+    /// KV bytes of one sequence.
+    kv_bytes_per_seq: u64,
+}
+
+impl Plan {
+    fn new(model: &GpuModel, p: &SessionParams) -> Result<Plan, GpuError> {
         if p.n_ctx == 0 || p.n_batch == 0 {
             return Err(ModelError::Config("n_ctx and n_batch must be positive".into()).into());
         }
@@ -358,42 +465,78 @@ impl<'m> GpuSession<'m> {
         if kinds.len() != c.n_layer {
             return Err(ModelError::Config(format!("{} layer kinds for {} layers", kinds.len(), c.n_layer)).into());
         }
-        // The CUDA attention kernels know `window` and `sink` only: a lazy sliding-window layer
-        // whose sinks are visible to its early queries only (`AttnMask::span`) runs on the CPU.
-        if let Some(il) = kinds.iter().position(|k| k.mask().without_span().is_none()) {
-            return Err(GpuError::Unsupported(format!(
-                "layer {il}: a lazy sliding-window layer narrower than its native window (its sinks are seen within that window only)"
-            )));
-        }
         let n_batch = p.n_batch.min(p.n_ctx);
-        let layout = |kind: LayerKind| -> (usize, usize) {
-            match kind {
-                LayerKind::Full => (p.n_ctx, 0),
-                LayerKind::Window { window } => ((window as usize).saturating_add(n_batch).min(p.n_ctx), 0),
-                LayerKind::Streaming { sink, window, .. } => {
-                    let n = (sink as usize).saturating_add(window as usize).saturating_add(n_batch).min(p.n_ctx);
-                    (n, (sink as usize).min(n.saturating_sub(1)))
-                }
-            }
-        };
+        let layouts: Vec<(usize, usize)> = kinds.iter().map(|&k| layout(k, p.n_ctx, n_batch)).collect();
         let (k_row, v_row) = (c.n_head_kv * c.head_dim, c.n_head_kv * c.head_dim_v);
-        let kv_bytes: u64 = kinds.iter().map(|&k| layout(k).0 as u64 * ((k_row + v_row) * 2 + 4) as u64).sum();
-        let max_cols = c.n_embd.max(c.n_ff).max(c.n_head * c.head_dim_v);
-        let be = &model.be;
+        let kv_bytes_per_seq = layouts.iter().map(|l| l.0 as u64 * ((k_row + v_row) * 2 + 4) as u64).sum();
         let mut groups: Vec<(usize, usize)> = Vec::new();
-        for &k in &kinds {
-            if !groups.contains(&layout(k)) {
-                groups.push(layout(k));
+        for &l in &layouts {
+            if !groups.contains(&l) {
+                groups.push(l);
             }
         }
-        let scratch = be.matmul_scratch_bytes(n_batch, max_cols, model.max_matrix) as u64
-            + Batch::bytes(c, n_batch, groups.len())
-            + Batch::bytes(c, 1, groups.len());
+        Ok(Plan { kinds, layouts, groups, n_batch, kv_bytes_per_seq })
+    }
+
+    fn shape(c: &ModelConfig) -> AttnShape {
+        AttnShape { n_head: c.n_head, n_head_kv: c.n_head_kv, head_dim: c.head_dim, head_dim_v: c.head_dim_v, scale: c.attn_scale }
+    }
+
+    /// Bytes of everything but the KV cache for `n_seq` sequences: the prompt batch, the decode
+    /// batches, the GEMM scratch and the decode attention's partials.
+    fn scratch_bytes(&self, model: &GpuModel, n_seq: usize) -> u64 {
+        let c = &model.cfg;
+        let max_cols = c.n_embd.max(c.n_ff).max(c.n_head * c.head_dim_v);
+        let max_slots = self.layouts.iter().map(|l| l.0).max().unwrap_or(0);
+        let n_mm = self.n_batch.max(n_seq);
+        model.be.matmul_scratch_bytes(n_mm, max_cols, model.max_matrix) as u64
+            + Batch::bytes(c, self.n_batch, self.groups.len())
+            + Batch::bytes(c, 1, self.groups.len())
+            + if n_seq > 1 { Batch::bytes(c, n_seq, self.groups.len()) } else { 0 }
+            + 4 * CudaBackend::attention_partials_batch(&Self::shape(c), max_slots, n_seq) as u64
+    }
+}
+
+impl<'m> GpuSession<'m> {
+    /// One sequence: allocates the KV cache and scratch, after checking that they fit in free
+    /// device memory.
+    pub fn new(model: &'m GpuModel, p: &SessionParams) -> Result<GpuSession<'m>, GpuError> {
+        Self::with_sequences(model, p, 1)
+    }
+
+    /// How many sequences of `p.n_ctx` positions fit in the device memory free now (0: not one).
+    pub fn fit_sequences(model: &GpuModel, p: &SessionParams) -> Result<usize, GpuError> {
+        let plan = Plan::new(model, p)?;
+        let (free, _) = model.be.memory_info()?;
+        let avail = free.saturating_sub(HEADROOM);
+        // The scratch grows with the count too: step down from the KV-only estimate.
+        let mut n = (avail / plan.kv_bytes_per_seq.max(1)) as usize;
+        while n > 0 && n as u64 * plan.kv_bytes_per_seq + plan.scratch_bytes(model, n) > avail {
+            n -= 1;
+        }
+        Ok(n)
+    }
+
+    /// `n_seq` sequences of `p.n_ctx` positions each, with their own KV caches.
+    pub fn with_sequences(model: &'m GpuModel, p: &SessionParams, n_seq: usize) -> Result<GpuSession<'m>, GpuError> {
+        if n_seq == 0 {
+            return Err(ModelError::Config("a session needs at least one sequence".into()).into());
+        }
+        let plan = Plan::new(model, p)?;
+        let c = &model.cfg;
+        // Slots are addressed with 32-bit indices on the device.
+        let most_slots = plan.layouts.iter().map(|l| l.0).max().unwrap_or(0);
+        if most_slots.checked_mul(n_seq).is_none_or(|t| t > i32::MAX as usize) {
+            return Err(ModelError::Config(format!("{n_seq} sequences of {most_slots} cache slots exceed 2^31 slots per layer")).into());
+        }
+        let kv_bytes = plan.kv_bytes_per_seq * n_seq as u64;
+        let scratch = plan.scratch_bytes(model, n_seq);
+        let be = &model.be;
         let (free, total) = be.memory_info()?;
         if kv_bytes + scratch + HEADROOM > free {
             return Err(GpuError::DoesNotFit {
                 what: format!(
-                    "the KV cache for {} positions ({} MiB) with the batch scratch ({} MiB)",
+                    "the KV cache for {n_seq} x {} positions ({} MiB) with the batch scratch ({} MiB)",
                     p.n_ctx,
                     kv_bytes >> 20,
                     scratch >> 20
@@ -404,72 +547,212 @@ impl<'m> GpuSession<'m> {
                 device: be.info().name.clone(),
             });
         }
-        let mut layers = Vec::with_capacity(kinds.len());
-        for &kind in &kinds {
-            let (n_slots, sink_slots) = layout(kind);
-            let mut pos = be.alloc::<i32>(n_slots)?;
-            be.upload_into(&vec![-1i32; n_slots], &mut pos)?;
+        let (k_row, v_row) = (c.n_head_kv * c.head_dim, c.n_head_kv * c.head_dim_v);
+        let mut layers = Vec::with_capacity(plan.kinds.len());
+        for (&kind, &(n_slots, sink_slots)) in plan.kinds.iter().zip(&plan.layouts) {
+            let all = n_slots * n_seq;
+            let mut pos = be.alloc::<i32>(all)?;
+            be.upload_into(&vec![-1i32; all], &mut pos)?;
             layers.push(GpuLayerCache {
                 kind,
                 sink_slots,
                 n_slots,
-                k: be.alloc(n_slots * k_row)?,
-                v: be.alloc(n_slots * v_row)?,
+                k: be.alloc(all * k_row)?,
+                v: be.alloc(all * v_row)?,
                 pos,
-                slot_group: groups.iter().position(|&g| g == (n_slots, sink_slots)).unwrap_or(0),
+                slot_group: plan.groups.iter().position(|&g| g == (n_slots, sink_slots)).unwrap_or(0),
             });
         }
-        let mm = be.matmul_scratch(n_batch, max_cols, model.max_matrix)?;
-        let shape = AttnShape { n_head: c.n_head, n_head_kv: c.n_head_kv, head_dim: c.head_dim, head_dim_v: c.head_dim_v, scale: c.attn_scale };
+        let max_cols = c.n_embd.max(c.n_ff).max(c.n_head * c.head_dim_v);
+        let mm = be.matmul_scratch(plan.n_batch.max(n_seq), max_cols, model.max_matrix)?;
         let max_slots = layers.iter().map(|l| l.n_slots).max().unwrap_or(0);
-        let part = be.alloc(CudaBackend::attention_partials(&shape, max_slots))?;
+        let part = be.alloc(CudaBackend::attention_partials_batch(&Plan::shape(c), max_slots, n_seq))?;
         let use_graph = std::env::var("ENGINE_CUDA_GRAPH").map_or(true, |v| v != "0");
-        Ok(GpuSession { model, layers, n_groups: groups.len(), batches: Vec::new(), mm, n_ctx: p.n_ctx, n_batch, n_past: 0, graph: None, use_graph, part })
+        Ok(GpuSession {
+            model,
+            layers,
+            probe: None,
+            groups: plan.groups.clone(),
+            batches: Vec::new(),
+            mm,
+            n_ctx: p.n_ctx,
+            n_batch: plan.n_batch,
+            past: vec![0; n_seq],
+            graph: None,
+            use_graph,
+            part,
+        })
     }
 
+    /// Positions held by the first sequence.
     pub fn n_past(&self) -> usize {
-        self.n_past
+        self.past[0]
     }
 
+    /// Positions held by sequence `seq`.
+    pub fn n_past_of(&self, seq: usize) -> usize {
+        self.past.get(seq).copied().unwrap_or(0)
+    }
+
+    /// Positions each sequence can hold.
     pub fn n_ctx(&self) -> usize {
         self.n_ctx
     }
 
-    /// Bytes of the KV cache.
+    /// Sequences of the session.
+    pub fn n_seq(&self) -> usize {
+        self.past.len()
+    }
+
+    /// Bytes of the KV cache (all sequences).
     pub fn kv_bytes(&self) -> usize {
         self.layers.iter().map(|l| (l.k.len() + l.v.len()) * 2).sum()
     }
 
-    /// Forgets the conversation.
+    /// Forgets every sequence.
     pub fn reset(&mut self) -> Result<(), GpuError> {
         for l in &mut self.layers {
-            self.model.be.upload_into(&vec![-1i32; l.n_slots], &mut l.pos)?;
+            self.model.be.upload_into(&vec![-1i32; l.pos.len()], &mut l.pos)?;
         }
-        self.n_past = 0;
+        self.past.iter_mut().for_each(|p| *p = 0);
         Ok(())
     }
 
-    /// Evaluates `tokens` after what the session holds; returns the logits `which` asks for,
-    /// `n_vocab` per position, in order (as [`crate::model::Session::eval`]).
+    /// Keeps only the first `n` positions of the first sequence (as
+    /// [`crate::model::Session::truncate`]): false when a ring already dropped what position `n`
+    /// needs, and that sequence is then empty.
+    pub fn truncate(&mut self, n: usize) -> Result<bool, GpuError> {
+        if n >= self.past[0] {
+            return Ok(true);
+        }
+        let be = &self.model.be;
+        let mut held_ok = true;
+        let mut runs = Vec::with_capacity(self.layers.len());
+        for l in &self.layers {
+            let mut pos = be.download(&l.pos)?;
+            let run = &mut pos[..l.n_slots];
+            run.iter_mut().filter(|p| **p >= n as i32).for_each(|p| *p = -1);
+            let mask = l.kind.mask();
+            let held = run.iter().filter(|&&p| p >= 0 && mask.visible(n as i64, p as i64)).count();
+            let needed = (0..n as i64).filter(|&p| mask.visible(n as i64, p)).count();
+            held_ok &= held == needed;
+            runs.push(pos);
+        }
+        for (l, mut pos) in self.layers.iter_mut().zip(runs) {
+            if !held_ok {
+                pos[..l.n_slots].iter_mut().for_each(|p| *p = -1);
+            }
+            be.upload_into(&pos, &mut l.pos)?;
+        }
+        self.past[0] = if held_ok { n } else { 0 };
+        Ok(held_ok)
+    }
+
+    fn check_seq(&self, seq: usize) -> Result<(), GpuError> {
+        if seq >= self.past.len() {
+            return Err(ModelError::Config(format!("sequence {seq} of a session of {}", self.past.len())).into());
+        }
+        Ok(())
+    }
+
+    /// Makes sequence `dst` a copy of sequence `src` (its cache and position), as llama.cpp's
+    /// `llama_memory_seq_cp`: a prompt evaluated once serves several sequences.
+    pub fn copy_sequence(&mut self, src: usize, dst: usize) -> Result<(), GpuError> {
+        self.check_seq(src)?;
+        self.check_seq(dst)?;
+        if src == dst {
+            return Ok(());
+        }
+        let be = &self.model.be;
+        let c = &self.model.cfg;
+        let (k_row, v_row) = (c.n_head_kv * c.head_dim, c.n_head_kv * c.head_dim_v);
+        for l in &mut self.layers {
+            let n = l.n_slots;
+            be.copy_within(&mut l.k, src * n * k_row, dst * n * k_row, n * k_row)?;
+            be.copy_within(&mut l.v, src * n * v_row, dst * n * v_row, n * v_row)?;
+            be.copy_within(&mut l.pos, src * n, dst * n, n)?;
+        }
+        self.past[dst] = self.past[src];
+        Ok(())
+    }
+
+    /// Evaluates `tokens` after what the first sequence holds; returns the logits `which` asks
+    /// for, `n_vocab` per position, in order (as [`crate::model::Session::eval`]).
     pub fn eval(&mut self, tokens: &[u32], which: Logits) -> Result<Vec<f32>, GpuError> {
+        self.eval_seq(0, tokens, which)
+    }
+
+    /// [`GpuSession::eval`] for sequence `seq`.
+    ///
+    /// With a LightTransfer-Test probe set and `tokens` ending the prompt it measures, the last
+    /// batch holds the prompt's last `w_last` queries, each candidate layer's lazy ratio is
+    /// measured there, and the layers the probe chooses are cut to sink + window once the
+    /// prompt is evaluated (prefill keeps every layer full: the GPU allocates caches up front).
+    pub fn eval_seq(&mut self, seq: usize, tokens: &[u32], which: Logits) -> Result<Vec<f32>, GpuError> {
+        self.check_seq(seq)?;
         let n_vocab = self.model.cfg.n_vocab;
-        check_tokens(tokens, n_vocab, self.n_past, self.n_ctx)?;
+        check_tokens(tokens, n_vocab, self.past[seq], self.n_ctx)?;
+        // (A probe measures one prompt: the first to end at its position.)
+        let measuring =
+            self.probe.as_ref().is_some_and(|p| self.past[seq] + tokens.len() == p.end && p.ratios.iter().all(Option::is_none));
+        // Chunk bounds: batches of n_batch; when measuring, the last one holds the last w_last.
+        let split = match (&self.probe, measuring) {
+            (Some(p), true) => probe_split(tokens.len(), p.w_last, self.n_batch),
+            _ => tokens.len(),
+        };
+        let mut bounds: Vec<(usize, usize)> = (0..split).step_by(self.n_batch).map(|b0| (b0, (b0 + self.n_batch).min(split))).collect();
+        if split < tokens.len() {
+            bounds.push((split, tokens.len()));
+        }
         let wanted = which.rows(tokens.len());
         let mut logits = Vec::with_capacity(wanted.len() * n_vocab);
-        for (i, chunk) in tokens.chunks(self.n_batch).enumerate() {
-            let b0 = i * self.n_batch;
+        for (i, &(b0, b1)) in bounds.iter().enumerate() {
+            let chunk = &tokens[b0..b1];
             let want = which.in_chunk(tokens.len(), b0, chunk.len());
-            let out = self.forward_chunk(chunk, want)?;
-            check_finite(&out, self.n_past + want.rows(chunk.len()).start, n_vocab)?;
-            self.n_past += chunk.len();
+            let measure = measuring && i + 1 == bounds.len();
+            let out = self.forward_chunk_probe(chunk, Attend::One(seq), want, measure.then_some(seq))?;
+            check_finite(&out, self.past[seq] + want.rows(chunk.len()).start, n_vocab)?;
+            self.past[seq] += chunk.len();
             logits.extend_from_slice(&out);
+        }
+        if measuring {
+            self.cut_chosen_layers()?;
         }
         Ok(logits)
     }
 
-    /// Uploads the chunk's ids, positions and slots into the batch buffers for its size, then
-    /// runs [`forward::forward`].
-    fn forward_chunk(&mut self, tokens: &[u32], which: Logits) -> Result<Vec<f32>, GpuError> {
+    /// One decode step of the first `tokens.len()` sequences: `tokens[s]` is the next token of
+    /// sequence `s`; returns the logits of each, `n_vocab` per sequence, in order. The weights are
+    /// read once for all of them (batched products), each sequence attends to its own cache.
+    pub fn eval_parallel(&mut self, tokens: &[u32]) -> Result<Vec<f32>, GpuError> {
+        let n_seq = tokens.len();
+        if n_seq == 0 || n_seq > self.past.len() {
+            return Err(ModelError::Config(format!("{n_seq} tokens for a session of {} sequences", self.past.len())).into());
+        }
+        if n_seq == 1 {
+            return self.eval_seq(0, tokens, Logits::Last);
+        }
+        let n_vocab = self.model.cfg.n_vocab;
+        for (s, t) in tokens.iter().enumerate() {
+            check_tokens(std::slice::from_ref(t), n_vocab, self.past[s], self.n_ctx)?;
+        }
+        let out = self.forward_chunk(tokens, Attend::EachOwn, Logits::All)?;
+        for (s, row) in out.chunks(n_vocab).enumerate() {
+            check_finite(row, self.past[s], n_vocab)?;
+        }
+        self.past[..n_seq].iter_mut().for_each(|p| *p += 1);
+        Ok(out)
+    }
+
+    /// Uploads the chunk's ids, positions, slots and bases into the batch buffers for its size,
+    /// then runs [`forward::forward`] (or replays the decode graph).
+    fn forward_chunk(&mut self, tokens: &[u32], attend: Attend, which: Logits) -> Result<Vec<f32>, GpuError> {
+        self.forward_chunk_probe(tokens, attend, which, None)
+    }
+
+    /// [`GpuSession::forward_chunk`], measuring lazy ratios for the probe when `measure` names
+    /// the sequence whose prompt ends with this chunk.
+    fn forward_chunk_probe(&mut self, tokens: &[u32], attend: Attend, which: Logits, measure: Option<usize>) -> Result<Vec<f32>, GpuError> {
         let n = tokens.len();
         let be = &self.model.be;
         let bi = match self.batches.iter().position(|b| b.n == n) {
@@ -481,25 +764,33 @@ impl<'m> GpuSession<'m> {
                         self.batches.remove(i);
                     }
                 }
-                self.batches.push(Batch::new(be, &self.model.cfg, n, self.n_groups)?);
+                self.batches.push(Batch::new(be, &self.model.cfg, n, self.groups.len())?);
                 self.batches.len() - 1
             }
         };
         let batch = &mut self.batches[bi];
+        batch.attend = attend;
+        // Each token's sequence and position.
+        let seq_pos: Vec<(usize, usize)> = match attend {
+            Attend::One(s) => (self.past[s]..self.past[s] + n).map(|p| (s, p)).collect(),
+            Attend::EachOwn => self.past[..n].iter().enumerate().map(|(s, &p)| (s, p)).collect(),
+        };
         let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
-        let pos: Vec<i32> = (self.n_past..self.n_past + n).map(|p| p as i32).collect();
+        let pos: Vec<i32> = seq_pos.iter().map(|&(_, p)| p as i32).collect();
         be.upload_into(&ids, &mut batch.ids)?;
         be.upload_into(&pos, &mut batch.pos)?;
-        let mut done = vec![false; self.n_groups];
+        let mut done = vec![false; self.groups.len()];
         for l in &self.layers {
             if !done[l.slot_group] {
-                let slots: Vec<i32> = (self.n_past..self.n_past + n).map(|p| l.slot(p) as i32).collect();
+                let slots: Vec<i32> = seq_pos.iter().map(|&(s, p)| (s * l.n_slots + l.slot(p)) as i32).collect();
+                let bases: Vec<i32> = seq_pos.iter().map(|&(s, _)| (s * l.n_slots) as i32).collect();
                 be.upload_into(&slots, &mut batch.slots[l.slot_group])?;
+                be.upload_into(&bases, &mut batch.bases[l.slot_group])?;
                 done[l.slot_group] = true;
             }
         }
         let model = self.model;
-        if n == 1 && which.rows(1) == (0..1) && self.use_graph {
+        if n == 1 && which.rows(1) == (0..1) && self.use_graph && measure.is_none() {
             if self.graph.is_none() {
                 let (layers, mm, part) = (&mut self.layers, &mut self.mm, &mut self.part);
                 self.graph = Some(be.capture(|| forward::decode_launches(model, layers, batch, mm, part).map_err(|e| match e {
@@ -512,6 +803,10 @@ impl<'m> GpuSession<'m> {
                 return Ok(be.download(logits)?);
             }
         }
-        forward::forward(model, &mut self.layers, batch, &mut self.mm, &mut self.part, which)
+        let probe = match (measure, self.probe.as_mut()) {
+            (Some(seq), Some(p)) => Some((p, seq)),
+            _ => None,
+        };
+        forward::forward(model, &mut self.layers, batch, &mut self.mm, &mut self.part, probe, which)
     }
 }
