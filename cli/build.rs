@@ -25,7 +25,10 @@ fn main() {
         (Some(dir), Some(common)) => {
             println!("cargo:rerun-if-changed={dir}/HEAD");
             println!("cargo:rerun-if-changed={common}/refs/heads");
-            println!("cargo:rerun-if-changed={common}/packed-refs");
+            // (A path that does not exist would rerun this script on every build.)
+            if std::path::Path::new(&format!("{common}/packed-refs")).exists() {
+                println!("cargo:rerun-if-changed={common}/packed-refs");
+            }
         }
         _ => {
             println!("cargo:rerun-if-changed=../.git/HEAD");
