@@ -370,11 +370,19 @@ impl crate::generate::Conversation for GpuSession<'_> {
         GpuSession::truncate(self, n).map_err(ModelError::from)
     }
     fn restart(&mut self, params: &SessionParams) -> Result<(), ModelError> {
-        // The old caches go first, so the new ones have their memory.
-        self.graph = None;
-        self.batches.clear();
-        self.layers.clear();
-        *self = GpuSession::new(self.model, params).map_err(ModelError::from)?;
+        match GpuSession::new(self.model, params) {
+            Ok(s) => *self = s,
+            Err(GpuError::DoesNotFit { .. }) => {
+                // Both do not fit at once: the old caches go first. If the new ones still do not
+                // fit, the session is left without caches and says so on its next evaluation.
+                self.graph = None;
+                self.batches.clear();
+                self.layers.clear();
+                self.past.iter_mut().for_each(|p| *p = 0);
+                *self = GpuSession::new(self.model, params).map_err(ModelError::from)?;
+            }
+            Err(e) => return Err(e.into()),
+        }
         Ok(())
     }
     fn set_probe(&mut self, probe: Option<LazyProbe>) {
@@ -753,6 +761,9 @@ impl<'m> GpuSession<'m> {
     /// [`GpuSession::forward_chunk`], measuring lazy ratios for the probe when `measure` names
     /// the sequence whose prompt ends with this chunk.
     fn forward_chunk_probe(&mut self, tokens: &[u32], attend: Attend, which: Logits, measure: Option<usize>) -> Result<Vec<f32>, GpuError> {
+        if self.layers.len() != self.model.layers.len() {
+            return Err(GpuError::Unsupported("a session whose KV cache was given up (a restart did not fit): start a new one".into()));
+        }
         let n = tokens.len();
         let be = &self.model.be;
         let bi = match self.batches.iter().position(|b| b.n == n) {
