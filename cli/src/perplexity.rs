@@ -56,7 +56,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let mut cpu_session;
     let mut gpu_session;
-    let session: &mut dyn PerplexitySession = match &gpu {
+    let session: &mut dyn engine::generate::Evaluate = match &gpu {
         Some(g) => {
             gpu_session = engine::gpu::GpuSession::new(g, &params)?;
             &mut gpu_session
@@ -72,24 +72,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let bos = if tok.add_bos() { tok.bos() } else { None };
     eprintln!("calculating perplexity over {} chunks, n_ctx={n_ctx}", (tokens.len() / n_ctx).min(args.chunks.unwrap_or(usize::MAX)));
     let t = Instant::now();
-    let result = session.score(&tokens, bos, n_ctx, args.chunks)?;
+    let result = engine::perplexity::perplexity(session, &tokens, bos, n_ctx, args.chunks, |i, ppl| {
+        print!("[{}]{ppl:.4},", i + 1);
+        let _ = std::io::stdout().flush();
+    })?;
     println!();
     eprintln!("{} tokens scored in {:.1} s", result.n_scored, t.elapsed().as_secs_f64());
     println!("Final estimate: PPL = {:.4} +/- {:.5}", result.ppl, result.stderr);
     Ok(())
-}
-
-/// A CPU or GPU session, scoring a text with [`engine::perplexity::perplexity`] and printing the
-/// running value after each chunk as llama-perplexity does.
-trait PerplexitySession {
-    fn score(&mut self, tokens: &[u32], bos: Option<u32>, n_ctx: usize, chunks: Option<usize>) -> anyhow::Result<engine::perplexity::Perplexity>;
-}
-
-impl<S: engine::generate::Evaluate> PerplexitySession for S {
-    fn score(&mut self, tokens: &[u32], bos: Option<u32>, n_ctx: usize, chunks: Option<usize>) -> anyhow::Result<engine::perplexity::Perplexity> {
-        Ok(engine::perplexity::perplexity(self, tokens, bos, n_ctx, chunks, |i, ppl| {
-            print!("[{}]{ppl:.4},", i + 1);
-            let _ = std::io::stdout().flush();
-        })?)
-    }
 }

@@ -214,6 +214,12 @@ fn decode_max_splits(s: &AttnShape, n_slots: usize, n: usize) -> usize {
     (2 * decode_want_splits(s, n_slots, n)).min(n_slots.div_ceil(AD_SPLIT_MIN).max(1))
 }
 
+/// Floats of the partials one decode attention call over `n` tokens and `n_slots` slots writes
+/// at most.
+fn decode_partials(s: &AttnShape, n_slots: usize, n: usize) -> usize {
+    n * s.n_head * decode_max_splits(s, n_slots, n) * (2 + s.head_dim_v)
+}
+
 /// The largest head dimension of the attention kernels (`ATT_MAX_D`).
 pub const ATT_MAX_HEAD_DIM: usize = 256;
 
@@ -685,7 +691,7 @@ impl CudaBackend {
     pub fn attention_partials_batch(s: &AttnShape, n_slots: usize, n: usize) -> usize {
         // The most over every token count up to n: fewer tokens take more splits each, so a
         // buffer sized for n sequences serves a call over some of them.
-        (1..=n.max(1)).map(|t| t * s.n_head * decode_max_splits(s, n_slots, t) * (2 + s.head_dim_v)).max().unwrap_or(0)
+        (1..=n.max(1)).map(|t| decode_partials(s, n_slots, t)).max().unwrap_or(0)
     }
 
     /// Per decode attention kernel (query heads per block): registers per thread, local memory
@@ -766,7 +772,8 @@ impl CudaBackend {
         }
         expect_len("attention output", n * s.n_head * s.head_dim_v, out.len())?;
         expect_len("attention lse", n * s.n_head, lse.len())?;
-        let n_part = Self::attention_partials_batch(s, n_slots, n);
+        // (What this call needs: the allocation bound above also covers fewer tokens.)
+        let n_part = decode_partials(s, n_slots, n);
         if part.len() < n_part {
             return Err(CudaError::Shape { what: "attention partials (at least)", expected: n_part, got: part.len() });
         }

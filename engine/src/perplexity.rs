@@ -29,8 +29,8 @@ pub struct Perplexity {
 }
 
 /// Scores `tokens` in chunks of `n_ctx`. `on_chunk(i, running_ppl)` is called after each chunk.
-pub fn perplexity(
-    session: &mut impl Evaluate,
+pub fn perplexity<S: Evaluate + ?Sized>(
+    session: &mut S,
     tokens: &[u32],
     bos: Option<u32>,
     n_ctx: usize,

@@ -25,7 +25,7 @@ use half::f16;
 
 use crate::lighttransfer::{probe_split, LazyProbe};
 use crate::model::config::ModelConfig;
-use crate::model::kv_cache::LayerKind;
+use crate::model::kv_cache::{layer_slots, slot_of, LayerKind};
 use crate::model::{check_finite, check_tokens, Logits, Model, ModelError, SessionParams};
 
 /// Why the GPU path failed.
@@ -252,27 +252,10 @@ impl GpuLayerCache {
     }
 }
 
-/// The slot of a run of `n_slots` slots, the first `sink_slots` of them kept for the first
-/// positions and the rest a ring, that holds position `pos`.
-fn slot_of(pos: usize, sink_slots: usize, n_slots: usize) -> usize {
-    if pos < sink_slots {
-        pos
-    } else {
-        sink_slots + (pos - sink_slots) % (n_slots - sink_slots)
-    }
-}
-
-/// Slots per sequence and sink slots of a layer of this kind (the CPU's layout, plus a batch
-/// margin for ring layers: a prompt batch is written before it is attended to).
+/// Slots per sequence and sink slots of a layer of this kind: the CPU's layout, plus a batch
+/// margin for streaming layers (a prompt batch is written before it is attended to).
 fn layout(kind: LayerKind, n_ctx: usize, n_batch: usize) -> (usize, usize) {
-    match kind {
-        LayerKind::Full => (n_ctx, 0),
-        LayerKind::Window { window } => ((window as usize).saturating_add(n_batch).min(n_ctx), 0),
-        LayerKind::Streaming { sink, window, .. } => {
-            let n = (sink as usize).saturating_add(window as usize).saturating_add(n_batch).min(n_ctx);
-            (n, (sink as usize).min(n.saturating_sub(1)))
-        }
-    }
+    layer_slots(kind, n_ctx, n_batch, n_batch)
 }
 
 /// Which cache slots a batch's tokens attend to.

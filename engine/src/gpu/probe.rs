@@ -19,9 +19,9 @@
 use engine_cuda::DeviceBuffer;
 use ggml_kernels::attention::{AttnMask, AttnShape};
 
-use super::{layout, slot_of, Batch, GpuError, GpuLayerCache, GpuModel, GpuSession};
+use super::{layout, Batch, GpuError, GpuLayerCache, GpuModel, GpuSession};
 use crate::lighttransfer::LazyProbe;
-use crate::model::kv_cache::LayerKind;
+use crate::model::kv_cache::{slot_of, LayerKind};
 
 /// Measures layer `il`'s lazy ratio, when it is a candidate, from the last queries of `b` (the
 /// batch that ends sequence `seq`'s prompt at `probe.end`), and records it in the probe.

@@ -172,11 +172,7 @@ impl LayerCache {
     }
 
     fn slot(&self, pos: usize) -> usize {
-        if pos < self.sink_slots {
-            pos
-        } else {
-            self.sink_slots + (pos - self.sink_slots) % (self.n_slots - self.sink_slots)
-        }
+        slot_of(pos, self.sink_slots, self.n_slots)
     }
 
     /// Stores the keys and values of consecutive positions `pos0..` (`k`: `[n][k_row]`).
@@ -284,6 +280,32 @@ impl LayerCache {
     }
 }
 
+/// Slots and sink slots a layer of `kind` keeps for `n_ctx` positions written in batches of up to
+/// `n_batch` tokens: a full layer every position; a native window its window plus a batch (a
+/// batch is written before it is attended to); a streaming layer its sinks and window plus
+/// `stream_margin` (0 on the CPU, which attends to a batch before storing it; `n_batch` on the
+/// GPU, which stores first). Never more than `n_ctx`.
+pub fn layer_slots(kind: LayerKind, n_ctx: usize, n_batch: usize, stream_margin: usize) -> (usize, usize) {
+    match kind {
+        LayerKind::Full => (n_ctx, 0),
+        LayerKind::Window { window } => ((window as usize).saturating_add(n_batch).min(n_ctx), 0),
+        LayerKind::Streaming { sink, window, .. } => {
+            let n = (sink as usize).saturating_add(window as usize).saturating_add(stream_margin).min(n_ctx);
+            (n, (sink as usize).min(n.saturating_sub(1)))
+        }
+    }
+}
+
+/// The slot that holds position `pos` in a run of `n_slots` slots whose first `sink_slots` keep
+/// the first positions and the rest are a ring.
+pub fn slot_of(pos: usize, sink_slots: usize, n_slots: usize) -> usize {
+    if pos < sink_slots {
+        pos
+    } else {
+        sink_slots + (pos - sink_slots) % (n_slots - sink_slots)
+    }
+}
+
 /// Shape of the cache to allocate.
 #[derive(Clone, Debug)]
 pub struct KvCacheParams {
@@ -310,16 +332,7 @@ impl KvCache {
     /// Makes the cache (each layer allocates at its first write). Errors when it would not fit
     /// in `max_bytes` less what other live caches have promised and not yet allocated.
     pub fn new(p: &KvCacheParams, kinds: &[LayerKind], max_bytes: Option<u64>) -> Result<KvCache, ModelError> {
-        let slots = |kind: LayerKind| -> (usize, usize) {
-            match kind {
-                LayerKind::Full => (p.n_ctx, 0),
-                LayerKind::Window { window } => ((window as usize).saturating_add(p.n_batch).min(p.n_ctx), 0),
-                LayerKind::Streaming { sink, window, .. } => {
-                    let n = (sink as usize).saturating_add(window as usize).min(p.n_ctx);
-                    (n, (sink as usize).min(n.saturating_sub(1)))
-                }
-            }
-        };
+        let slots = |kind: LayerKind| layer_slots(kind, p.n_ctx, p.n_batch, 0);
         let need: u64 = kinds
             .iter()
             .map(|&k| slots(k).0 as u64 * (p.k_row + p.v_row) as u64 * p.ty.bytes() as u64)

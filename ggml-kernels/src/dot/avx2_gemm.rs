@@ -319,21 +319,9 @@ macro_rules! matvec4_pairs {
             unsafe {
                 let row = |i: usize| if i < MR { t.w.add(i * t.ldw) } else { t.w };
                 let mut b = 0;
-                // Reading four rows side by side defeats the hardware prefetchers, which follow
-                // one stream through a page well and four poorly. So the next group of rows (the
-                // bytes right after these) is prefetched in order, spread over this group's steps.
-                // Prefetches never fault; past the matrix's end they only waste a request.
-                let next = t.w.wrapping_add(MR * t.ldw);
-                let lines = (MR * t.ldw).div_ceil(64);
-                let per_step = lines.div_ceil((t.nb / 4).max(1));
-                let mut line = 0;
+                let mut prefetch = $crate::dot::avx2_gemm::PrefetchNext::new(t.w.wrapping_add(MR * t.ldw), MR * t.ldw, t.nb / 4);
                 while b + 4 <= t.nb {
-                    for _ in 0..per_step {
-                        if line < lines {
-                            _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(64 * line).cast::<i8>());
-                            line += 1;
-                        }
-                    }
+                    prefetch.step();
                     let mut ylo = [_mm256_setzero_si256(); 4];
                     let mut yhi = [_mm256_setzero_si256(); 4];
                     for k in 0..4 {
@@ -420,6 +408,38 @@ macro_rules! matvec4_pairs {
 }
 #[allow(unused_imports)] // Used by the VNNI module.
 pub(super) use matvec4_pairs;
+
+/// The prefetch of a multi-row decode kernel: reading several rows side by side defeats the
+/// hardware prefetchers, which follow one stream through a page well and several poorly, so the
+/// next group of rows (the `bytes` right after these, at `next`) is prefetched in order, spread
+/// over this group's `steps`. Prefetches never fault; past the matrix's end they only waste a
+/// request.
+pub(super) struct PrefetchNext {
+    next: *const u8,
+    lines: usize,
+    per_step: usize,
+    line: usize,
+}
+
+impl PrefetchNext {
+    #[inline(always)]
+    pub(super) fn new(next: *const u8, bytes: usize, steps: usize) -> PrefetchNext {
+        let lines = bytes.div_ceil(64);
+        PrefetchNext { next, lines, per_step: lines.div_ceil(steps.max(1)), line: 0 }
+    }
+
+    /// This step's share of the lines.
+    #[inline(always)]
+    pub(super) fn step(&mut self) {
+        for _ in 0..self.per_step {
+            if self.line < self.lines {
+                // SAFETY: a prefetch reads nothing and cannot fault, whatever the address.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(self.next.wrapping_add(64 * self.line).cast::<i8>()) };
+                self.line += 1;
+            }
+        }
+    }
+}
 
 /// Q4_0 weight rows `x0`, `x1` paired: (elements 0..16, elements 16..32) as unsigned nibbles.
 #[inline]

@@ -348,19 +348,9 @@ unsafe fn matvec_q5_0_vbmi_fold_m<const MR: usize>(t: &Tile) {
     unsafe {
         let row = |i: usize| if i < MR { t.w.add(i * t.ldw) } else { t.w };
         let mut b = 0;
-        // The next group of rows is prefetched in order, spread over this group's steps (see
-        // `matvec4_pairs`: four rows read side by side defeat the hardware prefetchers).
-        let next = t.w.wrapping_add(MR * t.ldw);
-        let lines = (MR * t.ldw).div_ceil(64);
-        let per_step = lines.div_ceil((t.nb / 4).max(1));
-        let mut line = 0;
+        let mut prefetch = super::avx2_gemm::PrefetchNext::new(t.w.wrapping_add(MR * t.ldw), MR * t.ldw, t.nb / 4);
         while b + 4 <= t.nb {
-            for _ in 0..per_step {
-                if line < lines {
-                    _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(64 * line).cast::<i8>());
-                    line += 1;
-                }
-            }
+            prefetch.step();
             let mut ylo = [_mm256_setzero_si256(); 4];
             let mut yhi = [_mm256_setzero_si256(); 4];
             for k in 0..4 {
