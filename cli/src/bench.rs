@@ -331,10 +331,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
     let md = args.output == "md";
     let stdout = std::io::stdout();
-    if md {
-        println!("| model                          |       size |     params | backend    | threads |            test |                  t/s |   kv cache |");
-        println!("| ------------------------------ | ---------: | ---------: | ---------- | ------: | --------------: | -------------------: | ---------: |");
-    }
+    // (The table's header comes with its first row, so a failure before any leaves no table.)
+    let mut header = md;
     let mut rows: Vec<Row> = Vec::new();
     let mut rng = Rng::new(1234);
     for path in &models {
@@ -439,6 +437,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 }
                 if md {
                     let mut out = stdout.lock();
+                    if std::mem::take(&mut header) {
+                        writeln!(out, "| model                          |       size |     params | backend    | threads |            test |                  t/s |   kv cache |")?;
+                        writeln!(out, "| ------------------------------ | ---------: | ---------: | ---------- | ------: | --------------: | -------------------: | ---------: |")?;
+                    }
                     writeln!(
                         out,
                         "| {:<30} | {:>10} | {:>8.2} M | {:<10} | {:>7} | {:>15} | {:>20} | {:>10} |",
