@@ -24,16 +24,111 @@
 //!
 //! [`unpack_q5_0x8_block`] restores ggml's blocks (the GEMM tiles, the scalar kernel and
 //! dequantization read those), bit for bit: packing is lossless.
+//!
+//! [`Layout::Q4_Kx8`] does the same for Q4_K, whose decode kernel in ggml's layout spends its
+//! time on horizontal sums and per-row scale shuffles. It keeps the 144 bytes per row and
+//! super-block, in groups of [`Q4_KX8_ROWS`] rows stored super-block by super-block; a group
+//! super-block ([`Q4_KX8_BLOCK`] bytes) holds:
+//!
+//! - the eight rows' `d`, as one vector of eight `f16` ([`Q4_KX8_D`]), then their `dmin`
+//!   ([`Q4_KX8_DMIN`]);
+//! - the 12 bytes of packed 6-bit scales and mins as three vectors of eight `u32`
+//!   ([`Q4_KX8_SCALES`]): word `r` of vector `i` is bytes `4i..4i + 4` of row `r`'s scales, so
+//!   the eight rows' scales and mins are unpacked with a handful of 32-bit lane operations;
+//! - 32 nibble vectors of 32 bytes ([`Q4_KX8_QS`]): byte `4r + t` of vector `8c + j` (`c` < 4,
+//!   `j` < 8) is byte `32c + 4j + t` of row `r`'s ggml quants, i.e. element `64c + 4j + t`
+//!   (group `2c`) in the low nibble and element `64c + 32 + 4j + t` (group `2c + 1`) in the
+//!   high one.
+//!
+//! As in Q5_0x8, a 32-bit lane holds four consecutive elements of one row, so `vpdpbusd`
+//! against four broadcast activation bytes sums each row's products in its own lane, and a
+//! group's sums are scaled by that row's group scale lane by lane.
 
 use crate::quants::float16::f16_to_f32;
+use crate::types::GgmlType;
 
 /// How a matrix's bytes are arranged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[allow(non_camel_case_types)]
 pub enum Layout {
     /// As ggml stores it: row after row, each a run of blocks (every type).
     Ggml,
     /// Q5_0 in groups of eight rows, interleaved per block (see the module documentation).
     Q5_0x8,
+    /// Q4_K in groups of eight rows, interleaved per super-block (see the module documentation).
+    Q4_Kx8,
+}
+
+impl Layout {
+    /// The weight type a packed layout holds (`None` for [`Layout::Ggml`], which holds any).
+    pub fn weight_type(self) -> Option<GgmlType> {
+        match self {
+            Layout::Ggml => None,
+            Layout::Q5_0x8 => Some(GgmlType::Q5_0),
+            Layout::Q4_Kx8 => Some(GgmlType::Q4_K),
+        }
+    }
+
+    /// Rows per group (1 for [`Layout::Ggml`]).
+    pub fn group_rows(self) -> usize {
+        match self {
+            Layout::Ggml => 1,
+            Layout::Q5_0x8 | Layout::Q4_Kx8 => 8,
+        }
+    }
+
+    /// Bytes of a group's `nb` group blocks (one row's `nb` blocks for [`Layout::Ggml`] of type
+    /// `ty`).
+    pub fn group_bytes(self, ty: GgmlType, nb: usize) -> usize {
+        nb * self.group_rows() * ty.type_size()
+    }
+}
+
+/// Bytes of a `rows x cols` matrix of the type `layout` holds, in `layout` (rows rounded up to
+/// whole groups), or `None` for [`Layout::Ggml`], when `cols` is not a multiple of the block size
+/// or the size overflows.
+pub fn packed_nbytes(layout: Layout, cols: usize, rows: usize) -> Option<usize> {
+    let ty = layout.weight_type()?;
+    if cols % ty.block_size() != 0 {
+        return None;
+    }
+    rows.div_ceil(layout.group_rows()).checked_mul(layout.group_rows() * ty.type_size())?.checked_mul(cols / ty.block_size())
+}
+
+/// Packs a matrix of `rows` rows of `nb` blocks, ggml layout in `src`, into `out`
+/// ([`packed_nbytes`] bytes) in `layout` (not [`Layout::Ggml`]). Precondition: the lengths
+/// match (asserted).
+pub fn pack_into(layout: Layout, src: &[u8], nb: usize, rows: usize, out: &mut [u8]) {
+    match layout {
+        Layout::Q5_0x8 => pack_q5_0x8(src, nb, rows, out),
+        Layout::Q4_Kx8 => pack_q4_kx8(src, nb, rows, out),
+        Layout::Ggml => panic!("pack_into: the ggml layout is not packed"),
+    }
+}
+
+/// Writes the ggml block of row `r` (0..8) held in group block `gb` of `layout` (not
+/// [`Layout::Ggml`]) to `out` (one block of the layout's type).
+#[inline]
+pub fn unpack_block(layout: Layout, gb: &[u8], r: usize, out: &mut [u8]) {
+    match layout {
+        Layout::Q5_0x8 => unpack_q5_0x8_block(gb, r, out),
+        Layout::Q4_Kx8 => unpack_q4_kx8_block(gb, r, out),
+        Layout::Ggml => debug_assert!(false, "unpack_block: the ggml layout is not packed"),
+    }
+}
+
+/// Restores the first `n` rows (`n <= 8`) of one group of `layout` (`group`: its `nb` group
+/// blocks) to ggml's layout in `out` (`n` rows of `nb` blocks).
+pub fn unpack_rows(layout: Layout, group: &[u8], nb: usize, n: usize, out: &mut [u8]) {
+    let Some(ty) = layout.weight_type() else { return };
+    let (bs, gbs) = (ty.type_size(), layout.group_rows() * ty.type_size());
+    let rb = nb * bs;
+    debug_assert!(n <= layout.group_rows() && group.len() >= nb * gbs && out.len() >= n * rb);
+    for (b, gb) in group.chunks_exact(gbs).take(nb).enumerate() {
+        for r in 0..n {
+            unpack_block(layout, gb, r, &mut out[r * rb + b * bs..][..bs]);
+        }
+    }
 }
 
 /// Rows per group of [`Layout::Q5_0x8`].
@@ -119,6 +214,62 @@ pub fn q5_0x8_scale(gb: &[u8], r: usize) -> f32 {
     f16_to_f32(u16::from_le_bytes([gb[Q5_0X8_SCALES + 2 * r], gb[Q5_0X8_SCALES + 2 * r + 1]]))
 }
 
+/// Rows per group of [`Layout::Q4_Kx8`].
+pub const Q4_KX8_ROWS: usize = 8;
+
+/// Bytes of one group super-block of [`Layout::Q4_Kx8`]: eight rows of one 144-byte Q4_K block.
+pub const Q4_KX8_BLOCK: usize = Q4_KX8_ROWS * Q4_K_BLOCK;
+
+/// Offsets inside a group super-block: the `d` vector, the `dmin` vector, the three vectors of
+/// scale words, the 32 nibble vectors.
+pub const Q4_KX8_D: usize = 0;
+pub const Q4_KX8_DMIN: usize = 2 * Q4_KX8_ROWS;
+pub const Q4_KX8_SCALES: usize = 4 * Q4_KX8_ROWS;
+pub const Q4_KX8_QS: usize = Q4_KX8_SCALES + 3 * 32;
+
+const Q4_K_BLOCK: usize = 144;
+const _: () = assert!(Q4_KX8_QS + 32 * 32 == Q4_KX8_BLOCK);
+
+/// Packs a Q4_K matrix of `rows` rows of `nb` super-blocks, ggml layout in `src`, into `out`
+/// (`packed_nbytes(Layout::Q4_Kx8, ..)` bytes). Precondition: the lengths match (asserted).
+pub fn pack_q4_kx8(src: &[u8], nb: usize, rows: usize, out: &mut [u8]) {
+    let rb = nb * Q4_K_BLOCK;
+    assert_eq!(src.len(), rows * rb, "Q4_K source size");
+    assert_eq!(out.len(), rows.div_ceil(Q4_KX8_ROWS) * nb * Q4_KX8_BLOCK, "Q4_Kx8 size");
+    let zero = [0u8; Q4_K_BLOCK];
+    for (g, group) in out.chunks_exact_mut(nb * Q4_KX8_BLOCK).enumerate() {
+        for (b, gb) in group.chunks_exact_mut(Q4_KX8_BLOCK).enumerate() {
+            for r in 0..Q4_KX8_ROWS {
+                let row = g * Q4_KX8_ROWS + r;
+                let blk = if row < rows { &src[row * rb + b * Q4_K_BLOCK..][..Q4_K_BLOCK] } else { &zero[..] };
+                gb[Q4_KX8_D + 2 * r..][..2].copy_from_slice(&blk[0..2]);
+                gb[Q4_KX8_DMIN + 2 * r..][..2].copy_from_slice(&blk[2..4]);
+                for i in 0..3 {
+                    gb[Q4_KX8_SCALES + 32 * i + 4 * r..][..4].copy_from_slice(&blk[4 + 4 * i..][..4]);
+                }
+                for v in 0..32 {
+                    gb[Q4_KX8_QS + 32 * v + 4 * r..][..4].copy_from_slice(&blk[16 + 4 * v..][..4]);
+                }
+            }
+        }
+    }
+}
+
+/// Writes the ggml Q4_K block of row `r` (0..8) held in group super-block `gb` to `out` (144
+/// bytes).
+#[inline]
+pub fn unpack_q4_kx8_block(gb: &[u8], r: usize, out: &mut [u8]) {
+    debug_assert!(gb.len() >= Q4_KX8_BLOCK && r < Q4_KX8_ROWS && out.len() >= Q4_K_BLOCK);
+    out[0..2].copy_from_slice(&gb[Q4_KX8_D + 2 * r..][..2]);
+    out[2..4].copy_from_slice(&gb[Q4_KX8_DMIN + 2 * r..][..2]);
+    for i in 0..3 {
+        out[4 + 4 * i..][..4].copy_from_slice(&gb[Q4_KX8_SCALES + 32 * i + 4 * r..][..4]);
+    }
+    for v in 0..32 {
+        out[16 + 4 * v..][..4].copy_from_slice(&gb[Q4_KX8_QS + 32 * v + 4 * r..][..4]);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,5 +304,40 @@ mod tests {
             let m = u32::from_le_bytes(packed[g * nb * Q5_0X8_BLOCK + Q5_0X8_MASKS + 4 * (2 * j + 1)..][..4].try_into().unwrap());
             assert_eq!((m >> (4 * rr + t)) & 1, (qh >> e) & 1);
         }
+    }
+
+    #[test]
+    fn q4_k_packing_round_trips_and_keeps_the_size() {
+        let mut s = 0x0fed_cba9_8765_4321u64;
+        for (nb, rows) in [(1usize, 1usize), (2, 8), (3, 13), (4, 17)] {
+            let src: Vec<u8> = (0..nb * rows * 144)
+                .map(|_| {
+                    s ^= s << 13;
+                    s ^= s >> 7;
+                    s ^= s << 17;
+                    s as u8
+                })
+                .collect();
+            let len = packed_nbytes(Layout::Q4_Kx8, nb * 256, rows).unwrap();
+            assert_eq!(len, rows.div_ceil(8) * 8 * nb * 144);
+            let mut packed = vec![0u8; len];
+            pack_into(Layout::Q4_Kx8, &src, nb, rows, &mut packed);
+            let mut back = vec![0u8; rows * nb * 144];
+            let gbytes = Layout::Q4_Kx8.group_bytes(GgmlType::Q4_K, nb);
+            for g in 0..rows.div_ceil(8) {
+                let n = (rows - 8 * g).min(8);
+                unpack_rows(Layout::Q4_Kx8, &packed[g * gbytes..][..gbytes], nb, n, &mut back[g * 8 * nb * 144..]);
+            }
+            assert_eq!(back, src, "nb {nb} rows {rows}");
+            // The quant byte of elements 64c + 4j + t and 64c + 32 + 4j + t of the last row,
+            // read where the layout says it is.
+            let (r, c, j, t) = (rows - 1, 3, 5, 2);
+            let (g, rr) = (r / 8, r % 8);
+            let want = src[r * nb * 144 + (nb - 1) * 144 + 16 + 32 * c + 4 * j + t];
+            let gb = &packed[g * gbytes + (nb - 1) * Q4_KX8_BLOCK..];
+            assert_eq!(gb[Q4_KX8_QS + 32 * (8 * c + j) + 4 * rr + t], want);
+        }
+        assert_eq!(packed_nbytes(Layout::Q4_Kx8, 100, 3), None);
+        assert_eq!(packed_nbytes(Layout::Ggml, 256, 3), None);
     }
 }

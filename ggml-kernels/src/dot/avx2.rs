@@ -24,6 +24,7 @@ pub(super) fn install(k: &mut Kernels) {
     use GgmlType as T;
     let isa = Isa::Avx2;
     k.set_packed(crate::repack::Layout::Q5_0x8, isa, matvec_q5_0x8);
+    k.set_packed(crate::repack::Layout::Q4_Kx8, isa, matvec_q4_kx8);
     k.set_dot(T::F32, isa, dot_f32);
     k.set_dot(T::F16, isa, dot_f16);
     k.set_dot(T::BF16, isa, dot_bf16);
@@ -1013,6 +1014,139 @@ pub(super) unsafe fn matvec_q5_0x8(t: &super::Tile) {
         }
         for r in 0..t.mr {
             *t.out.add(r) = (lanes[0][r] + lanes[1][r]) + (lanes[2][r] + lanes[3][r]);
+        }
+    }
+}
+
+/// The eight rows' scales and mins of a [`crate::repack::Layout::Q4_Kx8`] group super-block,
+/// unpacked from its three vectors of scale words (`u0`, `u1`, `u2`: bytes 0..4, 4..8 and 8..12
+/// of each row's packed scales, one row per 32-bit lane), as `k4_scales_mins` unpacks one row:
+/// per lane, the bytes of scales 0..4, scales 4..8, mins 0..4 and mins 4..8.
+///
+/// # Safety
+///
+/// The CPU must have AVX2.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn q4_kx8_scales_mins(u0: __m256i, u1: __m256i, u2: __m256i) -> [__m256i; 4] {
+    let m6 = _mm256_set1_epi8(0x3F);
+    let m4 = _mm256_set1_epi8(0x0F);
+    let m2 = _mm256_set1_epi8(0x03);
+    // Bits 6 and 7 of each byte of `u`, moved to bits 4 and 5.
+    let top = |u: __m256i| _mm256_slli_epi32::<4>(_mm256_and_si256(_mm256_srli_epi32::<6>(u), m2));
+    [
+        _mm256_and_si256(u0, m6),
+        _mm256_or_si256(_mm256_and_si256(u2, m4), top(u0)),
+        _mm256_and_si256(u1, m6),
+        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32::<4>(u2), m4), top(u1)),
+    ]
+}
+
+/// `vpshufb` control that puts byte `k` of each 32-bit lane in both 16-bit halves of the lane
+/// (`words`) or only in the low byte (else), the rest zero.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn lane_byte_ctrl(k: usize, words: bool) -> __m256i {
+    let mut c = [0x80u8; 32];
+    for lane in 0..8 {
+        let base = (4 * lane % 16) as u8;
+        c[4 * lane] = base + k as u8;
+        if words {
+            c[4 * lane + 2] = base + k as u8;
+        }
+    }
+    // SAFETY: 32 readable bytes.
+    unsafe { load256(c.as_ptr()) }
+}
+
+/// The operands of the eight rows' `sum_k m_k * (bsums[2k] + bsums[2k + 1])` of a Q4_Kx8
+/// group super-block (mins 0..4 and 4..8 as bytes per lane, `mn_lo`, `mn_hi`) against Q8_K
+/// super-block `y`: four pairs of vectors whose 16-bit products, summed pairwise into 32-bit
+/// lanes (`vpmaddwd`, `vpdpwssd`) and over the pairs, give each row's sum in its lane. In each
+/// pair the first holds two mins of the lane's row as i16, the second the two matching
+/// activation group sums (at most `32 * 128` in magnitude) broadcast.
+///
+/// # Safety
+///
+/// `y` must point to a readable Q8_K super-block; the CPU must have AVX2.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn q4_kx8_min_pairs(mn_lo: __m256i, mn_hi: __m256i, y: *const u8) -> [(__m256i, __m256i); 4] {
+    // Mins (m0, m1) and (m2, m3) of each lane's four as i16 (and so for `mn_hi`).
+    let c01 = _mm256_setr_epi8(0, -128, 1, -128, 4, -128, 5, -128, 8, -128, 9, -128, 12, -128, 13, -128,
+        0, -128, 1, -128, 4, -128, 5, -128, 8, -128, 9, -128, 12, -128, 13, -128);
+    let c23 = _mm256_setr_epi8(2, -128, 3, -128, 6, -128, 7, -128, 10, -128, 11, -128, 14, -128, 15, -128,
+        2, -128, 3, -128, 6, -128, 7, -128, 10, -128, 11, -128, 14, -128, 15, -128);
+    // SAFETY: the 32 bytes of block sums lie in the super-block (the caller's contract).
+    let bs = unsafe { _mm_hadd_epi16(load128(y.add(Q8K_BSUMS)), load128(y.add(Q8K_BSUMS + 16))) };
+    // 32-bit word `d` of `bs` holds the sums of groups 2d and 2d + 1.
+    let w = [_mm_cvtsi128_si32(bs), _mm_extract_epi32::<1>(bs), _mm_extract_epi32::<2>(bs), _mm_extract_epi32::<3>(bs)];
+    [
+        (_mm256_shuffle_epi8(mn_lo, c01), _mm256_set1_epi32(w[0])),
+        (_mm256_shuffle_epi8(mn_lo, c23), _mm256_set1_epi32(w[1])),
+        (_mm256_shuffle_epi8(mn_hi, c01), _mm256_set1_epi32(w[2])),
+        (_mm256_shuffle_epi8(mn_hi, c23), _mm256_set1_epi32(w[3])),
+    ]
+}
+
+/// Q4_K in [`crate::repack::Layout::Q4_Kx8`] x Q8_K with AVX2: one group of eight rows, each
+/// row's sums in its own 32-bit lane. Per group of 32 elements, eight steps of four: the step's
+/// nibbles of the eight rows (one 32-byte load serves the low group and the high one), four
+/// activation bytes broadcast, `vpmaddubsw` into 16-bit sums (eight steps reach at most
+/// `8 * 2 * 15 * 128`, no saturation), then one `vpmaddwd` with the group scale of each lane's
+/// row in both halves of the lane. The mins as [`q4_kx8_min_pairs`]; `d` and `dmin` of the
+/// eight rows as two vectors of `f16`.
+///
+/// # Safety
+///
+/// As [`super::scalar::matvec_q4_kx8`]; the CPU must have AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn matvec_q4_kx8(t: &super::Tile) {
+    use crate::repack::{Q4_KX8_BLOCK, Q4_KX8_D, Q4_KX8_DMIN, Q4_KX8_QS, Q4_KX8_SCALES};
+    debug_assert!(t.nr == 1 && (1..=8).contains(&t.mr));
+    let m4 = _mm256_set1_epi8(0xF);
+    let sc_ctrl = [lane_byte_ctrl(0, true), lane_byte_ctrl(1, true), lane_byte_ctrl(2, true), lane_byte_ctrl(3, true)];
+    let mut acc = _mm256_setzero_ps();
+    let mut accm = _mm256_setzero_ps();
+    // SAFETY: the group's `nb` super-blocks and the activation row's are readable (the caller's
+    // contract); `read_unaligned` needs no alignment.
+    unsafe {
+        for b in 0..t.nb {
+            let gb = t.w.add(b * Q4_KX8_BLOCK);
+            let y = t.a.add(b * Q8_K);
+            let sc = gb.add(Q4_KX8_SCALES);
+            let [sc_lo, sc_hi, mn_lo, mn_hi] = q4_kx8_scales_mins(load256(sc), load256(sc.add(32)), load256(sc.add(64)));
+            let mut sumi = _mm256_setzero_si256();
+            for c in 0..4 {
+                let mut pl = _mm256_setzero_si256();
+                let mut ph = _mm256_setzero_si256();
+                for j in 0..8 {
+                    let v = load256(gb.add(Q4_KX8_QS + 32 * (8 * c + j)));
+                    let yl = _mm256_set1_epi32(read_unaligned(y.add(Q8K_QS + 64 * c + 4 * j).cast::<i32>()));
+                    let yh = _mm256_set1_epi32(read_unaligned(y.add(Q8K_QS + 64 * c + 32 + 4 * j).cast::<i32>()));
+                    pl = _mm256_add_epi16(pl, _mm256_maddubs_epi16(_mm256_and_si256(v, m4), yl));
+                    ph = _mm256_add_epi16(ph, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16::<4>(v), m4), yh));
+                }
+                // Groups 2c and 2c + 1: bytes (2c, 2c + 1) % 4 of the scales of 0..4 or 4..8.
+                let scv = if c < 2 { sc_lo } else { sc_hi };
+                let sl = _mm256_shuffle_epi8(scv, sc_ctrl[(2 * c) % 4]);
+                let sh = _mm256_shuffle_epi8(scv, sc_ctrl[(2 * c + 1) % 4]);
+                sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(_mm256_madd_epi16(pl, sl), _mm256_madd_epi16(ph, sh)));
+            }
+            let mut summ = _mm256_setzero_si256();
+            for (m, bsum) in q4_kx8_min_pairs(mn_lo, mn_hi, y) {
+                summ = _mm256_add_epi32(summ, _mm256_madd_epi16(m, bsum));
+            }
+            let dy = _mm256_set1_ps(load_f32(y));
+            let d = _mm256_mul_ps(_mm256_cvtph_ps(load128(gb.add(Q4_KX8_D))), dy);
+            let dmin = _mm256_mul_ps(_mm256_cvtph_ps(load128(gb.add(Q4_KX8_DMIN))), dy);
+            acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
+            accm = _mm256_fmadd_ps(dmin, _mm256_cvtepi32_ps(summ), accm);
+        }
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_sub_ps(acc, accm));
+        for (r, &v) in lanes.iter().enumerate().take(t.mr) {
+            *t.out.add(r) = v;
         }
     }
 }

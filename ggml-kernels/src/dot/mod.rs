@@ -306,6 +306,8 @@ pub struct Kernels {
     /// `w` at the start of a group of eight rows (every row of it readable, padding included)
     /// and `mr` (1..=8) outputs.
     q5_0x8: Entry<TileFn>,
+    /// The decode kernel for Q4_K in [`Layout::Q4_Kx8`], called as the Q5_0x8 one.
+    q4_kx8: Entry<TileFn>,
     quant: [Entry<QuantFn>; 4],
 }
 
@@ -337,6 +339,7 @@ impl Kernels {
             tile: [None; N_TYPES],
             matvec: [None; N_TYPES],
             q5_0x8: Entry { f: s::matvec_q5_0x8, isa: Isa::Scalar },
+            q4_kx8: Entry { f: s::matvec_q4_kx8, isa: Isa::Scalar },
             quant: quants.map(|f| Entry { f, isa: Isa::Scalar }),
         }
     }
@@ -370,6 +373,7 @@ impl Kernels {
     fn set_packed(&mut self, layout: Layout, isa: Isa, f: TileFn) {
         match layout {
             Layout::Q5_0x8 => self.q5_0x8 = Entry { f, isa },
+            Layout::Q4_Kx8 => self.q4_kx8 = Entry { f, isa },
             Layout::Ggml => {}
         }
     }
@@ -467,6 +471,7 @@ impl Kernels {
     pub fn packed_isa(&self, layout: Layout) -> Option<Isa> {
         match layout {
             Layout::Q5_0x8 => Some(self.q5_0x8.isa),
+            Layout::Q4_Kx8 => Some(self.q4_kx8.isa),
             Layout::Ggml => None,
         }
     }
@@ -474,8 +479,11 @@ impl Kernels {
     /// The decode kernel for a packed layout. Precondition: `layout` is not [`Layout::Ggml`]
     /// (debug-asserted; the Q5_0x8 kernel is returned).
     pub(crate) fn packed_fn(&self, layout: Layout) -> TileFn {
-        debug_assert_eq!(layout, Layout::Q5_0x8);
-        self.q5_0x8.f
+        debug_assert_ne!(layout, Layout::Ggml);
+        match layout {
+            Layout::Q4_Kx8 => self.q4_kx8.f,
+            _ => self.q5_0x8.f,
+        }
     }
 
     /// Dot product of one weight row (`w`, encoded as `ty`) with one activation row (`a`,

@@ -23,8 +23,8 @@ use std::arch::asm;
 use std::arch::x86_64::*;
 
 use super::avx2::{
-    blocks32_x4, f16x4, hsum_ps, hsum_ps128, k4_min_products, k4_scales_mins, load128, load256, load_f16, load_f32, nibbles,
-    q4_k_row, q5_quants, q6_k_row, scale_shuffle_16, scale_shuffle_k4, Q4_0, Q4_K, Q5_0, Q6_K, Q8K_BSUMS, Q8K_QS, Q8_0,
+    blocks32_x4, f16x4, hsum_ps, hsum_ps128, k4_min_products, k4_scales_mins, lane_byte_ctrl, load128, load256, load_f16, load_f32,
+    nibbles, q4_k_row, q4_kx8_min_pairs, q4_kx8_scales_mins, q5_quants, q6_k_row, scale_shuffle_16, scale_shuffle_k4, Q4_0, Q4_K, Q5_0, Q6_K, Q8K_BSUMS, Q8K_QS, Q8_0,
     Q8_K,
 };
 use super::avx2_gemm::{matvec4_pairs, q4_0_pair, q5_0_pair, q8_0_pair, tile32_pairs, tile_q4_k_kernel, tile_q6_k_kernel};
@@ -62,6 +62,7 @@ pub(super) fn install(k: &mut Kernels) {
     if std::is_x86_feature_detected!("avx512bw") {
         k.set_packed(Layout::Q5_0x8, isa, matvec_q5_0x8);
     }
+    k.set_packed(Layout::Q4_Kx8, isa, matvec_q4_kx8);
 }
 
 /// `acc + sum of four u8 x i8 products` per i32 lane (`vpdpbusd`).
@@ -548,6 +549,74 @@ unsafe fn matvec_q5_0x8(t: &Tile) {
         }
         for r in 0..t.mr {
             *t.out.add(r) = (lanes[0][r] + lanes[1][r]) + (lanes[2][r] + lanes[3][r]);
+        }
+    }
+}
+
+/// Q4_K in [`Layout::Q4_Kx8`] x Q8_K: one group of eight rows, each row's sums in its own
+/// 32-bit lane (see [`crate::repack`]). Per group of 32 elements and step of four: one 32-byte
+/// load of the eight rows' nibbles serves the group of the low nibbles and the group of the high
+/// ones; the low nibbles are masked (`& 0x0F`), the high ones only masked too (`& 0xF0`, sixteen
+/// times their value: the group's sum is divided by 16 once, exactly), and each goes through one
+/// `vpdpbusd` against four activation bytes broadcast to every lane. A group's sums are then
+/// multiplied by the group scale of each lane's row (`vpmulld` with the scale byte picked by
+/// one `vpshufb`); the mins are four `vpdpwssd` ([`q4_kx8_min_pairs`]); `d` and `dmin` of the
+/// eight rows are one vector of `f16` each. No horizontal sums.
+///
+/// # Safety
+///
+/// As [`crate::dot::scalar::matvec_q4_kx8`]; the CPU must have AVX2, FMA, F16C and AVX-512 F,
+/// VL and VNNI.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn matvec_q4_kx8(t: &Tile) {
+    use crate::repack::{Q4_KX8_BLOCK, Q4_KX8_D, Q4_KX8_DMIN, Q4_KX8_QS, Q4_KX8_SCALES};
+    debug_assert!(t.nr == 1 && (1..=8).contains(&t.mr));
+    let m4 = _mm256_set1_epi8(0x0F);
+    let mf0 = _mm256_set1_epi8(0xF0u8 as i8);
+    let sc_ctrl = [lane_byte_ctrl(0, false), lane_byte_ctrl(1, false), lane_byte_ctrl(2, false), lane_byte_ctrl(3, false)];
+    let mut acc = _mm256_setzero_ps();
+    let mut accm = _mm256_setzero_ps();
+    // SAFETY: the group's `nb` super-blocks and the activation row's are readable (the caller's
+    // contract); `read_unaligned` needs no alignment; the CPU runs VNNI (the table is handed out
+    // only then).
+    unsafe {
+        for b in 0..t.nb {
+            let gb = t.w.add(b * Q4_KX8_BLOCK);
+            let y = t.a.add(b * Q8_K);
+            let sc = gb.add(Q4_KX8_SCALES);
+            let [sc_lo, sc_hi, mn_lo, mn_hi] = q4_kx8_scales_mins(load256(sc), load256(sc.add(32)), load256(sc.add(64)));
+            // Low groups' scaled sums, and the high groups' times 16.
+            let mut sum_lo = _mm256_setzero_si256();
+            let mut sum_hi = _mm256_setzero_si256();
+            for c in 0..4 {
+                let mut sl = _mm256_setzero_si256();
+                let mut sh = _mm256_setzero_si256();
+                for j in 0..8 {
+                    let v = load256(gb.add(Q4_KX8_QS + 32 * (8 * c + j)));
+                    let yl = _mm256_set1_epi32(std::ptr::read_unaligned(y.add(Q8K_QS + 64 * c + 4 * j).cast::<i32>()));
+                    let yh = _mm256_set1_epi32(std::ptr::read_unaligned(y.add(Q8K_QS + 64 * c + 32 + 4 * j).cast::<i32>()));
+                    sl = dpbusd(sl, _mm256_and_si256(v, m4), yl);
+                    sh = dpbusd(sh, _mm256_and_si256(v, mf0), yh);
+                }
+                let scv = if c < 2 { sc_lo } else { sc_hi };
+                sum_lo = _mm256_add_epi32(sum_lo, _mm256_mullo_epi32(sl, _mm256_shuffle_epi8(scv, sc_ctrl[(2 * c) % 4])));
+                sum_hi = _mm256_add_epi32(sum_hi, _mm256_mullo_epi32(sh, _mm256_shuffle_epi8(scv, sc_ctrl[(2 * c + 1) % 4])));
+            }
+            let sumi = _mm256_add_epi32(sum_lo, _mm256_srai_epi32::<4>(sum_hi));
+            let mut summ = _mm256_setzero_si256();
+            for (m, bsum) in q4_kx8_min_pairs(mn_lo, mn_hi, y) {
+                summ = dpwssd(summ, m, bsum);
+            }
+            let dy = _mm256_set1_ps(load_f32(y));
+            let d = _mm256_mul_ps(_mm256_cvtph_ps(load128(gb.add(Q4_KX8_D))), dy);
+            let dmin = _mm256_mul_ps(_mm256_cvtph_ps(load128(gb.add(Q4_KX8_DMIN))), dy);
+            acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
+            accm = _mm256_fmadd_ps(dmin, _mm256_cvtepi32_ps(summ), accm);
+        }
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_sub_ps(acc, accm));
+        for (r, &v) in lanes.iter().enumerate().take(t.mr) {
+            *t.out.add(r) = v;
         }
     }
 }
