@@ -3,7 +3,12 @@
 //! ```sh
 //! RAYON_NUM_THREADS=2 cargo bench -p engine-benches --bench kernels_ratio [-- TYPE...]
 //! RAYON_NUM_THREADS=2 cargo bench -p engine-benches --bench kernels_ratio -- probe   # bandwidth only
+//! RAYON_NUM_THREADS=1 cargo bench -p engine-benches --bench kernels_ratio -- l2 [TYPE...]
 //! ```
+//!
+//! `l2` measures the kernels' own ceiling instead: a matrix of about [`L2_BYTES`] (in the L2
+//! cache of one core) multiplied over and over, GB/s of its bytes, with no probe. A kernel
+//! that reaches less than half the probe's bandwidth per thread here cannot keep up with memory.
 //!
 //! On a shared machine the read bandwidth swings with the neighbours' load (on the dev VM
 //! between about 21 and 40 GB/s within minutes), so a bandwidth figure and a kernel figure taken
@@ -28,6 +33,8 @@ const ROUNDS: usize = 9;
 const COLS: usize = 4096;
 const MIN_BYTES: usize = 256 << 20;
 const PROBE_BYTES: usize = 1 << 30;
+/// Bytes of the matrix of `l2` mode.
+const L2_BYTES: usize = 512 << 10;
 
 fn scale_fields(ty: GgmlType) -> &'static [usize] {
     use GgmlType as T;
@@ -96,6 +103,27 @@ fn main() {
         println!("probe: {best:.1} GB/s ({threads} threads, best of 3)");
         return;
     }
+    if std::env::args().nth(1).as_deref() == Some("l2") {
+        let types: Vec<GgmlType> = std::env::args().skip(2).filter_map(|a| GgmlType::from_name(&a)).collect();
+        let types = if types.is_empty() { WEIGHT_TYPES.to_vec() } else { types };
+        println!("kernels_ratio l2: {threads} threads, matrices of {} KiB, best of 9 rounds of 200 products", L2_BYTES >> 10);
+        println!("| type | kernel | matvec GB/s (best) |");
+        println!("|---|---|---|");
+        for ty in types {
+            let rb = ty.row_nbytes(COLS as u64).expect("row size") as usize;
+            let rows = L2_BYTES.div_ceil(rb).div_ceil(8) * 8;
+            let data = random_matrix(ty, rows);
+            let w = QMatrix::new(ty, COLS, rows, &data).expect("matrix");
+            let isa = Kernels::best().matvec_isa(ty).or(Kernels::best().dot_isa(ty)).map_or("-", |i| i.name());
+            println!("| {} | {isa} | {:.1} |", ty.name(), l2_speed(&w));
+            if let Some(p) = pack_for_decode(&w) {
+                let v = p.view();
+                let isa = Kernels::best().packed_isa(v.layout).map_or("-", |i| i.name());
+                println!("| {} ({:?}) | {isa} | {:.1} |", ty.name(), v.layout, l2_speed(&v));
+            }
+        }
+        return;
+    }
     println!(
         "kernels_ratio: {} rounds per type, {threads} threads, best table {}, load average {}",
         ROUNDS,
@@ -142,4 +170,19 @@ fn measure(name: &str, isa: &str, w: &QMatrix<'_>, probe_buf: &[u64], threads: u
     }
     ratios.sort_by(f64::total_cmp);
     println!("| {name} | {isa} | {best_mv:.1} | {best_bw:.1} | {:.0}% | {:.0}% |", 100.0 * best_mv / best_bw, 100.0 * ratios[ROUNDS / 2]);
+}
+
+/// GB/s of `w`'s bytes over repeated products (best of 9 rounds of 200), `w` staying in cache.
+fn l2_speed(w: &QMatrix<'_>) -> f64 {
+    let x: Vec<f32> = (0..w.cols).map(|i| ((i * 7919) % 101) as f32 / 50.0 - 1.0).collect();
+    let mut out = vec![0f32; w.rows];
+    let mut best = 0f64;
+    for _ in 0..9 {
+        let t = Instant::now();
+        for _ in 0..200 {
+            matmul(w, black_box(&x), 1, &mut out).expect("matmul");
+        }
+        best = best.max(200.0 * w.data.len() as f64 / t.elapsed().as_secs_f64() / 1e9);
+    }
+    best
 }

@@ -165,7 +165,7 @@ impl PackedMatrix {
 }
 
 /// Rebuilds a ggml-layout matrix in `layout` (Q5_0 into [`Layout::Q5_0x8`], Q4_K into
-/// [`Layout::Q4_Kx8`]; else `None`). Lossless: the products give the same results within their
+/// [`Layout::Q4_Kx8`], Q6_K into [`Layout::Q6_Kx8`]; else `None`). Lossless: the products give the same results within their
 /// rounding, and [`QMatrix::row`] gives back the original bytes.
 pub fn pack(w: &QMatrix<'_>, layout: Layout) -> Option<PackedMatrix> {
     if w.layout != Layout::Ggml || w.check_size().is_err() || layout.weight_type() != Some(w.ty) {
@@ -177,13 +177,14 @@ pub fn pack(w: &QMatrix<'_>, layout: Layout) -> Option<PackedMatrix> {
 }
 
 /// The layout this CPU's best kernels decode `w` fastest in, rebuilt, or `None` where the file's
-/// own layout is best (every type but Q5_0 and Q4_K, and those where only the scalar packed
-/// kernel exists, e.g. on AArch64).
+/// own layout is best (every type but Q5_0, Q4_K and Q6_K, and those where only the scalar
+/// packed kernel exists, e.g. on AArch64, and Q6_K without AVX-512 VNNI).
 pub fn pack_for_decode(w: &QMatrix<'_>) -> Option<PackedMatrix> {
     let k = Kernels::best();
     let layout = match w.ty {
         GgmlType::Q5_0 => Layout::Q5_0x8,
         GgmlType::Q4_K => Layout::Q4_Kx8,
+        GgmlType::Q6_K => Layout::Q6_Kx8,
         _ => return None,
     };
     if k.packed_isa(layout).is_some_and(|i| i != crate::dot::Isa::Scalar) {
@@ -849,7 +850,7 @@ mod tests {
         // Rows no multiple of the group of eight (and fewer than one group), one block per row
         // and several; n = 1..4 runs the packed decode kernel, 70 the tiles over unpacked rows.
         let mut rng = Rng::new(17);
-        for (ty, layout) in [(GgmlType::Q5_0, Layout::Q5_0x8), (GgmlType::Q4_K, Layout::Q4_Kx8)] {
+        for (ty, layout) in [(GgmlType::Q5_0, Layout::Q5_0x8), (GgmlType::Q4_K, Layout::Q4_Kx8), (GgmlType::Q6_K, Layout::Q6_Kx8)] {
             let (bs, ts) = (ty.block_size(), ty.type_size());
             for (nb, rows) in [(1usize, 1usize), (3, 37), (20, 8), (5, 13), (16, 21)] {
                 let cols = nb * bs;
@@ -920,12 +921,13 @@ mod tests {
             (GgmlType::Q5_0, GgmlType::Q6_K, 256, 13),
             (GgmlType::Q4_K, GgmlType::Q4_K, 512, 1029),
             (GgmlType::Q4_K, GgmlType::Q5_0, 256, 21),
+            (GgmlType::Q6_K, GgmlType::Q4_K, 256, 45),
         ];
         for (tg, tu, cols, rows) in cases {
             let dg = random_weights(tg, rows * cols / tg.block_size(), &mut rng, Scales::Mixed);
             let du = random_weights(tu, rows * cols / tu.block_size(), &mut rng, Scales::Mixed);
             let (g, u) = (QMatrix::new(tg, cols, rows, &dg).unwrap(), QMatrix::new(tu, cols, rows, &du).unwrap());
-            let packed = |w: &QMatrix<'_>| pack(w, Layout::Q5_0x8).or_else(|| pack(w, Layout::Q4_Kx8));
+            let packed = |w: &QMatrix<'_>| [Layout::Q5_0x8, Layout::Q4_Kx8, Layout::Q6_Kx8].into_iter().find_map(|l| pack(w, l));
             let (pg, pu) = (packed(&g), packed(&u));
             let g = pg.as_ref().map_or(g, |p| p.view());
             let u = pu.as_ref().map_or(u, |p| p.view());

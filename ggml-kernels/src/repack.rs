@@ -43,6 +43,17 @@
 //! As in Q5_0x8, a 32-bit lane holds four consecutive elements of one row, so `vpdpbusd`
 //! against four broadcast activation bytes sums each row's products in its own lane, and a
 //! group's sums are scaled by that row's group scale lane by lane.
+//!
+//! [`Layout::Q6_Kx8`] arranges Q6_K (210 bytes per row and super-block) the same way: in a group
+//! super-block ([`Q6_KX8_BLOCK`] bytes), byte `4r + t` of vector `v` of [`Q6_KX8_QL`] (32
+//! vectors) is `ql[4v + t]` of row `r`, of [`Q6_KX8_QH`] (16 vectors) `qh[4v + t]`, of
+//! [`Q6_KX8_SCALES`] (4 vectors) `scales[4v + t]`; then the eight rows' `d` as eight `f16`
+//! ([`Q6_KX8_D`]). With `v = 16h + 8p + j` a `ql` vector holds the low four bits of elements
+//! `128h + 32p + 4j + t` (low nibbles) and `128h + 32(p + 2) + 4j + t` (high nibbles), and `qh`
+//! vector `8h + j` their top two bits.
+//!
+//! The K-quant layouts move 2- and 4-byte pieces of each row's block into vectors of eight
+//! (one table of fields per layout), so packing and unpacking are one loop each.
 
 use crate::quants::float16::f16_to_f32;
 use crate::types::GgmlType;
@@ -57,6 +68,8 @@ pub enum Layout {
     Q5_0x8,
     /// Q4_K in groups of eight rows, interleaved per super-block (see the module documentation).
     Q4_Kx8,
+    /// Q6_K in groups of eight rows, interleaved per super-block (see the module documentation).
+    Q6_Kx8,
 }
 
 impl Layout {
@@ -66,6 +79,7 @@ impl Layout {
             Layout::Ggml => None,
             Layout::Q5_0x8 => Some(GgmlType::Q5_0),
             Layout::Q4_Kx8 => Some(GgmlType::Q4_K),
+            Layout::Q6_Kx8 => Some(GgmlType::Q6_K),
         }
     }
 
@@ -73,7 +87,7 @@ impl Layout {
     pub fn group_rows(self) -> usize {
         match self {
             Layout::Ggml => 1,
-            Layout::Q5_0x8 | Layout::Q4_Kx8 => 8,
+            Layout::Q5_0x8 | Layout::Q4_Kx8 | Layout::Q6_Kx8 => 8,
         }
     }
 
@@ -102,6 +116,7 @@ pub fn pack_into(layout: Layout, src: &[u8], nb: usize, rows: usize, out: &mut [
     match layout {
         Layout::Q5_0x8 => pack_q5_0x8(src, nb, rows, out),
         Layout::Q4_Kx8 => pack_q4_kx8(src, nb, rows, out),
+        Layout::Q6_Kx8 => pack_q6_kx8(src, nb, rows, out),
         Layout::Ggml => panic!("pack_into: the ggml layout is not packed"),
     }
 }
@@ -113,6 +128,7 @@ pub fn unpack_block(layout: Layout, gb: &[u8], r: usize, out: &mut [u8]) {
     match layout {
         Layout::Q5_0x8 => unpack_q5_0x8_block(gb, r, out),
         Layout::Q4_Kx8 => unpack_q4_kx8_block(gb, r, out),
+        Layout::Q6_Kx8 => unpack_q6_kx8_block(gb, r, out),
         Layout::Ggml => debug_assert!(false, "unpack_block: the ggml layout is not packed"),
     }
 }
@@ -230,44 +246,119 @@ pub const Q4_KX8_QS: usize = Q4_KX8_SCALES + 3 * 32;
 const Q4_K_BLOCK: usize = 144;
 const _: () = assert!(Q4_KX8_QS + 32 * 32 == Q4_KX8_BLOCK);
 
-/// Packs a Q4_K matrix of `rows` rows of `nb` super-blocks, ggml layout in `src`, into `out`
-/// (`packed_nbytes(Layout::Q4_Kx8, ..)` bytes). Precondition: the lengths match (asserted).
-pub fn pack_q4_kx8(src: &[u8], nb: usize, rows: usize, out: &mut [u8]) {
-    let rb = nb * Q4_K_BLOCK;
-    assert_eq!(src.len(), rows * rb, "Q4_K source size");
-    assert_eq!(out.len(), rows.div_ceil(Q4_KX8_ROWS) * nb * Q4_KX8_BLOCK, "Q4_Kx8 size");
-    let zero = [0u8; Q4_K_BLOCK];
-    for (g, group) in out.chunks_exact_mut(nb * Q4_KX8_BLOCK).enumerate() {
-        for (b, gb) in group.chunks_exact_mut(Q4_KX8_BLOCK).enumerate() {
-            for r in 0..Q4_KX8_ROWS {
-                let row = g * Q4_KX8_ROWS + r;
-                let blk = if row < rows { &src[row * rb + b * Q4_K_BLOCK..][..Q4_K_BLOCK] } else { &zero[..] };
-                gb[Q4_KX8_D + 2 * r..][..2].copy_from_slice(&blk[0..2]);
-                gb[Q4_KX8_DMIN + 2 * r..][..2].copy_from_slice(&blk[2..4]);
-                for i in 0..3 {
-                    gb[Q4_KX8_SCALES + 32 * i + 4 * r..][..4].copy_from_slice(&blk[4 + 4 * i..][..4]);
+/// One run of a block's bytes in an interleaved group block: the `len` bytes at `src` of each
+/// row's ggml block, cut into pieces of `piece` bytes (2 or 4), go to `dst`, piece `v` of row `r`
+/// at `dst + 8 * piece * v + piece * r`, so that piece `v` of the eight rows is one vector.
+struct Field {
+    src: usize,
+    len: usize,
+    dst: usize,
+    piece: usize,
+}
+
+/// The fields of a [`Layout::Q4_Kx8`] group super-block: `d`, `dmin`, scales, quants.
+const Q4_KX8_FIELDS: [Field; 4] = [
+    Field { src: 0, len: 2, dst: Q4_KX8_D, piece: 2 },
+    Field { src: 2, len: 2, dst: Q4_KX8_DMIN, piece: 2 },
+    Field { src: 4, len: 12, dst: Q4_KX8_SCALES, piece: 4 },
+    Field { src: 16, len: 128, dst: Q4_KX8_QS, piece: 4 },
+];
+
+/// Packs a matrix of `rows` rows of `nb` blocks of `bs` bytes, ggml layout in `src`, into `out`
+/// as eight-row groups whose group blocks interleave `fields`. Precondition: the lengths match
+/// (asserted).
+fn pack_fields(fields: &[Field], bs: usize, src: &[u8], nb: usize, rows: usize, out: &mut [u8]) {
+    let rb = nb * bs;
+    assert_eq!(src.len(), rows * rb, "packed source size");
+    assert_eq!(out.len(), rows.div_ceil(8) * nb * 8 * bs, "packed size");
+    if nb == 0 {
+        return;
+    }
+    for (g, group) in out.chunks_exact_mut(nb * 8 * bs).enumerate() {
+        for (b, gb) in group.chunks_exact_mut(8 * bs).enumerate() {
+            for r in 0..8 {
+                let row = g * 8 + r;
+                if row >= rows {
+                    // Padding rows are zero (`out` may hold anything).
+                    for f in fields {
+                        for v in 0..f.len / f.piece {
+                            gb[f.dst + 8 * f.piece * v + f.piece * r..][..f.piece].fill(0);
+                        }
+                    }
+                    continue;
                 }
-                for v in 0..32 {
-                    gb[Q4_KX8_QS + 32 * v + 4 * r..][..4].copy_from_slice(&blk[16 + 4 * v..][..4]);
+                let blk = &src[row * rb + b * bs..][..bs];
+                for f in fields {
+                    for v in 0..f.len / f.piece {
+                        gb[f.dst + 8 * f.piece * v + f.piece * r..][..f.piece].copy_from_slice(&blk[f.src + f.piece * v..][..f.piece]);
+                    }
                 }
             }
         }
     }
 }
 
+/// Writes the ggml block of row `r` (0..8) held in group block `gb` of `fields` to `out`.
+#[inline]
+fn unpack_fields(fields: &[Field], gb: &[u8], r: usize, out: &mut [u8]) {
+    debug_assert!(r < 8);
+    for f in fields {
+        for v in 0..f.len / f.piece {
+            out[f.src + f.piece * v..][..f.piece].copy_from_slice(&gb[f.dst + 8 * f.piece * v + f.piece * r..][..f.piece]);
+        }
+    }
+}
+
+/// Packs a Q4_K matrix of `rows` rows of `nb` super-blocks, ggml layout in `src`, into `out`
+/// (`packed_nbytes(Layout::Q4_Kx8, ..)` bytes). Precondition: the lengths match (asserted).
+pub fn pack_q4_kx8(src: &[u8], nb: usize, rows: usize, out: &mut [u8]) {
+    pack_fields(&Q4_KX8_FIELDS, Q4_K_BLOCK, src, nb, rows, out);
+}
+
 /// Writes the ggml Q4_K block of row `r` (0..8) held in group super-block `gb` to `out` (144
 /// bytes).
 #[inline]
 pub fn unpack_q4_kx8_block(gb: &[u8], r: usize, out: &mut [u8]) {
-    debug_assert!(gb.len() >= Q4_KX8_BLOCK && r < Q4_KX8_ROWS && out.len() >= Q4_K_BLOCK);
-    out[0..2].copy_from_slice(&gb[Q4_KX8_D + 2 * r..][..2]);
-    out[2..4].copy_from_slice(&gb[Q4_KX8_DMIN + 2 * r..][..2]);
-    for i in 0..3 {
-        out[4 + 4 * i..][..4].copy_from_slice(&gb[Q4_KX8_SCALES + 32 * i + 4 * r..][..4]);
-    }
-    for v in 0..32 {
-        out[16 + 4 * v..][..4].copy_from_slice(&gb[Q4_KX8_QS + 32 * v + 4 * r..][..4]);
-    }
+    debug_assert!(gb.len() >= Q4_KX8_BLOCK && out.len() >= Q4_K_BLOCK);
+    unpack_fields(&Q4_KX8_FIELDS, gb, r, out);
+}
+
+/// Rows per group of [`Layout::Q6_Kx8`].
+pub const Q6_KX8_ROWS: usize = 8;
+
+/// Bytes of one group super-block of [`Layout::Q6_Kx8`]: eight rows of one 210-byte Q6_K block.
+pub const Q6_KX8_BLOCK: usize = Q6_KX8_ROWS * Q6_K_BLOCK;
+
+/// Offsets inside a group super-block: the 32 vectors of low quant bits, the 16 of high bits,
+/// the 4 of group scales, the `d` vector.
+pub const Q6_KX8_QL: usize = 0;
+pub const Q6_KX8_QH: usize = Q6_KX8_QL + 32 * 32;
+pub const Q6_KX8_SCALES: usize = Q6_KX8_QH + 16 * 32;
+pub const Q6_KX8_D: usize = Q6_KX8_SCALES + 4 * 32;
+
+const Q6_K_BLOCK: usize = 210;
+const _: () = assert!(Q6_KX8_D + 2 * 8 == Q6_KX8_BLOCK);
+
+/// The fields of a [`Layout::Q6_Kx8`] group super-block: `ql`, `qh`, scales, `d`.
+const Q6_KX8_FIELDS: [Field; 4] = [
+    Field { src: 0, len: 128, dst: Q6_KX8_QL, piece: 4 },
+    Field { src: 128, len: 64, dst: Q6_KX8_QH, piece: 4 },
+    Field { src: 192, len: 16, dst: Q6_KX8_SCALES, piece: 4 },
+    Field { src: 208, len: 2, dst: Q6_KX8_D, piece: 2 },
+];
+
+/// Packs a Q6_K matrix of `rows` rows of `nb` super-blocks, ggml layout in `src`, into `out`
+/// (`packed_nbytes(Layout::Q6_Kx8, ..)` bytes). Precondition: the lengths match (asserted).
+pub fn pack_q6_kx8(src: &[u8], nb: usize, rows: usize, out: &mut [u8]) {
+    pack_fields(&Q6_KX8_FIELDS, Q6_K_BLOCK, src, nb, rows, out);
+}
+
+/// Writes the ggml Q6_K block of row `r` (0..8) held in group super-block `gb` to `out` (210
+/// bytes).
+#[inline]
+pub fn unpack_q6_kx8_block(gb: &[u8], r: usize, out: &mut [u8]) {
+    debug_assert!(gb.len() >= Q6_KX8_BLOCK && out.len() >= Q6_K_BLOCK);
+    unpack_fields(&Q6_KX8_FIELDS, gb, r, out);
 }
 
 #[cfg(test)]
@@ -303,6 +394,41 @@ mod tests {
             let (j, t) = ((e - 16) / 4, (e - 16) % 4);
             let m = u32::from_le_bytes(packed[g * nb * Q5_0X8_BLOCK + Q5_0X8_MASKS + 4 * (2 * j + 1)..][..4].try_into().unwrap());
             assert_eq!((m >> (4 * rr + t)) & 1, (qh >> e) & 1);
+        }
+    }
+
+    #[test]
+    fn q6_k_packing_round_trips_and_keeps_the_size() {
+        let mut s = 0x1357_9bdf_2468_ace0u64;
+        for (nb, rows) in [(1usize, 1usize), (2, 8), (3, 13), (4, 17)] {
+            let src: Vec<u8> = (0..nb * rows * 210)
+                .map(|_| {
+                    s ^= s << 13;
+                    s ^= s >> 7;
+                    s ^= s << 17;
+                    s as u8
+                })
+                .collect();
+            let len = packed_nbytes(Layout::Q6_Kx8, nb * 256, rows).unwrap();
+            assert_eq!(len, rows.div_ceil(8) * 8 * nb * 210);
+            let mut packed = vec![0xAAu8; len];
+            pack_into(Layout::Q6_Kx8, &src, nb, rows, &mut packed);
+            let mut back = vec![0u8; rows * nb * 210];
+            let gbytes = Layout::Q6_Kx8.group_bytes(GgmlType::Q6_K, nb);
+            for g in 0..rows.div_ceil(8) {
+                let n = (rows - 8 * g).min(8);
+                unpack_rows(Layout::Q6_Kx8, &packed[g * gbytes..][..gbytes], nb, n, &mut back[g * 8 * nb * 210..]);
+            }
+            assert_eq!(back, src, "nb {nb} rows {rows}");
+            // Padding rows are zero.
+            let mut pad = [0xFFu8; 210];
+            unpack_block(Layout::Q6_Kx8, &packed[(rows.div_ceil(8) - 1) * gbytes..], 7, &mut pad);
+            assert!(rows % 8 == 0 || pad.iter().all(|&b| b == 0));
+            // The top bits of elements 128h + 4j + t.. of the last row, where the layout says.
+            let (r, h, j, t) = (rows - 1, 1, 6, 3);
+            let want = src[r * nb * 210 + 128 + 32 * h + 4 * j + t];
+            let gb = &packed[(r / 8) * gbytes..];
+            assert_eq!(gb[Q6_KX8_QH + 32 * (8 * h + j) + 4 * (r % 8) + t], want);
         }
     }
 

@@ -308,6 +308,8 @@ pub struct Kernels {
     q5_0x8: Entry<TileFn>,
     /// The decode kernel for Q4_K in [`Layout::Q4_Kx8`], called as the Q5_0x8 one.
     q4_kx8: Entry<TileFn>,
+    /// The decode kernel for Q6_K in [`Layout::Q6_Kx8`], called as the Q5_0x8 one.
+    q6_kx8: Entry<TileFn>,
     quant: [Entry<QuantFn>; 4],
 }
 
@@ -340,6 +342,7 @@ impl Kernels {
             matvec: [None; N_TYPES],
             q5_0x8: Entry { f: s::matvec_q5_0x8, isa: Isa::Scalar },
             q4_kx8: Entry { f: s::matvec_q4_kx8, isa: Isa::Scalar },
+            q6_kx8: Entry { f: s::matvec_q6_kx8, isa: Isa::Scalar },
             quant: quants.map(|f| Entry { f, isa: Isa::Scalar }),
         }
     }
@@ -374,6 +377,7 @@ impl Kernels {
         match layout {
             Layout::Q5_0x8 => self.q5_0x8 = Entry { f, isa },
             Layout::Q4_Kx8 => self.q4_kx8 = Entry { f, isa },
+            Layout::Q6_Kx8 => self.q6_kx8 = Entry { f, isa },
             Layout::Ggml => {}
         }
     }
@@ -472,6 +476,7 @@ impl Kernels {
         match layout {
             Layout::Q5_0x8 => Some(self.q5_0x8.isa),
             Layout::Q4_Kx8 => Some(self.q4_kx8.isa),
+            Layout::Q6_Kx8 => Some(self.q6_kx8.isa),
             Layout::Ggml => None,
         }
     }
@@ -482,6 +487,7 @@ impl Kernels {
         debug_assert_ne!(layout, Layout::Ggml);
         match layout {
             Layout::Q4_Kx8 => self.q4_kx8.f,
+            Layout::Q6_Kx8 => self.q6_kx8.f,
             _ => self.q5_0x8.f,
         }
     }

@@ -63,6 +63,7 @@ pub(super) fn install(k: &mut Kernels) {
         k.set_packed(Layout::Q5_0x8, isa, matvec_q5_0x8);
     }
     k.set_packed(Layout::Q4_Kx8, isa, matvec_q4_kx8);
+    k.set_packed(Layout::Q6_Kx8, isa, matvec_q6_kx8);
 }
 
 /// `acc + sum of four u8 x i8 products` per i32 lane (`vpdpbusd`).
@@ -615,6 +616,88 @@ unsafe fn matvec_q4_kx8(t: &Tile) {
         }
         let mut lanes = [0f32; 8];
         _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_sub_ps(acc, accm));
+        for (r, &v) in lanes.iter().enumerate().take(t.mr) {
+            *t.out.add(r) = v;
+        }
+    }
+}
+
+/// Q6_K in [`Layout::Q6_Kx8`] x Q8_K: one group of eight rows, each row's sums in its own
+/// 32-bit lane (see [`crate::repack`]). Per half super-block (128 elements) and step `j` of four
+/// elements: two 32-byte loads of low bits and one of top bits serve four groups; each of the
+/// four 6-bit quants is one mask and one `vpternlogd` merge (after a shift for three of them),
+/// then one `vpdpbusd` against four activation bytes broadcast to every lane, into that group's
+/// accumulator. The accumulators start at `-32 * bsum` of their group (the quants' offset, taken
+/// out through the activation block sums), so a group costs one `vpmulld` by its scale (picked
+/// and sign-extended by `vpshufb` and a shift) once its four steps are summed; the eight rows'
+/// `d` are one vector of `f16`. No horizontal sums.
+///
+/// # Safety
+///
+/// As [`crate::dot::scalar::matvec_q6_kx8`]; the CPU must have AVX2, FMA, F16C and AVX-512 F,
+/// VL and VNNI.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn matvec_q6_kx8(t: &Tile) {
+    use crate::repack::{Q6_KX8_BLOCK, Q6_KX8_D, Q6_KX8_QH, Q6_KX8_QL, Q6_KX8_SCALES};
+    debug_assert!(t.nr == 1 && (1..=8).contains(&t.mr));
+    let m4 = _mm256_set1_epi8(0x0F);
+    let m30 = _mm256_set1_epi8(0x30);
+    // Byte `k` of each 32-bit lane moved to the lane's top byte, the rest zero.
+    let top = |k: i8| {
+        let c = _mm_setr_epi8(-128, -128, -128, k, -128, -128, -128, 4 + k, -128, -128, -128, 8 + k, -128, -128, -128, 12 + k);
+        _mm256_broadcastsi128_si256(c)
+    };
+    let tops = [top(0), top(1), top(2), top(3)];
+    let mut acc = _mm256_setzero_ps();
+    // SAFETY: the group's `nb` super-blocks and the activation row's are readable (the caller's
+    // contract); `read_unaligned` needs no alignment; the CPU runs VNNI and AVX-512 VL (the table
+    // is handed out only then).
+    unsafe {
+        let bcast = |p: *const u8| _mm256_set1_epi32(std::ptr::read_unaligned(p.cast::<i32>()));
+        for b in 0..t.nb {
+            let gb = t.w.add(b * Q6_KX8_BLOCK);
+            let y = t.a.add(b * Q8_K);
+            // `-32 * bsum` of the sixteen groups of sixteen activations.
+            let mut corr = [0i32; 16];
+            for (i, c) in corr.chunks_exact_mut(8).enumerate() {
+                let s = _mm256_slli_epi32::<5>(_mm256_cvtepi16_epi32(load128(y.add(Q8K_BSUMS + 16 * i))));
+                _mm256_storeu_si256(c.as_mut_ptr().cast::<__m256i>(), _mm256_sub_epi32(_mm256_setzero_si256(), s));
+            }
+            let mut sumi = _mm256_setzero_si256();
+            for hh in 0..4 {
+                // Elements 128h + 32s + 16half .. + 16, in groups g(s) = 8h + 2s + half: one
+                // accumulator per `s`.
+                let (h, half) = (hh / 2, hh % 2);
+                let mut a0 = _mm256_set1_epi32(corr[8 * h + half]);
+                let mut a1 = _mm256_set1_epi32(corr[8 * h + 2 + half]);
+                let mut a2 = _mm256_set1_epi32(corr[8 * h + 4 + half]);
+                let mut a3 = _mm256_set1_epi32(corr[8 * h + 6 + half]);
+                for jj in 0..4 {
+                    let j = 4 * half + jj;
+                    let qa = load256(gb.add(Q6_KX8_QL + 32 * (16 * h + j)));
+                    let qb = load256(gb.add(Q6_KX8_QL + 32 * (16 * h + 8 + j)));
+                    let hv = load256(gb.add(Q6_KX8_QH + 32 * (8 * h + j)));
+                    let q0 = or_and(_mm256_and_si256(qa, m4), _mm256_slli_epi16::<4>(hv), m30);
+                    let q1 = or_and(_mm256_and_si256(qb, m4), _mm256_slli_epi16::<2>(hv), m30);
+                    let q2 = or_and(_mm256_and_si256(_mm256_srli_epi16::<4>(qa), m4), hv, m30);
+                    let q3 = or_and(_mm256_and_si256(_mm256_srli_epi16::<4>(qb), m4), _mm256_srli_epi16::<2>(hv), m30);
+                    let ys = y.add(Q8K_QS + 128 * h + 4 * j);
+                    a0 = dpbusd(a0, q0, bcast(ys));
+                    a1 = dpbusd(a1, q1, bcast(ys.add(32)));
+                    a2 = dpbusd(a2, q2, bcast(ys.add(64)));
+                    a3 = dpbusd(a3, q3, bcast(ys.add(96)));
+                }
+                for (s, a) in [a0, a1, a2, a3].into_iter().enumerate() {
+                    let g = 8 * h + 2 * s + half;
+                    let sc = _mm256_srai_epi32::<24>(_mm256_shuffle_epi8(load256(gb.add(Q6_KX8_SCALES + 32 * (g / 4))), tops[g % 4]));
+                    sumi = _mm256_add_epi32(sumi, _mm256_mullo_epi32(a, sc));
+                }
+            }
+            let d = _mm256_mul_ps(_mm256_cvtph_ps(load128(gb.add(Q6_KX8_D))), _mm256_set1_ps(load_f32(y)));
+            acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
+        }
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
         for (r, &v) in lanes.iter().enumerate().take(t.mr) {
             *t.out.add(r) = v;
         }
