@@ -185,6 +185,7 @@ pub fn pack_for_decode(w: &QMatrix<'_>) -> Option<PackedMatrix> {
         GgmlType::Q5_0 => Layout::Q5_0x8,
         GgmlType::Q4_K => Layout::Q4_Kx8,
         GgmlType::Q6_K => Layout::Q6_Kx8,
+        GgmlType::Q4_0 => Layout::Q4_0x8,
         _ => return None,
     };
     if k.packed_isa(layout).is_some_and(|i| i != crate::dot::Isa::Scalar) {
@@ -850,7 +851,7 @@ mod tests {
         // Rows no multiple of the group of eight (and fewer than one group), one block per row
         // and several; n = 1..4 runs the packed decode kernel, 70 the tiles over unpacked rows.
         let mut rng = Rng::new(17);
-        for (ty, layout) in [(GgmlType::Q5_0, Layout::Q5_0x8), (GgmlType::Q4_K, Layout::Q4_Kx8), (GgmlType::Q6_K, Layout::Q6_Kx8)] {
+        for (ty, layout) in [(GgmlType::Q5_0, Layout::Q5_0x8), (GgmlType::Q4_K, Layout::Q4_Kx8), (GgmlType::Q6_K, Layout::Q6_Kx8), (GgmlType::Q4_0, Layout::Q4_0x8)] {
             let (bs, ts) = (ty.block_size(), ty.type_size());
             for (nb, rows) in [(1usize, 1usize), (3, 37), (20, 8), (5, 13), (16, 21)] {
                 let cols = nb * bs;
@@ -922,12 +923,13 @@ mod tests {
             (GgmlType::Q4_K, GgmlType::Q4_K, 512, 1029),
             (GgmlType::Q4_K, GgmlType::Q5_0, 256, 21),
             (GgmlType::Q6_K, GgmlType::Q4_K, 256, 45),
+            (GgmlType::Q4_0, GgmlType::Q4_0, 128, 1500),
         ];
         for (tg, tu, cols, rows) in cases {
             let dg = random_weights(tg, rows * cols / tg.block_size(), &mut rng, Scales::Mixed);
             let du = random_weights(tu, rows * cols / tu.block_size(), &mut rng, Scales::Mixed);
             let (g, u) = (QMatrix::new(tg, cols, rows, &dg).unwrap(), QMatrix::new(tu, cols, rows, &du).unwrap());
-            let packed = |w: &QMatrix<'_>| [Layout::Q5_0x8, Layout::Q4_Kx8, Layout::Q6_Kx8].into_iter().find_map(|l| pack(w, l));
+            let packed = |w: &QMatrix<'_>| [Layout::Q5_0x8, Layout::Q4_Kx8, Layout::Q6_Kx8, Layout::Q4_0x8].into_iter().find_map(|l| pack(w, l));
             let (pg, pu) = (packed(&g), packed(&u));
             let g = pg.as_ref().map_or(g, |p| p.view());
             let u = pu.as_ref().map_or(u, |p| p.view());

@@ -52,7 +52,12 @@
 //! `128h + 32p + 4j + t` (low nibbles) and `128h + 32(p + 2) + 4j + t` (high nibbles), and `qh`
 //! vector `8h + j` their top two bits.
 //!
-//! The K-quant layouts move 2- and 4-byte pieces of each row's block into vectors of eight
+//! [`Layout::Q4_0x8`] is Q5_0x8 without the fifth bits: per group block ([`Q4_0X8_BLOCK`]
+//! bytes) the eight rows' scales as eight `f16` ([`Q4_0X8_SCALES`]), then four 32-byte nibble
+//! vectors ([`Q4_0X8_NIBBLES`]) whose byte `4r + t` of vector `j` is byte `4j + t` of row `r`'s
+//! ggml nibbles (element `4j + t` low, `16 + 4j + t` high).
+//!
+//! The K-quant and Q4_0 layouts move 2- and 4-byte pieces of each row's block into vectors of eight
 //! (one table of fields per layout), so packing and unpacking are one loop each.
 
 use crate::quants::float16::f16_to_f32;
@@ -70,6 +75,8 @@ pub enum Layout {
     Q4_Kx8,
     /// Q6_K in groups of eight rows, interleaved per super-block (see the module documentation).
     Q6_Kx8,
+    /// Q4_0 in groups of eight rows, interleaved per block (see the module documentation).
+    Q4_0x8,
 }
 
 impl Layout {
@@ -80,6 +87,7 @@ impl Layout {
             Layout::Q5_0x8 => Some(GgmlType::Q5_0),
             Layout::Q4_Kx8 => Some(GgmlType::Q4_K),
             Layout::Q6_Kx8 => Some(GgmlType::Q6_K),
+            Layout::Q4_0x8 => Some(GgmlType::Q4_0),
         }
     }
 
@@ -87,7 +95,7 @@ impl Layout {
     pub fn group_rows(self) -> usize {
         match self {
             Layout::Ggml => 1,
-            Layout::Q5_0x8 | Layout::Q4_Kx8 | Layout::Q6_Kx8 => 8,
+            Layout::Q5_0x8 | Layout::Q4_Kx8 | Layout::Q6_Kx8 | Layout::Q4_0x8 => 8,
         }
     }
 
@@ -117,6 +125,7 @@ pub fn pack_into(layout: Layout, src: &[u8], nb: usize, rows: usize, out: &mut [
         Layout::Q5_0x8 => pack_q5_0x8(src, nb, rows, out),
         Layout::Q4_Kx8 => pack_q4_kx8(src, nb, rows, out),
         Layout::Q6_Kx8 => pack_q6_kx8(src, nb, rows, out),
+        Layout::Q4_0x8 => pack_fields(&Q4_0X8_FIELDS, Q4_0_BLOCK, src, nb, rows, out),
         Layout::Ggml => panic!("pack_into: the ggml layout is not packed"),
     }
 }
@@ -129,6 +138,7 @@ pub fn unpack_block(layout: Layout, gb: &[u8], r: usize, out: &mut [u8]) {
         Layout::Q5_0x8 => unpack_q5_0x8_block(gb, r, out),
         Layout::Q4_Kx8 => unpack_q4_kx8_block(gb, r, out),
         Layout::Q6_Kx8 => unpack_q6_kx8_block(gb, r, out),
+        Layout::Q4_0x8 => unpack_fields(&Q4_0X8_FIELDS, gb, r, out),
         Layout::Ggml => debug_assert!(false, "unpack_block: the ggml layout is not packed"),
     }
 }
@@ -323,6 +333,19 @@ pub fn unpack_q4_kx8_block(gb: &[u8], r: usize, out: &mut [u8]) {
     unpack_fields(&Q4_KX8_FIELDS, gb, r, out);
 }
 
+/// Bytes of one group block of [`Layout::Q4_0x8`]: eight rows of one 18-byte Q4_0 block.
+pub const Q4_0X8_BLOCK: usize = 8 * Q4_0_BLOCK;
+
+/// Offsets inside a group block: the scales, the nibble vectors.
+pub const Q4_0X8_SCALES: usize = 0;
+pub const Q4_0X8_NIBBLES: usize = 16;
+
+const Q4_0_BLOCK: usize = 18;
+const _: () = assert!(Q4_0X8_NIBBLES + 4 * 32 == Q4_0X8_BLOCK);
+
+/// The fields of a [`Layout::Q4_0x8`] group block: `d`, nibbles.
+const Q4_0X8_FIELDS: [Field; 2] = [Field { src: 0, len: 2, dst: Q4_0X8_SCALES, piece: 2 }, Field { src: 2, len: 16, dst: Q4_0X8_NIBBLES, piece: 4 }];
+
 /// Rows per group of [`Layout::Q6_Kx8`].
 pub const Q6_KX8_ROWS: usize = 8;
 
@@ -394,6 +417,32 @@ mod tests {
             let (j, t) = ((e - 16) / 4, (e - 16) % 4);
             let m = u32::from_le_bytes(packed[g * nb * Q5_0X8_BLOCK + Q5_0X8_MASKS + 4 * (2 * j + 1)..][..4].try_into().unwrap());
             assert_eq!((m >> (4 * rr + t)) & 1, (qh >> e) & 1);
+        }
+    }
+
+    #[test]
+    fn q4_0_packing_round_trips() {
+        let mut s = 0x2468_1357_fdb9_eca8u64;
+        for (nb, rows) in [(1usize, 1usize), (2, 8), (5, 13)] {
+            let src: Vec<u8> = (0..nb * rows * 18)
+                .map(|_| {
+                    s ^= s << 13;
+                    s ^= s >> 7;
+                    s ^= s << 17;
+                    s as u8
+                })
+                .collect();
+            let mut packed = vec![0u8; packed_nbytes(Layout::Q4_0x8, nb * 32, rows).unwrap()];
+            assert_eq!(packed.len(), rows.div_ceil(8) * 8 * nb * 18);
+            pack_into(Layout::Q4_0x8, &src, nb, rows, &mut packed);
+            let gbytes = Layout::Q4_0x8.group_bytes(GgmlType::Q4_0, nb);
+            let mut back = vec![0u8; rows * nb * 18];
+            for g in 0..rows.div_ceil(8) {
+                unpack_rows(Layout::Q4_0x8, &packed[g * gbytes..][..gbytes], nb, (rows - 8 * g).min(8), &mut back[g * 8 * nb * 18..]);
+            }
+            assert_eq!(back, src, "nb {nb} rows {rows}");
+            let (r, j, t) = (rows - 1, 2, 1);
+            assert_eq!(packed[(r / 8) * gbytes + Q4_0X8_NIBBLES + 32 * j + 4 * (r % 8) + t], src[r * nb * 18 + 2 + 4 * j + t]);
         }
     }
 

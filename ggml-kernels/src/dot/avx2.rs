@@ -25,6 +25,7 @@ pub(super) fn install(k: &mut Kernels) {
     let isa = Isa::Avx2;
     k.set_packed(crate::repack::Layout::Q5_0x8, isa, matvec_q5_0x8);
     k.set_packed(crate::repack::Layout::Q4_Kx8, isa, matvec_q4_kx8);
+    k.set_packed(crate::repack::Layout::Q4_0x8, isa, matvec_q4_0x8);
     k.set_dot(T::F32, isa, dot_f32);
     k.set_dot(T::F16, isa, dot_f16);
     k.set_dot(T::BF16, isa, dot_bf16);
@@ -1145,6 +1146,48 @@ pub(super) unsafe fn matvec_q4_kx8(t: &super::Tile) {
         }
         let mut lanes = [0f32; 8];
         _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_sub_ps(acc, accm));
+        for (r, &v) in lanes.iter().enumerate().take(t.mr) {
+            *t.out.add(r) = v;
+        }
+    }
+}
+
+/// Q4_0 in [`crate::repack::Layout::Q4_0x8`] x Q8_0 with AVX2: one group of eight rows, each
+/// row's sums in its own 32-bit lane, as the VNNI kernel; the products go through `vpmaddubsw`
+/// (the four steps of a half summed in 16 bits, at most `4 * 2 * 15 * 128`), then `vpmaddwd`.
+///
+/// # Safety
+///
+/// As [`super::scalar::matvec_q4_0x8`]; the CPU must have AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn matvec_q4_0x8(t: &super::Tile) {
+    use crate::repack::{Q4_0X8_BLOCK, Q4_0X8_NIBBLES, Q4_0X8_SCALES};
+    debug_assert!(t.nr == 1 && (1..=8).contains(&t.mr));
+    let m4 = _mm256_set1_epi8(0xF);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_ps(); 2];
+    // SAFETY: the group's `nb` blocks, the activation row's `nb` blocks and its side data are
+    // readable (the caller's contract); `read_unaligned` needs no alignment.
+    unsafe {
+        let bcast = |p: *const u8| _mm256_set1_epi32(read_unaligned(p.cast::<i32>()));
+        for b in 0..t.nb {
+            let gb = t.w.add(b * Q4_0X8_BLOCK);
+            let y = t.a.add(b * Q8_0 + 2);
+            let mut p = _mm256_setzero_si256();
+            for j in 0..4 {
+                let v = load256(gb.add(Q4_0X8_NIBBLES + 32 * j));
+                let lo = _mm256_maddubs_epi16(_mm256_and_si256(v, m4), bcast(y.add(4 * j)));
+                let hi = _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16::<4>(v), m4), bcast(y.add(16 + 4 * j)));
+                p = _mm256_add_epi16(p, _mm256_add_epi16(lo, hi));
+            }
+            let s = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones));
+            let dx = _mm256_cvtph_ps(load128(gb.add(Q4_0X8_SCALES)));
+            let dy = _mm256_set1_ps(*t.aux.add(b));
+            let cy = _mm256_set1_ps(-8.0 * *t.aux.add(t.nb + b));
+            acc[b % 2] = _mm256_fmadd_ps(dx, _mm256_fmadd_ps(s, dy, cy), acc[b % 2]);
+        }
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(acc[0], acc[1]));
         for (r, &v) in lanes.iter().enumerate().take(t.mr) {
             *t.out.add(r) = v;
         }

@@ -310,6 +310,8 @@ pub struct Kernels {
     q4_kx8: Entry<TileFn>,
     /// The decode kernel for Q6_K in [`Layout::Q6_Kx8`], called as the Q5_0x8 one.
     q6_kx8: Entry<TileFn>,
+    /// The decode kernel for Q4_0 in [`Layout::Q4_0x8`], called as the Q5_0x8 one.
+    q4_0x8: Entry<TileFn>,
     quant: [Entry<QuantFn>; 4],
 }
 
@@ -343,6 +345,7 @@ impl Kernels {
             q5_0x8: Entry { f: s::matvec_q5_0x8, isa: Isa::Scalar },
             q4_kx8: Entry { f: s::matvec_q4_kx8, isa: Isa::Scalar },
             q6_kx8: Entry { f: s::matvec_q6_kx8, isa: Isa::Scalar },
+            q4_0x8: Entry { f: s::matvec_q4_0x8, isa: Isa::Scalar },
             quant: quants.map(|f| Entry { f, isa: Isa::Scalar }),
         }
     }
@@ -378,6 +381,7 @@ impl Kernels {
             Layout::Q5_0x8 => self.q5_0x8 = Entry { f, isa },
             Layout::Q4_Kx8 => self.q4_kx8 = Entry { f, isa },
             Layout::Q6_Kx8 => self.q6_kx8 = Entry { f, isa },
+            Layout::Q4_0x8 => self.q4_0x8 = Entry { f, isa },
             Layout::Ggml => {}
         }
     }
@@ -477,6 +481,7 @@ impl Kernels {
             Layout::Q5_0x8 => Some(self.q5_0x8.isa),
             Layout::Q4_Kx8 => Some(self.q4_kx8.isa),
             Layout::Q6_Kx8 => Some(self.q6_kx8.isa),
+            Layout::Q4_0x8 => Some(self.q4_0x8.isa),
             Layout::Ggml => None,
         }
     }
@@ -488,6 +493,7 @@ impl Kernels {
         match layout {
             Layout::Q4_Kx8 => self.q4_kx8.f,
             Layout::Q6_Kx8 => self.q6_kx8.f,
+            Layout::Q4_0x8 => self.q4_0x8.f,
             _ => self.q5_0x8.f,
         }
     }
