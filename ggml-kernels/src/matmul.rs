@@ -149,18 +149,33 @@ pub struct PackedMatrix {
     cols: usize,
     rows: usize,
     layout: Layout,
+    /// The packed bytes at `data[off..off + len]`, `off` chosen so that they start on a cache
+    /// line (a Q4_Kx8 group block is 18 whole lines, so no 32-byte load then straddles two).
     data: Vec<u8>,
+    off: usize,
+    len: usize,
 }
 
+/// Alignment of a packed matrix's first byte.
+const PACKED_ALIGN: usize = 64;
+
 impl PackedMatrix {
-    /// The matrix as the products take it.
-    pub fn view(&self) -> QMatrix<'_> {
-        QMatrix { ty: self.ty, cols: self.cols, rows: self.rows, data: &self.data, layout: self.layout }
+    /// `len` zero bytes starting on a [`PACKED_ALIGN`] boundary, in a matrix of `ty`, `cols`,
+    /// `rows` and `layout`.
+    fn zeroed(ty: GgmlType, cols: usize, rows: usize, layout: Layout, len: usize) -> PackedMatrix {
+        let data = vec![0u8; len + PACKED_ALIGN - 1];
+        let off = data.as_ptr().align_offset(PACKED_ALIGN).min(PACKED_ALIGN - 1);
+        PackedMatrix { ty, cols, rows, layout, data, off, len }
     }
 
-    /// Bytes held.
+    /// The matrix as the products take it.
+    pub fn view(&self) -> QMatrix<'_> {
+        QMatrix { ty: self.ty, cols: self.cols, rows: self.rows, data: &self.data[self.off..][..self.len], layout: self.layout }
+    }
+
+    /// Bytes of the packed matrix (the allocation holds up to 63 more, for the alignment).
     pub fn nbytes(&self) -> usize {
-        self.data.len()
+        self.len
     }
 }
 
@@ -171,9 +186,9 @@ pub fn pack(w: &QMatrix<'_>, layout: Layout) -> Option<PackedMatrix> {
     if w.layout != Layout::Ggml || w.check_size().is_err() || layout.weight_type() != Some(w.ty) {
         return None;
     }
-    let mut data = vec![0u8; packed_nbytes(layout, w.cols, w.rows)?];
-    pack_into(layout, w.data, w.cols / w.ty.block_size(), w.rows, &mut data);
-    Some(PackedMatrix { ty: w.ty, cols: w.cols, rows: w.rows, layout, data })
+    let mut p = PackedMatrix::zeroed(w.ty, w.cols, w.rows, layout, packed_nbytes(layout, w.cols, w.rows)?);
+    pack_into(layout, w.data, w.cols / w.ty.block_size(), w.rows, &mut p.data[p.off..][..p.len]);
+    Some(p)
 }
 
 /// The layout this CPU's best kernels decode `w` fastest in, rebuilt, or `None` where the file's

@@ -44,13 +44,17 @@
 //! against four broadcast activation bytes sums each row's products in its own lane, and a
 //! group's sums are scaled by that row's group scale lane by lane.
 //!
-//! [`Layout::Q6_Kx8`] arranges Q6_K (210 bytes per row and super-block) the same way: in a group
-//! super-block ([`Q6_KX8_BLOCK`] bytes), byte `4r + t` of vector `v` of [`Q6_KX8_QL`] (32
-//! vectors) is `ql[4v + t]` of row `r`, of [`Q6_KX8_QH`] (16 vectors) `qh[4v + t]`, of
-//! [`Q6_KX8_SCALES`] (4 vectors) `scales[4v + t]`; then the eight rows' `d` as eight `f16`
-//! ([`Q6_KX8_D`]). With `v = 16h + 8p + j` a `ql` vector holds the low four bits of elements
-//! `128h + 32p + 4j + t` (low nibbles) and `128h + 32(p + 2) + 4j + t` (high nibbles), and `qh`
-//! vector `8h + j` their top two bits.
+//! [`Layout::Q6_Kx8`] arranges Q6_K (210 bytes per row and super-block) the same way, in the
+//! order its kernel reads it (a group block read out of order defeats the hardware prefetchers:
+//! a first version, `ql`, then `qh`, read at a quarter of the memory bandwidth). A group
+//! super-block ([`Q6_KX8_BLOCK`] bytes) starts with the eight rows' `d` as eight `f16`
+//! ([`Q6_KX8_D`]) and the scales as four vectors ([`Q6_KX8_SCALES`], piece `v` =
+//! `scales[4v..4v + 4]`); then come 16 steps ([`Q6_KX8_QS`]) of three vectors: step
+//! `8h + j` (`h` < 2, `j` < 8) holds `ql` pieces `16h + j` and `16h + 8 + j` and `qh` piece
+//! `8h + j`, where piece `v` is byte `4r + t` = byte `4v + t` of row `r`'s array: the low four
+//! bits of elements `128h + 4j + t` and `128h + 64 + 4j + t` (first vector, low and high
+//! nibbles), of `128h + 32 + 4j + t` and `128h + 96 + 4j + t` (second), and the top two bits of
+//! all four (third).
 //!
 //! [`Layout::Q4_0x8`] is Q5_0x8 without the fifth bits: per group block ([`Q4_0X8_BLOCK`]
 //! bytes) the eight rows' scales as eight `f16` ([`Q4_0X8_SCALES`]), then four 32-byte nibble
@@ -258,20 +262,34 @@ const _: () = assert!(Q4_KX8_QS + 32 * 32 == Q4_KX8_BLOCK);
 
 /// One run of a block's bytes in an interleaved group block: the `len` bytes at `src` of each
 /// row's ggml block, cut into pieces of `piece` bytes (2 or 4), go to `dst`, piece `v` of row `r`
-/// at `dst + 8 * piece * v + piece * r`, so that piece `v` of the eight rows is one vector.
+/// at `dst + 8 * piece * v + piece * r`, so that piece `v` of the eight rows is one vector
+/// (with `order`, vector `v` goes to `dst + order(v)` instead).
 struct Field {
     src: usize,
     len: usize,
     dst: usize,
     piece: usize,
+    order: Option<fn(usize) -> usize>,
+}
+
+impl Field {
+    const fn new(src: usize, len: usize, dst: usize, piece: usize) -> Field {
+        Field { src, len, dst, piece, order: None }
+    }
+
+    /// Offset in the group block of byte 0 of piece `v` of row `r`.
+    #[inline]
+    fn at(&self, v: usize, r: usize) -> usize {
+        self.dst + self.order.map_or(8 * self.piece * v, |o| o(v)) + self.piece * r
+    }
 }
 
 /// The fields of a [`Layout::Q4_Kx8`] group super-block: `d`, `dmin`, scales, quants.
 const Q4_KX8_FIELDS: [Field; 4] = [
-    Field { src: 0, len: 2, dst: Q4_KX8_D, piece: 2 },
-    Field { src: 2, len: 2, dst: Q4_KX8_DMIN, piece: 2 },
-    Field { src: 4, len: 12, dst: Q4_KX8_SCALES, piece: 4 },
-    Field { src: 16, len: 128, dst: Q4_KX8_QS, piece: 4 },
+    Field::new(0, 2, Q4_KX8_D, 2),
+    Field::new(2, 2, Q4_KX8_DMIN, 2),
+    Field::new(4, 12, Q4_KX8_SCALES, 4),
+    Field::new(16, 128, Q4_KX8_QS, 4),
 ];
 
 /// Packs a matrix of `rows` rows of `nb` blocks of `bs` bytes, ggml layout in `src`, into `out`
@@ -292,7 +310,7 @@ fn pack_fields(fields: &[Field], bs: usize, src: &[u8], nb: usize, rows: usize, 
                     // Padding rows are zero (`out` may hold anything).
                     for f in fields {
                         for v in 0..f.len / f.piece {
-                            gb[f.dst + 8 * f.piece * v + f.piece * r..][..f.piece].fill(0);
+                            gb[f.at(v, r)..][..f.piece].fill(0);
                         }
                     }
                     continue;
@@ -300,7 +318,7 @@ fn pack_fields(fields: &[Field], bs: usize, src: &[u8], nb: usize, rows: usize, 
                 let blk = &src[row * rb + b * bs..][..bs];
                 for f in fields {
                     for v in 0..f.len / f.piece {
-                        gb[f.dst + 8 * f.piece * v + f.piece * r..][..f.piece].copy_from_slice(&blk[f.src + f.piece * v..][..f.piece]);
+                        gb[f.at(v, r)..][..f.piece].copy_from_slice(&blk[f.src + f.piece * v..][..f.piece]);
                     }
                 }
             }
@@ -314,7 +332,7 @@ fn unpack_fields(fields: &[Field], gb: &[u8], r: usize, out: &mut [u8]) {
     debug_assert!(r < 8);
     for f in fields {
         for v in 0..f.len / f.piece {
-            out[f.src + f.piece * v..][..f.piece].copy_from_slice(&gb[f.dst + 8 * f.piece * v + f.piece * r..][..f.piece]);
+            out[f.src + f.piece * v..][..f.piece].copy_from_slice(&gb[f.at(v, r)..][..f.piece]);
         }
     }
 }
@@ -344,7 +362,7 @@ const Q4_0_BLOCK: usize = 18;
 const _: () = assert!(Q4_0X8_NIBBLES + 4 * 32 == Q4_0X8_BLOCK);
 
 /// The fields of a [`Layout::Q4_0x8`] group block: `d`, nibbles.
-const Q4_0X8_FIELDS: [Field; 2] = [Field { src: 0, len: 2, dst: Q4_0X8_SCALES, piece: 2 }, Field { src: 2, len: 16, dst: Q4_0X8_NIBBLES, piece: 4 }];
+const Q4_0X8_FIELDS: [Field; 2] = [Field::new(0, 2, Q4_0X8_SCALES, 2), Field::new(2, 16, Q4_0X8_NIBBLES, 4)];
 
 /// Rows per group of [`Layout::Q6_Kx8`].
 pub const Q6_KX8_ROWS: usize = 8;
@@ -352,22 +370,33 @@ pub const Q6_KX8_ROWS: usize = 8;
 /// Bytes of one group super-block of [`Layout::Q6_Kx8`]: eight rows of one 210-byte Q6_K block.
 pub const Q6_KX8_BLOCK: usize = Q6_KX8_ROWS * Q6_K_BLOCK;
 
-/// Offsets inside a group super-block: the 32 vectors of low quant bits, the 16 of high bits,
-/// the 4 of group scales, the `d` vector.
-pub const Q6_KX8_QL: usize = 0;
-pub const Q6_KX8_QH: usize = Q6_KX8_QL + 32 * 32;
-pub const Q6_KX8_SCALES: usize = Q6_KX8_QH + 16 * 32;
-pub const Q6_KX8_D: usize = Q6_KX8_SCALES + 4 * 32;
+/// Offsets inside a group super-block: the `d` vector, the 4 vectors of group scales, the 16
+/// steps of quant bits (three vectors each).
+pub const Q6_KX8_D: usize = 0;
+pub const Q6_KX8_SCALES: usize = 2 * 8;
+pub const Q6_KX8_QS: usize = Q6_KX8_SCALES + 4 * 32;
 
 const Q6_K_BLOCK: usize = 210;
-const _: () = assert!(Q6_KX8_D + 2 * 8 == Q6_KX8_BLOCK);
+const _: () = assert!(Q6_KX8_QS + 16 * 3 * 32 == Q6_KX8_BLOCK);
 
-/// The fields of a [`Layout::Q6_Kx8`] group super-block: `ql`, `qh`, scales, `d`.
+/// Where `ql` vector `v = 16h + 8p + j` goes: vector `p` of step `8h + j`.
+fn q6_kx8_ql_at(v: usize) -> usize {
+    let (h, p, j) = (v / 16, v / 8 % 2, v % 8);
+    3 * 32 * (8 * h + j) + 32 * p
+}
+
+/// Where `qh` vector `u = 8h + j` goes: vector 2 of step `u`.
+fn q6_kx8_qh_at(u: usize) -> usize {
+    3 * 32 * u + 64
+}
+
+/// The fields of a [`Layout::Q6_Kx8`] group super-block: `ql` and `qh` in steps, scales, `d`
+/// (in the block: `d`, scales, steps).
 const Q6_KX8_FIELDS: [Field; 4] = [
-    Field { src: 0, len: 128, dst: Q6_KX8_QL, piece: 4 },
-    Field { src: 128, len: 64, dst: Q6_KX8_QH, piece: 4 },
-    Field { src: 192, len: 16, dst: Q6_KX8_SCALES, piece: 4 },
-    Field { src: 208, len: 2, dst: Q6_KX8_D, piece: 2 },
+    Field { src: 0, len: 128, dst: Q6_KX8_QS, piece: 4, order: Some(q6_kx8_ql_at) },
+    Field { src: 128, len: 64, dst: Q6_KX8_QS, piece: 4, order: Some(q6_kx8_qh_at) },
+    Field::new(192, 16, Q6_KX8_SCALES, 4),
+    Field::new(208, 2, Q6_KX8_D, 2),
 ];
 
 /// Packs a Q6_K matrix of `rows` rows of `nb` super-blocks, ggml layout in `src`, into `out`
@@ -477,7 +506,7 @@ mod tests {
             let (r, h, j, t) = (rows - 1, 1, 6, 3);
             let want = src[r * nb * 210 + 128 + 32 * h + 4 * j + t];
             let gb = &packed[(r / 8) * gbytes..];
-            assert_eq!(gb[Q6_KX8_QH + 32 * (8 * h + j) + 4 * (r % 8) + t], want);
+            assert_eq!(gb[Q6_KX8_QS + 96 * (8 * h + j) + 64 + 4 * (r % 8) + t], want);
         }
     }
 

@@ -624,8 +624,9 @@ unsafe fn matvec_q4_kx8(t: &Tile) {
 }
 
 /// Q6_K in [`Layout::Q6_Kx8`] x Q8_K: one group of eight rows, each row's sums in its own
-/// 32-bit lane (see [`crate::repack`]). Per half super-block (128 elements) and step `j` of four
-/// elements: two 32-byte loads of low bits and one of top bits serve four groups; each of the
+/// 32-bit lane (see [`crate::repack`]), the group super-block read in order. Per half
+/// super-block (128 elements) and step `j` of four elements: the step's two 32-byte vectors of
+/// low bits and one of top bits serve four groups; each of the
 /// four 6-bit quants is one mask and one `vpternlogd` merge (after a shift for three of them),
 /// then one `vpdpbusd` against four activation bytes broadcast to every lane, into that group's
 /// accumulator. The accumulators start at `-32 * bsum` of their group (the quants' offset, taken
@@ -639,7 +640,7 @@ unsafe fn matvec_q4_kx8(t: &Tile) {
 /// VL and VNNI.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn matvec_q6_kx8(t: &Tile) {
-    use crate::repack::{Q6_KX8_BLOCK, Q6_KX8_D, Q6_KX8_QH, Q6_KX8_QL, Q6_KX8_SCALES};
+    use crate::repack::{Q6_KX8_BLOCK, Q6_KX8_D, Q6_KX8_QS, Q6_KX8_SCALES};
     debug_assert!(t.nr == 1 && (1..=8).contains(&t.mr));
     let m4 = _mm256_set1_epi8(0x0F);
     let m30 = _mm256_set1_epi8(0x30);
@@ -675,9 +676,8 @@ unsafe fn matvec_q6_kx8(t: &Tile) {
                 let mut a3 = _mm256_set1_epi32(corr[8 * h + 6 + half]);
                 for jj in 0..4 {
                     let j = 4 * half + jj;
-                    let qa = load256(gb.add(Q6_KX8_QL + 32 * (16 * h + j)));
-                    let qb = load256(gb.add(Q6_KX8_QL + 32 * (16 * h + 8 + j)));
-                    let hv = load256(gb.add(Q6_KX8_QH + 32 * (8 * h + j)));
+                    let step = gb.add(Q6_KX8_QS + 96 * (8 * h + j));
+                    let (qa, qb, hv) = (load256(step), load256(step.add(32)), load256(step.add(64)));
                     let q0 = or_and(_mm256_and_si256(qa, m4), _mm256_slli_epi16::<4>(hv), m30);
                     let q1 = or_and(_mm256_and_si256(qb, m4), _mm256_slli_epi16::<2>(hv), m30);
                     let q2 = or_and(_mm256_and_si256(_mm256_srli_epi16::<4>(qa), m4), hv, m30);
