@@ -15,7 +15,9 @@
 //!   jobs) claim in order, so a thread that is late or slowed down takes fewer; small products
 //!   run on the calling thread. [`matmul_many`] runs several products of one input (Q/K/V, gate/up) as one
 //!   such job with one quantization of the input. Types with a multi-row kernel (Q4_0, Q5_0,
-//!   IQ4_NL) take four rows per call, two per register, prefetching the next four.
+//!   IQ4_NL) take four rows per call, two per register, prefetching the next four; matrices in
+//!   a packed layout ([`crate::repack`]: Q4_0, Q5_0, Q4_K, Q6_K as the engine holds them) take
+//!   a group of eight rows per call.
 //! - Prefill (`n > 1`) is bound by arithmetic: types with a GEMM tile compute 4 weight rows x 4
 //!   activation rows per inner loop, so each unpacked weight block is reused four times from
 //!   registers and each activation block four times from L1. Tasks are runs of at least
@@ -179,8 +181,9 @@ impl PackedMatrix {
     }
 }
 
-/// Rebuilds a ggml-layout matrix in `layout` (Q5_0 into [`Layout::Q5_0x8`], Q4_K into
-/// [`Layout::Q4_Kx8`], Q6_K into [`Layout::Q6_Kx8`]; else `None`). Lossless: the products give the same results within their
+/// Rebuilds a ggml-layout matrix in `layout` (the layout of its type: Q5_0 into
+/// [`Layout::Q5_0x8`], Q4_0 into [`Layout::Q4_0x8`], Q4_K into [`Layout::Q4_Kx8`], Q6_K into
+/// [`Layout::Q6_Kx8`]; else `None`). Lossless: the products give the same results within their
 /// rounding, and [`QMatrix::row`] gives back the original bytes.
 pub fn pack(w: &QMatrix<'_>, layout: Layout) -> Option<PackedMatrix> {
     if w.layout != Layout::Ggml || w.check_size().is_err() || layout.weight_type() != Some(w.ty) {
@@ -192,8 +195,8 @@ pub fn pack(w: &QMatrix<'_>, layout: Layout) -> Option<PackedMatrix> {
 }
 
 /// The layout this CPU's best kernels decode `w` fastest in, rebuilt, or `None` where the file's
-/// own layout is best (every type but Q5_0, Q4_K and Q6_K, and those where only the scalar
-/// packed kernel exists, e.g. on AArch64, and Q6_K without AVX-512 VNNI).
+/// own layout is best (every type but Q4_0, Q5_0, Q4_K and Q6_K, and those where only the
+/// scalar packed kernel exists: on AArch64, and Q6_K without AVX-512 VNNI).
 pub fn pack_for_decode(w: &QMatrix<'_>) -> Option<PackedMatrix> {
     let k = Kernels::best();
     let layout = match w.ty {

@@ -64,8 +64,8 @@ impl<'a> Model<'a> {
         Ok(Model { cfg, weights, exact_matmul: false, file, rope })
     }
 
-    /// Builds the CPU's own layouts of the layer matrices that have one (Q5_0: see
-    /// `ggml_kernels::repack`), in parallel, once; later calls return at once. The mapped pages
+    /// Builds the CPU's own layouts of the layer matrices that have one (Q4_0, Q5_0, Q4_K,
+    /// Q6_K: see `ggml_kernels::repack`), in parallel, once; later calls return at once. The mapped pages
     /// of the matrices rebuilt are then handed back to the kernel (they are read again only if
     /// the GPU uploads them), so the copies replace those bytes in memory rather than double
     /// them. [`Session::new`] calls this.

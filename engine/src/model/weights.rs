@@ -2,9 +2,9 @@
 //!
 //! Matrices stay in the file's map ([`QMatrix`] borrows it); the small norm and bias vectors are
 //! converted to f32 once. A layer matrix whose type the CPU kernels decode faster in another
-//! layout (Q5_0, see `ggml_kernels::repack`) also gets an owned copy in that layout, built once
-//! before the first CPU forward pass ([`super::Model::prepare_cpu`]); the GPU uploads the file's
-//! bytes and never builds it.
+//! layout (Q4_0, Q5_0, Q4_K, Q6_K: see `ggml_kernels::repack`) also gets an owned copy in that
+//! layout, built once before the first CPU forward pass ([`super::Model::prepare_cpu`]); the
+//! GPU uploads the file's bytes and never builds it.
 
 use std::sync::OnceLock;
 
