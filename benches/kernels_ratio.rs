@@ -4,7 +4,11 @@
 //! RAYON_NUM_THREADS=2 cargo bench -p engine-benches --bench kernels_ratio [-- TYPE...]
 //! RAYON_NUM_THREADS=2 cargo bench -p engine-benches --bench kernels_ratio -- probe   # bandwidth only
 //! RAYON_NUM_THREADS=1 cargo bench -p engine-benches --bench kernels_ratio -- l2 [TYPE...]
+//! RAYON_NUM_THREADS=2 cargo bench -p engine-benches --bench kernels_ratio -- output
 //! ```
+//!
+//! `output` measures, as the types above, the default model's output projection (Q8_0, 640
+//! columns, 262,144 rows, 178 MB: three quarters of a decode step's weight reads).
 //!
 //! `l2` measures the kernels' own ceiling instead: a matrix of about [`L2_BYTES`] (in the L2
 //! cache of one core) multiplied over and over, GB/s of its bytes, with no probe. A kernel
@@ -49,7 +53,7 @@ fn scale_fields(ty: GgmlType) -> &'static [usize] {
 }
 
 /// Random quant bits with sane scales (as in `kernels.rs`).
-fn random_matrix(ty: GgmlType, rows: usize) -> Vec<u8> {
+fn random_matrix(ty: GgmlType, cols: usize, rows: usize) -> Vec<u8> {
     let mut s = 0x9E37_79B9_7F4A_7C15u64;
     let mut next = move || {
         s ^= s >> 12;
@@ -57,7 +61,7 @@ fn random_matrix(ty: GgmlType, rows: usize) -> Vec<u8> {
         s ^= s >> 27;
         s.wrapping_mul(0x2545_F491_4F6C_DD1D)
     };
-    let len = ty.tensor_nbytes(&[COLS as u64, rows as u64]).expect("matrix size") as usize;
+    let len = ty.tensor_nbytes(&[cols as u64, rows as u64]).expect("matrix size") as usize;
     let mut data = vec![0u8; len];
     let sym = |v: u64| (v >> 40) as f32 / (1u64 << 23) as f32 - 1.0;
     match ty {
@@ -112,7 +116,7 @@ fn main() {
         for ty in types {
             let rb = ty.row_nbytes(COLS as u64).expect("row size") as usize;
             let rows = L2_BYTES.div_ceil(rb).div_ceil(8) * 8;
-            let data = random_matrix(ty, rows);
+            let data = random_matrix(ty, COLS, rows);
             let w = QMatrix::new(ty, COLS, rows, &data).expect("matrix");
             let isa = Kernels::best().matvec_isa(ty).or(Kernels::best().dot_isa(ty)).map_or("-", |i| i.name());
             println!("| {} | {isa} | {:.1} |", ty.name(), l2_speed(&w));
@@ -124,6 +128,7 @@ fn main() {
         }
         return;
     }
+    let output = std::env::args().nth(1).as_deref() == Some("output");
     println!(
         "kernels_ratio: {} rounds per type, {threads} threads, best table {}, load average {}",
         ROUNDS,
@@ -132,10 +137,23 @@ fn main() {
     );
     println!("| type | kernel | matvec GB/s (best) | bandwidth GB/s (best, same rounds) | best / best | median of round ratios |");
     println!("|---|---|---|---|---|---|");
+    if output {
+        let (ty, cols, rows) = (GgmlType::Q8_0, 640, 262_144);
+        let data = random_matrix(ty, cols, rows);
+        let w = QMatrix::new(ty, cols, rows, &data).expect("matrix");
+        let isa = Kernels::best().matvec_isa(ty).or(Kernels::best().dot_isa(ty)).map_or("-", |i| i.name());
+        measure("Q8_0 640 x 262144 (output)", isa, &w, &probe_buf, threads);
+        if let Some(p) = pack_for_decode(&w) {
+            let v = p.view();
+            let isa = Kernels::best().packed_isa(v.layout).map_or("-", |i| i.name());
+            measure(&format!("Q8_0 640 x 262144 (output, {:?})", v.layout), isa, &v, &probe_buf, threads);
+        }
+        return;
+    }
     for ty in types {
         let rb = ty.row_nbytes(COLS as u64).expect("row size") as usize;
         let rows = MIN_BYTES.div_ceil(rb).div_ceil(64) * 64;
-        let data = random_matrix(ty, rows);
+        let data = random_matrix(ty, COLS, rows);
         let w = QMatrix::new(ty, COLS, rows, &data).expect("matrix");
         let isa = Kernels::best().matvec_isa(ty).or(Kernels::best().dot_isa(ty)).map_or("-", |i| i.name());
         measure(ty.name(), isa, &w, &probe_buf, threads);

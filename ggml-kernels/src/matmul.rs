@@ -196,7 +196,7 @@ pub fn pack(w: &QMatrix<'_>, layout: Layout) -> Option<PackedMatrix> {
 
 /// The layout this CPU's best kernels decode `w` fastest in, rebuilt, or `None` where the file's
 /// own layout is best (every type but Q4_0, Q5_0, Q4_K and Q6_K, and those where only the
-/// scalar packed kernel exists: on AArch64, and Q6_K without AVX-512 VNNI).
+/// scalar packed kernel exists: on AArch64).
 pub fn pack_for_decode(w: &QMatrix<'_>) -> Option<PackedMatrix> {
     let k = Kernels::best();
     let layout = match w.ty {

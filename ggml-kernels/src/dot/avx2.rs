@@ -26,6 +26,7 @@ pub(super) fn install(k: &mut Kernels) {
     k.set_packed(crate::repack::Layout::Q5_0x8, isa, matvec_q5_0x8);
     k.set_packed(crate::repack::Layout::Q4_Kx8, isa, matvec_q4_kx8);
     k.set_packed(crate::repack::Layout::Q4_0x8, isa, matvec_q4_0x8);
+    k.set_packed(crate::repack::Layout::Q6_Kx8, isa, matvec_q6_kx8);
     k.set_dot(T::F32, isa, dot_f32);
     k.set_dot(T::F16, isa, dot_f16);
     k.set_dot(T::BF16, isa, dot_bf16);
@@ -1188,6 +1189,95 @@ pub(super) unsafe fn matvec_q4_0x8(t: &super::Tile) {
         }
         let mut lanes = [0f32; 8];
         _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(acc[0], acc[1]));
+        for (r, &v) in lanes.iter().enumerate().take(t.mr) {
+            *t.out.add(r) = v;
+        }
+    }
+}
+
+/// Q6_K in [`crate::repack::Layout::Q6_Kx8`] x Q8_K with AVX2: one group of eight rows, each
+/// row's sums in its own 32-bit lane, as the VNNI kernel; the products go through `vpmaddubsw`
+/// (two steps summed in 16 bits, at most `2 * 2 * 63 * 128`), then `vpmaddwd` with the group
+/// scale of each lane's row in both halves of the lane; the quants' offset of 32 is taken out
+/// once per super-block, `32 * sum_g scale_g * bsum_g`, with four more `vpmaddwd`.
+///
+/// # Safety
+///
+/// As [`super::scalar::matvec_q6_kx8`]; the CPU must have AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn matvec_q6_kx8(t: &super::Tile) {
+    use crate::repack::{Q6_KX8_BLOCK, Q6_KX8_D, Q6_KX8_QS, Q6_KX8_SCALES};
+    debug_assert!(t.nr == 1 && (1..=8).contains(&t.mr));
+    let m4 = _mm256_set1_epi8(0x0F);
+    let m30 = _mm256_set1_epi8(0x30);
+    // Byte `k` of each 32-bit lane to the high byte of both of its words, and bytes (0, 1) or
+    // (2, 3) to the high bytes of its two words: shifted down, signed words.
+    let both = |k: i8| _mm256_broadcastsi128_si256(_mm_setr_epi8(-128, k, -128, k, -128, 4 + k, -128, 4 + k, -128, 8 + k, -128, 8 + k, -128, 12 + k, -128, 12 + k));
+    let pair = |k: i8| _mm256_broadcastsi128_si256(_mm_setr_epi8(-128, k, -128, k + 1, -128, 4 + k, -128, 5 + k, -128, 8 + k, -128, 9 + k, -128, 12 + k, -128, 13 + k));
+    let sc_ctrl = [both(0), both(1), both(2), both(3)];
+    let pair_ctrl = [pair(0), pair(2)];
+    let mut acc = _mm256_setzero_ps();
+    // SAFETY: the group's `nb` super-blocks and the activation row's are readable (the caller's
+    // contract); `read_unaligned` needs no alignment.
+    unsafe {
+        let bcast = |p: *const u8| _mm256_set1_epi32(read_unaligned(p.cast::<i32>()));
+        // Low four bits from `lo`, the top two (already at bits 4 and 5) from `hi`.
+        let six = |lo: __m256i, hi: __m256i| _mm256_or_si256(_mm256_and_si256(lo, m4), _mm256_and_si256(hi, m30));
+        for b in 0..t.nb {
+            let gb = t.w.add(b * Q6_KX8_BLOCK);
+            let y = t.a.add(b * Q8_K);
+            let scv = [0, 1, 2, 3].map(|i| load256(gb.add(Q6_KX8_SCALES + 32 * i)));
+            let mut sumi = _mm256_setzero_si256();
+            for hh in 0..4 {
+                let (h, half) = (hh / 2, hh % 2);
+                let mut p = [_mm256_setzero_si256(); 4];
+                let mut s32 = [_mm256_setzero_si256(); 4];
+                for jj in 0..4 {
+                    let j = 4 * half + jj;
+                    let step = gb.add(Q6_KX8_QS + 96 * (8 * h + j));
+                    let (qa, qb, hv) = (load256(step), load256(step.add(32)), load256(step.add(64)));
+                    let q = [
+                        six(qa, _mm256_slli_epi16::<4>(hv)),
+                        six(qb, _mm256_slli_epi16::<2>(hv)),
+                        six(_mm256_srli_epi16::<4>(qa), hv),
+                        six(_mm256_srli_epi16::<4>(qb), _mm256_srli_epi16::<2>(hv)),
+                    ];
+                    let ys = y.add(Q8K_QS + 128 * h + 4 * j);
+                    for s in 0..4 {
+                        p[s] = _mm256_add_epi16(p[s], _mm256_maddubs_epi16(q[s], bcast(ys.add(32 * s))));
+                    }
+                    if jj % 2 == 1 {
+                        for s in 0..4 {
+                            let g = 8 * h + 2 * s + half;
+                            let sc = _mm256_srai_epi16::<8>(_mm256_shuffle_epi8(scv[g / 4], sc_ctrl[g % 4]));
+                            s32[s] = _mm256_add_epi32(s32[s], _mm256_madd_epi16(p[s], sc));
+                            p[s] = _mm256_setzero_si256();
+                        }
+                    }
+                }
+                sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(_mm256_add_epi32(s32[0], s32[1]), _mm256_add_epi32(s32[2], s32[3])));
+            }
+            // The offset: 32 * sum_g scale_g * bsum_g, pairs of groups per `vpmaddwd`.
+            let bs = [load128(y.add(Q8K_BSUMS)), load128(y.add(Q8K_BSUMS + 16))];
+            let mut corr = _mm256_setzero_si256();
+            for g2 in 0..8 {
+                // Groups 2 * g2 and 2 * g2 + 1: scale bytes (2 * g2) % 4 and + 1 of vector g2 / 2.
+                let scp = _mm256_srai_epi16::<8>(_mm256_shuffle_epi8(scv[g2 / 2], pair_ctrl[g2 % 2]));
+                let w = bs[g2 / 4];
+                let bp = match g2 % 4 {
+                    0 => _mm_cvtsi128_si32(w),
+                    1 => _mm_extract_epi32::<1>(w),
+                    2 => _mm_extract_epi32::<2>(w),
+                    _ => _mm_extract_epi32::<3>(w),
+                };
+                corr = _mm256_add_epi32(corr, _mm256_madd_epi16(scp, _mm256_set1_epi32(bp)));
+            }
+            let sumi = _mm256_sub_epi32(sumi, _mm256_slli_epi32::<5>(corr));
+            let d = _mm256_mul_ps(_mm256_cvtph_ps(load128(gb.add(Q6_KX8_D))), _mm256_set1_ps(load_f32(y)));
+            acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
+        }
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
         for (r, &v) in lanes.iter().enumerate().take(t.mr) {
             *t.out.add(r) = v;
         }

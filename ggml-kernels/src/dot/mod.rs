@@ -14,7 +14,7 @@
 //! - `avx2`: AVX2 + FMA + F16C dot products for every type, bit-exact activation quantizers, and
 //!   (`avx2_gemm`) 4x4 register-blocked GEMM tiles for Q4_0, Q5_0, Q8_0, IQ4_NL, Q4_K and Q6_K,
 //!   four-row decode kernels (two rows per register) for Q4_0 and Q5_0, and decode kernels for
-//!   the packed layouts Q5_0x8, Q4_0x8 and Q4_Kx8;
+//!   the packed layouts (Q5_0x8, Q4_0x8, Q4_Kx8, Q6_Kx8);
 //! - `vnni`: AVX-512 VNNI (`vpdpbusd`/`vpdpwssd` on 256-bit registers) dot products for Q4_0,
 //!   Q5_0, Q8_0, IQ4_NL, Q4_K and Q6_K, tiles for the same types, four-row decode kernels for
 //!   Q4_0, Q5_0 and IQ4_NL, and with AVX-512 VBMI Q5_0 kernels that gather the fifth bits with
