@@ -115,7 +115,8 @@ impl Layout {
 /// or the size overflows.
 pub fn packed_nbytes(layout: Layout, cols: usize, rows: usize) -> Option<usize> {
     let ty = layout.weight_type()?;
-    if cols % ty.block_size() != 0 {
+    // `cols` a whole number of blocks (`is_multiple_of` is newer than the workspace's MSRV).
+    if cols / ty.block_size() * ty.block_size() != cols {
         return None;
     }
     rows.div_ceil(layout.group_rows()).checked_mul(layout.group_rows() * ty.type_size())?.checked_mul(cols / ty.block_size())
