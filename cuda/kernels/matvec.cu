@@ -360,6 +360,13 @@ struct mv2_q5_0 {
 
 // Q4_K, 8 threads per block: thread t = 2c + hf takes quant bytes 32c + 16hf .. +15
 // (l = 16hf .. 16hf + 15 of groups 2c (low nibbles) and 2c + 1 (high nibbles)).
+// MV_Q4K_DS (tuning knob, see MV2_UNROLL): 1 reads the block header (d, dmin, scales) as one
+// 16-byte load and takes the min term from the activations' precomputed s = d * sum(q) (the
+// thread of the first half of a group adds it for the whole group), instead of four word loads
+// and eight byte sums per pass; 0 is the earlier form.
+#ifndef MV_Q4K_DS
+#define MV_Q4K_DS 0
+#endif
 struct mv2_q4_k {
     static constexpr int QK = 256, TS = 144, TPB = 8;
     struct W {
@@ -367,8 +374,14 @@ struct mv2_q4_k {
         int s0, s1, s2, dm;
     };
     static __device__ __forceinline__ W load(const u8* bw, int t) {
+#if MV_Q4K_DS
+        // d|dmin and the three scale words in one (broadcast) load, then the quants.
+        const int4_t h = ldg_v4(bw);
+        return W{ldg_v4(bw + 16 + 16 * t), h.y, h.z, h.w, h.x};
+#else
         // d|dmin, then the three scale words, then the quants.
         return W{ldg_v4(bw + 16 + 16 * t), ldg_s32(bw + 4), ldg_s32(bw + 8), ldg_s32(bw + 12), ldg_s32(bw)};
+#endif
     }
     static __device__ __forceinline__ float compute(const W& w, const block_q8_1* y, int t) {
         const int c = t / 2, hf = t % 2;
@@ -387,15 +400,22 @@ struct mv2_q4_k {
         dot_hi = dp4a((w.v.y >> 4) & M, h1, dot_hi);
         dot_hi = dp4a((w.v.z >> 4) & M, h2, dot_hi);
         dot_hi = dp4a((w.v.w >> 4) & M, h3, dot_hi);
-        const int sum_lo = byte_sum(l0, byte_sum(l1, byte_sum(l2, byte_sum(l3, 0))));
-        const int sum_hi = byte_sum(h0, byte_sum(h1, byte_sum(h2, byte_sum(h3, 0))));
         int sc_lo, m_lo, sc_hi, m_hi;
         scale_min_k4_words(2 * c, w.s0, w.s1, w.s2, sc_lo, m_lo);
         scale_min_k4_words(2 * c + 1, w.s0, w.s1, w.s2, sc_hi, m_hi);
         const float d = h2f((u16)(w.dm & 0xFFFF)), dmin = h2f((u16)((u32)w.dm >> 16));
+#if MV_Q4K_DS
+        const u32 dslo = *(const u32*)ylo, dshi = *(const u32*)yhi;  // d | s << 16
+        const float d8lo = h2f((u16)(dslo & 0xFFFF)), d8hi = h2f((u16)(dshi & 0xFFFF));
+        const float mins = hf == 0 ? (float)m_lo * h2f((u16)(dslo >> 16)) + (float)m_hi * h2f((u16)(dshi >> 16)) : 0.0f;
+        return d * (d8lo * (float)(sc_lo * dot_lo) + d8hi * (float)(sc_hi * dot_hi)) - dmin * mins;
+#else
+        const int sum_lo = byte_sum(l0, byte_sum(l1, byte_sum(l2, byte_sum(l3, 0))));
+        const int sum_hi = byte_sum(h0, byte_sum(h1, byte_sum(h2, byte_sum(h3, 0))));
         const float d8lo = h2f(ylo->d), d8hi = h2f(yhi->d);
         return d * (d8lo * (float)(sc_lo * dot_lo) + d8hi * (float)(sc_hi * dot_hi)) -
                dmin * (d8lo * (float)(m_lo * sum_lo) + d8hi * (float)(m_hi * sum_hi));
+#endif
     }
 };
 

@@ -165,14 +165,16 @@ impl MatvecKernel {
 
 /// Decode attention (attention.cu): slots per tile (= threads per block), query heads per block
 /// of each kernel variant (`attn_decode_g1` .. `attn_decode_g8`), the blocks per call the split
-/// aims at (about four per multiprocessor of an H100/H200: two waves of the kernels, which keep
-/// two blocks per multiprocessor resident; the H200 figures in docs/PERFORMANCE.md were measured
-/// with it, other targets were not), the most splits aimed at (the kernel holds twice as many,
-/// `AD_MAX_SPLITS`), the fewest slots per split (a warp), and the threads of the merge kernel
-/// (`AD_MERGE_THREADS`).
+/// aims at, the most splits aimed at (the kernel holds twice as many, `AD_MAX_SPLITS`), the
+/// fewest slots per split (a warp), and the threads of the merge kernel (`AD_MERGE_THREADS`).
+/// The block target is two per multiprocessor of an H100/H200 (the 4-head kernel keeps three
+/// resident, so one wave of blocks each walking a few tiles): on an H200, Llama-3-8B shape, it
+/// gave 246.4 t/s at depth 8,192 and 183.4 at 32,768 against 233.0 and 169.4 with 512 blocks
+/// and 220.2 at 8,192 with 1,024 (docs/PERFORMANCE.md). `AD_TARGET_BLOCKS` and
+/// `AD_SPLIT_SLOTS_MAX` can be overridden through `ENGINE_CUDA_DEFINES` for tuning.
 const AD_TILE: usize = 128;
 const AD_GROUPS: [usize; 4] = [1, 2, 4, 8];
-const AD_TARGET_BLOCKS: usize = 512;
+const AD_TARGET_BLOCKS: usize = 264;
 const AD_WANT_SPLITS_MAX: usize = 128;
 const AD_SPLIT_MIN: usize = 32;
 /// The longest split aimed at: with many tokens (sequences) per call the blocks already fill the
@@ -192,7 +194,14 @@ fn decode_heads_per_block(group: usize) -> usize {
 fn decode_want_splits(s: &AttnShape, n_slots: usize, n: usize) -> usize {
     let group = s.n_head / s.n_head_kv.max(1);
     let per_split = s.n_head_kv * group.div_ceil(decode_heads_per_block(group)) * n.max(1);
-    (AD_TARGET_BLOCKS / per_split.max(1)).max(n_slots.div_ceil(AD_SPLIT_SLOTS_MAX)).clamp(1, AD_WANT_SPLITS_MAX)
+    let target = tuned("AD_TARGET_BLOCKS", AD_TARGET_BLOCKS);
+    let longest = tuned("AD_SPLIT_SLOTS_MAX", AD_SPLIT_SLOTS_MAX);
+    (target / per_split.max(1)).max(n_slots.div_ceil(longest)).clamp(1, AD_WANT_SPLITS_MAX)
+}
+
+/// A host-side tuning constant, or its override in `ENGINE_CUDA_DEFINES` (a positive integer).
+fn tuned(name: &str, default: usize) -> usize {
+    nvrtc::tuning_value(name).and_then(|v| usize::try_from(v).ok()).filter(|&v| v > 0).unwrap_or(default)
 }
 
 /// Slots per split and the number of splits of decode attention over `n_slots` slots: the
