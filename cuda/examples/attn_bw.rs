@@ -90,7 +90,7 @@ fn main() -> Result<(), CudaError> {
         let mut lse = gpu.alloc::<f32>(c.n_seq * s.n_head)?;
         let mut run = |i: usize| {
             let (k, v) = &caches[i % copies];
-            gpu.attention_decode_batch(s, &q, &qpos, &base, c.n_slots, k, v, &kpos, AttnMask::CAUSAL, &mut part, &mut out, &mut lse)
+            gpu.attention_decode_batch(s, &q, &qpos, &base, c.n_slots, k, v, &kpos, AttnMask::CAUSAL, true, &mut part, &mut out, &mut lse, None)
         };
         run(0)?;
         let mut us = Vec::with_capacity(REPS);

@@ -1,7 +1,7 @@
 //! Matrix-vector bandwidth of the CUDA decode kernels.
 //!
 //! ```sh
-//! cargo run --release -p engine-cuda --example matvec_bw
+//! cargo run --release -p engine-cuda --example matvec_bw [-- TYPE...]
 //! ```
 //!
 //! For each weight type and shape: several copies of a random matrix (together well over the
@@ -108,8 +108,10 @@ fn main() -> Result<(), CudaError> {
     let mut rng = Rng(0x1234_5678_9abc_def1);
     // Llama 3 8B's FFN matrices both ways (ffn_up/gate: 4096 x 14336, ffn_down: 14336 x 4096),
     // attn_q/attn_output (4096 x 4096) and attn_k/attn_v (4096 x 1024).
+    // Arguments, if any, name the types to measure (e.g. `Q4_K Q6_K`).
+    let only: Vec<String> = std::env::args().skip(1).collect();
     let mut cases = Vec::new();
-    for ty in engine_cuda::MATVEC_TYPES {
+    for ty in engine_cuda::MATVEC_TYPES.into_iter().filter(|t| only.is_empty() || only.iter().any(|o| o.eq_ignore_ascii_case(&t.to_string()))) {
         cases.extend([(ty, 4096, 14_336), (ty, 14_336, 4096), (ty, 4096, 4096), (ty, 4096, 1024)]);
     }
     for (ty, cols, rows) in cases {

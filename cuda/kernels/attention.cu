@@ -72,12 +72,13 @@ __device__ __forceinline__ void attn_decode_body(const float* __restrict__ q, co
                                                  const int* __restrict__ qpos, const int* __restrict__ base,
                                                  float* __restrict__ part, int n_slots, int total_slots, int n_head,
                                                  int n_head_kv, int D, int Dv, float scale, int window, int sink,
-                                                 int span, int split) {
+                                                 int span, int split, int positional) {
     __shared__ __align__(16) float sq[G][ATT_MAX_D];  // the scaled queries
     __shared__ float sp[G][AD_TILE];                  // the tile's probabilities
     __shared__ float sred[AD_WARPS][G];
     __shared__ u32 svis[AD_WARPS];                    // the tile's visible slots, a bit each
     __shared__ float so[AD_TILE * 8];                 // the output merge, one head at a time
+    pdl_enter();
 
     const int t = blockIdx.z, n_splits = gridDim.y;
     const int group = n_head / n_head_kv, n_chunks = (group + G - 1) / G;
@@ -89,6 +90,10 @@ __device__ __forceinline__ void attn_decode_body(const float* __restrict__ q, co
     const int b = base != nullptr ? base[t] : 0;
     const bool in_range = b >= 0 && (long long)b + n_slots <= (long long)total_slots;
     const int s0 = blockIdx.y * split, s1 = min(s0 + split, n_slots);
+    // positional: slot i of a run never holds a position below i, so a split starting past the
+    // query's position has no visible slot and is not read (a decode graph's splits cover the
+    // whole cache, most of it still empty early in a sequence).
+    const bool live = in_range && !(positional && s0 > qp);
 
     // Key pieces of 8 dimensions (thread = slot), value pieces (thread = piece pc of the rows
     // j = gr, gr + n_groups, ... of the tile).
@@ -112,8 +117,8 @@ __device__ __forceinline__ void attn_decode_body(const float* __restrict__ q, co
 
     // The first tile's positions (then each tile fetches the next one's), and the scaled queries
     // (zeros past D and past the group).
-    int kp = in_range && s0 + tid < s1 ? kpos[b + s0 + tid] : -1;
-    if (in_range) {
+    int kp = live && s0 + tid < s1 ? kpos[b + s0 + tid] : -1;
+    if (live) {
         for (int i = tid; i < G * 8 * pk; i += AD_TILE) {
             const int g = i / (8 * pk), d = i % (8 * pk);
             sq[g][d] = g < gc && d < D ? q[((long long)t * n_head + h0 + g) * D + d] * scale : 0.0f;
@@ -121,7 +126,7 @@ __device__ __forceinline__ void attn_decode_body(const float* __restrict__ q, co
     }
     __syncthreads();
 
-    for (int tile = s0; in_range && tile < s1; tile += AD_TILE) {
+    for (int tile = s0; live && tile < s1; tile += AD_TILE) {
         const int s = tile + tid;
         const bool vis = s < s1 && att_visible(kp, qp, window, sink, span);
         kp = s + AD_TILE < s1 ? kpos[b + s + AD_TILE] : -1;
@@ -263,9 +268,9 @@ __device__ __forceinline__ void attn_decode_body(const float* __restrict__ q, co
         attn_decode_g##G(const float* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v,             \
                          const int* __restrict__ kpos, const int* __restrict__ qpos, const int* __restrict__ base,      \
                          float* __restrict__ part, int n_slots, int total_slots, int n_head, int n_head_kv, int D,      \
-                         int Dv, float scale, int window, int sink, int span, int split) {                              \
+                         int Dv, float scale, int window, int sink, int span, int split, int positional) {              \
         attn_decode_body<G>(q, k, v, kpos, qpos, base, part, n_slots, total_slots, n_head, n_head_kv, D, Dv, scale,   \
-                            window, sink, span, split);                                                                 \
+                            window, sink, span, split, positional);                                                     \
     }
 ATTN_DECODE_KERNEL(1)
 ATTN_DECODE_KERNEL(2)
@@ -273,15 +278,17 @@ ATTN_DECODE_KERNEL(4)
 ATTN_DECODE_KERNEL(8)
 
 // Launch: grid (n_head, n tokens), block AD_MERGE_THREADS, n_splits at most AD_MAX_SPLITS.
-// out: [n][n_head][Dv], lse: [n][n_head]. Each split's weight exp(max - M) is computed once; the
+// out: [n][n_head][Dv], lse: [n][n_head]; outq, when not null (Dv a multiple of 32): out
+// quantized to Q8_1 as well (the bytes of quantize_q8_1 on out), for the next product. Each split's weight exp(max - M) is computed once; the
 // warps then take every n_warps-th split (lanes split the dimensions) and meet in shared memory.
 // Splits of weight zero (no visible slot) are not read past their (max, sum).
 extern "C" __global__ void __launch_bounds__(AD_MERGE_THREADS)
 attn_decode_merge(const float* __restrict__ part, float* __restrict__ out, float* __restrict__ lse, int n_head,
-                  int n_splits, int Dv) {
+                  int n_splits, int Dv, block_q8_1* __restrict__ outq) {
     __shared__ float sw[AD_MAX_SPLITS];
     __shared__ float scratch[WARP_SIZE];
     __shared__ float sacc[AD_MERGE_THREADS / WARP_SIZE][ATT_MAX_D];
+    pdl_enter();
     const int tid = threadIdx.x, lane = tid % WARP_SIZE, warp = tid / WARP_SIZE;
     const int n_warps = AD_MERGE_THREADS / WARP_SIZE;
     const long long row = (long long)blockIdx.y * n_head + blockIdx.x;
@@ -298,7 +305,10 @@ attn_decode_merge(const float* __restrict__ part, float* __restrict__ out, float
     const float M = warp_max(mx);
     float* oh = out + row * Dv;
     if (M == neg_inf()) {
-        for (int d = tid; d < Dv; d += AD_MERGE_THREADS) oh[d] = 0.0f;
+        for (int d = tid; d < Dv; d += AD_MERGE_THREADS) {
+            oh[d] = 0.0f;
+            if (outq != nullptr) quantize_q8_1_warp(0.0f, outq + (row * Dv + d) / 32);
+        }
         if (tid == 0) lse[row] = neg_inf();
         return;
     }
@@ -336,6 +346,8 @@ attn_decode_merge(const float* __restrict__ part, float* __restrict__ out, float
 #pragma unroll
         for (int w = 0; w < n_warps; ++w) x += sacc[w][d];
         oh[d] = x * inv;
+        // (Dv a multiple of 32 when outq is given: whole warps, each one Q8_1 block.)
+        if (outq != nullptr) quantize_q8_1_warp(x * inv, outq + (row * Dv + d) / 32);
     }
     if (tid == 0) lse[row] = M + logf(L);
 }

@@ -144,6 +144,7 @@ template <typename T>
 __device__ __forceinline__ void matvec_row(const u8* __restrict__ w, const block_q8_1* __restrict__ y,
                                            float* __restrict__ dst, int ncols) {
     __shared__ float scratch[32];
+    pdl_enter();
     const long long row = blockIdx.x;
     const int nb = ncols / T::QK;
     const u8* wr = w + row * (long long)nb * T::TS;
@@ -190,7 +191,51 @@ extern "C" __global__ void __launch_bounds__(MV_THREADS) matvec_q6_k(const u8* _
 // the wide loads and the straight-line passes; getting several passes in flight is still open.
 
 #define MV2_WARPS 4
+// Tuning knobs (overridable at run time through ENGINE_CUDA_DEFINES, see nvrtc.rs):
+// MV2_UNROLL: passes whose weights are loaded before their products (row_partial);
+// MV2_GU_UNROLL: the same for each of the two rows of row_partial2 (gate and up);
+// MV2_MIN_BLOCKS, MV_FUSED_MIN_BLOCKS, MV_GATE_UP_MIN_BLOCKS: the blocks per multiprocessor the
+// single-matrix, matvec_multi and matvec_gate_up_q8_1 kernels are compiled for (0: none given).
+// This is what decides whether ptxas keeps the loads of an unrolled group together: given no
+// minimum, ptxas (CUDA 13, sm_90) held matvec2_q4_k_w1 to 46 registers and issued each pass's
+// loads next to their use (one pass in flight per warp); with any minimum it took 107 registers
+// and issued all the group's loads first.
+#ifndef MV2_UNROLL
 #define MV2_UNROLL 4
+#endif
+#ifndef MV2_GU_UNROLL
+#define MV2_GU_UNROLL (MV2_UNROLL / 2)
+#endif
+#ifndef MV2_MIN_BLOCKS
+#define MV2_MIN_BLOCKS 0
+#endif
+#ifndef MV_FUSED_MIN_BLOCKS
+#define MV_FUSED_MIN_BLOCKS 8
+#endif
+// MV_PREFETCH_L2: 1 to have each block of a product ask L2 for its rows before pdl_wait() (an
+// H200 measurement: 8B Q4_K_M decode 262 t/s with it against 274 without PDL; the extra
+// requests cost more than the early start gained).
+#ifndef MV_PREFETCH_L2
+#define MV_PREFETCH_L2 0
+#endif
+#ifndef MV_GATE_UP_MIN_BLOCKS
+#define MV_GATE_UP_MIN_BLOCKS 0
+#endif
+#if MV2_MIN_BLOCKS > 0
+#define MV2_BOUNDS __launch_bounds__(WARP_SIZE * MV2_WARPS, MV2_MIN_BLOCKS)
+#else
+#define MV2_BOUNDS __launch_bounds__(WARP_SIZE * MV2_WARPS)
+#endif
+#if MV_FUSED_MIN_BLOCKS > 0
+#define MV_FUSED_BOUNDS __launch_bounds__(WARP_SIZE * MV2_WARPS, MV_FUSED_MIN_BLOCKS)
+#else
+#define MV_FUSED_BOUNDS __launch_bounds__(WARP_SIZE * MV2_WARPS)
+#endif
+#if MV_GATE_UP_MIN_BLOCKS > 0
+#define MV_GATE_UP_BOUNDS __launch_bounds__(WARP_SIZE * MV2_WARPS, MV_GATE_UP_MIN_BLOCKS)
+#else
+#define MV_GATE_UP_BOUNDS __launch_bounds__(WARP_SIZE * MV2_WARPS)
+#endif
 
 struct __align__(16) int4_t {
     int x, y, z, w;
@@ -315,6 +360,13 @@ struct mv2_q5_0 {
 
 // Q4_K, 8 threads per block: thread t = 2c + hf takes quant bytes 32c + 16hf .. +15
 // (l = 16hf .. 16hf + 15 of groups 2c (low nibbles) and 2c + 1 (high nibbles)).
+// MV_Q4K_DS (tuning knob, see MV2_UNROLL): 1 reads the block header (d, dmin, scales) as one
+// 16-byte load and takes the min term from the activations' precomputed s = d * sum(q) (the
+// thread of the first half of a group adds it for the whole group), instead of four word loads
+// and eight byte sums per pass; 0 is the earlier form.
+#ifndef MV_Q4K_DS
+#define MV_Q4K_DS 0
+#endif
 struct mv2_q4_k {
     static constexpr int QK = 256, TS = 144, TPB = 8;
     struct W {
@@ -322,8 +374,14 @@ struct mv2_q4_k {
         int s0, s1, s2, dm;
     };
     static __device__ __forceinline__ W load(const u8* bw, int t) {
+#if MV_Q4K_DS
+        // d|dmin and the three scale words in one (broadcast) load, then the quants.
+        const int4_t h = ldg_v4(bw);
+        return W{ldg_v4(bw + 16 + 16 * t), h.y, h.z, h.w, h.x};
+#else
         // d|dmin, then the three scale words, then the quants.
         return W{ldg_v4(bw + 16 + 16 * t), ldg_s32(bw + 4), ldg_s32(bw + 8), ldg_s32(bw + 12), ldg_s32(bw)};
+#endif
     }
     static __device__ __forceinline__ float compute(const W& w, const block_q8_1* y, int t) {
         const int c = t / 2, hf = t % 2;
@@ -342,15 +400,22 @@ struct mv2_q4_k {
         dot_hi = dp4a((w.v.y >> 4) & M, h1, dot_hi);
         dot_hi = dp4a((w.v.z >> 4) & M, h2, dot_hi);
         dot_hi = dp4a((w.v.w >> 4) & M, h3, dot_hi);
-        const int sum_lo = byte_sum(l0, byte_sum(l1, byte_sum(l2, byte_sum(l3, 0))));
-        const int sum_hi = byte_sum(h0, byte_sum(h1, byte_sum(h2, byte_sum(h3, 0))));
         int sc_lo, m_lo, sc_hi, m_hi;
         scale_min_k4_words(2 * c, w.s0, w.s1, w.s2, sc_lo, m_lo);
         scale_min_k4_words(2 * c + 1, w.s0, w.s1, w.s2, sc_hi, m_hi);
         const float d = h2f((u16)(w.dm & 0xFFFF)), dmin = h2f((u16)((u32)w.dm >> 16));
+#if MV_Q4K_DS
+        const u32 dslo = *(const u32*)ylo, dshi = *(const u32*)yhi;  // d | s << 16
+        const float d8lo = h2f((u16)(dslo & 0xFFFF)), d8hi = h2f((u16)(dshi & 0xFFFF));
+        const float mins = hf == 0 ? (float)m_lo * h2f((u16)(dslo >> 16)) + (float)m_hi * h2f((u16)(dshi >> 16)) : 0.0f;
+        return d * (d8lo * (float)(sc_lo * dot_lo) + d8hi * (float)(sc_hi * dot_hi)) - dmin * mins;
+#else
+        const int sum_lo = byte_sum(l0, byte_sum(l1, byte_sum(l2, byte_sum(l3, 0))));
+        const int sum_hi = byte_sum(h0, byte_sum(h1, byte_sum(h2, byte_sum(h3, 0))));
         const float d8lo = h2f(ylo->d), d8hi = h2f(yhi->d);
         return d * (d8lo * (float)(sc_lo * dot_lo) + d8hi * (float)(sc_hi * dot_hi)) -
                dmin * (d8lo * (float)(m_lo * sum_lo) + d8hi * (float)(m_hi * sum_hi));
+#endif
     }
 };
 
@@ -426,7 +491,7 @@ template <typename T>
 __device__ __forceinline__ void row_partial2(const u8* __restrict__ wa, const u8* __restrict__ wb, const block_q8_1* __restrict__ y,
                                              int nb, int lane, int part, int wpr, float& sa, float& sb) {
     constexpr int PER_PASS = WARP_SIZE / T::TPB;
-    constexpr int U = MV2_UNROLL / 2;
+    constexpr int U = MV2_GU_UNROLL;
     const int stride = PER_PASS * wpr;
     const int t = lane % T::TPB;
     float suma = 0.0f, sumb = 0.0f;
@@ -459,6 +524,13 @@ __device__ __forceinline__ void matvec2_row(const u8* __restrict__ w, const bloc
     const long long row = (long long)blockIdx.x * (MV2_WARPS / WPR) + warp / WPR;
     const int part = warp % WPR;  // which of the row's warps this is
     const int nb = ncols / T::QK;
+    const long long row_bytes = (long long)nb * T::TS;
+    if (MV_PREFETCH_L2) {  // the block's rows, into L2 while the previous kernel finishes
+        const long long r0 = (long long)blockIdx.x * (MV2_WARPS / WPR);
+        const long long nr = min((long long)(MV2_WARPS / WPR), (long long)nrows - r0);
+        if (nr > 0) prefetch_l2(w + r0 * row_bytes, nr * row_bytes, threadIdx.x, blockDim.x);
+    }
+    pdl_enter();
     float sum = 0.0f;
     if (WPR == 1 && row >= nrows) return;  // whole warps leave; no barrier follows
     if (row < nrows) sum = row_partial<T>(w + row * (long long)nb * T::TS, y, nb, lane, part, WPR);
@@ -480,7 +552,7 @@ __device__ __forceinline__ void matvec2_row(const u8* __restrict__ w, const bloc
 // Launch: block (32 * MV2_WARPS), grid (ceil(rows / (MV2_WARPS / WPR))), for WPR (warps per row)
 // 1, 2 or 4: kernels matvec2_<type>_w<WPR>.
 #define MATVEC2(name, T, WPR)                                                                         \
-    extern "C" __global__ void __launch_bounds__(WARP_SIZE * MV2_WARPS)                               \
+    extern "C" __global__ void MV2_BOUNDS                                                             \
         name(const u8* __restrict__ w, const block_q8_1* __restrict__ y, float* __restrict__ dst,   \
              int ncols, int nrows) {                                                                  \
         matvec2_row<T, WPR>(w, y, dst, ncols, nrows);                                                \
@@ -500,15 +572,35 @@ MATVEC2_ALL(q6_k, mv2_q6_k)
 // order: 0 Q8_0, 1 Q4_0, 2 Q5_0, 3 Q4_K, 4 Q6_K; the type is uniform over a block, so the switch
 // does not split warps.
 
-// Blocks per multiprocessor matvec_multi is compiled for (at most 64 registers a thread, as the
-// single-matrix kernels use; matvec_gate_up_q8_1 would spill under that cap and takes 72).
-#define MV_FUSED_MIN_BLOCKS 8
+// (MV_FUSED_MIN_BLOCKS 8: at most 64 registers a thread for matvec_multi; matvec_gate_up_q8_1
+// would spill under that cap.)
 
 template <typename T>
 __device__ __forceinline__ float row_of(const u8* __restrict__ w, long long row, const block_q8_1* __restrict__ y, int ncols,
                                         int lane, int part, int wpr) {
     const int nb = ncols / T::QK;
     return row_partial<T>(w + row * (long long)nb * T::TS, y, nb, lane, part, wpr);
+}
+
+// Bytes of a row of ncols columns of the type with index ty (as row_of_type).
+__device__ __forceinline__ long long row_bytes_of_type(int ty, int ncols) {
+    switch (ty) {
+        case 0: return (long long)(ncols / mv2_q8_0::QK) * mv2_q8_0::TS;
+        case 1: return (long long)(ncols / mv2_q4_0::QK) * mv2_q4_0::TS;
+        case 2: return (long long)(ncols / mv2_q5_0::QK) * mv2_q5_0::TS;
+        case 3: return (long long)(ncols / mv2_q4_k::QK) * mv2_q4_k::TS;
+        default: return (long long)(ncols / mv2_q6_k::QK) * mv2_q6_k::TS;
+    }
+}
+
+// The rows [r0, r0 + MV2_WARPS / wpr) of a matrix of nrows rows, into L2 (a fused kernel's
+// prologue; see prefetch_l2).
+__device__ __forceinline__ void prefetch_rows(const u8* w, int ty, int ncols, long long r0, int wpr, int nrows) {
+    if (!MV_PREFETCH_L2) return;
+    const long long nr = min((long long)(MV2_WARPS / wpr), (long long)nrows - r0);
+    if (nr <= 0) return;
+    const long long rb = row_bytes_of_type(ty, ncols);
+    prefetch_l2(w + r0 * rb, nr * rb, threadIdx.x, blockDim.x);
 }
 
 __device__ __forceinline__ float row_of_type(int ty, const u8* __restrict__ w, long long row, const block_q8_1* __restrict__ y,
@@ -561,7 +653,7 @@ __device__ __forceinline__ bool row_total(float& sum, float* partial, int lane, 
 // of type ty_s at w_s, wpr_s warps per row, output d_s, and blocks [first_s, first_{s+1}) of the
 // grid (first_0 = 0, first_3 = gridDim.x), i.e. ceil(rows_s / (MV2_WARPS / wpr_s)) blocks.
 // Launch: block (32 * MV2_WARPS).
-extern "C" __global__ void __launch_bounds__(WARP_SIZE * MV2_WARPS, MV_FUSED_MIN_BLOCKS)
+extern "C" __global__ void MV_FUSED_BOUNDS
     matvec_multi(const u8* __restrict__ w0, const u8* __restrict__ w1, const u8* __restrict__ w2, float* __restrict__ d0,
                  float* __restrict__ d1, float* __restrict__ d2, int rows0, int rows1, int rows2, int ty0, int ty1, int ty2,
                  int wpr0, int wpr1, int wpr2, int first1, int first2, const block_q8_1* __restrict__ y, int ncols) {
@@ -577,6 +669,8 @@ extern "C" __global__ void __launch_bounds__(WARP_SIZE * MV2_WARPS, MV_FUSED_MIN
     const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
     const long long row = (long long)(blk - first) * (MV2_WARPS / wpr) + warp / wpr;
     const int part = warp % wpr;
+    prefetch_rows(w, ty, ncols, (long long)(blk - first) * (MV2_WARPS / wpr), wpr, nrows);
+    pdl_enter();
     float sum = 0.0f;
     if (row < nrows) sum = row_of_type(ty, w, row, y, ncols, lane, part, wpr);
     if (row_total(sum, partial, lane, warp, part, wpr) && row < nrows) dst[row] = sum;
@@ -591,7 +685,7 @@ extern "C" __global__ void __launch_bounds__(WARP_SIZE * MV2_WARPS, MV_FUSED_MIN
 // the counter to zero for the next launch (sync: nrows / 32 zeroed counters). The bytes equal
 // matvec2 on gate and up with the same warps per row, then gated_act_q8_1.
 // Launch: block (32 * MV2_WARPS), grid (ceil(nrows / (MV2_WARPS / wpr))); nrows a multiple of 32.
-extern "C" __global__ void __launch_bounds__(WARP_SIZE * MV2_WARPS)
+extern "C" __global__ void MV_GATE_UP_BOUNDS
     matvec_gate_up_q8_1(const u8* __restrict__ wg, const u8* __restrict__ wu, int tyg, int tyu, int wpr,
                         const block_q8_1* __restrict__ y, int ncols, int nrows, int act, float* out, unsigned int* sync,
                         block_q8_1* __restrict__ outq) {
@@ -599,6 +693,9 @@ extern "C" __global__ void __launch_bounds__(WARP_SIZE * MV2_WARPS)
     const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
     const long long row = (long long)blockIdx.x * (MV2_WARPS / wpr) + warp / wpr;
     const int part = warp % wpr;
+    prefetch_rows(wg, tyg, ncols, (long long)blockIdx.x * (MV2_WARPS / wpr), wpr, nrows);
+    prefetch_rows(wu, tyu, ncols, (long long)blockIdx.x * (MV2_WARPS / wpr), wpr, nrows);
+    pdl_enter();
     float g = 0.0f, u = 0.0f;
     if (row < nrows) {
         if (tyg == tyu) {

@@ -32,6 +32,7 @@ extern "C" __global__ void rms_norm_f32(const float* __restrict__ x, const float
 extern "C" __global__ void add_rms_norm_q8_1(float* x, const float* __restrict__ y, const float* __restrict__ w,
                                              block_q8_1* __restrict__ out, int n, float eps) {
     __shared__ float scratch[32];
+    pdl_enter();
     const long long row = blockIdx.x;
     float* xr = x + row * n;
     float vals[NORM_CACHED], ws[NORM_CACHED];

@@ -14,6 +14,7 @@ __device__ __forceinline__ void q8_block(const float* __restrict__ x, long long 
 }
 
 extern "C" __global__ void quantize_q8_0(const float* __restrict__ x, u8* __restrict__ out, long long n_blocks) {
+    pdl_enter();
     const long long b = ((long long)blockIdx.x * blockDim.x + threadIdx.x) / WARP_SIZE;
     if (b >= n_blocks) return;  // whole warps leave together
     const int lane = threadIdx.x % WARP_SIZE;
@@ -26,6 +27,7 @@ extern "C" __global__ void quantize_q8_0(const float* __restrict__ x, u8* __rest
 }
 
 extern "C" __global__ void quantize_q8_1(const float* __restrict__ x, block_q8_1* __restrict__ out, long long n_blocks) {
+    pdl_enter();
     const long long b = ((long long)blockIdx.x * blockDim.x + threadIdx.x) / WARP_SIZE;
     if (b >= n_blocks) return;
     quantize_q8_1_warp(x[b * 32 + threadIdx.x % WARP_SIZE], out + b);

@@ -53,6 +53,7 @@ extern "C" __global__ void rope_kv_write_f16(float* q, const float* __restrict__
                                              int head_dim_v, int n_rot, float base, float freq_scale, int mode) {
     __shared__ float scratch[32];
     __shared__ float hs[ROPE_MAX_D];
+    pdl_enter();
     const int t = blockIdx.y;
     const bool is_q = blockIdx.x < n_head;
     const int hh = is_q ? blockIdx.x : blockIdx.x - n_head;

@@ -20,6 +20,7 @@ use crate::nvrtc::{self, ModuleImage, FILES};
 use crate::DeviceInfo;
 
 mod fused;
+mod launch;
 mod model_ops;
 pub use fused::QkvExtras;
 pub use model_ops::{DeviceGraph, MatmulScratch, DEQUANT_TYPES, GEMM_MIN_TOKENS};
@@ -164,14 +165,16 @@ impl MatvecKernel {
 
 /// Decode attention (attention.cu): slots per tile (= threads per block), query heads per block
 /// of each kernel variant (`attn_decode_g1` .. `attn_decode_g8`), the blocks per call the split
-/// aims at (about four per multiprocessor of an H100/H200: two waves of the kernels, which keep
-/// two blocks per multiprocessor resident; the H200 figures in docs/PERFORMANCE.md were measured
-/// with it, other targets were not), the most splits aimed at (the kernel holds twice as many,
-/// `AD_MAX_SPLITS`), the fewest slots per split (a warp), and the threads of the merge kernel
-/// (`AD_MERGE_THREADS`).
+/// aims at, the most splits aimed at (the kernel holds twice as many, `AD_MAX_SPLITS`), the
+/// fewest slots per split (a warp), and the threads of the merge kernel (`AD_MERGE_THREADS`).
+/// The block target is two per multiprocessor of an H100/H200 (the 4-head kernel keeps three
+/// resident, so one wave of blocks each walking a few tiles): on an H200, Llama-3-8B shape, it
+/// gave 246.4 t/s at depth 8,192 and 183.4 at 32,768 against 233.0 and 169.4 with 512 blocks
+/// and 220.2 at 8,192 with 1,024 (docs/PERFORMANCE.md). `AD_TARGET_BLOCKS` and
+/// `AD_SPLIT_SLOTS_MAX` can be overridden through `ENGINE_CUDA_DEFINES` for tuning.
 const AD_TILE: usize = 128;
 const AD_GROUPS: [usize; 4] = [1, 2, 4, 8];
-const AD_TARGET_BLOCKS: usize = 512;
+const AD_TARGET_BLOCKS: usize = 264;
 const AD_WANT_SPLITS_MAX: usize = 128;
 const AD_SPLIT_MIN: usize = 32;
 /// The longest split aimed at: with many tokens (sequences) per call the blocks already fill the
@@ -191,7 +194,14 @@ fn decode_heads_per_block(group: usize) -> usize {
 fn decode_want_splits(s: &AttnShape, n_slots: usize, n: usize) -> usize {
     let group = s.n_head / s.n_head_kv.max(1);
     let per_split = s.n_head_kv * group.div_ceil(decode_heads_per_block(group)) * n.max(1);
-    (AD_TARGET_BLOCKS / per_split.max(1)).max(n_slots.div_ceil(AD_SPLIT_SLOTS_MAX)).clamp(1, AD_WANT_SPLITS_MAX)
+    let target = tuned("AD_TARGET_BLOCKS", AD_TARGET_BLOCKS);
+    let longest = tuned("AD_SPLIT_SLOTS_MAX", AD_SPLIT_SLOTS_MAX);
+    (target / per_split.max(1)).max(n_slots.div_ceil(longest)).clamp(1, AD_WANT_SPLITS_MAX)
+}
+
+/// A host-side tuning constant, or its override in `ENGINE_CUDA_DEFINES` (a positive integer).
+fn tuned(name: &str, default: usize) -> usize {
+    nvrtc::tuning_value(name).and_then(|v| usize::try_from(v).ok()).filter(|&v| v > 0).unwrap_or(default)
 }
 
 /// Slots per split and the number of splits of decode attention over `n_slots` slots: the
@@ -258,6 +268,8 @@ pub struct CudaBackend {
     fk: fused::FusedKernels,
     /// cuBLAS for prefill GEMMs, or why it could not be loaded.
     blas: Result<cudarc::cublas::CudaBlas, String>,
+    /// Decode launches use programmatic dependent launch (see `launch.rs`).
+    pdl: bool,
 }
 
 /// The type's name in kernel names (`q4_k`).
@@ -343,7 +355,19 @@ impl CudaBackend {
         let mk = model_ops::ModelKernels::load(&func)?;
         let fk = fused::FusedKernels::load(&func)?;
         let blas = model_ops::open_blas(&stream);
-        Ok(CudaBackend { ctx, stream, info, multiprocessors, modules, k, mk, fk, blas })
+        let pdl = launch::pdl_enabled(major);
+        Ok(CudaBackend { ctx, stream, info, multiprocessors, modules, k, mk, fk, blas, pdl })
+    }
+
+    /// A launch of `f` that may start before the previous kernel ends (PDL, when enabled): for
+    /// kernels that call `pdl_wait()` before touching anything but their weights.
+    fn launch_pdl<'a>(&'a self, f: &'a CudaFunction) -> launch::Launch<'a> {
+        launch::Launch::new(&self.stream, f, self.pdl)
+    }
+
+    /// Whether decode launches use programmatic dependent launch.
+    pub fn uses_pdl(&self) -> bool {
+        self.pdl
     }
 
     /// The device.
@@ -533,7 +557,7 @@ impl CudaBackend {
             return Ok(());
         }
         let nb = n_blocks as i64;
-        let mut b = self.stream.launch_builder(f);
+        let mut b = self.launch_pdl(f);
         b.arg(&x.inner).arg(&mut out.inner).arg(&nb);
         // SAFETY: one warp per block b < n_blocks reads x[32b..32b+32] and writes block b of out;
         // the lengths were checked above.
@@ -603,7 +627,7 @@ impl CudaBackend {
             }
             _ => (&self.k.matvec1[ti], as_u32("matrix rows", w.rows)?, MV_THREADS),
         };
-        let mut b = self.stream.launch_builder(f);
+        let mut b = self.launch_pdl(f);
         b.arg(&w.data.inner).arg(x_q8_1).arg(out).arg(&cols);
         if let MatvecKernel::WarpsPerRow(_) = kernel {
             b.arg(&rows);
@@ -655,7 +679,7 @@ impl CudaBackend {
         let n_slots = kpos.len();
         let qpos_dev = self.upload(&[qpos])?;
         let mut part = self.alloc::<f32>(Self::attention_partials(s, n_slots))?;
-        self.attention_decode_launch(s, q, &qpos_dev, None, n_slots, k, v, kpos, mask, &mut part, out, lse)
+        self.attention_decode_launch(s, q, &qpos_dev, None, n_slots, k, v, kpos, mask, false, &mut part, out, lse, None)
     }
 
     /// [`CudaBackend::attention_decode`] with the query position read from `qpos` on the device
@@ -677,7 +701,7 @@ impl CudaBackend {
         lse: &mut DeviceBuffer<f32>,
     ) -> Result<(), CudaError> {
         expect_len("attention query position", 1, qpos.len())?;
-        self.attention_decode_launch(s, q, qpos, None, kpos.len(), k, v, kpos, mask, part, out, lse)
+        self.attention_decode_launch(s, q, qpos, None, kpos.len(), k, v, kpos, mask, false, part, out, lse, None)
     }
 
     /// Floats of the partials of one decode attention over `n_slots` slots (non-decreasing in
@@ -718,7 +742,13 @@ impl CudaBackend {
     /// floats): nothing is allocated or synchronized, so the launches can be captured into a
     /// CUDA graph. A token whose slots `base[t] .. base[t] + n_slots` do not lie within the
     /// caches sees no slot (zero output, `-inf` log-sum-exp). A mask with a `span` runs only where
-    /// it reduces to `window` and `sink` at every position.
+    /// it reduces to `window` and `sink` at every position. `positional` promises that slot `i`
+    /// of a run never holds a position below `i` (true of the engine's caches, whose layer
+    /// layouts put position `p` at `kv_cache::slot_of(p) <= p`); the kernel then skips the
+    /// splits that start past a token's position without reading them (same results). With
+    /// `outq` (value head dimension a multiple of 32), the output is also written quantized to
+    /// Q8_1 (`[n][n_head * head_dim_v / 32]` blocks, the bytes of
+    /// [`CudaBackend::quantize_q8_1`] on `out`), for the output projection.
     #[allow(clippy::too_many_arguments)]
     pub fn attention_decode_batch(
         &self,
@@ -731,12 +761,14 @@ impl CudaBackend {
         v: &DeviceBuffer<f16>,
         kpos: &DeviceBuffer<i32>,
         mask: AttnMask,
+        positional: bool,
         part: &mut DeviceBuffer<f32>,
         out: &mut DeviceBuffer<f32>,
         lse: &mut DeviceBuffer<f32>,
+        outq: Option<&mut DeviceBuffer<u8>>,
     ) -> Result<(), CudaError> {
         expect_len("attention sequence bases", qpos.len(), base.len())?;
-        self.attention_decode_launch(s, q, qpos, Some(base), n_slots, k, v, kpos, mask, part, out, lse)
+        self.attention_decode_launch(s, q, qpos, Some(base), n_slots, k, v, kpos, mask, positional, part, out, lse, outq)
     }
 
     /// Checks the shapes and launches decode attention (`attn_decode_g*` then `attn_decode_merge`);
@@ -753,12 +785,20 @@ impl CudaBackend {
         v: &DeviceBuffer<f16>,
         kpos: &DeviceBuffer<i32>,
         mask: AttnMask,
+        positional: bool,
         part: &mut DeviceBuffer<f32>,
         out: &mut DeviceBuffer<f32>,
         lse: &mut DeviceBuffer<f32>,
+        outq: Option<&mut DeviceBuffer<u8>>,
     ) -> Result<(), CudaError> {
         check_attn_shape(s)?;
         let n = qpos.len();
+        if let Some(oq) = &outq {
+            if s.head_dim_v % 32 != 0 {
+                return Err(CudaError::Invalid(format!("attention: a Q8_1 output needs a value head dimension divisible by 32, not {}", s.head_dim_v)));
+            }
+            expect_len("attention output (Q8_1 bytes)", n * s.n_head * s.head_dim_v / 32 * Q8_1_BYTES, oq.len())?;
+        }
         let total = kpos.len();
         expect_len("attention queries", n * s.n_head * s.head_dim, q.len())?;
         if n_slots > total {
@@ -798,14 +838,15 @@ impl CudaBackend {
         let (n_head, n_head_kv) = (as_i32("n_head", s.n_head)?, as_i32("n_head_kv", s.n_head_kv)?);
         let (d, dv, splits) = (s.head_dim as i32, s.head_dim_v as i32, as_i32("splits", n_splits)?);
         let no_base: u64 = 0;
-        let mut b = self.stream.launch_builder(f);
+        let positional32 = i32::from(positional);
+        let mut b = self.launch_pdl(f);
         b.arg(&q.inner).arg(&k.inner).arg(&v.inner).arg(&kpos.inner).arg(&qpos.inner);
         match base {
             Some(p) => b.arg(&p.inner),
             None => b.arg(&no_base),
         };
         b.arg(&mut part.inner);
-        b.arg(&n_slots32).arg(&total32).arg(&n_head).arg(&n_head_kv).arg(&d).arg(&dv).arg(&s.scale).arg(&window).arg(&sink).arg(&span).arg(&split32);
+        b.arg(&n_slots32).arg(&total32).arg(&n_head).arg(&n_head_kv).arg(&d).arg(&dv).arg(&s.scale).arg(&window).arg(&sink).arg(&span).arg(&split32).arg(&positional32);
         debug_assert!(n_splits <= decode_max_splits(s, n_slots, n));
         let grid = LaunchConfig { grid_dim: (grid_x, as_u32("splits", n_splits)?, n as u32), block_dim: (AD_TILE as u32, 1, 1), shared_mem_bytes: 0 };
         // SAFETY: block (kv head x head chunk, split, token t) reads qpos[t] and base[t] (n of
@@ -816,12 +857,16 @@ impl CudaBackend {
         // n_head * n_splits * (2 + Dv) <= part.len(), checked). Head dimensions are within the
         // kernel's shared arrays (check_attn_shape).
         unsafe { b.launch(grid) }.map_err(driver("launch attn_decode"))?;
-        let mut b = self.stream.launch_builder(&self.k.attn_merge);
+        let mut b = self.launch_pdl(&self.k.attn_merge);
         b.arg(&part.inner).arg(&mut out.inner).arg(&mut lse.inner).arg(&n_head).arg(&splits).arg(&dv);
+        match outq {
+            Some(oq) => b.arg(&mut oq.inner),
+            None => b.arg(&no_base),
+        };
         let grid = LaunchConfig { grid_dim: (as_u32("n_head", s.n_head)?, n as u32, 1), block_dim: (AD_MERGE_THREADS, 1, 1), shared_mem_bytes: 0 };
         // SAFETY: block (h, t) reads the n_splits (<= 2 * AD_WANT_SPLITS_MAX = AD_MAX_SPLITS)
-        // partials of head h of token t and writes out[t][h][0..Dv] and lse[t][h] (lengths
-        // checked).
+        // partials of head h of token t and writes out[t][h][0..Dv] and lse[t][h], and when
+        // given the Dv / 32 Q8_1 blocks of that row of outq (lengths checked).
         unsafe { b.launch(grid) }.map_err(driver("launch attn_decode_merge"))?;
         Ok(())
     }

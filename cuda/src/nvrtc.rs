@@ -102,6 +102,43 @@ pub(crate) const FILES: &[KernelFile] = &[
 /// Options besides the target, for every file.
 const OPTIONS: &[&str] = &["--std=c++17"];
 
+/// Tuning overrides for the kernels' compile-time constants, from `ENGINE_CUDA_DEFINES`: a
+/// whitespace-separated list of `NAME=VALUE` (or `NAME`), each passed to NVRTC as `-DNAME=VALUE`
+/// and part of the cache key. Only the constants a kernel file guards with `#ifndef` can be
+/// overridden (the tuning knobs, documented where each is defined); it is for measuring
+/// alternatives on a GPU without rebuilding, not for normal use. A malformed entry is an error.
+pub fn tuning_defines() -> Result<Vec<String>, CudaError> {
+    let Ok(v) = std::env::var("ENGINE_CUDA_DEFINES") else { return Ok(Vec::new()) };
+    parse_defines(&v)
+}
+
+/// The value of `NAME=VALUE` in `ENGINE_CUDA_DEFINES`, when it is there and an integer: the
+/// host-side tuning constants (decode attention's split targets) read their overrides here, so
+/// one variable tunes kernels and launches alike. Read once per process.
+pub(crate) fn tuning_value(name: &str) -> Option<i64> {
+    static DEFINES: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let defs = DEFINES.get_or_init(|| tuning_defines().unwrap_or_default());
+    let prefix = format!("-D{name}=");
+    defs.iter().find_map(|d| d.strip_prefix(&prefix)).and_then(|v| v.parse().ok())
+}
+
+fn parse_defines(v: &str) -> Result<Vec<String>, CudaError> {
+    v.split_whitespace()
+        .map(|item| {
+            let (name, value) = item.split_once('=').unwrap_or((item, ""));
+            let name_ok = name.chars().next().is_some_and(|c| c.is_ascii_uppercase() || c == '_')
+                && name.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+            let value_ok = value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-');
+            if !name_ok || !value_ok {
+                return Err(CudaError::Invalid(format!(
+                    "ENGINE_CUDA_DEFINES: {item:?} is not NAME=VALUE (NAME in A-Z, 0-9, _; VALUE a number or identifier)"
+                )));
+            }
+            Ok(if value.is_empty() { format!("-D{name}") } else { format!("-D{name}={value}") })
+        })
+        .collect()
+}
+
 /// What NVRTC produces for a device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Target {
@@ -278,13 +315,14 @@ impl Drop for Program {
 }
 
 /// Compiles one file for `target`.
-fn compile(file: &KernelFile, target: Target) -> Result<Vec<u8>, CudaError> {
+fn compile(file: &KernelFile, target: Target, defines: &[String]) -> Result<Vec<u8>, CudaError> {
     let source = full_source(file);
     let csrc = CString::new(source).map_err(|_| CudaError::Invalid(format!("{} contains a NUL byte", file.name)))?;
     let cname = CString::new(file.name).map_err(|_| CudaError::Invalid("kernel file name contains a NUL byte".into()))?;
     let prog = Program(result::create_program(&csrc, Some(&cname)).map_err(nvrtc("nvrtcCreateProgram"))?);
     let mut options = vec![target.flag()];
     options.extend(OPTIONS.iter().map(|s| s.to_string()));
+    options.extend(defines.iter().cloned());
     // SAFETY: `prog` is a live program; the options are NUL-free ASCII.
     if let Err(e) = unsafe { result::compile_program(prog.0, &options) } {
         // SAFETY: as above.
@@ -334,7 +372,8 @@ fn image_with(
     let source = full_source(file);
     let version = format!("{}.{}", nvrtc_version.0, nvrtc_version.1);
     let flag = target.flag();
-    let key = fnv1a(&[source.as_bytes(), flag.as_bytes(), version.as_bytes(), OPTIONS.join(" ").as_bytes()]);
+    let defines = tuning_defines()?;
+    let key = fnv1a(&[source.as_bytes(), flag.as_bytes(), version.as_bytes(), OPTIONS.join(" ").as_bytes(), defines.join(" ").as_bytes()]);
     let stem = file.name.trim_end_matches(".cu");
     let tname = match target {
         Target::Cubin(a) => format!("sm_{a}"),
@@ -366,7 +405,7 @@ fn image_with(
             }
         }
     }
-    let img = Arc::new(compile(file, target)?);
+    let img = Arc::new(compile(file, target, &defines)?);
     if let Some(path) = &cache_path {
         // A cache that cannot be written costs the next start a compilation, nothing more.
         let _ = write_atomic(path, &img);
@@ -412,6 +451,16 @@ mod tests {
         assert_ne!(a, fnv1a(&[b"src2", b"sm_90", b"13.0"]));
         // Part boundaries count: ("ab", "c") is not ("a", "bc").
         assert_ne!(fnv1a(&[b"ab", b"c"]), fnv1a(&[b"a", b"bc"]));
+    }
+
+    #[test]
+    fn tuning_defines_are_names_and_plain_values_only() {
+        assert_eq!(parse_defines("").unwrap(), Vec::<String>::new());
+        assert_eq!(parse_defines(" MV2_MIN_BLOCKS=2  FOO\tX_1=-3 ").unwrap(), ["-DMV2_MIN_BLOCKS=2", "-DFOO", "-DX_1=-3"]);
+        for bad in ["mv=2", "1A=2", "A=\"x\"", "A=(1)", "A=1;B", "--gpu-architecture=sm_80", "A=2 -I/tmp"] {
+            let e = parse_defines(bad).unwrap_err().to_string();
+            assert!(e.contains("ENGINE_CUDA_DEFINES"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -361,8 +361,18 @@ fn attention_case(gpu: &CudaBackend, c: &AttnCase, seed: u64) {
     let mut part = gpu.upload(&vec![f32::NAN; CudaBackend::attention_partials_batch(&shape, n_slots, 1)]).unwrap();
     let mut out = gpu.upload(&vec![f32::NAN; want.len()]).unwrap();
     let mut lse = gpu.upload(&vec![f32::NAN; c.n_head]).unwrap();
-    gpu.attention_decode_batch(&shape, &qd, &qp, &base, n_slots, &kd, &vd, &pd, c.mask, &mut part, &mut out, &mut lse).unwrap();
+    gpu.attention_decode_batch(&shape, &qd, &qp, &base, n_slots, &kd, &vd, &pd, c.mask, false, &mut part, &mut out, &mut lse, None).unwrap();
     check_attention(&format!("{case} (batch of 1)"), &gpu.download(&out).unwrap(), &want, &gpu.download(&lse).unwrap(), &want_lse);
+
+    // Caches whose slot i never holds a position below i (the engine's layouts) may skip the
+    // splits past the query's position: same results.
+    if c.kpos.iter().enumerate().all(|(i, &p)| p < 0 || p as usize >= i) {
+        let mut out = gpu.upload(&vec![f32::NAN; want.len()]).unwrap();
+        let mut lse = gpu.upload(&vec![f32::NAN; c.n_head]).unwrap();
+        gpu.attention_decode_batch(&shape, &qd, &qp, &base, n_slots, &kd, &vd, &pd, c.mask, true, &mut part, &mut out, &mut lse, None).unwrap();
+        check_attention(&format!("{case} (positional)"), &gpu.download(&out).unwrap(), &want, &gpu.download(&lse).unwrap(), &want_lse);
+        println!("{case}: positional skip matches");
+    }
 }
 
 #[test]
@@ -373,6 +383,16 @@ fn attention_matches_cpu_for_every_mask() {
     let ring: Vec<i32> = (0..300).map(|s| if s % 15 == 7 { -1 } else { 701 + (s + 123) % 300 }).collect();
     let cases = [
         AttnCase { n_head: 8, n_head_kv: 2, head_dim: 128, head_dim_v: 128, kpos: in_order(1000), qpos: 999, mask: AttnMask::CAUSAL },
+        // Early in a sequence: a cache of 8,192 slots with 301 written (most splits empty).
+        AttnCase {
+            n_head: 8,
+            n_head_kv: 2,
+            head_dim: 128,
+            head_dim_v: 128,
+            kpos: (0..8192).map(|s| if s <= 300 { s } else { -1 }).collect(),
+            qpos: 300,
+            mask: AttnMask::CAUSAL,
+        },
         AttnCase {
             n_head: 8,
             n_head_kv: 2,
@@ -487,7 +507,14 @@ fn attention_decode_batch_equals_single_sequences() {
         let mut part = gpu.upload(&vec![f32::NAN; CudaBackend::attention_partials_batch(&shape, n_slots, n)]).unwrap();
         let mut out = gpu.upload(&vec![f32::NAN; n * shape.n_head * shape.head_dim_v]).unwrap();
         let mut lse = gpu.upload(&vec![f32::NAN; n * shape.n_head]).unwrap();
-        gpu.attention_decode_batch(&shape, &qd, &qpd, &bd, n_slots, &kd, &vd, &pd, mask, &mut part, &mut out, &mut lse).unwrap();
+        // With the output also quantized to Q8_1 (the decode path's input to the output
+        // projection): the bytes of quantize_q8_1 on the f32 output.
+        let mut outq = gpu.upload(&vec![0xAAu8; n * shape.n_head * shape.head_dim_v / 32 * Q8_1_BYTES]).unwrap();
+        gpu.attention_decode_batch(&shape, &qd, &qpd, &bd, n_slots, &kd, &vd, &pd, mask, false, &mut part, &mut out, &mut lse, Some(&mut outq))
+            .unwrap();
+        let mut want_q = gpu.alloc::<u8>(outq.len()).unwrap();
+        gpu.quantize_q8_1(&out, &mut want_q).unwrap();
+        assert_eq!(gpu.download(&outq).unwrap(), gpu.download(&want_q).unwrap(), "attention batch {mask:?}: fused Q8_1 output differs");
         let (got, got_lse) = (gpu.download(&out).unwrap(), gpu.download(&lse).unwrap());
         let (row, hrow) = (shape.n_head * shape.head_dim, shape.n_head * shape.head_dim_v);
         for (t, &i) in order.iter().enumerate() {
@@ -523,16 +550,19 @@ fn attention_decode_batch_equals_single_sequences() {
     let mut part = gpu.alloc::<f32>(CudaBackend::attention_partials_batch(&shape, n_slots, 2)).unwrap();
     let mut out = gpu.upload(&vec![f32::NAN; 2 * shape.n_head * shape.head_dim_v]).unwrap();
     let mut lse = gpu.upload(&vec![f32::NAN; 2 * shape.n_head]).unwrap();
-    gpu.attention_decode_batch(&shape, &qd, &qpd, &bd, n_slots, &kd, &vd, &pd, AttnMask::CAUSAL, &mut part, &mut out, &mut lse).unwrap();
+    let mut outq = gpu.upload(&vec![0xAAu8; 2 * shape.n_head * shape.head_dim_v / 32 * Q8_1_BYTES]).unwrap();
+    gpu.attention_decode_batch(&shape, &qd, &qpd, &bd, n_slots, &kd, &vd, &pd, AttnMask::CAUSAL, false, &mut part, &mut out, &mut lse, Some(&mut outq))
+        .unwrap();
     assert!(gpu.download(&out).unwrap().iter().all(|&x| x == 0.0), "out-of-range bases: output not zero");
+    assert!(gpu.download(&outq).unwrap().iter().all(|&x| x == 0), "out-of-range bases: Q8_1 output not zero blocks");
     assert!(gpu.download(&lse).unwrap().iter().all(|&x| x == f32::NEG_INFINITY), "out-of-range bases: lse not -inf");
     // Shape errors, not launches: more slots per sequence than the caches hold, too few
     // partials, bases and positions of different lengths.
     let one = gpu.upload(&[0i32]).unwrap();
-    assert!(gpu.attention_decode_batch(&shape, &qd, &qpd, &bd, total + 1, &kd, &vd, &pd, AttnMask::CAUSAL, &mut part, &mut out, &mut lse).is_err());
+    assert!(gpu.attention_decode_batch(&shape, &qd, &qpd, &bd, total + 1, &kd, &vd, &pd, AttnMask::CAUSAL, false, &mut part, &mut out, &mut lse, None).is_err());
     let mut small = gpu.alloc::<f32>(1).unwrap();
-    assert!(gpu.attention_decode_batch(&shape, &qd, &qpd, &bd, n_slots, &kd, &vd, &pd, AttnMask::CAUSAL, &mut small, &mut out, &mut lse).is_err());
-    assert!(gpu.attention_decode_batch(&shape, &qd, &qpd, &one, n_slots, &kd, &vd, &pd, AttnMask::CAUSAL, &mut part, &mut out, &mut lse).is_err());
+    assert!(gpu.attention_decode_batch(&shape, &qd, &qpd, &bd, n_slots, &kd, &vd, &pd, AttnMask::CAUSAL, false, &mut small, &mut out, &mut lse, None).is_err());
+    assert!(gpu.attention_decode_batch(&shape, &qd, &qpd, &one, n_slots, &kd, &vd, &pd, AttnMask::CAUSAL, false, &mut part, &mut out, &mut lse, None).is_err());
 }
 
 /// The partials a session allocates for its largest layer serve every smaller one.

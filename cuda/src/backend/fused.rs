@@ -8,7 +8,7 @@
 //! - [`CudaBackend::rope_kv_write`]: biases, Q/K norms, RoPE of queries and keys, and the KV
 //!   cache write, one launch in place of up to seven.
 
-use cudarc::driver::{CudaFunction, DevicePtrMut, PushKernelArg};
+use cudarc::driver::{CudaFunction, DevicePtrMut};
 use ggml_kernels::ops::RopeKind;
 
 use super::{as_i32, as_u32, cfg, expect_len, CudaBackend, DeviceBuffer, DeviceMatrix, MatvecKernel, RopeParams, MATVEC_TYPES, MV2_WARPS, Q8_1_BYTES};
@@ -113,7 +113,7 @@ impl CudaBackend {
         for i in ws.len()..3 {
             d[i] = d[0];
         }
-        let mut b = self.stream.launch_builder(&self.fk.matvec_multi);
+        let mut b = self.launch_pdl(&self.fk.matvec_multi);
         b.arg(w(0)).arg(w(1)).arg(w(2)).arg(&d[0]).arg(&d[1]).arg(&d[2]);
         b.arg(&rows[0]).arg(&rows[1]).arg(&rows[2]).arg(&ty[0]).arg(&ty[1]).arg(&ty[2]).arg(&wpr[0]).arg(&wpr[1]).arg(&wpr[2]);
         b.arg(&first1).arg(&first2).arg(&x_q8_1.inner).arg(&cols32);
@@ -182,7 +182,7 @@ impl CudaBackend {
         let grid = as_u32("matrix rows", gate.rows.div_ceil(MV2_WARPS / n as usize))?;
         let (cols, rows) = (as_i32("matrix columns", gate.cols)?, as_i32("matrix rows", gate.rows)?);
         let a: i32 = if act == super::GatedAct::GeluTanh { 0 } else { 1 };
-        let mut b = self.stream.launch_builder(&self.fk.gate_up);
+        let mut b = self.launch_pdl(&self.fk.gate_up);
         b.arg(&gate.data.inner).arg(&up.data.inner).arg(&tyg).arg(&tyu).arg(&wpr).arg(&x_q8_1.inner).arg(&cols).arg(&rows).arg(&a);
         b.arg(&mut out.inner).arg(&mut sync.inner).arg(&mut out_q8.inner);
         // SAFETY: each row r < rows of gate and up (checked at upload to be rows x cols of their
@@ -256,7 +256,7 @@ impl CudaBackend {
             RopeKind::Neox => 1,
         };
         let null: u64 = 0;
-        let mut b = self.stream.launch_builder(&self.fk.rope_kv);
+        let mut b = self.launch_pdl(&self.fk.rope_kv);
         b.arg(&mut q.inner).arg(&k.inner).arg(&v.inner);
         for x in [extras.bq, extras.bk, extras.bv, extras.q_norm, extras.k_norm] {
             match x {

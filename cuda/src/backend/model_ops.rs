@@ -275,7 +275,7 @@ impl CudaBackend {
         }
         let n_blocks = x.len() / 32;
         let nb = n_blocks as i64;
-        let mut b = self.stream.launch_builder(&self.k.quantize_q8_1);
+        let mut b = self.launch_pdl(&self.k.quantize_q8_1);
         b.arg(&x.inner).arg(&mut out.inner).arg(&nb);
         // SAFETY: one warp per block b < n_blocks reads x[32b..32b+32] and writes block b of out,
         // which holds at least n_blocks blocks (checked above).
@@ -569,7 +569,7 @@ impl CudaBackend {
         let threads = n.div_ceil(32).clamp(1, 32) as u32 * 32;
         let n32 = as_i32("row length", n)?;
         let null: u64 = 0;
-        let mut b = self.stream.launch_builder(&self.mk.add_rms_norm_q8_1);
+        let mut b = self.launch_pdl(&self.mk.add_rms_norm_q8_1);
         b.arg(&mut x.inner);
         match residual {
             Some(r) => b.arg(&r.inner),

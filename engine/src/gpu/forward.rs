@@ -155,12 +155,16 @@ fn blocks(
                 &kv.v,
                 &kv.pos,
                 mask,
+                true,
                 part,
                 &mut b.attn,
                 &mut b.lse,
+                // Decode: quantized for the output projection in the same launch (per head: a
+                // whole number of Q8_1 blocks).
+                b.dq.as_mut().filter(|_| c.head_dim_v % 32 == 0).map(|dq| &mut dq.attn),
             )?,
         }
-        if let Some(dq) = b.dq.as_mut() {
+        if let Some(dq) = b.dq.as_mut().filter(|_| c.head_dim_v % 32 != 0) {
             be.quantize_q8_1(&b.attn, &mut dq.attn)?;
         }
 

@@ -59,7 +59,7 @@ pub(super) fn measure(
     let mut part: DeviceBuffer<f32> = be.alloc(engine_cuda::CudaBackend::attention_partials_batch(&shape, kv.n_slots, w))?;
     let mut out: DeviceBuffer<f32> = be.alloc(w * c.n_head * c.head_dim_v)?;
     let mut lse: DeviceBuffer<f32> = be.alloc(w * c.n_head)?;
-    be.attention_decode_batch(&shape, &qw, &qpos, &base, kv.n_slots, &kv.k, &kv.v, &kv.pos, native, &mut part, &mut out, &mut lse)?;
+    be.attention_decode_batch(&shape, &qw, &qpos, &base, kv.n_slots, &kv.k, &kv.v, &kv.pos, native, false, &mut part, &mut out, &mut lse, None)?;
     let full = be.download(&lse)?;
     let mut sum = 0f64;
     if native == AttnMask::CAUSAL {
@@ -70,7 +70,7 @@ pub(super) fn measure(
         // sinks: seen from position sink - 1, share exp(lse_sinks - lse_full).
         let mut lse_from = |from: usize, mask: AttnMask| -> Result<Vec<f32>, GpuError> {
             let at = be.upload(&vec![from as i32; w])?;
-            be.attention_decode_batch(&shape, &qw, &at, &base, kv.n_slots, &kv.k, &kv.v, &kv.pos, mask, &mut part, &mut out, &mut lse)?;
+            be.attention_decode_batch(&shape, &qw, &at, &base, kv.n_slots, &kv.k, &kv.v, &kv.pos, mask, false, &mut part, &mut out, &mut lse, None)?;
             Ok(be.download(&lse)?)
         };
         let dropped = lse_from(end - window - 1, AttnMask { window: Some((end - window - sink) as u32), sink: 0, span: None })?;
@@ -99,7 +99,7 @@ pub(super) fn measure(
             be.upload_into(&[qp as i32], &mut qpos1)?;
             let keep_window = (window as i64 - (end as i64 - 1 - qp as i64)).max(0) as u32;
             let keep = AttnMask { window: Some(keep_window), sink: sink as u32, span: native.span.or(native.window) };
-            be.attention_decode_batch(&shape, &q1, &qpos1, &base1, kv.n_slots, &kv.k, &kv.v, &kv.pos, keep, &mut part, &mut out1, &mut lse1)?;
+            be.attention_decode_batch(&shape, &q1, &qpos1, &base1, kv.n_slots, &kv.k, &kv.v, &kv.pos, keep, false, &mut part, &mut out1, &mut lse1, None)?;
             let kept = be.download(&lse1)?;
             for (&f, &k) in full[j * c.n_head..(j + 1) * c.n_head].iter().zip(&kept) {
                 sum += if f == f32::NEG_INFINITY { 1.0 } else { ((k - f) as f64).exp() };
