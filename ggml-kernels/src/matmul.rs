@@ -16,7 +16,7 @@
 //!   run on the calling thread. [`matmul_many`] runs several products of one input (Q/K/V, gate/up) as one
 //!   such job with one quantization of the input. Types with a multi-row kernel (Q4_0, Q5_0,
 //!   IQ4_NL) take four rows per call, two per register, prefetching the next four; matrices in
-//!   a packed layout ([`crate::repack`]: Q4_0, Q5_0, Q4_K, Q6_K as the engine holds them) take
+//!   a packed layout ([`crate::repack`]: Q4_0, Q5_0, Q8_0, Q4_K, Q6_K as the engine holds them) take
 //!   a group of eight rows per call.
 //! - Prefill (`n > 1`) is bound by arithmetic: types with a GEMM tile compute 4 weight rows x 4
 //!   activation rows per inner loop, so each unpacked weight block is reused four times from
@@ -182,35 +182,55 @@ impl PackedMatrix {
 }
 
 /// Rebuilds a ggml-layout matrix in `layout` (the layout of its type: Q5_0 into
-/// [`Layout::Q5_0x8`], Q4_0 into [`Layout::Q4_0x8`], Q4_K into [`Layout::Q4_Kx8`], Q6_K into
-/// [`Layout::Q6_Kx8`]; else `None`). Lossless: the products give the same results within their
-/// rounding, and [`QMatrix::row`] gives back the original bytes.
+/// [`Layout::Q5_0x8`], Q4_0 into [`Layout::Q4_0x8`], Q8_0 into [`Layout::Q8_0x8`], Q4_K into
+/// [`Layout::Q4_Kx8`], Q6_K into [`Layout::Q6_Kx8`]; else `None`). Lossless: the products give
+/// the same results within their rounding, and [`QMatrix::row`] gives back the original bytes.
 pub fn pack(w: &QMatrix<'_>, layout: Layout) -> Option<PackedMatrix> {
+    pack_with(w, layout, &|_| {})
+}
+
+/// Source bytes packed between two calls of a [`pack_with`] callback.
+const PACK_BATCH_BYTES: usize = 4 << 20;
+
+/// [`pack`], handing each run of `w`'s bytes (about [`PACK_BATCH_BYTES`], whole groups of rows)
+/// to `consumed` as soon as it has been packed, so a caller can give a mapped file's pages back
+/// as it goes instead of holding a large matrix twice.
+pub fn pack_with(w: &QMatrix<'_>, layout: Layout, consumed: &dyn Fn(&[u8])) -> Option<PackedMatrix> {
     if w.layout != Layout::Ggml || w.check_size().is_err() || layout.weight_type() != Some(w.ty) {
         return None;
     }
     let mut p = PackedMatrix::zeroed(w.ty, w.cols, w.rows, layout, packed_nbytes(layout, w.cols, w.rows)?);
-    pack_into(layout, w.data, w.cols / w.ty.block_size(), w.rows, &mut p.data[p.off..][..p.len]);
+    let (nb, rb, gr) = (w.cols / w.ty.block_size(), w.row_bytes(), layout.group_rows());
+    let gbytes = layout.group_bytes(w.ty, nb);
+    let batch_rows = (PACK_BATCH_BYTES / (rb * gr).max(1)).max(1) * gr;
+    let out = &mut p.data[p.off..][..p.len];
+    for r0 in (0..w.rows).step_by(batch_rows) {
+        let r1 = (r0 + batch_rows).min(w.rows);
+        let src = &w.data[r0 * rb..r1 * rb];
+        pack_into(layout, src, nb, r1 - r0, &mut out[r0 / gr * gbytes..r1.div_ceil(gr) * gbytes]);
+        consumed(src);
+    }
     Some(p)
 }
 
-/// The layout this CPU's best kernels decode `w` fastest in, rebuilt, or `None` where the file's
-/// own layout is best (every type but Q4_0, Q5_0, Q4_K and Q6_K, and those where only the
-/// scalar packed kernel exists: on AArch64).
-pub fn pack_for_decode(w: &QMatrix<'_>) -> Option<PackedMatrix> {
-    let k = Kernels::best();
+/// The layout this CPU's best kernels decode `w` fastest in, or `None` where the file's own
+/// layout is best (every type but Q4_0, Q5_0, Q8_0, Q4_K and Q6_K, and those where only the
+/// scalar packed kernel exists: on AArch64, and Q8_0 without AVX-512 VNNI).
+pub fn decode_layout(w: &QMatrix<'_>) -> Option<Layout> {
     let layout = match w.ty {
         GgmlType::Q5_0 => Layout::Q5_0x8,
         GgmlType::Q4_K => Layout::Q4_Kx8,
         GgmlType::Q6_K => Layout::Q6_Kx8,
         GgmlType::Q4_0 => Layout::Q4_0x8,
+        GgmlType::Q8_0 => Layout::Q8_0x8,
         _ => return None,
     };
-    if k.packed_isa(layout).is_some_and(|i| i != crate::dot::Isa::Scalar) {
-        pack(w, layout)
-    } else {
-        None
-    }
+    Kernels::best().packed_isa(layout).is_some_and(|i| i != crate::dot::Isa::Scalar).then_some(layout)
+}
+
+/// `w` rebuilt in its [`decode_layout`], or `None` where the file's own layout is best.
+pub fn pack_for_decode(w: &QMatrix<'_>) -> Option<PackedMatrix> {
+    pack(w, decode_layout(w)?)
 }
 
 /// Fewest weight bytes in one chunk of a decode job: claiming a chunk costs a shared atomic
@@ -869,7 +889,7 @@ mod tests {
         // Rows no multiple of the group of eight (and fewer than one group), one block per row
         // and several; n = 1..4 runs the packed decode kernel, 70 the tiles over unpacked rows.
         let mut rng = Rng::new(17);
-        for (ty, layout) in [(GgmlType::Q5_0, Layout::Q5_0x8), (GgmlType::Q4_K, Layout::Q4_Kx8), (GgmlType::Q6_K, Layout::Q6_Kx8), (GgmlType::Q4_0, Layout::Q4_0x8)] {
+        for (ty, layout) in [(GgmlType::Q5_0, Layout::Q5_0x8), (GgmlType::Q4_K, Layout::Q4_Kx8), (GgmlType::Q6_K, Layout::Q6_Kx8), (GgmlType::Q4_0, Layout::Q4_0x8), (GgmlType::Q8_0, Layout::Q8_0x8)] {
             let (bs, ts) = (ty.block_size(), ty.type_size());
             for (nb, rows) in [(1usize, 1usize), (3, 37), (20, 8), (5, 13), (16, 21)] {
                 let cols = nb * bs;
@@ -947,7 +967,7 @@ mod tests {
             let dg = random_weights(tg, rows * cols / tg.block_size(), &mut rng, Scales::Mixed);
             let du = random_weights(tu, rows * cols / tu.block_size(), &mut rng, Scales::Mixed);
             let (g, u) = (QMatrix::new(tg, cols, rows, &dg).unwrap(), QMatrix::new(tu, cols, rows, &du).unwrap());
-            let packed = |w: &QMatrix<'_>| [Layout::Q5_0x8, Layout::Q4_Kx8, Layout::Q6_Kx8, Layout::Q4_0x8].into_iter().find_map(|l| pack(w, l));
+            let packed = |w: &QMatrix<'_>| [Layout::Q5_0x8, Layout::Q4_Kx8, Layout::Q6_Kx8, Layout::Q4_0x8, Layout::Q8_0x8].into_iter().find_map(|l| pack(w, l));
             let (pg, pu) = (packed(&g), packed(&u));
             let g = pg.as_ref().map_or(g, |p| p.view());
             let u = pu.as_ref().map_or(u, |p| p.view());

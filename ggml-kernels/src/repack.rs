@@ -61,8 +61,13 @@
 //! vectors ([`Q4_0X8_NIBBLES`]) whose byte `4r + t` of vector `j` is byte `4j + t` of row `r`'s
 //! ggml nibbles (element `4j + t` low, `16 + 4j + t` high).
 //!
-//! The K-quant and Q4_0 layouts move 2- and 4-byte pieces of each row's block into vectors of eight
+//! [`Layout::Q8_0x8`] likewise: eight `f16` scales ([`Q8_0X8_SCALES`]), then eight 32-byte
+//! vectors of quants ([`Q8_0X8_QS`]), byte `4r + t` of vector `j` = quant `4j + t` of row `r`.
+//!
+//! The K-quant, Q4_0 and Q8_0 layouts move 2- and 4-byte pieces of each row's block into vectors of eight
 //! (one table of fields per layout), so packing and unpacking are one loop each.
+
+use rayon::prelude::*;
 
 use crate::quants::float16::f16_to_f32;
 use crate::types::GgmlType;
@@ -81,6 +86,8 @@ pub enum Layout {
     Q6_Kx8,
     /// Q4_0 in groups of eight rows, interleaved per block (see the module documentation).
     Q4_0x8,
+    /// Q8_0 in groups of eight rows, interleaved per block (see the module documentation).
+    Q8_0x8,
 }
 
 impl Layout {
@@ -92,6 +99,7 @@ impl Layout {
             Layout::Q4_Kx8 => Some(GgmlType::Q4_K),
             Layout::Q6_Kx8 => Some(GgmlType::Q6_K),
             Layout::Q4_0x8 => Some(GgmlType::Q4_0),
+            Layout::Q8_0x8 => Some(GgmlType::Q8_0),
         }
     }
 
@@ -99,7 +107,7 @@ impl Layout {
     pub fn group_rows(self) -> usize {
         match self {
             Layout::Ggml => 1,
-            Layout::Q5_0x8 | Layout::Q4_Kx8 | Layout::Q6_Kx8 | Layout::Q4_0x8 => 8,
+            Layout::Q5_0x8 | Layout::Q4_Kx8 | Layout::Q6_Kx8 | Layout::Q4_0x8 | Layout::Q8_0x8 => 8,
         }
     }
 
@@ -131,6 +139,7 @@ pub fn pack_into(layout: Layout, src: &[u8], nb: usize, rows: usize, out: &mut [
         Layout::Q4_Kx8 => pack_q4_kx8(src, nb, rows, out),
         Layout::Q6_Kx8 => pack_q6_kx8(src, nb, rows, out),
         Layout::Q4_0x8 => pack_fields(&Q4_0X8_FIELDS, Q4_0_BLOCK, src, nb, rows, out),
+        Layout::Q8_0x8 => pack_fields(&Q8_0X8_FIELDS, Q8_0_BLOCK, src, nb, rows, out),
         Layout::Ggml => panic!("pack_into: the ggml layout is not packed"),
     }
 }
@@ -144,6 +153,7 @@ pub fn unpack_block(layout: Layout, gb: &[u8], r: usize, out: &mut [u8]) {
         Layout::Q4_Kx8 => unpack_q4_kx8_block(gb, r, out),
         Layout::Q6_Kx8 => unpack_q6_kx8_block(gb, r, out),
         Layout::Q4_0x8 => unpack_fields(&Q4_0X8_FIELDS, gb, r, out),
+        Layout::Q8_0x8 => unpack_fields(&Q8_0X8_FIELDS, gb, r, out),
         Layout::Ggml => debug_assert!(false, "unpack_block: the ggml layout is not packed"),
     }
 }
@@ -303,7 +313,8 @@ fn pack_fields(fields: &[Field], bs: usize, src: &[u8], nb: usize, rows: usize, 
     if nb == 0 {
         return;
     }
-    for (g, group) in out.chunks_exact_mut(nb * 8 * bs).enumerate() {
+    // Groups are independent: in parallel (the output projection of a model is 100+ MB).
+    out.par_chunks_exact_mut(nb * 8 * bs).enumerate().with_min_len(16).for_each(|(g, group)| {
         for (b, gb) in group.chunks_exact_mut(8 * bs).enumerate() {
             for r in 0..8 {
                 let row = g * 8 + r;
@@ -324,7 +335,7 @@ fn pack_fields(fields: &[Field], bs: usize, src: &[u8], nb: usize, rows: usize, 
                 }
             }
         }
-    }
+    });
 }
 
 /// Writes the ggml block of row `r` (0..8) held in group block `gb` of `fields` to `out`.
@@ -364,6 +375,19 @@ const _: () = assert!(Q4_0X8_NIBBLES + 4 * 32 == Q4_0X8_BLOCK);
 
 /// The fields of a [`Layout::Q4_0x8`] group block: `d`, nibbles.
 const Q4_0X8_FIELDS: [Field; 2] = [Field::new(0, 2, Q4_0X8_SCALES, 2), Field::new(2, 16, Q4_0X8_NIBBLES, 4)];
+
+/// Bytes of one group block of [`Layout::Q8_0x8`]: eight rows of one 34-byte Q8_0 block.
+pub const Q8_0X8_BLOCK: usize = 8 * Q8_0_BLOCK;
+
+/// Offsets inside a group block: the scales, the quant vectors.
+pub const Q8_0X8_SCALES: usize = 0;
+pub const Q8_0X8_QS: usize = 16;
+
+const Q8_0_BLOCK: usize = 34;
+const _: () = assert!(Q8_0X8_QS + 8 * 32 == Q8_0X8_BLOCK);
+
+/// The fields of a [`Layout::Q8_0x8`] group block: `d`, quants.
+const Q8_0X8_FIELDS: [Field; 2] = [Field::new(0, 2, Q8_0X8_SCALES, 2), Field::new(2, 32, Q8_0X8_QS, 4)];
 
 /// Rows per group of [`Layout::Q6_Kx8`].
 pub const Q6_KX8_ROWS: usize = 8;
@@ -447,6 +471,32 @@ mod tests {
             let (j, t) = ((e - 16) / 4, (e - 16) % 4);
             let m = u32::from_le_bytes(packed[g * nb * Q5_0X8_BLOCK + Q5_0X8_MASKS + 4 * (2 * j + 1)..][..4].try_into().unwrap());
             assert_eq!((m >> (4 * rr + t)) & 1, (qh >> e) & 1);
+        }
+    }
+
+    #[test]
+    fn q8_0_packing_round_trips() {
+        let mut s = 0x9753_1357_fdb9_eca8u64;
+        for (nb, rows) in [(1usize, 1usize), (2, 8), (5, 13)] {
+            let src: Vec<u8> = (0..nb * rows * 34)
+                .map(|_| {
+                    s ^= s << 13;
+                    s ^= s >> 7;
+                    s ^= s << 17;
+                    s as u8
+                })
+                .collect();
+            let mut packed = vec![0u8; packed_nbytes(Layout::Q8_0x8, nb * 32, rows).unwrap()];
+            assert_eq!(packed.len(), rows.div_ceil(8) * 8 * nb * 34);
+            pack_into(Layout::Q8_0x8, &src, nb, rows, &mut packed);
+            let gbytes = Layout::Q8_0x8.group_bytes(GgmlType::Q8_0, nb);
+            let mut back = vec![0u8; rows * nb * 34];
+            for g in 0..rows.div_ceil(8) {
+                unpack_rows(Layout::Q8_0x8, &packed[g * gbytes..][..gbytes], nb, (rows - 8 * g).min(8), &mut back[g * 8 * nb * 34..]);
+            }
+            assert_eq!(back, src, "nb {nb} rows {rows}");
+            let (r, j, t) = (rows - 1, 6, 3);
+            assert_eq!(packed[(r / 8) * gbytes + Q8_0X8_QS + 32 * j + 4 * (r % 8) + t], src[r * nb * 34 + 2 + 4 * j + t]);
         }
     }
 

@@ -18,8 +18,8 @@
 //! - `vnni`: AVX-512 VNNI (`vpdpbusd`/`vpdpwssd` on 256-bit registers) dot products for Q4_0,
 //!   Q5_0, Q8_0, IQ4_NL, Q4_K and Q6_K, tiles for the same types, four-row decode kernels for
 //!   Q4_0, Q5_0 and IQ4_NL, and with AVX-512 VBMI Q5_0 kernels that gather the fifth bits with
-//!   `vpmultishiftqb`, and decode kernels for all four packed layouts (Q5_0x8, Q4_0x8, Q4_Kx8,
-//!   Q6_Kx8); everything else comes from `avx2`;
+//!   `vpmultishiftqb`, and decode kernels for all packed layouts (Q5_0x8, Q4_0x8, Q8_0x8,
+//!   Q4_Kx8, Q6_Kx8); everything else comes from `avx2`;
 //! - `neon`: AArch64 NEON dot products for Q4_0, Q5_0, Q8_0, IQ4_NL, Q4_K, Q6_K and F32.
 //!
 //! Q8_0 and Q8_1 activation rows travel with side data (each block's scale as `f32` and its sum,
@@ -314,6 +314,8 @@ pub struct Kernels {
     q6_kx8: Entry<TileFn>,
     /// The decode kernel for Q4_0 in [`Layout::Q4_0x8`], called as the Q5_0x8 one.
     q4_0x8: Entry<TileFn>,
+    /// The decode kernel for Q8_0 in [`Layout::Q8_0x8`], called as the Q5_0x8 one.
+    q8_0x8: Entry<TileFn>,
     quant: [Entry<QuantFn>; 4],
 }
 
@@ -348,6 +350,7 @@ impl Kernels {
             q4_kx8: Entry { f: s::matvec_q4_kx8, isa: Isa::Scalar },
             q6_kx8: Entry { f: s::matvec_q6_kx8, isa: Isa::Scalar },
             q4_0x8: Entry { f: s::matvec_q4_0x8, isa: Isa::Scalar },
+            q8_0x8: Entry { f: s::matvec_q8_0x8, isa: Isa::Scalar },
             quant: quants.map(|f| Entry { f, isa: Isa::Scalar }),
         }
     }
@@ -384,6 +387,7 @@ impl Kernels {
             Layout::Q4_Kx8 => self.q4_kx8 = Entry { f, isa },
             Layout::Q6_Kx8 => self.q6_kx8 = Entry { f, isa },
             Layout::Q4_0x8 => self.q4_0x8 = Entry { f, isa },
+            Layout::Q8_0x8 => self.q8_0x8 = Entry { f, isa },
             Layout::Ggml => {}
         }
     }
@@ -484,6 +488,7 @@ impl Kernels {
             Layout::Q4_Kx8 => Some(self.q4_kx8.isa),
             Layout::Q6_Kx8 => Some(self.q6_kx8.isa),
             Layout::Q4_0x8 => Some(self.q4_0x8.isa),
+            Layout::Q8_0x8 => Some(self.q8_0x8.isa),
             Layout::Ggml => None,
         }
     }
@@ -496,6 +501,7 @@ impl Kernels {
             Layout::Q4_Kx8 => self.q4_kx8.f,
             Layout::Q6_Kx8 => self.q6_kx8.f,
             Layout::Q4_0x8 => self.q4_0x8.f,
+            Layout::Q8_0x8 => self.q8_0x8.f,
             _ => self.q5_0x8.f,
         }
     }
