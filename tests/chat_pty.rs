@@ -139,10 +139,14 @@ fn ask_interrupt_reset_stats_exit() {
     p.expect("completion mode");
     p.expect("> ");
 
-    // Ask: the base model continues the text, streamed; greedy, so the answer is known.
+    // Ask: the base model continues the text, streamed; greedy, so the answer is known up to
+    // the order of the colours, a near tie for this model that moves with the kernels' float
+    // summation order (the packed Q4_K/Q6_K decode kernels give "red, yellow, and blue").
     p.send("The three primary colors are\r");
-    p.expect("red, blue, and yellow");
+    p.expect(" red, ");
     p.expect("> ");
+    let reply = p.text();
+    assert!(reply.contains("red, blue, and yellow") || reply.contains("red, yellow, and blue"), "unexpected reply:\n{reply}");
 
     // Stats of that reply.
     p.send("/stats\r");

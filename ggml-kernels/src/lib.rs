@@ -10,7 +10,8 @@
 //! - [`dot`]: dot products of weight rows with quantized activation rows (scalar references,
 //!   AVX2, AVX-512 VNNI and NEON kernels) and the kernel table filled at start-up.
 //! - [`matmul`]: quantized weight matrix times f32 activations.
-//! - [`repack`]: weight layouts rebuilt at load for faster decode (Q5_0 in groups of eight rows).
+//! - [`repack`]: weight layouts rebuilt at load for faster decode (Q4_0, Q5_0, Q8_0, Q4_K and
+//!   Q6_K in groups of eight rows).
 //! - [`attention`]: attention over a KV cache with causal, window and sink+window masks.
 //! - [`ops`]: RMSNorm, RoPE, activations, softmax.
 //! - [`probe`]: memory-bandwidth and peak-throughput probes, to quote kernel speeds against.

@@ -15,7 +15,9 @@
 //!   jobs) claim in order, so a thread that is late or slowed down takes fewer; small products
 //!   run on the calling thread. [`matmul_many`] runs several products of one input (Q/K/V, gate/up) as one
 //!   such job with one quantization of the input. Types with a multi-row kernel (Q4_0, Q5_0,
-//!   IQ4_NL) take four rows per call, two per register, prefetching the next four.
+//!   IQ4_NL) take four rows per call, two per register, prefetching the next four; matrices in
+//!   a packed layout ([`crate::repack`]: Q4_0, Q5_0, Q8_0, Q4_K, Q6_K as the engine holds them) take
+//!   a group of eight rows per call.
 //! - Prefill (`n > 1`) is bound by arithmetic: types with a GEMM tile compute 4 weight rows x 4
 //!   activation rows per inner loop, so each unpacked weight block is reused four times from
 //!   registers and each activation block four times from L1. Tasks are runs of at least
@@ -34,7 +36,7 @@ use rayon::prelude::*;
 use crate::dot::{DotFn, Kernels, QuantizedActs, TileFn, VecDotType, TILE};
 use crate::quants::{dequantize, QuantError};
 pub use crate::repack::Layout;
-use crate::repack::{pack_q5_0x8, q5_0x8_nbytes, unpack_q5_0x8_block, unpack_q5_0x8_rows, Q5_0X8_BLOCK, Q5_0X8_ROWS};
+use crate::repack::{pack_into, packed_nbytes, unpack_block, unpack_rows};
 use crate::types::GgmlType;
 
 /// A borrowed weight matrix.
@@ -90,8 +92,8 @@ impl<'a> QMatrix<'a> {
     fn expected_nbytes(&self) -> Option<u64> {
         match self.layout {
             Layout::Ggml => self.ty.tensor_nbytes(&[self.cols as u64, self.rows as u64]).ok(),
-            Layout::Q5_0x8 if self.ty == GgmlType::Q5_0 => q5_0x8_nbytes(self.cols, self.rows).map(|n| n as u64),
-            Layout::Q5_0x8 => None,
+            l if l.weight_type() == Some(self.ty) => packed_nbytes(l, self.cols, self.rows).map(|n| n as u64),
+            _ => None,
         }
     }
 
@@ -104,12 +106,17 @@ impl<'a> QMatrix<'a> {
         Ok(())
     }
 
-    /// Bytes of one row's blocks (in [`Layout::Q5_0x8`], what a row contributes to its group).
+    /// Bytes of one row's blocks (in a packed layout, what a row contributes to its group).
     pub fn row_bytes(&self) -> usize {
         match self.layout {
             Layout::Ggml => self.data.len() / self.rows.max(1),
-            Layout::Q5_0x8 => self.cols / 32 * self.ty.type_size(),
+            _ => self.cols / self.ty.block_size() * self.ty.type_size(),
         }
+    }
+
+    /// Bytes of one group of rows of a packed layout (a row for [`Layout::Ggml`]).
+    fn group_bytes(&self) -> usize {
+        self.layout.group_bytes(self.ty, self.cols / self.ty.block_size())
     }
 
     /// The encoded bytes of row `r`, in ggml's layout (borrowed, or for a packed matrix
@@ -118,12 +125,12 @@ impl<'a> QMatrix<'a> {
         let rb = self.row_bytes();
         match self.layout {
             Layout::Ggml => std::borrow::Cow::Borrowed(&self.data[r * rb..(r + 1) * rb]),
-            Layout::Q5_0x8 => {
-                let nb = self.cols / 32;
-                let group = &self.data[r / Q5_0X8_ROWS * nb * Q5_0X8_BLOCK..][..nb * Q5_0X8_BLOCK];
+            l => {
+                let (gr, gbytes, bs) = (l.group_rows(), self.group_bytes(), self.ty.type_size());
+                let group = &self.data[r / gr * gbytes..][..gbytes];
                 let mut out = vec![0u8; rb];
-                for (b, gb) in group.chunks_exact(Q5_0X8_BLOCK).enumerate() {
-                    unpack_q5_0x8_block(gb, r % Q5_0X8_ROWS, &mut out[b * 22..(b + 1) * 22]);
+                for (b, gb) in group.chunks_exact(gr * bs).enumerate() {
+                    unpack_block(l, gb, r % gr, &mut out[b * bs..(b + 1) * bs]);
                 }
                 std::borrow::Cow::Owned(out)
             }
@@ -144,47 +151,86 @@ pub struct PackedMatrix {
     cols: usize,
     rows: usize,
     layout: Layout,
+    /// The packed bytes at `data[off..off + len]`, `off` chosen so that they start on a cache
+    /// line (a Q4_Kx8 group block is 18 whole lines, so no 32-byte load then straddles two).
     data: Vec<u8>,
+    off: usize,
+    len: usize,
 }
+
+/// Alignment of a packed matrix's first byte.
+const PACKED_ALIGN: usize = 64;
 
 impl PackedMatrix {
+    /// `len` zero bytes starting on a [`PACKED_ALIGN`] boundary, in a matrix of `ty`, `cols`,
+    /// `rows` and `layout`.
+    fn zeroed(ty: GgmlType, cols: usize, rows: usize, layout: Layout, len: usize) -> PackedMatrix {
+        let data = vec![0u8; len + PACKED_ALIGN - 1];
+        let off = data.as_ptr().align_offset(PACKED_ALIGN).min(PACKED_ALIGN - 1);
+        PackedMatrix { ty, cols, rows, layout, data, off, len }
+    }
+
     /// The matrix as the products take it.
     pub fn view(&self) -> QMatrix<'_> {
-        QMatrix { ty: self.ty, cols: self.cols, rows: self.rows, data: &self.data, layout: self.layout }
+        QMatrix { ty: self.ty, cols: self.cols, rows: self.rows, data: &self.data[self.off..][..self.len], layout: self.layout }
     }
 
-    /// Bytes held.
+    /// Bytes of the packed matrix (the allocation holds up to 63 more, for the alignment).
     pub fn nbytes(&self) -> usize {
-        self.data.len()
+        self.len
     }
 }
 
-/// Rebuilds a ggml-layout matrix in `layout` (only Q5_0 into [`Layout::Q5_0x8`] so far; else
-/// `None`). Lossless: the products give the same results within their rounding, and
-/// [`QMatrix::row`] gives back the original bytes.
+/// Rebuilds a ggml-layout matrix in `layout` (the layout of its type: Q5_0 into
+/// [`Layout::Q5_0x8`], Q4_0 into [`Layout::Q4_0x8`], Q8_0 into [`Layout::Q8_0x8`], Q4_K into
+/// [`Layout::Q4_Kx8`], Q6_K into [`Layout::Q6_Kx8`]; else `None`). Lossless: the products give
+/// the same results within their rounding, and [`QMatrix::row`] gives back the original bytes.
 pub fn pack(w: &QMatrix<'_>, layout: Layout) -> Option<PackedMatrix> {
-    if w.layout != Layout::Ggml || w.check_size().is_err() {
+    pack_with(w, layout, &|_| {})
+}
+
+/// Source bytes packed between two calls of a [`pack_with`] callback.
+const PACK_BATCH_BYTES: usize = 4 << 20;
+
+/// [`pack`], handing each run of `w`'s bytes (about [`PACK_BATCH_BYTES`], whole groups of rows)
+/// to `consumed` as soon as it has been packed, so a caller can give a mapped file's pages back
+/// as it goes instead of holding a large matrix twice.
+pub fn pack_with(w: &QMatrix<'_>, layout: Layout, consumed: &dyn Fn(&[u8])) -> Option<PackedMatrix> {
+    if w.layout != Layout::Ggml || w.check_size().is_err() || layout.weight_type() != Some(w.ty) {
         return None;
     }
-    match (w.ty, layout) {
-        (GgmlType::Q5_0, Layout::Q5_0x8) => {
-            let mut data = vec![0u8; q5_0x8_nbytes(w.cols, w.rows)?];
-            pack_q5_0x8(w.data, w.cols / 32, w.rows, &mut data);
-            Some(PackedMatrix { ty: w.ty, cols: w.cols, rows: w.rows, layout, data })
-        }
-        _ => None,
+    let mut p = PackedMatrix::zeroed(w.ty, w.cols, w.rows, layout, packed_nbytes(layout, w.cols, w.rows)?);
+    let (nb, rb, gr) = (w.cols / w.ty.block_size(), w.row_bytes(), layout.group_rows());
+    let gbytes = layout.group_bytes(w.ty, nb);
+    let batch_rows = (PACK_BATCH_BYTES / (rb * gr).max(1)).max(1) * gr;
+    let out = &mut p.data[p.off..][..p.len];
+    for r0 in (0..w.rows).step_by(batch_rows) {
+        let r1 = (r0 + batch_rows).min(w.rows);
+        let src = &w.data[r0 * rb..r1 * rb];
+        pack_into(layout, src, nb, r1 - r0, &mut out[r0 / gr * gbytes..r1.div_ceil(gr) * gbytes]);
+        consumed(src);
     }
+    Some(p)
 }
 
-/// The layout this CPU's best kernels decode `w` fastest in, rebuilt, or `None` where the file's
-/// own layout is best (every type but Q5_0, and Q5_0 where only the scalar packed kernel exists,
-/// e.g. on AArch64).
+/// The layout this CPU's best kernels decode `w` fastest in, or `None` where the file's own
+/// layout is best (every type but Q4_0, Q5_0, Q8_0, Q4_K and Q6_K, and those where only the
+/// scalar packed kernel exists: on AArch64, and Q8_0 without AVX-512 VNNI).
+pub fn decode_layout(w: &QMatrix<'_>) -> Option<Layout> {
+    let layout = match w.ty {
+        GgmlType::Q5_0 => Layout::Q5_0x8,
+        GgmlType::Q4_K => Layout::Q4_Kx8,
+        GgmlType::Q6_K => Layout::Q6_Kx8,
+        GgmlType::Q4_0 => Layout::Q4_0x8,
+        GgmlType::Q8_0 => Layout::Q8_0x8,
+        _ => return None,
+    };
+    Kernels::best().packed_isa(layout).is_some_and(|i| i != crate::dot::Isa::Scalar).then_some(layout)
+}
+
+/// `w` rebuilt in its [`decode_layout`], or `None` where the file's own layout is best.
 pub fn pack_for_decode(w: &QMatrix<'_>) -> Option<PackedMatrix> {
-    let k = Kernels::best();
-    match w.ty {
-        GgmlType::Q5_0 if k.packed_isa(Layout::Q5_0x8).is_some_and(|i| i != crate::dot::Isa::Scalar) => pack(w, Layout::Q5_0x8),
-        _ => None,
-    }
+    pack(w, decode_layout(w)?)
 }
 
 /// Fewest weight bytes in one chunk of a decode job: claiming a chunk costs a shared atomic
@@ -341,7 +387,7 @@ fn matmul_many_impl(
         if n <= matvec_batch_max(w.ty) {
             let kernel = match w.layout {
                 Layout::Ggml => k.matvec_fn(w.ty).map_or(RowKernel::Dot(dot), RowKernel::Rows4),
-                Layout::Q5_0x8 => RowKernel::Packed8(k.packed_fn(w.layout)),
+                _ => RowKernel::Packed8(k.packed_fn(w.layout)),
             };
             jobs.push(MatvecJob::new(kernel, w, a, out));
         } else {
@@ -367,7 +413,8 @@ enum RowKernel {
     Dot(DotFn),
     /// Up to four rows per call (ggml layout).
     Rows4(TileFn),
-    /// A group of eight rows per call, from [`Layout::Q5_0x8`].
+    /// A group of eight rows per call, from a packed layout ([`Layout::Q5_0x8`],
+    /// [`Layout::Q4_Kx8`]).
     Packed8(TileFn),
 }
 
@@ -376,7 +423,7 @@ impl RowKernel {
     fn group(self) -> usize {
         match self {
             RowKernel::Dot(_) | RowKernel::Rows4(_) => TILE,
-            RowKernel::Packed8(_) => Q5_0X8_ROWS,
+            RowKernel::Packed8(_) => 8,
         }
     }
 }
@@ -427,7 +474,7 @@ impl<'w, 'a> MatvecJob<'w, 'a> {
             let mr = group.min(r1 - r);
             // A group of eight packed rows is stored whole (the last one padded).
             let wt = match self.kernel {
-                RowKernel::Packed8(_) => w.data[r / Q5_0X8_ROWS * nb * Q5_0X8_BLOCK..].as_ptr(),
+                RowKernel::Packed8(_) => w.data[r / group * w.group_bytes()..].as_ptr(),
                 _ => w.data[r * rb..(r + mr) * rb].as_ptr(),
             };
             for t in 0..acts.rows() {
@@ -587,22 +634,20 @@ fn gemm(dot: DotFn, tile: Option<TileFn>, w: &QMatrix<'_>, acts: &QuantizedActs,
     debug_assert_eq!(out.len(), n * rows);
     let shared = SharedOut(out.as_mut_ptr());
     let threads = rayon::current_num_threads();
-    let packed = w.layout == Layout::Q5_0x8;
-    let mut task_rows = gemm_task_rows(rows, rb, n, threads);
-    if packed {
-        task_rows = task_rows.div_ceil(Q5_0X8_ROWS) * Q5_0X8_ROWS;
-    }
+    let packed = w.layout != Layout::Ggml;
+    let gr = w.layout.group_rows();
+    let task_rows = gemm_task_rows(rows, rb, n, threads).div_ceil(gr) * gr;
     let task = |task: usize| {
         let out = shared.get();
         let (r0, r1) = (task * task_rows, ((task + 1) * task_rows).min(rows));
         // A packed matrix: the task's rows back in ggml's layout, once per task (the tiles then
         // reuse them for every activation row, so this costs little next to them).
         let unpacked: Vec<u8> = if packed {
-            let group_bytes = nb * Q5_0X8_BLOCK;
+            let group_bytes = w.group_bytes();
             let mut buf = vec![0u8; (r1 - r0) * rb];
-            for g in (r0..r1).step_by(Q5_0X8_ROWS) {
-                let k = Q5_0X8_ROWS.min(r1 - g);
-                unpack_q5_0x8_rows(&w.data[g / Q5_0X8_ROWS * group_bytes..][..group_bytes], nb, k, &mut buf[(g - r0) * rb..]);
+            for g in (r0..r1).step_by(gr) {
+                let k = gr.min(r1 - g);
+                unpack_rows(w.layout, &w.data[g / gr * group_bytes..][..group_bytes], nb, k, &mut buf[(g - r0) * rb..]);
             }
             buf
         } else {
@@ -840,70 +885,90 @@ mod tests {
     }
 
     #[test]
-    fn packed_q5_0_matches_the_reference_on_every_table() {
+    fn packed_matrices_match_the_reference_on_every_table() {
         // Rows no multiple of the group of eight (and fewer than one group), one block per row
         // and several; n = 1..4 runs the packed decode kernel, 70 the tiles over unpacked rows.
         let mut rng = Rng::new(17);
-        let ty = GgmlType::Q5_0;
-        for (cols, rows) in [(32usize, 1usize), (96, 37), (640, 8), (160, 13), (512, 21)] {
-            let data = random_weights(ty, rows * cols / 32, &mut rng, Scales::Mixed);
-            let w = QMatrix::new(ty, cols, rows, &data).unwrap();
-            let p = pack(&w, Layout::Q5_0x8).unwrap();
-            let pv = p.view();
-            assert_eq!(p.nbytes(), rows.div_ceil(8) * 8 * cols / 32 * 22);
-            for r in 0..rows {
-                assert_eq!(&*pv.row(r), &*w.row(r), "row {r} restored");
-            }
-            for k in Kernels::available() {
-                for n in [1usize, 2, 4, 70] {
-                    let x = random_acts(n * cols, &mut rng, Acts::Spiky);
-                    let mut got = vec![f32::NAN; n * rows];
-                    matmul_with(k, &pv, &x, n, &mut got).unwrap();
-                    check_against_reference(k, &pv, &x, n, &got);
-                    // The scalar packed kernel sums as the scalar row kernel does, the tiles
-                    // read the unpacked rows, and the VNNI packed kernel sums as the VBMI ggml
-                    // kernel does (rows of whole groups of four blocks): all bit-identical to
-                    // the ggml layout's products.
-                    #[cfg(target_arch = "x86_64")]
-                    let vbmi = k.isa() == Isa::Avx512Vnni && std::is_x86_feature_detected!("avx512vbmi") && cols % 128 == 0;
-                    #[cfg(not(target_arch = "x86_64"))]
-                    let vbmi = false;
-                    if k.isa() == Isa::Scalar || n > MATVEC_BATCH_MAX || vbmi {
-                        let mut want = vec![f32::NAN; n * rows];
-                        matmul_with(k, &w, &x, n, &mut want).unwrap();
-                        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-                        assert_eq!(bits(&got), bits(&want), "{} {cols}x{rows} n {n}", k.isa());
+        for (ty, layout) in [(GgmlType::Q5_0, Layout::Q5_0x8), (GgmlType::Q4_K, Layout::Q4_Kx8), (GgmlType::Q6_K, Layout::Q6_Kx8), (GgmlType::Q4_0, Layout::Q4_0x8), (GgmlType::Q8_0, Layout::Q8_0x8)] {
+            let (bs, ts) = (ty.block_size(), ty.type_size());
+            for (nb, rows) in [(1usize, 1usize), (3, 37), (20, 8), (5, 13), (16, 21)] {
+                let cols = nb * bs;
+                let data = random_weights(ty, rows * nb, &mut rng, Scales::Mixed);
+                let w = QMatrix::new(ty, cols, rows, &data).unwrap();
+                let p = pack(&w, layout).unwrap();
+                let pv = p.view();
+                assert_eq!(p.nbytes(), rows.div_ceil(8) * 8 * nb * ts);
+                for r in 0..rows {
+                    assert_eq!(&*pv.row(r), &*w.row(r), "{ty} row {r} restored");
+                }
+                for k in Kernels::available() {
+                    for n in [1usize, 2, 4, 70] {
+                        let x = random_acts(n * cols, &mut rng, Acts::Spiky);
+                        let mut got = vec![f32::NAN; n * rows];
+                        matmul_with(k, &pv, &x, n, &mut got).unwrap();
+                        check_against_reference(k, &pv, &x, n, &got);
+                        // The scalar packed kernels sum as the scalar row kernels do, the tiles
+                        // read the unpacked rows, and the VNNI Q5_0x8 kernel sums as the VBMI
+                        // ggml kernel does (rows of whole groups of four blocks): all
+                        // bit-identical to the ggml layout's products.
+                        #[cfg(target_arch = "x86_64")]
+                        let vbmi = ty == GgmlType::Q5_0
+                            && k.isa() == Isa::Avx512Vnni
+                            && std::is_x86_feature_detected!("avx512vbmi")
+                            && nb % 4 == 0;
+                        #[cfg(not(target_arch = "x86_64"))]
+                        let vbmi = false;
+                        if k.isa() == Isa::Scalar || n > MATVEC_BATCH_MAX || vbmi {
+                            let mut want = vec![f32::NAN; n * rows];
+                            matmul_with(k, &w, &x, n, &mut want).unwrap();
+                            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                            assert_eq!(bits(&got), bits(&want), "{} {ty} {cols}x{rows} n {n}", k.isa());
+                        }
                     }
                 }
             }
+            // Big enough to be split over threads in chunks of whole groups, with a partial group.
+            let cols = 2048usize;
+            let rows = 3 * MATVEC_MIN_CHUNK_BYTES / (cols / bs * ts) + 5;
+            let data = random_weights(ty, rows * cols / bs, &mut rng, Scales::Mixed);
+            let w = QMatrix::new(ty, cols, rows, &data).unwrap();
+            let p = pack(&w, layout).unwrap();
+            let x = random_acts(cols, &mut rng, Acts::Normal);
+            let mut got = vec![f32::NAN; rows];
+            matmul(&p.view(), &x, 1, &mut got).unwrap();
+            check_against_reference(Kernels::best(), &p.view(), &x, 1, &got);
+            // A packed matrix with the wrong size is refused.
+            let bad = QMatrix { ty, cols: bs, rows: 9, data: &vec![0u8; 8 * ts], layout };
+            assert!(matches!(matmul(&bad, &vec![0.0; bs], 1, &mut [0.0; 9]), Err(MatError::DataSize { .. })));
         }
-        // Big enough to be split over threads in chunks of whole groups, with a partial group.
-        let (cols, rows) = (2048usize, 3 * MATVEC_MIN_CHUNK_BYTES / (2048 / 32 * 22) + 5);
-        let data = random_weights(ty, rows * cols / 32, &mut rng, Scales::Mixed);
-        let w = QMatrix::new(ty, cols, rows, &data).unwrap();
-        let p = pack(&w, Layout::Q5_0x8).unwrap();
-        let x = random_acts(cols, &mut rng, Acts::Normal);
-        let mut got = vec![f32::NAN; rows];
-        matmul(&p.view(), &x, 1, &mut got).unwrap();
-        check_against_reference(Kernels::best(), &p.view(), &x, 1, &got);
-        // Other types and layouts are not packed; a packed matrix with the wrong size is refused.
+        // Other types and layouts are not packed.
         assert!(pack(&QMatrix::new(GgmlType::Q4_0, 32, 1, &[0u8; 18]).unwrap(), Layout::Q5_0x8).is_none());
-        let bad = QMatrix { ty, cols: 32, rows: 9, data: &[0u8; 8 * 22], layout: Layout::Q5_0x8 };
-        assert!(matches!(matmul(&bad, &[0.0; 32], 1, &mut [0.0; 9]), Err(MatError::DataSize { .. })));
+        assert!(pack(&QMatrix::new(GgmlType::Q5_0, 256, 1, &[0u8; 176]).unwrap(), Layout::Q4_Kx8).is_none());
+        let q4k = QMatrix { ty: GgmlType::Q4_K, cols: 256, rows: 8, data: &[0u8; 8 * 144], layout: Layout::Q5_0x8 };
+        assert!(matches!(matmul(&q4k, &[0.0; 256], 1, &mut [0.0; 8]), Err(MatError::DataSize { .. })));
     }
 
     #[test]
     fn matmul_gated_equals_the_products_then_the_gate() {
-        // Packed Q5_0 pairs (groups of eight) and mixed types (groups of four and one), over and
-        // under the serial threshold, decode and prefill.
+        // Packed Q5_0 and Q4_K pairs (groups of eight) and mixed types (groups of eight, four
+        // and one), over and under the serial threshold, decode and prefill.
         let mut rng = Rng::new(21);
         let act = crate::ops::gelu_tanh;
-        let cases = [(GgmlType::Q5_0, GgmlType::Q5_0, 640usize, 2051usize), (GgmlType::Q4_K, GgmlType::Q8_0, 256, 301), (GgmlType::Q5_0, GgmlType::Q6_K, 256, 13)];
+        let cases = [
+            (GgmlType::Q5_0, GgmlType::Q5_0, 640usize, 2051usize),
+            (GgmlType::Q4_K, GgmlType::Q8_0, 256, 301),
+            (GgmlType::Q5_0, GgmlType::Q6_K, 256, 13),
+            (GgmlType::Q4_K, GgmlType::Q4_K, 512, 1029),
+            (GgmlType::Q4_K, GgmlType::Q5_0, 256, 21),
+            (GgmlType::Q6_K, GgmlType::Q4_K, 256, 45),
+            (GgmlType::Q4_0, GgmlType::Q4_0, 128, 1500),
+        ];
         for (tg, tu, cols, rows) in cases {
             let dg = random_weights(tg, rows * cols / tg.block_size(), &mut rng, Scales::Mixed);
             let du = random_weights(tu, rows * cols / tu.block_size(), &mut rng, Scales::Mixed);
             let (g, u) = (QMatrix::new(tg, cols, rows, &dg).unwrap(), QMatrix::new(tu, cols, rows, &du).unwrap());
-            let (pg, pu) = (pack(&g, Layout::Q5_0x8), pack(&u, Layout::Q5_0x8));
+            let packed = |w: &QMatrix<'_>| [Layout::Q5_0x8, Layout::Q4_Kx8, Layout::Q6_Kx8, Layout::Q4_0x8, Layout::Q8_0x8].into_iter().find_map(|l| pack(w, l));
+            let (pg, pu) = (packed(&g), packed(&u));
             let g = pg.as_ref().map_or(g, |p| p.view());
             let u = pu.as_ref().map_or(u, |p| p.view());
             for k in Kernels::available() {

@@ -158,7 +158,7 @@ impl GpuModel {
         // f16 copies of the layer matrices for prefill, when cuBLAS is there and they take at
         // most half of the memory left (the rest is for KV caches); ENGINE_CUDA_F16_WEIGHTS=0
         // turns them off.
-        let out_w = if std::ptr::eq(w.output.data, w.token_embd.data) { &w.token_embd } else { &w.output };
+        let out_w = if std::ptr::eq(w.output.file.data, w.token_embd.data) { &w.token_embd } else { &w.output.file };
         let out16 = engine_cuda::DEQUANT_TYPES.contains(&out_w.ty);
         let f16_elems: usize =
             layers.iter().flat_map(|l| l.matrices().map(|m| m.rows * m.cols)).sum::<usize>() + if out16 { out_w.rows * out_w.cols } else { 0 };
@@ -178,8 +178,8 @@ impl GpuModel {
             f16_bytes = 2 * f16_elems as u64;
         }
         let token_embd = be.upload_matrix(&w.token_embd)?;
-        let tied = std::ptr::eq(w.output.data, w.token_embd.data);
-        let output = if tied { None } else { Some(be.upload_matrix(&w.output)?) };
+        let tied = std::ptr::eq(w.output.file.data, w.token_embd.data);
+        let output = if tied { None } else { Some(be.upload_matrix(&w.output.file)?) };
         let output16 = if f16_bytes > 0 && out16 {
             let m = output.as_ref().unwrap_or(&token_embd);
             let mut b = be.alloc::<f16>(m.rows * m.cols)?;

@@ -64,27 +64,24 @@ impl<'a> Model<'a> {
         Ok(Model { cfg, weights, exact_matmul: false, file, rope })
     }
 
-    /// Builds the CPU's own layouts of the layer matrices that have one (Q5_0: see
-    /// `ggml_kernels::repack`), in parallel, once; later calls return at once. The mapped pages
-    /// of the matrices rebuilt are then handed back to the kernel (they are read again only if
-    /// the GPU uploads them), so the copies replace those bytes in memory rather than double
-    /// them. [`Session::new`] calls this.
+    /// Builds the CPU's own layouts of the output projection and the layer matrices that have
+    /// one (Q4_0, Q5_0, Q8_0, Q4_K, Q6_K: see `ggml_kernels::repack`), in parallel, once; later
+    /// calls return at once. The mapped pages of the matrices rebuilt are handed back to the
+    /// kernel as they are packed, a few megabytes at a time (they are read again only if the GPU
+    /// uploads them, or, for an output tied to the embeddings, row by row for the embedding
+    /// lookups), so the copies replace those bytes in memory rather than double them.
+    /// [`Session::new`] calls this.
     pub fn prepare_cpu(&self) {
         use rayon::prelude::*;
-        let all: Vec<&weights::Matrix<'a>> = self.weights.layers.iter().flat_map(|l| l.matrices()).collect();
-        all.par_iter().for_each(|m| {
-            if m.owned_bytes() == 0 {
-                m.cpu();
-                if m.owned_bytes() > 0 {
-                    self.file.release_pages(m.file.data);
-                }
-            }
-        });
+        // The output projection first: the largest, so it starts while the layers are shared out.
+        let all: Vec<&weights::Matrix<'a>> =
+            std::iter::once(&self.weights.output).chain(self.weights.layers.iter().flat_map(|l| l.matrices())).collect();
+        all.par_iter().for_each(|m| m.prepare(&|bytes| self.file.release_pages(bytes)));
     }
 
     /// Bytes of the CPU's own copies of weight matrices (0 before [`Model::prepare_cpu`]).
     pub fn owned_weight_bytes(&self) -> u64 {
-        self.weights.layers.iter().flat_map(|l| l.matrices()).map(|m| m.owned_bytes() as u64).sum()
+        std::iter::once(&self.weights.output).chain(self.weights.layers.iter().flat_map(|l| l.matrices())).map(|m| m.owned_bytes() as u64).sum()
     }
 
     /// Attention kind of each layer as the model defines it.
@@ -103,8 +100,8 @@ impl<'a> Model<'a> {
     pub fn weight_bytes(&self) -> u64 {
         let w = &self.weights;
         let mut n = w.token_embd.data.len() as u64 + (w.output_norm.len() * 4) as u64;
-        if !std::ptr::eq(w.output.data, w.token_embd.data) {
-            n += w.output.data.len() as u64;
+        if !std::ptr::eq(w.output.file.data, w.token_embd.data) {
+            n += w.output.file.data.len() as u64;
         }
         for l in &w.layers {
             for m in l.matrices() {
@@ -485,7 +482,7 @@ pub(crate) fn output_logits(m: &Model<'_>, x: &[f32], seqs: &[(usize, Logits)]) 
     }
     let mut normed = vec![0f32; picked.len()];
     ggml_kernels::ops::rms_norm(&picked, &m.weights.output_norm, m.cfg.rms_eps, &mut normed);
-    mm(m, &m.weights.output, &normed, picked.len() / e)
+    mm(m, &m.weights.output.cpu(), &normed, picked.len() / e)
 }
 
 /// Attention of every sequence of a forward call over its own cache (`q`, `k`, `v`: the call's

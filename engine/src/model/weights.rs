@@ -1,14 +1,14 @@
 //! The model's tensors, found by their GGUF names and checked against the hyperparameters.
 //!
 //! Matrices stay in the file's map ([`QMatrix`] borrows it); the small norm and bias vectors are
-//! converted to f32 once. A layer matrix whose type the CPU kernels decode faster in another
-//! layout (Q5_0, see `ggml_kernels::repack`) also gets an owned copy in that layout, built once
-//! before the first CPU forward pass ([`super::Model::prepare_cpu`]); the GPU uploads the file's
-//! bytes and never builds it.
+//! converted to f32 once. A layer matrix or output projection whose type the CPU kernels decode
+//! faster in another layout (Q4_0, Q5_0, Q8_0, Q4_K, Q6_K: see `ggml_kernels::repack`) also gets
+//! an owned copy in that layout, built once before the first CPU forward pass
+//! ([`super::Model::prepare_cpu`]); the GPU uploads the file's bytes and never builds it.
 
 use std::sync::OnceLock;
 
-use ggml_kernels::matmul::{pack_for_decode, PackedMatrix, QMatrix};
+use ggml_kernels::matmul::{decode_layout, pack_with, PackedMatrix, QMatrix};
 use ggml_kernels::quants::dequantize;
 
 use crate::gguf::{GgufFile, TensorInfo};
@@ -35,12 +35,19 @@ impl<'a> Matrix<'a> {
     /// call), else the file's. `ENGINE_CPU_REPACK=0` keeps every matrix in the file's layout
     /// (for comparisons).
     pub fn cpu(&self) -> QMatrix<'_> {
+        self.prepare(&|_| {});
+        match self.packed.get() {
+            Some(Some(p)) => p.view(),
+            _ => self.file,
+        }
+    }
+
+    /// Builds the CPU's own copy where there is a faster layout (once; later calls return at
+    /// once), handing each run of the file's bytes to `consumed` as soon as it is packed.
+    pub fn prepare(&self, consumed: &dyn Fn(&[u8])) {
         static OFF: OnceLock<bool> = OnceLock::new();
         let off = *OFF.get_or_init(|| std::env::var("ENGINE_CPU_REPACK").is_ok_and(|v| v == "0"));
-        match self.packed.get_or_init(|| if off { None } else { pack_for_decode(&self.file) }) {
-            Some(p) => p.view(),
-            None => self.file,
-        }
+        self.packed.get_or_init(|| if off { None } else { decode_layout(&self.file).and_then(|l| pack_with(&self.file, l, consumed)) });
     }
 
     /// Bytes of the CPU's own copy (0 when there is none or it is not built yet).
@@ -86,8 +93,9 @@ pub struct Weights<'a> {
     pub token_embd: QMatrix<'a>,
     /// `[n_embd]`
     pub output_norm: Vec<f32>,
-    /// `[n_embd] -> [n_vocab]`; the embedding matrix itself when the output is tied.
-    pub output: QMatrix<'a>,
+    /// `[n_embd] -> [n_vocab]`; the embedding matrix itself when the output is tied (`file`
+    /// is then `token_embd`'s bytes), with the CPU's own copy where it has a faster layout.
+    pub output: Matrix<'a>,
     pub layers: Vec<LayerWeights<'a>>,
 }
 
@@ -148,7 +156,7 @@ impl<'a> Weights<'a> {
         let l = Loader { f };
         let (e, hd, hdv) = (cfg.n_embd, cfg.head_dim, cfg.head_dim_v);
         let token_embd = l.matrix("token_embd.weight", e, cfg.n_vocab)?;
-        let output = if f.tensor("output.weight").is_some() { l.matrix("output.weight", e, cfg.n_vocab)? } else { token_embd };
+        let output = Matrix::new(if f.tensor("output.weight").is_some() { l.matrix("output.weight", e, cfg.n_vocab)? } else { token_embd });
         let gemma = cfg.arch == Arch::Gemma3;
         let qwen = cfg.arch == Arch::Qwen2;
         let mut layers = Vec::with_capacity(cfg.n_layer);

@@ -24,6 +24,9 @@ pub(super) fn install(k: &mut Kernels) {
     use GgmlType as T;
     let isa = Isa::Avx2;
     k.set_packed(crate::repack::Layout::Q5_0x8, isa, matvec_q5_0x8);
+    k.set_packed(crate::repack::Layout::Q4_Kx8, isa, matvec_q4_kx8);
+    k.set_packed(crate::repack::Layout::Q4_0x8, isa, matvec_q4_0x8);
+    k.set_packed(crate::repack::Layout::Q6_Kx8, isa, matvec_q6_kx8);
     k.set_dot(T::F32, isa, dot_f32);
     k.set_dot(T::F16, isa, dot_f16);
     k.set_dot(T::BF16, isa, dot_bf16);
@@ -1013,6 +1016,270 @@ pub(super) unsafe fn matvec_q5_0x8(t: &super::Tile) {
         }
         for r in 0..t.mr {
             *t.out.add(r) = (lanes[0][r] + lanes[1][r]) + (lanes[2][r] + lanes[3][r]);
+        }
+    }
+}
+
+/// The eight rows' scales and mins of a [`crate::repack::Layout::Q4_Kx8`] group super-block,
+/// unpacked from its three vectors of scale words (`u0`, `u1`, `u2`: bytes 0..4, 4..8 and 8..12
+/// of each row's packed scales, one row per 32-bit lane), as `k4_scales_mins` unpacks one row:
+/// per lane, the bytes of scales 0..4, scales 4..8, mins 0..4 and mins 4..8.
+///
+/// # Safety
+///
+/// The CPU must have AVX2.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn q4_kx8_scales_mins(u0: __m256i, u1: __m256i, u2: __m256i) -> [__m256i; 4] {
+    let m6 = _mm256_set1_epi8(0x3F);
+    let m4 = _mm256_set1_epi8(0x0F);
+    let m2 = _mm256_set1_epi8(0x03);
+    // Bits 6 and 7 of each byte of `u`, moved to bits 4 and 5.
+    let top = |u: __m256i| _mm256_slli_epi32::<4>(_mm256_and_si256(_mm256_srli_epi32::<6>(u), m2));
+    [
+        _mm256_and_si256(u0, m6),
+        _mm256_or_si256(_mm256_and_si256(u2, m4), top(u0)),
+        _mm256_and_si256(u1, m6),
+        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32::<4>(u2), m4), top(u1)),
+    ]
+}
+
+/// `vpshufb` control that puts byte `k` of each 32-bit lane in both 16-bit halves of the lane
+/// (`words`) or only in the low byte (else), the rest zero.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn lane_byte_ctrl(k: usize, words: bool) -> __m256i {
+    let mut c = [0x80u8; 32];
+    for lane in 0..8 {
+        let base = (4 * lane % 16) as u8;
+        c[4 * lane] = base + k as u8;
+        if words {
+            c[4 * lane + 2] = base + k as u8;
+        }
+    }
+    // SAFETY: 32 readable bytes.
+    unsafe { load256(c.as_ptr()) }
+}
+
+/// The operands of the eight rows' `sum_k m_k * (bsums[2k] + bsums[2k + 1])` of a Q4_Kx8
+/// group super-block (mins 0..4 and 4..8 as bytes per lane, `mn_lo`, `mn_hi`) against Q8_K
+/// super-block `y`: four pairs of vectors whose 16-bit products, summed pairwise into 32-bit
+/// lanes (`vpmaddwd`, `vpdpwssd`) and over the pairs, give each row's sum in its lane. In each
+/// pair the first holds two mins of the lane's row as i16, the second the two matching
+/// activation group sums (at most `32 * 128` in magnitude) broadcast.
+///
+/// # Safety
+///
+/// `y` must point to a readable Q8_K super-block; the CPU must have AVX2.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn q4_kx8_min_pairs(mn_lo: __m256i, mn_hi: __m256i, y: *const u8) -> [(__m256i, __m256i); 4] {
+    // Mins (m0, m1) and (m2, m3) of each lane's four as i16 (and so for `mn_hi`).
+    let c01 = _mm256_setr_epi8(0, -128, 1, -128, 4, -128, 5, -128, 8, -128, 9, -128, 12, -128, 13, -128,
+        0, -128, 1, -128, 4, -128, 5, -128, 8, -128, 9, -128, 12, -128, 13, -128);
+    let c23 = _mm256_setr_epi8(2, -128, 3, -128, 6, -128, 7, -128, 10, -128, 11, -128, 14, -128, 15, -128,
+        2, -128, 3, -128, 6, -128, 7, -128, 10, -128, 11, -128, 14, -128, 15, -128);
+    // SAFETY: the 32 bytes of block sums lie in the super-block (the caller's contract).
+    let bs = unsafe { _mm_hadd_epi16(load128(y.add(Q8K_BSUMS)), load128(y.add(Q8K_BSUMS + 16))) };
+    // 32-bit word `d` of `bs` holds the sums of groups 2d and 2d + 1.
+    let w = [_mm_cvtsi128_si32(bs), _mm_extract_epi32::<1>(bs), _mm_extract_epi32::<2>(bs), _mm_extract_epi32::<3>(bs)];
+    [
+        (_mm256_shuffle_epi8(mn_lo, c01), _mm256_set1_epi32(w[0])),
+        (_mm256_shuffle_epi8(mn_lo, c23), _mm256_set1_epi32(w[1])),
+        (_mm256_shuffle_epi8(mn_hi, c01), _mm256_set1_epi32(w[2])),
+        (_mm256_shuffle_epi8(mn_hi, c23), _mm256_set1_epi32(w[3])),
+    ]
+}
+
+/// Q4_K in [`crate::repack::Layout::Q4_Kx8`] x Q8_K with AVX2: one group of eight rows, each
+/// row's sums in its own 32-bit lane. Per group of 32 elements, eight steps of four: the step's
+/// nibbles of the eight rows (one 32-byte load serves the low group and the high one), four
+/// activation bytes broadcast, `vpmaddubsw` into 16-bit sums (eight steps reach at most
+/// `8 * 2 * 15 * 128`, no saturation), then one `vpmaddwd` with the group scale of each lane's
+/// row in both halves of the lane. The mins as [`q4_kx8_min_pairs`]; `d` and `dmin` of the
+/// eight rows as two vectors of `f16`.
+///
+/// # Safety
+///
+/// As [`super::scalar::matvec_q4_kx8`]; the CPU must have AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn matvec_q4_kx8(t: &super::Tile) {
+    use crate::repack::{Q4_KX8_BLOCK, Q4_KX8_D, Q4_KX8_DMIN, Q4_KX8_QS, Q4_KX8_SCALES};
+    debug_assert!(t.nr == 1 && (1..=8).contains(&t.mr));
+    let m4 = _mm256_set1_epi8(0xF);
+    let sc_ctrl = [lane_byte_ctrl(0, true), lane_byte_ctrl(1, true), lane_byte_ctrl(2, true), lane_byte_ctrl(3, true)];
+    let mut acc = _mm256_setzero_ps();
+    let mut accm = _mm256_setzero_ps();
+    // SAFETY: the group's `nb` super-blocks and the activation row's are readable (the caller's
+    // contract); `read_unaligned` needs no alignment.
+    unsafe {
+        for b in 0..t.nb {
+            let gb = t.w.add(b * Q4_KX8_BLOCK);
+            let y = t.a.add(b * Q8_K);
+            let sc = gb.add(Q4_KX8_SCALES);
+            let [sc_lo, sc_hi, mn_lo, mn_hi] = q4_kx8_scales_mins(load256(sc), load256(sc.add(32)), load256(sc.add(64)));
+            let mut sumi = _mm256_setzero_si256();
+            for c in 0..4 {
+                let mut pl = _mm256_setzero_si256();
+                let mut ph = _mm256_setzero_si256();
+                for j in 0..8 {
+                    let v = load256(gb.add(Q4_KX8_QS + 32 * (8 * c + j)));
+                    let yl = _mm256_set1_epi32(read_unaligned(y.add(Q8K_QS + 64 * c + 4 * j).cast::<i32>()));
+                    let yh = _mm256_set1_epi32(read_unaligned(y.add(Q8K_QS + 64 * c + 32 + 4 * j).cast::<i32>()));
+                    pl = _mm256_add_epi16(pl, _mm256_maddubs_epi16(_mm256_and_si256(v, m4), yl));
+                    ph = _mm256_add_epi16(ph, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16::<4>(v), m4), yh));
+                }
+                // Groups 2c and 2c + 1: bytes (2c, 2c + 1) % 4 of the scales of 0..4 or 4..8.
+                let scv = if c < 2 { sc_lo } else { sc_hi };
+                let sl = _mm256_shuffle_epi8(scv, sc_ctrl[(2 * c) % 4]);
+                let sh = _mm256_shuffle_epi8(scv, sc_ctrl[(2 * c + 1) % 4]);
+                sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(_mm256_madd_epi16(pl, sl), _mm256_madd_epi16(ph, sh)));
+            }
+            let mut summ = _mm256_setzero_si256();
+            for (m, bsum) in q4_kx8_min_pairs(mn_lo, mn_hi, y) {
+                summ = _mm256_add_epi32(summ, _mm256_madd_epi16(m, bsum));
+            }
+            let dy = _mm256_set1_ps(load_f32(y));
+            let d = _mm256_mul_ps(_mm256_cvtph_ps(load128(gb.add(Q4_KX8_D))), dy);
+            let dmin = _mm256_mul_ps(_mm256_cvtph_ps(load128(gb.add(Q4_KX8_DMIN))), dy);
+            acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
+            accm = _mm256_fmadd_ps(dmin, _mm256_cvtepi32_ps(summ), accm);
+        }
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_sub_ps(acc, accm));
+        for (r, &v) in lanes.iter().enumerate().take(t.mr) {
+            *t.out.add(r) = v;
+        }
+    }
+}
+
+/// Q4_0 in [`crate::repack::Layout::Q4_0x8`] x Q8_0 with AVX2: one group of eight rows, each
+/// row's sums in its own 32-bit lane, as the VNNI kernel; the products go through `vpmaddubsw`
+/// (the four steps of a half summed in 16 bits, at most `4 * 2 * 15 * 128`), then `vpmaddwd`.
+///
+/// # Safety
+///
+/// As [`super::scalar::matvec_q4_0x8`]; the CPU must have AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn matvec_q4_0x8(t: &super::Tile) {
+    use crate::repack::{Q4_0X8_BLOCK, Q4_0X8_NIBBLES, Q4_0X8_SCALES};
+    debug_assert!(t.nr == 1 && (1..=8).contains(&t.mr));
+    let m4 = _mm256_set1_epi8(0xF);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_ps(); 2];
+    // SAFETY: the group's `nb` blocks, the activation row's `nb` blocks and its side data are
+    // readable (the caller's contract); `read_unaligned` needs no alignment.
+    unsafe {
+        let bcast = |p: *const u8| _mm256_set1_epi32(read_unaligned(p.cast::<i32>()));
+        for b in 0..t.nb {
+            let gb = t.w.add(b * Q4_0X8_BLOCK);
+            let y = t.a.add(b * Q8_0 + 2);
+            let mut p = _mm256_setzero_si256();
+            for j in 0..4 {
+                let v = load256(gb.add(Q4_0X8_NIBBLES + 32 * j));
+                let lo = _mm256_maddubs_epi16(_mm256_and_si256(v, m4), bcast(y.add(4 * j)));
+                let hi = _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16::<4>(v), m4), bcast(y.add(16 + 4 * j)));
+                p = _mm256_add_epi16(p, _mm256_add_epi16(lo, hi));
+            }
+            let s = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones));
+            let dx = _mm256_cvtph_ps(load128(gb.add(Q4_0X8_SCALES)));
+            let dy = _mm256_set1_ps(*t.aux.add(b));
+            let cy = _mm256_set1_ps(-8.0 * *t.aux.add(t.nb + b));
+            acc[b % 2] = _mm256_fmadd_ps(dx, _mm256_fmadd_ps(s, dy, cy), acc[b % 2]);
+        }
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(acc[0], acc[1]));
+        for (r, &v) in lanes.iter().enumerate().take(t.mr) {
+            *t.out.add(r) = v;
+        }
+    }
+}
+
+/// Q6_K in [`crate::repack::Layout::Q6_Kx8`] x Q8_K with AVX2: one group of eight rows, each
+/// row's sums in its own 32-bit lane, as the VNNI kernel; the products go through `vpmaddubsw`
+/// (two steps summed in 16 bits, at most `2 * 2 * 63 * 128`), then `vpmaddwd` with the group
+/// scale of each lane's row in both halves of the lane; the quants' offset of 32 is taken out
+/// once per super-block, `32 * sum_g scale_g * bsum_g`, with four more `vpmaddwd`.
+///
+/// # Safety
+///
+/// As [`super::scalar::matvec_q6_kx8`]; the CPU must have AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn matvec_q6_kx8(t: &super::Tile) {
+    use crate::repack::{Q6_KX8_BLOCK, Q6_KX8_D, Q6_KX8_QS, Q6_KX8_SCALES};
+    debug_assert!(t.nr == 1 && (1..=8).contains(&t.mr));
+    let m4 = _mm256_set1_epi8(0x0F);
+    let m30 = _mm256_set1_epi8(0x30);
+    // Byte `k` of each 32-bit lane to the high byte of both of its words, and bytes (0, 1) or
+    // (2, 3) to the high bytes of its two words: shifted down, signed words.
+    let both = |k: i8| _mm256_broadcastsi128_si256(_mm_setr_epi8(-128, k, -128, k, -128, 4 + k, -128, 4 + k, -128, 8 + k, -128, 8 + k, -128, 12 + k, -128, 12 + k));
+    let pair = |k: i8| _mm256_broadcastsi128_si256(_mm_setr_epi8(-128, k, -128, k + 1, -128, 4 + k, -128, 5 + k, -128, 8 + k, -128, 9 + k, -128, 12 + k, -128, 13 + k));
+    let sc_ctrl = [both(0), both(1), both(2), both(3)];
+    let pair_ctrl = [pair(0), pair(2)];
+    let mut acc = _mm256_setzero_ps();
+    // SAFETY: the group's `nb` super-blocks and the activation row's are readable (the caller's
+    // contract); `read_unaligned` needs no alignment.
+    unsafe {
+        let bcast = |p: *const u8| _mm256_set1_epi32(read_unaligned(p.cast::<i32>()));
+        // Low four bits from `lo`, the top two (already at bits 4 and 5) from `hi`.
+        let six = |lo: __m256i, hi: __m256i| _mm256_or_si256(_mm256_and_si256(lo, m4), _mm256_and_si256(hi, m30));
+        for b in 0..t.nb {
+            let gb = t.w.add(b * Q6_KX8_BLOCK);
+            let y = t.a.add(b * Q8_K);
+            let scv = [0, 1, 2, 3].map(|i| load256(gb.add(Q6_KX8_SCALES + 32 * i)));
+            let mut sumi = _mm256_setzero_si256();
+            for hh in 0..4 {
+                let (h, half) = (hh / 2, hh % 2);
+                let mut p = [_mm256_setzero_si256(); 4];
+                let mut s32 = [_mm256_setzero_si256(); 4];
+                for jj in 0..4 {
+                    let j = 4 * half + jj;
+                    let step = gb.add(Q6_KX8_QS + 96 * (8 * h + j));
+                    let (qa, qb, hv) = (load256(step), load256(step.add(32)), load256(step.add(64)));
+                    let q = [
+                        six(qa, _mm256_slli_epi16::<4>(hv)),
+                        six(qb, _mm256_slli_epi16::<2>(hv)),
+                        six(_mm256_srli_epi16::<4>(qa), hv),
+                        six(_mm256_srli_epi16::<4>(qb), _mm256_srli_epi16::<2>(hv)),
+                    ];
+                    let ys = y.add(Q8K_QS + 128 * h + 4 * j);
+                    for s in 0..4 {
+                        p[s] = _mm256_add_epi16(p[s], _mm256_maddubs_epi16(q[s], bcast(ys.add(32 * s))));
+                    }
+                    if jj % 2 == 1 {
+                        for s in 0..4 {
+                            let g = 8 * h + 2 * s + half;
+                            let sc = _mm256_srai_epi16::<8>(_mm256_shuffle_epi8(scv[g / 4], sc_ctrl[g % 4]));
+                            s32[s] = _mm256_add_epi32(s32[s], _mm256_madd_epi16(p[s], sc));
+                            p[s] = _mm256_setzero_si256();
+                        }
+                    }
+                }
+                sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(_mm256_add_epi32(s32[0], s32[1]), _mm256_add_epi32(s32[2], s32[3])));
+            }
+            // The offset: 32 * sum_g scale_g * bsum_g, pairs of groups per `vpmaddwd`.
+            let bs = [load128(y.add(Q8K_BSUMS)), load128(y.add(Q8K_BSUMS + 16))];
+            let mut corr = _mm256_setzero_si256();
+            for g2 in 0..8 {
+                // Groups 2 * g2 and 2 * g2 + 1: scale bytes (2 * g2) % 4 and + 1 of vector g2 / 2.
+                let scp = _mm256_srai_epi16::<8>(_mm256_shuffle_epi8(scv[g2 / 2], pair_ctrl[g2 % 2]));
+                let w = bs[g2 / 4];
+                let bp = match g2 % 4 {
+                    0 => _mm_cvtsi128_si32(w),
+                    1 => _mm_extract_epi32::<1>(w),
+                    2 => _mm_extract_epi32::<2>(w),
+                    _ => _mm_extract_epi32::<3>(w),
+                };
+                corr = _mm256_add_epi32(corr, _mm256_madd_epi16(scp, _mm256_set1_epi32(bp)));
+            }
+            let sumi = _mm256_sub_epi32(sumi, _mm256_slli_epi32::<5>(corr));
+            let d = _mm256_mul_ps(_mm256_cvtph_ps(load128(gb.add(Q6_KX8_D))), _mm256_set1_ps(load_f32(y)));
+            acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
+        }
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
+        for (r, &v) in lanes.iter().enumerate().take(t.mr) {
+            *t.out.add(r) = v;
         }
     }
 }

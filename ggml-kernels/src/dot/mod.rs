@@ -13,11 +13,13 @@
 //!
 //! - `avx2`: AVX2 + FMA + F16C dot products for every type, bit-exact activation quantizers, and
 //!   (`avx2_gemm`) 4x4 register-blocked GEMM tiles for Q4_0, Q5_0, Q8_0, IQ4_NL, Q4_K and Q6_K,
-//!   and four-row decode kernels (two rows per register) for Q4_0 and Q5_0;
+//!   four-row decode kernels (two rows per register) for Q4_0 and Q5_0, and decode kernels for
+//!   the packed layouts (Q5_0x8, Q4_0x8, Q4_Kx8, Q6_Kx8);
 //! - `vnni`: AVX-512 VNNI (`vpdpbusd`/`vpdpwssd` on 256-bit registers) dot products for Q4_0,
 //!   Q5_0, Q8_0, IQ4_NL, Q4_K and Q6_K, tiles for the same types, four-row decode kernels for
 //!   Q4_0, Q5_0 and IQ4_NL, and with AVX-512 VBMI Q5_0 kernels that gather the fifth bits with
-//!   `vpmultishiftqb`; everything else comes from `avx2`;
+//!   `vpmultishiftqb`, and decode kernels for all packed layouts (Q5_0x8, Q4_0x8, Q8_0x8,
+//!   Q4_Kx8, Q6_Kx8); everything else comes from `avx2`;
 //! - `neon`: AArch64 NEON dot products for Q4_0, Q5_0, Q8_0, IQ4_NL, Q4_K, Q6_K and F32.
 //!
 //! Q8_0 and Q8_1 activation rows travel with side data (each block's scale as `f32` and its sum,
@@ -306,6 +308,14 @@ pub struct Kernels {
     /// `w` at the start of a group of eight rows (every row of it readable, padding included)
     /// and `mr` (1..=8) outputs.
     q5_0x8: Entry<TileFn>,
+    /// The decode kernel for Q4_K in [`Layout::Q4_Kx8`], called as the Q5_0x8 one.
+    q4_kx8: Entry<TileFn>,
+    /// The decode kernel for Q6_K in [`Layout::Q6_Kx8`], called as the Q5_0x8 one.
+    q6_kx8: Entry<TileFn>,
+    /// The decode kernel for Q4_0 in [`Layout::Q4_0x8`], called as the Q5_0x8 one.
+    q4_0x8: Entry<TileFn>,
+    /// The decode kernel for Q8_0 in [`Layout::Q8_0x8`], called as the Q5_0x8 one.
+    q8_0x8: Entry<TileFn>,
     quant: [Entry<QuantFn>; 4],
 }
 
@@ -337,6 +347,10 @@ impl Kernels {
             tile: [None; N_TYPES],
             matvec: [None; N_TYPES],
             q5_0x8: Entry { f: s::matvec_q5_0x8, isa: Isa::Scalar },
+            q4_kx8: Entry { f: s::matvec_q4_kx8, isa: Isa::Scalar },
+            q6_kx8: Entry { f: s::matvec_q6_kx8, isa: Isa::Scalar },
+            q4_0x8: Entry { f: s::matvec_q4_0x8, isa: Isa::Scalar },
+            q8_0x8: Entry { f: s::matvec_q8_0x8, isa: Isa::Scalar },
             quant: quants.map(|f| Entry { f, isa: Isa::Scalar }),
         }
     }
@@ -370,6 +384,10 @@ impl Kernels {
     fn set_packed(&mut self, layout: Layout, isa: Isa, f: TileFn) {
         match layout {
             Layout::Q5_0x8 => self.q5_0x8 = Entry { f, isa },
+            Layout::Q4_Kx8 => self.q4_kx8 = Entry { f, isa },
+            Layout::Q6_Kx8 => self.q6_kx8 = Entry { f, isa },
+            Layout::Q4_0x8 => self.q4_0x8 = Entry { f, isa },
+            Layout::Q8_0x8 => self.q8_0x8 = Entry { f, isa },
             Layout::Ggml => {}
         }
     }
@@ -467,6 +485,10 @@ impl Kernels {
     pub fn packed_isa(&self, layout: Layout) -> Option<Isa> {
         match layout {
             Layout::Q5_0x8 => Some(self.q5_0x8.isa),
+            Layout::Q4_Kx8 => Some(self.q4_kx8.isa),
+            Layout::Q6_Kx8 => Some(self.q6_kx8.isa),
+            Layout::Q4_0x8 => Some(self.q4_0x8.isa),
+            Layout::Q8_0x8 => Some(self.q8_0x8.isa),
             Layout::Ggml => None,
         }
     }
@@ -474,8 +496,14 @@ impl Kernels {
     /// The decode kernel for a packed layout. Precondition: `layout` is not [`Layout::Ggml`]
     /// (debug-asserted; the Q5_0x8 kernel is returned).
     pub(crate) fn packed_fn(&self, layout: Layout) -> TileFn {
-        debug_assert_eq!(layout, Layout::Q5_0x8);
-        self.q5_0x8.f
+        debug_assert_ne!(layout, Layout::Ggml);
+        match layout {
+            Layout::Q4_Kx8 => self.q4_kx8.f,
+            Layout::Q6_Kx8 => self.q6_kx8.f,
+            Layout::Q4_0x8 => self.q4_0x8.f,
+            Layout::Q8_0x8 => self.q8_0x8.f,
+            _ => self.q5_0x8.f,
+        }
     }
 
     /// Dot product of one weight row (`w`, encoded as `ty`) with one activation row (`a`,

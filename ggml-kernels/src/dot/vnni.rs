@@ -23,8 +23,8 @@ use std::arch::asm;
 use std::arch::x86_64::*;
 
 use super::avx2::{
-    blocks32_x4, f16x4, hsum_ps, hsum_ps128, k4_min_products, k4_scales_mins, load128, load256, load_f16, load_f32, nibbles,
-    q4_k_row, q5_quants, q6_k_row, scale_shuffle_16, scale_shuffle_k4, Q4_0, Q4_K, Q5_0, Q6_K, Q8K_BSUMS, Q8K_QS, Q8_0,
+    blocks32_x4, f16x4, hsum_ps, hsum_ps128, k4_min_products, k4_scales_mins, lane_byte_ctrl, load128, load256, load_f16, load_f32,
+    nibbles, q4_k_row, q4_kx8_min_pairs, q4_kx8_scales_mins, q5_quants, q6_k_row, scale_shuffle_16, scale_shuffle_k4, Q4_0, Q4_K, Q5_0, Q6_K, Q8K_BSUMS, Q8K_QS, Q8_0,
     Q8_K,
 };
 use super::avx2_gemm::{matvec4_pairs, q4_0_pair, q5_0_pair, q8_0_pair, tile32_pairs, tile_q4_k_kernel, tile_q6_k_kernel};
@@ -62,6 +62,10 @@ pub(super) fn install(k: &mut Kernels) {
     if std::is_x86_feature_detected!("avx512bw") {
         k.set_packed(Layout::Q5_0x8, isa, matvec_q5_0x8);
     }
+    k.set_packed(Layout::Q4_Kx8, isa, matvec_q4_kx8);
+    k.set_packed(Layout::Q6_Kx8, isa, matvec_q6_kx8);
+    k.set_packed(Layout::Q4_0x8, isa, matvec_q4_0x8);
+    k.set_packed(Layout::Q8_0x8, isa, matvec_q8_0x8);
 }
 
 /// `acc + sum of four u8 x i8 products` per i32 lane (`vpdpbusd`).
@@ -548,6 +552,247 @@ unsafe fn matvec_q5_0x8(t: &Tile) {
         }
         for r in 0..t.mr {
             *t.out.add(r) = (lanes[0][r] + lanes[1][r]) + (lanes[2][r] + lanes[3][r]);
+        }
+    }
+}
+
+/// Q4_K in [`Layout::Q4_Kx8`] x Q8_K: one group of eight rows, each row's sums in its own
+/// 32-bit lane (see [`crate::repack`]). Per group of 32 elements and step of four: one 32-byte
+/// load of the eight rows' nibbles serves the group of the low nibbles and the group of the high
+/// ones; the low nibbles are masked (`& 0x0F`), the high ones only masked too (`& 0xF0`, sixteen
+/// times their value: the group's sum is divided by 16 once, exactly), and each goes through one
+/// `vpdpbusd` against four activation bytes broadcast to every lane. A group's sums are then
+/// multiplied by the group scale of each lane's row (`vpmulld` with the scale byte picked by
+/// one `vpshufb`); the mins are four `vpdpwssd` ([`q4_kx8_min_pairs`]); `d` and `dmin` of the
+/// eight rows are one vector of `f16` each. No horizontal sums.
+///
+/// # Safety
+///
+/// As [`crate::dot::scalar::matvec_q4_kx8`]; the CPU must have AVX2, FMA, F16C and AVX-512 F,
+/// VL and VNNI.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn matvec_q4_kx8(t: &Tile) {
+    use crate::repack::{Q4_KX8_BLOCK, Q4_KX8_D, Q4_KX8_DMIN, Q4_KX8_QS, Q4_KX8_SCALES};
+    debug_assert!(t.nr == 1 && (1..=8).contains(&t.mr));
+    let m4 = _mm256_set1_epi8(0x0F);
+    let mf0 = _mm256_set1_epi8(0xF0u8 as i8);
+    let sc_ctrl = [lane_byte_ctrl(0, false), lane_byte_ctrl(1, false), lane_byte_ctrl(2, false), lane_byte_ctrl(3, false)];
+    let mut acc = _mm256_setzero_ps();
+    let mut accm = _mm256_setzero_ps();
+    // SAFETY: the group's `nb` super-blocks and the activation row's are readable (the caller's
+    // contract); `read_unaligned` needs no alignment; the CPU runs VNNI (the table is handed out
+    // only then).
+    unsafe {
+        for b in 0..t.nb {
+            let gb = t.w.add(b * Q4_KX8_BLOCK);
+            let y = t.a.add(b * Q8_K);
+            let sc = gb.add(Q4_KX8_SCALES);
+            let [sc_lo, sc_hi, mn_lo, mn_hi] = q4_kx8_scales_mins(load256(sc), load256(sc.add(32)), load256(sc.add(64)));
+            // Low groups' scaled sums, and the high groups' times 16.
+            let mut sum_lo = _mm256_setzero_si256();
+            let mut sum_hi = _mm256_setzero_si256();
+            for c in 0..4 {
+                let mut sl = _mm256_setzero_si256();
+                let mut sh = _mm256_setzero_si256();
+                for j in 0..8 {
+                    let v = load256(gb.add(Q4_KX8_QS + 32 * (8 * c + j)));
+                    let yl = _mm256_set1_epi32(std::ptr::read_unaligned(y.add(Q8K_QS + 64 * c + 4 * j).cast::<i32>()));
+                    let yh = _mm256_set1_epi32(std::ptr::read_unaligned(y.add(Q8K_QS + 64 * c + 32 + 4 * j).cast::<i32>()));
+                    sl = dpbusd(sl, _mm256_and_si256(v, m4), yl);
+                    sh = dpbusd(sh, _mm256_and_si256(v, mf0), yh);
+                }
+                let scv = if c < 2 { sc_lo } else { sc_hi };
+                sum_lo = _mm256_add_epi32(sum_lo, _mm256_mullo_epi32(sl, _mm256_shuffle_epi8(scv, sc_ctrl[(2 * c) % 4])));
+                sum_hi = _mm256_add_epi32(sum_hi, _mm256_mullo_epi32(sh, _mm256_shuffle_epi8(scv, sc_ctrl[(2 * c + 1) % 4])));
+            }
+            let sumi = _mm256_add_epi32(sum_lo, _mm256_srai_epi32::<4>(sum_hi));
+            let mut summ = _mm256_setzero_si256();
+            for (m, bsum) in q4_kx8_min_pairs(mn_lo, mn_hi, y) {
+                summ = dpwssd(summ, m, bsum);
+            }
+            let dy = _mm256_set1_ps(load_f32(y));
+            let d = _mm256_mul_ps(_mm256_cvtph_ps(load128(gb.add(Q4_KX8_D))), dy);
+            let dmin = _mm256_mul_ps(_mm256_cvtph_ps(load128(gb.add(Q4_KX8_DMIN))), dy);
+            acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
+            accm = _mm256_fmadd_ps(dmin, _mm256_cvtepi32_ps(summ), accm);
+        }
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_sub_ps(acc, accm));
+        for (r, &v) in lanes.iter().enumerate().take(t.mr) {
+            *t.out.add(r) = v;
+        }
+    }
+}
+
+/// Q6_K in [`Layout::Q6_Kx8`] x Q8_K: one group of eight rows, each row's sums in its own
+/// 32-bit lane (see [`crate::repack`]), the group super-block read in order. Per half
+/// super-block (128 elements) and step `j` of four elements: the step's two 32-byte vectors of
+/// low bits and one of top bits serve four groups; each of the
+/// four 6-bit quants is one mask and one `vpternlogd` merge (after a shift for three of them),
+/// then one `vpdpbusd` against four activation bytes broadcast to every lane, into that group's
+/// accumulator. The accumulators start at `-32 * bsum` of their group (the quants' offset, taken
+/// out through the activation block sums), so a group costs one `vpmulld` by its scale (picked
+/// and sign-extended by `vpshufb` and a shift) once its four steps are summed; the eight rows'
+/// `d` are one vector of `f16`. No horizontal sums.
+///
+/// # Safety
+///
+/// As [`crate::dot::scalar::matvec_q6_kx8`]; the CPU must have AVX2, FMA, F16C and AVX-512 F,
+/// VL and VNNI.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn matvec_q6_kx8(t: &Tile) {
+    use crate::repack::{Q6_KX8_BLOCK, Q6_KX8_D, Q6_KX8_QS, Q6_KX8_SCALES};
+    debug_assert!(t.nr == 1 && (1..=8).contains(&t.mr));
+    let m4 = _mm256_set1_epi8(0x0F);
+    let m30 = _mm256_set1_epi8(0x30);
+    // Byte `k` of each 32-bit lane moved to the lane's top byte, the rest zero.
+    let top = |k: i8| {
+        let c = _mm_setr_epi8(-128, -128, -128, k, -128, -128, -128, 4 + k, -128, -128, -128, 8 + k, -128, -128, -128, 12 + k);
+        _mm256_broadcastsi128_si256(c)
+    };
+    let tops = [top(0), top(1), top(2), top(3)];
+    let mut acc = _mm256_setzero_ps();
+    // SAFETY: the group's `nb` super-blocks and the activation row's are readable (the caller's
+    // contract); `read_unaligned` needs no alignment; the CPU runs VNNI and AVX-512 VL (the table
+    // is handed out only then).
+    unsafe {
+        let bcast = |p: *const u8| _mm256_set1_epi32(std::ptr::read_unaligned(p.cast::<i32>()));
+        for b in 0..t.nb {
+            let gb = t.w.add(b * Q6_KX8_BLOCK);
+            let y = t.a.add(b * Q8_K);
+            // `-32 * bsum` of the sixteen groups of sixteen activations.
+            let mut corr = [0i32; 16];
+            for (i, c) in corr.chunks_exact_mut(8).enumerate() {
+                let s = _mm256_slli_epi32::<5>(_mm256_cvtepi16_epi32(load128(y.add(Q8K_BSUMS + 16 * i))));
+                _mm256_storeu_si256(c.as_mut_ptr().cast::<__m256i>(), _mm256_sub_epi32(_mm256_setzero_si256(), s));
+            }
+            let mut sumi = _mm256_setzero_si256();
+            for hh in 0..4 {
+                // Elements 128h + 32s + 16half .. + 16, in groups g(s) = 8h + 2s + half: one
+                // accumulator per `s`.
+                let (h, half) = (hh / 2, hh % 2);
+                let mut a0 = _mm256_set1_epi32(corr[8 * h + half]);
+                let mut a1 = _mm256_set1_epi32(corr[8 * h + 2 + half]);
+                let mut a2 = _mm256_set1_epi32(corr[8 * h + 4 + half]);
+                let mut a3 = _mm256_set1_epi32(corr[8 * h + 6 + half]);
+                for jj in 0..4 {
+                    let j = 4 * half + jj;
+                    let step = gb.add(Q6_KX8_QS + 96 * (8 * h + j));
+                    let (qa, qb, hv) = (load256(step), load256(step.add(32)), load256(step.add(64)));
+                    let q0 = or_and(_mm256_and_si256(qa, m4), _mm256_slli_epi16::<4>(hv), m30);
+                    let q1 = or_and(_mm256_and_si256(qb, m4), _mm256_slli_epi16::<2>(hv), m30);
+                    let q2 = or_and(_mm256_and_si256(_mm256_srli_epi16::<4>(qa), m4), hv, m30);
+                    let q3 = or_and(_mm256_and_si256(_mm256_srli_epi16::<4>(qb), m4), _mm256_srli_epi16::<2>(hv), m30);
+                    let ys = y.add(Q8K_QS + 128 * h + 4 * j);
+                    a0 = dpbusd(a0, q0, bcast(ys));
+                    a1 = dpbusd(a1, q1, bcast(ys.add(32)));
+                    a2 = dpbusd(a2, q2, bcast(ys.add(64)));
+                    a3 = dpbusd(a3, q3, bcast(ys.add(96)));
+                }
+                for (s, a) in [a0, a1, a2, a3].into_iter().enumerate() {
+                    let g = 8 * h + 2 * s + half;
+                    let sc = _mm256_srai_epi32::<24>(_mm256_shuffle_epi8(load256(gb.add(Q6_KX8_SCALES + 32 * (g / 4))), tops[g % 4]));
+                    sumi = _mm256_add_epi32(sumi, _mm256_mullo_epi32(a, sc));
+                }
+            }
+            let d = _mm256_mul_ps(_mm256_cvtph_ps(load128(gb.add(Q6_KX8_D))), _mm256_set1_ps(load_f32(y)));
+            acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
+        }
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
+        for (r, &v) in lanes.iter().enumerate().take(t.mr) {
+            *t.out.add(r) = v;
+        }
+    }
+}
+
+/// Q4_0 in [`Layout::Q4_0x8`] x Q8_0: one group of eight rows, each row's sums in its own
+/// 32-bit lane (see [`crate::repack`]). Per group block and step of four elements: one 32-byte
+/// load of the eight rows' nibbles, the low nibbles masked (`& 0x0F`) and the high ones masked
+/// in place (`& 0xF0`, sixteen times their value: the block's sum is divided by 16 once,
+/// exactly), each through one `vpdpbusd` against four activation bytes broadcast to every lane;
+/// then one conversion and two FMAs apply the eight rows' scales (one `vcvtph2ps`), the
+/// activation scale and the offset correction `-8 * cy`.
+///
+/// # Safety
+///
+/// As [`crate::dot::scalar::matvec_q4_0x8`]; the CPU must have AVX2, FMA, F16C and AVX-512 F,
+/// VL and VNNI.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn matvec_q4_0x8(t: &Tile) {
+    use crate::repack::{Q4_0X8_BLOCK, Q4_0X8_NIBBLES, Q4_0X8_SCALES};
+    debug_assert!(t.nr == 1 && (1..=8).contains(&t.mr));
+    let m4 = _mm256_set1_epi8(0x0F);
+    let mf0 = _mm256_set1_epi8(0xF0u8 as i8);
+    let mut acc = [_mm256_setzero_ps(); 2];
+    // SAFETY: the group's `nb` blocks, the activation row's `nb` blocks and its side data are
+    // readable (the caller's contract); the CPU runs VNNI (the table is handed out only then).
+    unsafe {
+        let bcast = |p: *const u8| _mm256_set1_epi32(std::ptr::read_unaligned(p.cast::<i32>()));
+        for b in 0..t.nb {
+            let gb = t.w.add(b * Q4_0X8_BLOCK);
+            let y = t.a.add(b * Q8_0 + 2);
+            let mut lo = _mm256_setzero_si256();
+            let mut hi = _mm256_setzero_si256();
+            for j in 0..4 {
+                let v = load256(gb.add(Q4_0X8_NIBBLES + 32 * j));
+                lo = dpbusd(lo, _mm256_and_si256(v, m4), bcast(y.add(4 * j)));
+                hi = dpbusd(hi, _mm256_and_si256(v, mf0), bcast(y.add(16 + 4 * j)));
+            }
+            let s = _mm256_cvtepi32_ps(_mm256_add_epi32(lo, _mm256_srai_epi32::<4>(hi)));
+            let dx = _mm256_cvtph_ps(load128(gb.add(Q4_0X8_SCALES)));
+            let dy = _mm256_set1_ps(*t.aux.add(b));
+            let cy = _mm256_set1_ps(-8.0 * *t.aux.add(t.nb + b));
+            acc[b % 2] = _mm256_fmadd_ps(dx, _mm256_fmadd_ps(s, dy, cy), acc[b % 2]);
+        }
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(acc[0], acc[1]));
+        for (r, &v) in lanes.iter().enumerate().take(t.mr) {
+            *t.out.add(r) = v;
+        }
+    }
+}
+
+/// Q8_0 in [`Layout::Q8_0x8`] x Q8_0: one group of eight rows, each row's sums in its own 32-bit
+/// lane (see [`crate::repack`]). Per group block and step of four elements: one 32-byte load of
+/// the eight rows' quants, offset by 128 to make them unsigned (one `vpxor`), one `vpdpbusd`
+/// against four activation bytes broadcast to every lane; then one conversion and two FMAs apply
+/// the eight rows' scales (one `vcvtph2ps`), the activation scale and the offset correction
+/// `-128 * cy`. About 38 vector operations per eight rows and block, against about 48 in ggml's
+/// layout, and no horizontal sums.
+///
+/// # Safety
+///
+/// As [`crate::dot::scalar::matvec_q8_0x8`]; the CPU must have AVX2, FMA, F16C and AVX-512 F,
+/// VL and VNNI.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn matvec_q8_0x8(t: &Tile) {
+    use crate::repack::{Q8_0X8_BLOCK, Q8_0X8_QS, Q8_0X8_SCALES};
+    debug_assert!(t.nr == 1 && (1..=8).contains(&t.mr));
+    let mut acc = [_mm256_setzero_ps(); 2];
+    // SAFETY: the group's `nb` blocks, the activation row's `nb` blocks and its side data are
+    // readable (the caller's contract); the CPU runs VNNI (the table is handed out only then).
+    unsafe {
+        let bcast = |p: *const u8| _mm256_set1_epi32(std::ptr::read_unaligned(p.cast::<i32>()));
+        for b in 0..t.nb {
+            let gb = t.w.add(b * Q8_0X8_BLOCK);
+            let y = t.a.add(b * Q8_0 + 2);
+            let mut s0 = _mm256_setzero_si256();
+            let mut s1 = _mm256_setzero_si256();
+            for j in (0..8).step_by(2) {
+                s0 = dpbusd(s0, offset128(load256(gb.add(Q8_0X8_QS + 32 * j))), bcast(y.add(4 * j)));
+                s1 = dpbusd(s1, offset128(load256(gb.add(Q8_0X8_QS + 32 * j + 32))), bcast(y.add(4 * j + 4)));
+            }
+            let s = _mm256_cvtepi32_ps(_mm256_add_epi32(s0, s1));
+            let dx = _mm256_cvtph_ps(load128(gb.add(Q8_0X8_SCALES)));
+            let dy = _mm256_set1_ps(*t.aux.add(b));
+            let cy = _mm256_set1_ps(-128.0 * *t.aux.add(t.nb + b));
+            acc[b % 2] = _mm256_fmadd_ps(dx, _mm256_fmadd_ps(s, dy, cy), acc[b % 2]);
+        }
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(acc[0], acc[1]));
+        for (r, &v) in lanes.iter().enumerate().take(t.mr) {
+            *t.out.add(r) = v;
         }
     }
 }
