@@ -361,11 +361,12 @@ struct mv2_q5_0 {
 // Q4_K, 8 threads per block: thread t = 2c + hf takes quant bytes 32c + 16hf .. +15
 // (l = 16hf .. 16hf + 15 of groups 2c (low nibbles) and 2c + 1 (high nibbles)).
 // MV_Q4K_DS (tuning knob, see MV2_UNROLL): 1 reads the block header (d, dmin, scales) as one
-// 16-byte load and takes the min term from the activations' precomputed s = d * sum(q) (the
+// 16-byte load and takes the min term from the activations' stored s = f16(d * sum(q)) (the
 // thread of the first half of a group adds it for the whole group), instead of four word loads
-// and eight byte sums per pass; 0 is the earlier form.
+// and eight byte sums per pass; 0 is the earlier form, exact in the integers. H200, 4096 x 14336:
+// 12.34 us against 13.29; 14336 x 4096: 14.96 against 17.70 (matvec_bw).
 #ifndef MV_Q4K_DS
-#define MV_Q4K_DS 0
+#define MV_Q4K_DS 1
 #endif
 struct mv2_q4_k {
     static constexpr int QK = 256, TS = 144, TPB = 8;

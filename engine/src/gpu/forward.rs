@@ -220,6 +220,18 @@ fn output(m: &GpuModel, b: &mut Batch, mm: &mut MatmulScratch, which: Logits) ->
         be.synchronize()?;
         return Ok(Vec::new());
     }
+    if rows.len() == n && matches!(b.attend, Attend::EachOwn) {
+        // Several sequences' next tokens: the norm into the batch's `h`, the logits into the
+        // batch's own buffer (counted in the session's scratch), kept for the next step, so a
+        // step allocates nothing on the device.
+        be.rms_norm(&b.x, &m.output_norm, c.rms_eps, &mut b.h)?;
+        if b.logits_all.is_none() {
+            b.logits_all = Some(be.alloc(n * c.n_vocab)?);
+        }
+        let logits = b.logits_all.as_mut().expect("allocated above");
+        be.matmul_w16(m.output_matrix(), m.output16.as_ref(), &b.h, n, mm, logits)?;
+        return Ok(be.download(logits)?);
+    }
     let e = c.n_embd;
     let mut xo: DeviceBuffer<f32> = be.alloc(rows.len() * e)?;
     be.copy_range(&b.x, rows.start * e, &mut xo)?;

@@ -295,6 +295,9 @@ struct Batch {
     lse: DeviceBuffer<f32>,
     /// Decode (`n == 1`): the logits `[n_vocab]`.
     logits: Option<DeviceBuffer<f32>>,
+    /// Every row's logits `[n][n_vocab]`, once a pass has asked for them (several sequences'
+    /// decode steps); kept for the next.
+    logits_all: Option<DeviceBuffer<f32>>,
     /// Decode: each matrix input quantized once to Q8_1, shared by the products that read it.
     dq: Option<DecodeQ8>,
 }
@@ -328,6 +331,7 @@ impl Batch {
             up: be.alloc(n * c.n_ff)?,
             lse: be.alloc(n * c.n_head)?,
             logits: if n == 1 { Some(be.alloc(c.n_vocab)?) } else { None },
+            logits_all: None,
             dq: if n == 1 {
                 let q8 = |cols: usize| be.alloc::<u8>(cols / 32 * engine_cuda::Q8_1_BYTES);
                 Some(DecodeQ8 { embd: q8(c.n_embd)?, attn: q8(c.n_head * c.head_dim_v)?, ff: q8(c.n_ff)?,
@@ -483,7 +487,7 @@ impl Plan {
         model.be.matmul_scratch_bytes(n_mm, max_cols, model.max_matrix) as u64
             + Batch::bytes(c, self.n_batch, self.groups.len())
             + Batch::bytes(c, 1, self.groups.len())
-            + if n_seq > 1 { Batch::bytes(c, n_seq, self.groups.len()) } else { 0 }
+            + if n_seq > 1 { Batch::bytes(c, n_seq, self.groups.len()) + 4 * (n_seq * c.n_vocab) as u64 } else { 0 }
             + 4 * CudaBackend::attention_partials_batch(&Self::shape(c), max_slots, n_seq) as u64
     }
 }
