@@ -112,35 +112,14 @@ __device__ __forceinline__ float gated(int act, float g, float u) {
 
 // Programmatic dependent launch (sm_90 and later). A kernel the host launches with the
 // programmatic-serialization attribute (CudaBackend's decode launches) may start while the
-// kernel before it in the stream is still running: before pdl_wait() it may read only what no
-// kernel writes (the weights), then pdl_wait() returns once the previous kernel has finished
-// and its writes are visible. pdl_trigger() lets the next kernel start early; every kernel calls
-// it only after its own pdl_wait(), so at most the next kernel's prologue overlaps a kernel. Both
-// are no-ops for a launch without the attribute, and on older GPUs.
-__device__ __forceinline__ void pdl_wait() {
+// kernel before it in the stream is still running; pdl_enter(), called before any memory access, waits until
+// that kernel has finished and its writes are visible, then lets the next kernel start early. So
+// at most the next kernel's launch overlaps a kernel. A no-op for a launch without the
+// attribute, and on older GPUs. (Reading the weights before the wait, to prefetch them into L2,
+// cost 4% of decode on an H200 and was dropped: docs/PERFORMANCE.md.)
+__device__ __forceinline__ void pdl_enter() {
 #if __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void pdl_trigger() {
-#if __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.launch_dependents;" :::);
 #endif
-}
-// Both, for a kernel with no prologue.
-__device__ __forceinline__ void pdl_enter() {
-    pdl_wait();
-    pdl_trigger();
-}
-
-// Asks the L2 cache for the bytes [p, p + n) (lines of 128 bytes), spread over the nthreads
-// threads of a block (thread tid): a decode product's prologue fetches its weights while the
-// kernel before it finishes. Only addresses inside the range are touched.
-__device__ __forceinline__ void prefetch_l2(const void* p, long long n, int tid, int nthreads) {
-    const char* c = (const char*)p;
-    const long long first = -(long long)((unsigned long long)c & 127);  // line of p
-    for (long long off = first + 128LL * tid; off < n; off += 128LL * nthreads) {
-        const char* a = c + (off < 0 ? 0 : off);
-        asm volatile("prefetch.global.L2 [%0];" ::"l"(a));
-    }
 }

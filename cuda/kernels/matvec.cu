@@ -212,12 +212,6 @@ extern "C" __global__ void __launch_bounds__(MV_THREADS) matvec_q6_k(const u8* _
 #ifndef MV_FUSED_MIN_BLOCKS
 #define MV_FUSED_MIN_BLOCKS 8
 #endif
-// MV_PREFETCH_L2: 1 to have each block of a product ask L2 for its rows before pdl_wait() (an
-// H200 measurement: 8B Q4_K_M decode 262 t/s with it against 274 without PDL; the extra
-// requests cost more than the early start gained).
-#ifndef MV_PREFETCH_L2
-#define MV_PREFETCH_L2 0
-#endif
 #ifndef MV_GATE_UP_MIN_BLOCKS
 #define MV_GATE_UP_MIN_BLOCKS 0
 #endif
@@ -525,12 +519,6 @@ __device__ __forceinline__ void matvec2_row(const u8* __restrict__ w, const bloc
     const long long row = (long long)blockIdx.x * (MV2_WARPS / WPR) + warp / WPR;
     const int part = warp % WPR;  // which of the row's warps this is
     const int nb = ncols / T::QK;
-    const long long row_bytes = (long long)nb * T::TS;
-    if (MV_PREFETCH_L2) {  // the block's rows, into L2 while the previous kernel finishes
-        const long long r0 = (long long)blockIdx.x * (MV2_WARPS / WPR);
-        const long long nr = min((long long)(MV2_WARPS / WPR), (long long)nrows - r0);
-        if (nr > 0) prefetch_l2(w + r0 * row_bytes, nr * row_bytes, threadIdx.x, blockDim.x);
-    }
     pdl_enter();
     float sum = 0.0f;
     if (WPR == 1 && row >= nrows) return;  // whole warps leave; no barrier follows
@@ -581,27 +569,6 @@ __device__ __forceinline__ float row_of(const u8* __restrict__ w, long long row,
                                         int lane, int part, int wpr) {
     const int nb = ncols / T::QK;
     return row_partial<T>(w + row * (long long)nb * T::TS, y, nb, lane, part, wpr);
-}
-
-// Bytes of a row of ncols columns of the type with index ty (as row_of_type).
-__device__ __forceinline__ long long row_bytes_of_type(int ty, int ncols) {
-    switch (ty) {
-        case 0: return (long long)(ncols / mv2_q8_0::QK) * mv2_q8_0::TS;
-        case 1: return (long long)(ncols / mv2_q4_0::QK) * mv2_q4_0::TS;
-        case 2: return (long long)(ncols / mv2_q5_0::QK) * mv2_q5_0::TS;
-        case 3: return (long long)(ncols / mv2_q4_k::QK) * mv2_q4_k::TS;
-        default: return (long long)(ncols / mv2_q6_k::QK) * mv2_q6_k::TS;
-    }
-}
-
-// The rows [r0, r0 + MV2_WARPS / wpr) of a matrix of nrows rows, into L2 (a fused kernel's
-// prologue; see prefetch_l2).
-__device__ __forceinline__ void prefetch_rows(const u8* w, int ty, int ncols, long long r0, int wpr, int nrows) {
-    if (!MV_PREFETCH_L2) return;
-    const long long nr = min((long long)(MV2_WARPS / wpr), (long long)nrows - r0);
-    if (nr <= 0) return;
-    const long long rb = row_bytes_of_type(ty, ncols);
-    prefetch_l2(w + r0 * rb, nr * rb, threadIdx.x, blockDim.x);
 }
 
 __device__ __forceinline__ float row_of_type(int ty, const u8* __restrict__ w, long long row, const block_q8_1* __restrict__ y,
@@ -670,7 +637,6 @@ extern "C" __global__ void MV_FUSED_BOUNDS
     const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
     const long long row = (long long)(blk - first) * (MV2_WARPS / wpr) + warp / wpr;
     const int part = warp % wpr;
-    prefetch_rows(w, ty, ncols, (long long)(blk - first) * (MV2_WARPS / wpr), wpr, nrows);
     pdl_enter();
     float sum = 0.0f;
     if (row < nrows) sum = row_of_type(ty, w, row, y, ncols, lane, part, wpr);
@@ -694,8 +660,6 @@ extern "C" __global__ void MV_GATE_UP_BOUNDS
     const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
     const long long row = (long long)blockIdx.x * (MV2_WARPS / wpr) + warp / wpr;
     const int part = warp % wpr;
-    prefetch_rows(wg, tyg, ncols, (long long)blockIdx.x * (MV2_WARPS / wpr), wpr, nrows);
-    prefetch_rows(wu, tyu, ncols, (long long)blockIdx.x * (MV2_WARPS / wpr), wpr, nrows);
     pdl_enter();
     float g = 0.0f, u = 0.0f;
     if (row < nrows) {

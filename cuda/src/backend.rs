@@ -194,14 +194,20 @@ fn decode_heads_per_block(group: usize) -> usize {
 fn decode_want_splits(s: &AttnShape, n_slots: usize, n: usize) -> usize {
     let group = s.n_head / s.n_head_kv.max(1);
     let per_split = s.n_head_kv * group.div_ceil(decode_heads_per_block(group)) * n.max(1);
-    let target = tuned("AD_TARGET_BLOCKS", AD_TARGET_BLOCKS);
-    let longest = tuned("AD_SPLIT_SLOTS_MAX", AD_SPLIT_SLOTS_MAX);
+    let (target, longest) = decode_split_targets();
     (target / per_split.max(1)).max(n_slots.div_ceil(longest)).clamp(1, AD_WANT_SPLITS_MAX)
 }
 
-/// A host-side tuning constant, or its override in `ENGINE_CUDA_DEFINES` (a positive integer).
-fn tuned(name: &str, default: usize) -> usize {
-    nvrtc::tuning_value(name).and_then(|v| usize::try_from(v).ok()).filter(|&v| v > 0).unwrap_or(default)
+/// [`AD_TARGET_BLOCKS`] and [`AD_SPLIT_SLOTS_MAX`], or their overrides in `ENGINE_CUDA_DEFINES`
+/// (positive integers), read once per process.
+fn decode_split_targets() -> (usize, usize) {
+    static TARGETS: std::sync::OnceLock<(usize, usize)> = std::sync::OnceLock::new();
+    *TARGETS.get_or_init(|| {
+        let tuned = |name: &str, default: usize| {
+            nvrtc::tuning_value(name).and_then(|v| usize::try_from(v).ok()).filter(|&v| v > 0).unwrap_or(default)
+        };
+        (tuned("AD_TARGET_BLOCKS", AD_TARGET_BLOCKS), tuned("AD_SPLIT_SLOTS_MAX", AD_SPLIT_SLOTS_MAX))
+    })
 }
 
 /// Slots per split and the number of splits of decode attention over `n_slots` slots: the
@@ -360,7 +366,7 @@ impl CudaBackend {
     }
 
     /// A launch of `f` that may start before the previous kernel ends (PDL, when enabled): for
-    /// kernels that call `pdl_wait()` before touching anything but their weights.
+    /// kernels that call `pdl_enter()` before touching memory.
     fn launch_pdl<'a>(&'a self, f: &'a CudaFunction) -> launch::Launch<'a> {
         launch::Launch::new(&self.stream, f, self.pdl)
     }

@@ -114,12 +114,10 @@ pub fn tuning_defines() -> Result<Vec<String>, CudaError> {
 
 /// The value of `NAME=VALUE` in `ENGINE_CUDA_DEFINES`, when it is there and an integer: the
 /// host-side tuning constants (decode attention's split targets) read their overrides here, so
-/// one variable tunes kernels and launches alike. Read once per process.
+/// one variable tunes kernels and launches alike.
 pub(crate) fn tuning_value(name: &str) -> Option<i64> {
-    static DEFINES: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
-    let defs = DEFINES.get_or_init(|| tuning_defines().unwrap_or_default());
     let prefix = format!("-D{name}=");
-    defs.iter().find_map(|d| d.strip_prefix(&prefix)).and_then(|v| v.parse().ok())
+    tuning_defines().ok()?.iter().find_map(|d| d.strip_prefix(&prefix)).and_then(|v| v.parse().ok())
 }
 
 fn parse_defines(v: &str) -> Result<Vec<String>, CudaError> {

@@ -442,18 +442,39 @@ pub fn unpack_q6_kx8_block(gb: &[u8], r: usize, out: &mut [u8]) {
 mod tests {
     use super::*;
 
+    /// `n` bytes of the xorshift64 sequence continuing from state `s`.
+    fn xorshift_bytes(s: &mut u64, n: usize) -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                *s ^= *s << 13;
+                *s ^= *s >> 7;
+                *s ^= *s << 17;
+                *s as u8
+            })
+            .collect()
+    }
+
+    /// `src` (`rows` rows of `nb` ggml blocks) packed in `layout`, and restored from the packing
+    /// group by group; the packing and its group size.
+    fn pack_and_restore(layout: Layout, src: &[u8], nb: usize, rows: usize) -> (Vec<u8>, Vec<u8>, usize) {
+        let ty = layout.weight_type().unwrap();
+        let len = packed_nbytes(layout, nb * ty.block_size(), rows).unwrap();
+        assert_eq!(len, rows.div_ceil(8) * 8 * nb * ty.type_size());
+        let mut packed = vec![0xAAu8; len];
+        pack_into(layout, src, nb, rows, &mut packed);
+        let gbytes = layout.group_bytes(ty, nb);
+        let mut back = vec![0u8; rows * nb * ty.type_size()];
+        for g in 0..rows.div_ceil(8) {
+            unpack_rows(layout, &packed[g * gbytes..][..gbytes], nb, (rows - 8 * g).min(8), &mut back[g * 8 * nb * ty.type_size()..]);
+        }
+        (packed, back, gbytes)
+    }
+
     #[test]
     fn packing_round_trips_and_keeps_the_size() {
         let mut s = 0x1234_5678_9abc_def1u64;
         for (nb, rows) in [(1usize, 1usize), (3, 8), (5, 13), (20, 17)] {
-            let src: Vec<u8> = (0..nb * rows * 22)
-                .map(|_| {
-                    s ^= s << 13;
-                    s ^= s >> 7;
-                    s ^= s << 17;
-                    s as u8
-                })
-                .collect();
+            let src = xorshift_bytes(&mut s, nb * rows * 22);
             let len = q5_0x8_nbytes(nb * 32, rows).unwrap();
             assert_eq!(len, rows.div_ceil(8) * 8 * nb * 22);
             let mut packed = vec![0u8; len];
@@ -478,22 +499,8 @@ mod tests {
     fn q8_0_packing_round_trips() {
         let mut s = 0x9753_1357_fdb9_eca8u64;
         for (nb, rows) in [(1usize, 1usize), (2, 8), (5, 13)] {
-            let src: Vec<u8> = (0..nb * rows * 34)
-                .map(|_| {
-                    s ^= s << 13;
-                    s ^= s >> 7;
-                    s ^= s << 17;
-                    s as u8
-                })
-                .collect();
-            let mut packed = vec![0u8; packed_nbytes(Layout::Q8_0x8, nb * 32, rows).unwrap()];
-            assert_eq!(packed.len(), rows.div_ceil(8) * 8 * nb * 34);
-            pack_into(Layout::Q8_0x8, &src, nb, rows, &mut packed);
-            let gbytes = Layout::Q8_0x8.group_bytes(GgmlType::Q8_0, nb);
-            let mut back = vec![0u8; rows * nb * 34];
-            for g in 0..rows.div_ceil(8) {
-                unpack_rows(Layout::Q8_0x8, &packed[g * gbytes..][..gbytes], nb, (rows - 8 * g).min(8), &mut back[g * 8 * nb * 34..]);
-            }
+            let src = xorshift_bytes(&mut s, nb * rows * 34);
+            let (packed, back, gbytes) = pack_and_restore(Layout::Q8_0x8, &src, nb, rows);
             assert_eq!(back, src, "nb {nb} rows {rows}");
             let (r, j, t) = (rows - 1, 6, 3);
             assert_eq!(packed[(r / 8) * gbytes + Q8_0X8_QS + 32 * j + 4 * (r % 8) + t], src[r * nb * 34 + 2 + 4 * j + t]);
@@ -504,22 +511,8 @@ mod tests {
     fn q4_0_packing_round_trips() {
         let mut s = 0x2468_1357_fdb9_eca8u64;
         for (nb, rows) in [(1usize, 1usize), (2, 8), (5, 13)] {
-            let src: Vec<u8> = (0..nb * rows * 18)
-                .map(|_| {
-                    s ^= s << 13;
-                    s ^= s >> 7;
-                    s ^= s << 17;
-                    s as u8
-                })
-                .collect();
-            let mut packed = vec![0u8; packed_nbytes(Layout::Q4_0x8, nb * 32, rows).unwrap()];
-            assert_eq!(packed.len(), rows.div_ceil(8) * 8 * nb * 18);
-            pack_into(Layout::Q4_0x8, &src, nb, rows, &mut packed);
-            let gbytes = Layout::Q4_0x8.group_bytes(GgmlType::Q4_0, nb);
-            let mut back = vec![0u8; rows * nb * 18];
-            for g in 0..rows.div_ceil(8) {
-                unpack_rows(Layout::Q4_0x8, &packed[g * gbytes..][..gbytes], nb, (rows - 8 * g).min(8), &mut back[g * 8 * nb * 18..]);
-            }
+            let src = xorshift_bytes(&mut s, nb * rows * 18);
+            let (packed, back, gbytes) = pack_and_restore(Layout::Q4_0x8, &src, nb, rows);
             assert_eq!(back, src, "nb {nb} rows {rows}");
             let (r, j, t) = (rows - 1, 2, 1);
             assert_eq!(packed[(r / 8) * gbytes + Q4_0X8_NIBBLES + 32 * j + 4 * (r % 8) + t], src[r * nb * 18 + 2 + 4 * j + t]);
@@ -530,24 +523,8 @@ mod tests {
     fn q6_k_packing_round_trips_and_keeps_the_size() {
         let mut s = 0x1357_9bdf_2468_ace0u64;
         for (nb, rows) in [(1usize, 1usize), (2, 8), (3, 13), (4, 17)] {
-            let src: Vec<u8> = (0..nb * rows * 210)
-                .map(|_| {
-                    s ^= s << 13;
-                    s ^= s >> 7;
-                    s ^= s << 17;
-                    s as u8
-                })
-                .collect();
-            let len = packed_nbytes(Layout::Q6_Kx8, nb * 256, rows).unwrap();
-            assert_eq!(len, rows.div_ceil(8) * 8 * nb * 210);
-            let mut packed = vec![0xAAu8; len];
-            pack_into(Layout::Q6_Kx8, &src, nb, rows, &mut packed);
-            let mut back = vec![0u8; rows * nb * 210];
-            let gbytes = Layout::Q6_Kx8.group_bytes(GgmlType::Q6_K, nb);
-            for g in 0..rows.div_ceil(8) {
-                let n = (rows - 8 * g).min(8);
-                unpack_rows(Layout::Q6_Kx8, &packed[g * gbytes..][..gbytes], nb, n, &mut back[g * 8 * nb * 210..]);
-            }
+            let src = xorshift_bytes(&mut s, nb * rows * 210);
+            let (packed, back, gbytes) = pack_and_restore(Layout::Q6_Kx8, &src, nb, rows);
             assert_eq!(back, src, "nb {nb} rows {rows}");
             // Padding rows are zero.
             let mut pad = [0xFFu8; 210];
@@ -565,24 +542,8 @@ mod tests {
     fn q4_k_packing_round_trips_and_keeps_the_size() {
         let mut s = 0x0fed_cba9_8765_4321u64;
         for (nb, rows) in [(1usize, 1usize), (2, 8), (3, 13), (4, 17)] {
-            let src: Vec<u8> = (0..nb * rows * 144)
-                .map(|_| {
-                    s ^= s << 13;
-                    s ^= s >> 7;
-                    s ^= s << 17;
-                    s as u8
-                })
-                .collect();
-            let len = packed_nbytes(Layout::Q4_Kx8, nb * 256, rows).unwrap();
-            assert_eq!(len, rows.div_ceil(8) * 8 * nb * 144);
-            let mut packed = vec![0u8; len];
-            pack_into(Layout::Q4_Kx8, &src, nb, rows, &mut packed);
-            let mut back = vec![0u8; rows * nb * 144];
-            let gbytes = Layout::Q4_Kx8.group_bytes(GgmlType::Q4_K, nb);
-            for g in 0..rows.div_ceil(8) {
-                let n = (rows - 8 * g).min(8);
-                unpack_rows(Layout::Q4_Kx8, &packed[g * gbytes..][..gbytes], nb, n, &mut back[g * 8 * nb * 144..]);
-            }
+            let src = xorshift_bytes(&mut s, nb * rows * 144);
+            let (packed, back, gbytes) = pack_and_restore(Layout::Q4_Kx8, &src, nb, rows);
             assert_eq!(back, src, "nb {nb} rows {rows}");
             // The quant byte of elements 64c + 4j + t and 64c + 32 + 4j + t of the last row,
             // read where the layout says it is.

@@ -3,9 +3,9 @@
 //!
 //! With PDL a kernel may start while the kernel before it in the stream is still running; the
 //! kernels launched this way (the decode path's: products, norms, RoPE and KV write, attention,
-//! quantization) prefetch their weights into L2 and then wait in `pdl_wait()` (common.cuh) until
-//! the previous kernel has finished, so a decode step's ~10 launches per layer overlap each
-//! kernel's launch and ramp-up with the tail of the one before. In a CUDA graph the launches
+//! quantization) wait in `pdl_enter()` (common.cuh), before any memory access, until the
+//! previous kernel has finished, so a decode step's ~10 launches per layer overlap each kernel's
+//! launch with the tail of the one before. In a CUDA graph the launches
 //! become programmatic edges. `ENGINE_CUDA_PDL=0` turns it off (every launch then fully
 //! serialized, as cudarc's own launcher does).
 
@@ -89,7 +89,7 @@ impl<'a> Launch<'a> {
     /// # Safety
     /// The arguments must be the kernel's parameters, in order and of their sizes, and the
     /// kernel must stay within the buffers it is given (as for cudarc's `launch`). With PDL the
-    /// kernel must call `pdl_wait()` before it touches anything but the weights.
+    /// kernel must call `pdl_enter()` before it touches memory.
     pub(crate) unsafe fn launch(&mut self, cfg: LaunchConfig) -> Result<(), DriverError> {
         self.stream.context().bind_to_thread()?;
         let mut params: Vec<*mut c_void> = self.vals.iter_mut().map(|v| (v as *mut u64).cast::<c_void>()).collect();

@@ -140,6 +140,9 @@ fn blocks(
         // one token of each sequence) reads each token's sequence from the batch's bases on the
         // device (the graph replays it); a prompt chunk attends to its sequence's run of slots.
         let mask = kv.kind.mask();
+        // Decode quantizes the attention output for the output projection in the attention's
+        // own launch when each head is a whole number of Q8_1 blocks, else separately.
+        let fused_q8 = c.head_dim_v % 32 == 0;
         match b.attend {
             Attend::One(seq) if n > 1 => {
                 let run = seq * kv.n_slots..(seq + 1) * kv.n_slots;
@@ -159,12 +162,10 @@ fn blocks(
                 part,
                 &mut b.attn,
                 &mut b.lse,
-                // Decode: quantized for the output projection in the same launch (per head: a
-                // whole number of Q8_1 blocks).
-                b.dq.as_mut().filter(|_| c.head_dim_v % 32 == 0).map(|dq| &mut dq.attn),
+                b.dq.as_mut().filter(|_| fused_q8).map(|dq| &mut dq.attn),
             )?,
         }
-        if let Some(dq) = b.dq.as_mut().filter(|_| c.head_dim_v % 32 != 0) {
+        if let Some(dq) = b.dq.as_mut().filter(|_| !fused_q8) {
             be.quantize_q8_1(&b.attn, &mut dq.attn)?;
         }
 

@@ -74,14 +74,19 @@ impl<'a> Model<'a> {
     pub fn prepare_cpu(&self) {
         use rayon::prelude::*;
         // The output projection first: the largest, so it starts while the layers are shared out.
-        let all: Vec<&weights::Matrix<'a>> =
-            std::iter::once(&self.weights.output).chain(self.weights.layers.iter().flat_map(|l| l.matrices())).collect();
+        let all: Vec<&weights::Matrix<'a>> = self.packable_matrices().collect();
         all.par_iter().for_each(|m| m.prepare(&|bytes| self.file.release_pages(bytes)));
     }
 
     /// Bytes of the CPU's own copies of weight matrices (0 before [`Model::prepare_cpu`]).
     pub fn owned_weight_bytes(&self) -> u64 {
-        std::iter::once(&self.weights.output).chain(self.weights.layers.iter().flat_map(|l| l.matrices())).map(|m| m.owned_bytes() as u64).sum()
+        self.packable_matrices().map(|m| m.owned_bytes() as u64).sum()
+    }
+
+    /// The matrices the CPU may keep in its own layout: the output projection, then every
+    /// layer's.
+    fn packable_matrices(&self) -> impl Iterator<Item = &weights::Matrix<'a>> {
+        std::iter::once(&self.weights.output).chain(self.weights.layers.iter().flat_map(|l| l.matrices()))
     }
 
     /// Attention kind of each layer as the model defines it.

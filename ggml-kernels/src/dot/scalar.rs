@@ -403,172 +403,94 @@ pub unsafe fn quantize_f32(x: *const f32, n: usize, out: *mut u8) {
     unsafe { std::ptr::copy_nonoverlapping(x.cast::<u8>(), out, 4 * n) }
 }
 
-/// Q5_0 in [`crate::repack::Layout::Q5_0x8`] x Q8_0, for the `mr` (1..=8) rows of one group:
-/// each row's blocks restored to ggml's and summed in order as [`dot_q5_0`] does, so the
-/// results are bit-identical to it.
+/// The `mr` (1..=8) rows of one group of a packed `layout` times an activation row: each row's
+/// blocks restored to ggml's (`X`, as [`crate::repack::unpack_block`] writes them) and summed in
+/// order by `block` (the ggml layout's block product against `Y`), so the results are
+/// bit-identical to the ggml layout's row product.
 ///
 /// # Safety
 ///
-/// `t.w` must point to a whole group (`t.nb` group blocks), `t.a` to `t.nb` activation blocks
-/// and `t.out` to `t.mr` writable floats (`t.mr <= 8`, `t.nr == 1`).
+/// `t.w` must point to a whole group (`t.nb` group blocks of `layout`), `t.a` to `t.nb`
+/// activation blocks `Y` and `t.out` to `t.mr` writable floats (`t.mr <= 8`, `t.nr == 1`); `X`
+/// must be the layout's ggml block type.
+unsafe fn matvec_packed<X, Y>(t: &super::Tile, layout: crate::repack::Layout, block: fn(&X, &Y) -> f32) {
+    debug_assert!(t.nr == 1 && (1..=8).contains(&t.mr));
+    let xb = size_of::<X>();
+    let gbytes = 8 * xb;
+    // SAFETY: the caller's contract: the group's `nb` blocks and the activation row are readable.
+    let (group, acts) =
+        unsafe { (std::slice::from_raw_parts(t.w, t.nb * gbytes), std::slice::from_raw_parts(t.a, t.nb * size_of::<Y>())) };
+    let mut sums = [0f32; 8];
+    let mut blk = [0u8; 256];
+    let blk = &mut blk[..xb];
+    for (b, gb) in group.chunks_exact(gbytes).enumerate() {
+        // SAFETY: block `b < nb` of the activation row; `read_unaligned` needs no alignment and
+        // the block types accept every bit pattern.
+        let y = unsafe { read_unaligned(acts[b * size_of::<Y>()..].as_ptr().cast::<Y>()) };
+        for (r, sum) in sums.iter_mut().enumerate().take(t.mr) {
+            crate::repack::unpack_block(layout, gb, r, blk);
+            // SAFETY: as above, one whole block of `X`.
+            let x = unsafe { read_unaligned(blk.as_ptr().cast::<X>()) };
+            *sum += block(&x, &y);
+        }
+    }
+    for (r, &v) in sums.iter().enumerate().take(t.mr) {
+        // SAFETY: `mr` writable outputs.
+        unsafe { *t.out.add(r) = v };
+    }
+}
+
+/// Q5_0 in [`crate::repack::Layout::Q5_0x8`] x Q8_0 ([`matvec_packed`]; bit-identical to
+/// [`dot_q5_0`]).
+///
+/// # Safety
+///
+/// As [`matvec_packed`].
 pub(crate) unsafe fn matvec_q5_0x8(t: &super::Tile) {
-    use crate::repack::{unpack_q5_0x8_block, Q5_0X8_BLOCK};
-    debug_assert!(t.nr == 1 && (1..=8).contains(&t.mr));
-    // SAFETY: the caller's contract: the group's `nb` blocks and the activation row are readable.
-    let (group, acts) = unsafe {
-        (std::slice::from_raw_parts(t.w, t.nb * Q5_0X8_BLOCK), std::slice::from_raw_parts(t.a, t.nb * size_of::<BlockQ8_0>()))
-    };
-    let mut sums = [0f32; 8];
-    let mut blk = [0u8; 22];
-    for (b, gb) in group.chunks_exact(Q5_0X8_BLOCK).enumerate() {
-        // SAFETY: block `b < nb` of the activation row; `read_unaligned` needs no alignment and
-        // both block types accept every bit pattern.
-        let y = unsafe { read_unaligned(acts[b * size_of::<BlockQ8_0>()..].as_ptr().cast::<BlockQ8_0>()) };
-        for (r, sum) in sums.iter_mut().enumerate().take(t.mr) {
-            unpack_q5_0x8_block(gb, r, &mut blk);
-            // SAFETY: as above, 22 readable bytes.
-            let x = unsafe { read_unaligned(blk.as_ptr().cast::<BlockQ5_0>()) };
-            *sum += block_q5_0(&x, &y);
-        }
-    }
-    for (r, &v) in sums.iter().enumerate().take(t.mr) {
-        // SAFETY: `mr` writable outputs.
-        unsafe { *t.out.add(r) = v };
-    }
+    // SAFETY: the caller's contract; BlockQ5_0 is the layout's block.
+    unsafe { matvec_packed(t, crate::repack::Layout::Q5_0x8, block_q5_0) }
 }
 
-/// Q4_K in [`crate::repack::Layout::Q4_Kx8`] x Q8_K, for the `mr` (1..=8) rows of one group:
-/// each row's super-blocks restored to ggml's and summed in order as [`dot_q4_k`] does, so the
-/// results are bit-identical to it.
+/// Q4_K in [`crate::repack::Layout::Q4_Kx8`] x Q8_K ([`matvec_packed`]; bit-identical to
+/// [`dot_q4_k`]).
 ///
 /// # Safety
 ///
-/// `t.w` must point to a whole group (`t.nb` group super-blocks), `t.a` to `t.nb` activation
-/// super-blocks and `t.out` to `t.mr` writable floats (`t.mr <= 8`, `t.nr == 1`).
+/// As [`matvec_packed`].
 pub(crate) unsafe fn matvec_q4_kx8(t: &super::Tile) {
-    use crate::repack::{unpack_q4_kx8_block, Q4_KX8_BLOCK};
-    debug_assert!(t.nr == 1 && (1..=8).contains(&t.mr));
-    // SAFETY: the caller's contract: the group's `nb` blocks and the activation row are readable.
-    let (group, acts) = unsafe {
-        (std::slice::from_raw_parts(t.w, t.nb * Q4_KX8_BLOCK), std::slice::from_raw_parts(t.a, t.nb * size_of::<BlockQ8K>()))
-    };
-    let mut sums = [0f32; 8];
-    let mut blk = [0u8; 144];
-    for (b, gb) in group.chunks_exact(Q4_KX8_BLOCK).enumerate() {
-        // SAFETY: block `b < nb` of the activation row; `read_unaligned` needs no alignment and
-        // both block types accept every bit pattern.
-        let y = unsafe { read_unaligned(acts[b * size_of::<BlockQ8K>()..].as_ptr().cast::<BlockQ8K>()) };
-        for (r, sum) in sums.iter_mut().enumerate().take(t.mr) {
-            unpack_q4_kx8_block(gb, r, &mut blk);
-            // SAFETY: as above, 144 readable bytes.
-            let x = unsafe { read_unaligned(blk.as_ptr().cast::<BlockQ4K>()) };
-            *sum += block_q4_k(&x, &y);
-        }
-    }
-    for (r, &v) in sums.iter().enumerate().take(t.mr) {
-        // SAFETY: `mr` writable outputs.
-        unsafe { *t.out.add(r) = v };
-    }
+    // SAFETY: the caller's contract; BlockQ4K is the layout's block.
+    unsafe { matvec_packed(t, crate::repack::Layout::Q4_Kx8, block_q4_k) }
 }
 
-/// Q6_K in [`crate::repack::Layout::Q6_Kx8`] x Q8_K, for the `mr` (1..=8) rows of one group:
-/// each row's super-blocks restored to ggml's and summed in order as [`dot_q6_k`] does, so the
-/// results are bit-identical to it.
+/// Q6_K in [`crate::repack::Layout::Q6_Kx8`] x Q8_K ([`matvec_packed`]; bit-identical to
+/// [`dot_q6_k`]).
 ///
 /// # Safety
 ///
-/// `t.w` must point to a whole group (`t.nb` group super-blocks), `t.a` to `t.nb` activation
-/// super-blocks and `t.out` to `t.mr` writable floats (`t.mr <= 8`, `t.nr == 1`).
+/// As [`matvec_packed`].
 pub(crate) unsafe fn matvec_q6_kx8(t: &super::Tile) {
-    use crate::repack::{unpack_q6_kx8_block, Q6_KX8_BLOCK};
-    debug_assert!(t.nr == 1 && (1..=8).contains(&t.mr));
-    // SAFETY: the caller's contract: the group's `nb` blocks and the activation row are readable.
-    let (group, acts) = unsafe {
-        (std::slice::from_raw_parts(t.w, t.nb * Q6_KX8_BLOCK), std::slice::from_raw_parts(t.a, t.nb * size_of::<BlockQ8K>()))
-    };
-    let mut sums = [0f32; 8];
-    let mut blk = [0u8; 210];
-    for (b, gb) in group.chunks_exact(Q6_KX8_BLOCK).enumerate() {
-        // SAFETY: block `b < nb` of the activation row; `read_unaligned` needs no alignment and
-        // both block types accept every bit pattern.
-        let y = unsafe { read_unaligned(acts[b * size_of::<BlockQ8K>()..].as_ptr().cast::<BlockQ8K>()) };
-        for (r, sum) in sums.iter_mut().enumerate().take(t.mr) {
-            unpack_q6_kx8_block(gb, r, &mut blk);
-            // SAFETY: as above, 210 readable bytes.
-            let x = unsafe { read_unaligned(blk.as_ptr().cast::<BlockQ6K>()) };
-            *sum += block_q6_k(&x, &y);
-        }
-    }
-    for (r, &v) in sums.iter().enumerate().take(t.mr) {
-        // SAFETY: `mr` writable outputs.
-        unsafe { *t.out.add(r) = v };
-    }
+    // SAFETY: the caller's contract; BlockQ6K is the layout's block.
+    unsafe { matvec_packed(t, crate::repack::Layout::Q6_Kx8, block_q6_k) }
 }
 
-/// Q4_0 in [`crate::repack::Layout::Q4_0x8`] x Q8_0, for the `mr` (1..=8) rows of one group:
-/// each row's blocks restored to ggml's and summed in order as [`dot_q4_0`] does, so the
-/// results are bit-identical to it.
+/// Q4_0 in [`crate::repack::Layout::Q4_0x8`] x Q8_0 ([`matvec_packed`]; bit-identical to
+/// [`dot_q4_0`]).
 ///
 /// # Safety
 ///
-/// `t.w` must point to a whole group (`t.nb` group blocks), `t.a` to `t.nb` activation blocks
-/// and `t.out` to `t.mr` writable floats (`t.mr <= 8`, `t.nr == 1`).
+/// As [`matvec_packed`].
 pub(crate) unsafe fn matvec_q4_0x8(t: &super::Tile) {
-    use crate::repack::{unpack_block, Layout, Q4_0X8_BLOCK};
-    debug_assert!(t.nr == 1 && (1..=8).contains(&t.mr));
-    // SAFETY: the caller's contract: the group's `nb` blocks and the activation row are readable.
-    let (group, acts) = unsafe {
-        (std::slice::from_raw_parts(t.w, t.nb * Q4_0X8_BLOCK), std::slice::from_raw_parts(t.a, t.nb * size_of::<BlockQ8_0>()))
-    };
-    let mut sums = [0f32; 8];
-    let mut blk = [0u8; 18];
-    for (b, gb) in group.chunks_exact(Q4_0X8_BLOCK).enumerate() {
-        // SAFETY: block `b < nb` of the activation row; `read_unaligned` needs no alignment and
-        // both block types accept every bit pattern.
-        let y = unsafe { read_unaligned(acts[b * size_of::<BlockQ8_0>()..].as_ptr().cast::<BlockQ8_0>()) };
-        for (r, sum) in sums.iter_mut().enumerate().take(t.mr) {
-            unpack_block(Layout::Q4_0x8, gb, r, &mut blk);
-            // SAFETY: as above, 18 readable bytes.
-            let x = unsafe { read_unaligned(blk.as_ptr().cast::<BlockQ4_0>()) };
-            *sum += block_q4_0(&x, &y);
-        }
-    }
-    for (r, &v) in sums.iter().enumerate().take(t.mr) {
-        // SAFETY: `mr` writable outputs.
-        unsafe { *t.out.add(r) = v };
-    }
+    // SAFETY: the caller's contract; BlockQ4_0 is the layout's block.
+    unsafe { matvec_packed(t, crate::repack::Layout::Q4_0x8, block_q4_0) }
 }
 
-/// Q8_0 in [`crate::repack::Layout::Q8_0x8`] x Q8_0, for the `mr` (1..=8) rows of one group:
-/// each row's blocks restored to ggml's and summed in order as [`dot_q8_0`] does, so the
-/// results are bit-identical to it.
+/// Q8_0 in [`crate::repack::Layout::Q8_0x8`] x Q8_0 ([`matvec_packed`]; bit-identical to
+/// [`dot_q8_0`]).
 ///
 /// # Safety
 ///
-/// `t.w` must point to a whole group (`t.nb` group blocks), `t.a` to `t.nb` activation blocks
-/// and `t.out` to `t.mr` writable floats (`t.mr <= 8`, `t.nr == 1`).
+/// As [`matvec_packed`].
 pub(crate) unsafe fn matvec_q8_0x8(t: &super::Tile) {
-    use crate::repack::{unpack_block, Layout, Q8_0X8_BLOCK};
-    debug_assert!(t.nr == 1 && (1..=8).contains(&t.mr));
-    // SAFETY: the caller's contract: the group's `nb` blocks and the activation row are readable.
-    let (group, acts) = unsafe {
-        (std::slice::from_raw_parts(t.w, t.nb * Q8_0X8_BLOCK), std::slice::from_raw_parts(t.a, t.nb * size_of::<BlockQ8_0>()))
-    };
-    let mut sums = [0f32; 8];
-    let mut blk = [0u8; 34];
-    for (b, gb) in group.chunks_exact(Q8_0X8_BLOCK).enumerate() {
-        // SAFETY: block `b < nb` of the activation row; `read_unaligned` needs no alignment and
-        // both block types accept every bit pattern.
-        let y = unsafe { read_unaligned(acts[b * size_of::<BlockQ8_0>()..].as_ptr().cast::<BlockQ8_0>()) };
-        for (r, sum) in sums.iter_mut().enumerate().take(t.mr) {
-            unpack_block(Layout::Q8_0x8, gb, r, &mut blk);
-            // SAFETY: as above, 34 readable bytes.
-            let x = unsafe { read_unaligned(blk.as_ptr().cast::<BlockQ8_0>()) };
-            *sum += block_q8_0(&x, &y);
-        }
-    }
-    for (r, &v) in sums.iter().enumerate().take(t.mr) {
-        // SAFETY: `mr` writable outputs.
-        unsafe { *t.out.add(r) = v };
-    }
+    // SAFETY: the caller's contract; BlockQ8_0 is the layout's block.
+    unsafe { matvec_packed(t, crate::repack::Layout::Q8_0x8, block_q8_0) }
 }
