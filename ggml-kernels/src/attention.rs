@@ -245,48 +245,101 @@ pub fn attention(
         (kf, vf)
     });
     let mut lse_rows = vec![0f32; n_q * s.n_head];
+    let pre = pre.as_ref().map(|(kf, vf)| (KvView::F32(kf), KvView::F32(vf)));
     out.par_chunks_mut(group * dv).zip(lse_rows.par_chunks_mut(group)).enumerate().for_each(|(task, (o, l))| {
         let (t, g) = (task / s.n_head_kv, task % s.n_head_kv);
-        let p = qpos[t];
         let qs = &q[(t * s.n_head + g * group) * d..][..group * d];
-        let visible: Vec<usize> = (0..n_slots).filter(|&slot| mask.visible(p, kpos[slot])).collect();
-        // Scores, [group][visible].
-        let nv = visible.len();
-        let mut scores = vec![0f32; group * nv];
-        let mut row = vec![0f32; d.max(dv)];
-        for (j, &slot) in visible.iter().enumerate() {
-            let start = (slot * s.n_head_kv + g) * d;
-            let kr: &[f32] = match &pre {
-                Some((kf, _)) => &kf[start..start + d],
-                None => {
-                    k.read(start, &mut row[..d]);
-                    &row[..d]
-                }
-            };
-            for h in 0..group {
-                scores[h * nv + j] = dot(&qs[h * d..(h + 1) * d], kr) * s.scale;
-            }
-        }
-        for h in 0..group {
-            l[h] = if nv == 0 { f32::NEG_INFINITY } else { softmax_inplace(&mut scores[h * nv..(h + 1) * nv]) };
-        }
-        o.iter_mut().for_each(|x| *x = 0.0);
-        for (j, &slot) in visible.iter().enumerate() {
-            let start = (slot * s.n_head_kv + g) * dv;
-            let vr: &[f32] = match &pre {
-                Some((_, vf)) => &vf[start..start + dv],
-                None => {
-                    v.read(start, &mut row[..dv]);
-                    &row[..dv]
-                }
-            };
-            for h in 0..group {
-                axpy(&mut o[h * dv..(h + 1) * dv], scores[h * nv + j], vr);
-            }
-        }
+        let (k, v) = pre.unwrap_or((k, v));
+        attend_group(s, qs, qpos[t], k, v, kpos, mask, g, o, l);
     });
     if let Some(lse) = lse {
         lse.copy_from_slice(&lse_rows);
+    }
+}
+
+/// Query heads `heads` of one query (`q`: `[n_head][head_dim]`, at position `qpos`) as
+/// [`attention`] computes them, bit for bit, into `out` (`[heads.len()][head_dim_v]`): a part
+/// of a decode step's attention, for the threads of a team to share the heads.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_heads(
+    s: &AttnShape,
+    q: &[f32],
+    qpos: i64,
+    k: KvView<'_>,
+    v: KvView<'_>,
+    kpos: &[i64],
+    mask: AttnMask,
+    heads: std::ops::Range<usize>,
+    out: &mut [f32],
+) {
+    debug_assert!(s.n_head_kv > 0 && s.n_head % s.n_head_kv == 0 && heads.end <= s.n_head);
+    debug_assert_eq!(out.len(), heads.len() * s.head_dim_v);
+    let group = s.n_head / s.n_head_kv;
+    let (d, dv) = (s.head_dim, s.head_dim_v);
+    let mut lse = vec![0f32; group];
+    // Each KV head's share of `heads`.
+    let mut h = heads.start;
+    while h < heads.end {
+        let g = h / group;
+        let h1 = heads.end.min((g + 1) * group);
+        let o = &mut out[(h - heads.start) * dv..(h1 - heads.start) * dv];
+        attend_group(s, &q[h * d..h1 * d], qpos, k, v, kpos, mask, g, o, &mut lse[..h1 - h]);
+        h = h1;
+    }
+}
+
+/// One query at position `p` over the cache, for consecutive query heads `qs` (`[nh][head_dim]`)
+/// of the group that reads KV head `g`: the outputs into `o` (`[nh][head_dim_v]`), each head's
+/// log-sum-exp into `l`. Every key and value row is read (converted) once for the heads.
+#[allow(clippy::too_many_arguments)]
+fn attend_group(
+    s: &AttnShape,
+    qs: &[f32],
+    p: i64,
+    k: KvView<'_>,
+    v: KvView<'_>,
+    kpos: &[i64],
+    mask: AttnMask,
+    g: usize,
+    o: &mut [f32],
+    l: &mut [f32],
+) {
+    let (d, dv) = (s.head_dim, s.head_dim_v);
+    let nh = qs.len() / d;
+    let visible: Vec<usize> = (0..kpos.len()).filter(|&slot| mask.visible(p, kpos[slot])).collect();
+    // Scores, [nh][visible].
+    let nv = visible.len();
+    let mut scores = vec![0f32; nh * nv];
+    let mut row = vec![0f32; d.max(dv)];
+    for (j, &slot) in visible.iter().enumerate() {
+        let start = (slot * s.n_head_kv + g) * d;
+        let kr: &[f32] = match k {
+            KvView::F32(kf) => &kf[start..start + d],
+            KvView::F16(_) => {
+                k.read(start, &mut row[..d]);
+                &row[..d]
+            }
+        };
+        for h in 0..nh {
+            scores[h * nv + j] = dot(&qs[h * d..(h + 1) * d], kr) * s.scale;
+        }
+    }
+    for h in 0..nh {
+        l[h] = if nv == 0 { f32::NEG_INFINITY } else { softmax_inplace(&mut scores[h * nv..(h + 1) * nv]) };
+    }
+    o.iter_mut().for_each(|x| *x = 0.0);
+    for (j, &slot) in visible.iter().enumerate() {
+        let start = (slot * s.n_head_kv + g) * dv;
+        let vr: &[f32] = match v {
+            KvView::F32(vf) => &vf[start..start + dv],
+            KvView::F16(_) => {
+                v.read(start, &mut row[..dv]);
+                &row[..dv]
+            }
+        };
+        for h in 0..nh {
+            axpy(&mut o[h * dv..(h + 1) * dv], scores[h * nv + j], vr);
+        }
     }
 }
 

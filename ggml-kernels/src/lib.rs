@@ -14,6 +14,8 @@
 //!   Q6_K in groups of eight rows).
 //! - [`attention`]: attention over a KV cache with causal, window and sink+window masks.
 //! - [`ops`]: RMSNorm, RoPE, activations, softmax.
+//! - [`pool`], [`team`]: the decode fork-join, and the team that runs a whole decode token as
+//!   one parallel region.
 //! - [`probe`]: memory-bandwidth and peak-throughput probes, to quote kernel speeds against.
 
 pub mod attention;
@@ -24,6 +26,7 @@ pub mod pool;
 pub mod probe;
 pub mod quants;
 pub mod repack;
+pub mod team;
 pub mod types;
 
 pub use types::{GgmlType, SizeError};

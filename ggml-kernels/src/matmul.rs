@@ -37,6 +37,7 @@ use crate::dot::{DotFn, Kernels, QuantizedActs, TileFn, VecDotType, TILE};
 use crate::quants::{dequantize, QuantError};
 pub use crate::repack::Layout;
 use crate::repack::{pack_into, packed_nbytes, unpack_block, unpack_rows};
+use crate::team::{Ctx, TeamVec};
 use crate::types::GgmlType;
 
 /// A borrowed weight matrix.
@@ -343,34 +344,141 @@ fn matmul_many_impl(
     outs: &mut [&mut [f32]],
     gated: Option<fn(f32) -> f32>,
 ) -> Result<(), MatError> {
-    if ws.len() != outs.len() {
-        return Err(MatError::Shape { what: "matmul outputs (one per matrix)", expected: ws.len(), got: outs.len() });
+    let lens: Vec<usize> = outs.iter().map(|o| o.len()).collect();
+    check_products(k, ws, x, n, &lens)?;
+    let ptrs: Vec<SharedOut> = outs.iter_mut().map(|o| SharedOut(o.as_mut_ptr())).collect();
+    // SAFETY: the outputs are borrowed mutably for the whole call and their lengths were checked.
+    unsafe { run_products(k, ws, x, n, &ptrs, gated, Runner::Pool) }
+}
+
+/// [`matmul_many`] as one op of a team region ([`crate::team`]), for one input vector
+/// (decode): every thread of the team calls it with the same arguments, each quantizes the
+/// input for itself (the same bytes), the threads claim the rows in chunks, and all return
+/// after a barrier with the outputs complete. Results are those of [`matmul_many`], bit for
+/// bit. Errors as [`matmul_many`]'s (the same on every thread, before any work).
+///
+/// # Safety
+///
+/// `outs[i]` (`ws[i].rows` elements) is read or written by no thread during the call but
+/// through this op (the team's collective-op discipline).
+pub unsafe fn matmul_many_team(ctx: &Ctx<'_>, ws: &[&QMatrix<'_>], x: &[f32], outs: &[&TeamVec]) -> Result<(), MatError> {
+    // SAFETY: passed on from the caller.
+    unsafe { team_products(ctx, ws, x, outs, None) }
+}
+
+/// [`matmul_gated`] as one op of a team region, for one input vector: as
+/// [`matmul_many_team`], each chunk of rows of both products finished with `act` by the
+/// thread that computed it. Results are those of [`matmul_gated`], bit for bit.
+///
+/// # Safety
+///
+/// As [`matmul_many_team`], for `out` (`gate.rows` elements).
+pub unsafe fn matmul_gated_team(
+    ctx: &Ctx<'_>,
+    gate: &QMatrix<'_>,
+    up: &QMatrix<'_>,
+    x: &[f32],
+    act: fn(f32) -> f32,
+    out: &TeamVec,
+) -> Result<(), MatError> {
+    if gate.rows != up.rows {
+        return Err(MatError::Shape { what: "up rows (as many as gate rows)", expected: gate.rows, got: up.rows });
     }
-    let fast = |w: &QMatrix<'_>| match (k.dot_fn(w.ty), VecDotType::for_weight(w.ty)) {
-        (Some(dot), Some(vdt)) => Some((dot, vdt)),
-        _ => None,
-    };
-    // Check everything first, so no product runs when one of them is malformed.
-    for (w, out) in ws.iter().zip(outs.iter()) {
+    // Each thread's `up` rows: written and read back by the thread that claims them.
+    let up_out = TeamVec::new(out.len());
+    // SAFETY: passed on from the caller; `up_out` is this thread's own.
+    unsafe { team_products(ctx, &[gate, up], x, &[out, &up_out], Some(act)) }
+}
+
+/// The body of [`matmul_many_team`] and [`matmul_gated_team`].
+///
+/// # Safety
+///
+/// As [`matmul_many_team`].
+unsafe fn team_products(ctx: &Ctx<'_>, ws: &[&QMatrix<'_>], x: &[f32], outs: &[&TeamVec], gated: Option<fn(f32) -> f32>) -> Result<(), MatError> {
+    let k = Kernels::best();
+    let lens: Vec<usize> = outs.iter().map(|o| o.len()).collect();
+    let n = ws.first().map_or(0, |w| if w.cols == 0 { 0 } else { x.len() / w.cols });
+    check_products(k, ws, x, n, &lens)?;
+    let all_fast = ws.iter().all(|w| k.dot_fn(w.ty).is_some() && VecDotType::for_weight(w.ty).is_some());
+    if n == 1 && all_fast && ctx.nth() > 1 {
+        let ptrs: Vec<SharedOut> = outs.iter().map(|o| SharedOut(o.ptr())).collect();
+        // SAFETY: the outputs are this op's (the caller's promise), lengths checked; the team's
+        // threads write disjoint chunks of them.
+        unsafe { run_products(k, ws, x, n, &ptrs, gated, Runner::Team(ctx)) }
+    } else {
+        // Batches, types without a dot product, a team of one: thread 0 runs the whole op.
+        let mut result = Ok(());
+        let ok = ctx.single_ok(|| {
+            // SAFETY: only this thread touches the outputs during the op.
+            let mut views: Vec<&mut [f32]> = outs.iter().map(|o| unsafe { o.get_mut() }).collect();
+            result = matmul_many_impl(k, ws, x, n, &mut views, gated);
+            result.is_ok()
+        });
+        match result {
+            Err(e) => Err(e),
+            // The other threads learn of thread 0's error (which it returns) this way.
+            Ok(()) if !ok => Err(MatError::Shape { what: "a product of the team (see thread 0's error)", expected: 0, got: 0 }),
+            Ok(()) => Ok(()),
+        }
+    }
+}
+
+/// Errors when the products `ws` of `n` input vectors `x` into outputs of `out_lens` elements
+/// are malformed.
+fn check_products(k: &Kernels, ws: &[&QMatrix<'_>], x: &[f32], n: usize, out_lens: &[usize]) -> Result<(), MatError> {
+    if ws.len() != out_lens.len() {
+        return Err(MatError::Shape { what: "matmul outputs (one per matrix)", expected: ws.len(), got: out_lens.len() });
+    }
+    for (w, &out) in ws.iter().zip(out_lens) {
         if x.len() != n * w.cols {
             return Err(MatError::Shape { what: "matmul input", expected: n * w.cols, got: x.len() });
         }
-        if out.len() != n * w.rows {
-            return Err(MatError::Shape { what: "matmul output", expected: n * w.rows, got: out.len() });
+        if out != n * w.rows {
+            return Err(MatError::Shape { what: "matmul output", expected: n * w.rows, got: out });
         }
-        if fast(w).is_some() || w.layout != Layout::Ggml {
+        if fast_kernels(k, w).is_some() || w.layout != Layout::Ggml {
             // The kernels read raw memory, so the matrix must be exactly what it claims to be
             // (its fields are public; `QMatrix::new` checks this too).
             w.check_size()?;
         }
     }
+    Ok(())
+}
+
+/// The dot product and activation format of `w`'s type, where the kernel table has them.
+fn fast_kernels(k: &Kernels, w: &QMatrix<'_>) -> Option<(DotFn, VecDotType)> {
+    match (k.dot_fn(w.ty), VecDotType::for_weight(w.ty)) {
+        (Some(dot), Some(vdt)) => Some((dot, vdt)),
+        _ => None,
+    }
+}
+
+/// Runs checked products (see [`check_products`]) into `outs[i]` (`n * ws[i].rows`
+/// elements), decode jobs on `runner`.
+///
+/// # Safety
+///
+/// Each `outs[i]` points to `n * ws[i].rows` elements that nothing else touches during the
+/// call; with [`Runner::Pool`] the caller's thread alone calls this, with [`Runner::Team`] every
+/// thread of the team does (then only decode jobs may arise: `n` within
+/// [`matvec_batch_max`], every type with a dot product).
+unsafe fn run_products(
+    k: &Kernels,
+    ws: &[&QMatrix<'_>],
+    x: &[f32],
+    n: usize,
+    outs: &[SharedOut],
+    gated: Option<fn(f32) -> f32>,
+    runner: Runner<'_, '_>,
+) -> Result<(), MatError> {
     if n == 0 {
         return Ok(());
     }
     // The input quantized once per format the matrices need (at most a few).
     let mut acts: Vec<QuantizedActs> = Vec::with_capacity(2);
     for w in ws {
-        let Some((_, vdt)) = fast(w) else { continue };
+        let Some((_, vdt)) = fast_kernels(k, w) else { continue };
         if !acts.iter().any(|a| a.vec_dot_type() == vdt) {
             let a = QuantizedActs::new(k, vdt, x, n, w.cols)
                 .map_err(|_| MatError::Shape { what: "matmul input row", expected: w.cols, got: w.cols })?;
@@ -378,9 +486,11 @@ fn matmul_many_impl(
         }
     }
     let mut jobs = Vec::with_capacity(ws.len());
-    for (w, out) in ws.iter().zip(outs.iter_mut()) {
-        let Some((dot, vdt)) = fast(w) else {
-            matmul_reference(w, x, n, out)?;
+    for (w, &out) in ws.iter().zip(outs) {
+        // SAFETY: `out` holds `n * w.rows` elements, this call's alone (the caller's promise).
+        let out_slice = || unsafe { std::slice::from_raw_parts_mut(out.get(), n * w.rows) };
+        let Some((dot, vdt)) = fast_kernels(k, w) else {
+            matmul_reference(w, x, n, out_slice())?;
             continue;
         };
         let Some(a) = acts.iter().find(|a| a.vec_dot_type() == vdt) else { continue };
@@ -391,19 +501,66 @@ fn matmul_many_impl(
             };
             jobs.push(MatvecJob::new(kernel, w, a, out));
         } else {
-            gemm(dot, k.tile_fn(w.ty), w, a, out);
+            gemm(dot, k.tile_fn(w.ty), w, a, out_slice());
         }
     }
     // The gate applied inside the decode job when both products are in it, else here.
     let fused = gated.is_some() && jobs.len() == 2;
     if !jobs.is_empty() {
-        matvec(&mut jobs, if fused { gated } else { None });
+        matvec(&mut jobs, if fused { gated } else { None }, runner);
     }
     drop(jobs);
-    if let (Some(act), false, [g, u]) = (gated, fused, &mut *outs) {
+    if let (Some(act), false, [g, u]) = (gated, fused, outs) {
+        // SAFETY: both hold `n * rows` elements, this call's alone.
+        let (g, u) = unsafe { (std::slice::from_raw_parts_mut(g.get(), n * ws[0].rows), std::slice::from_raw_parts(u.get(), n * ws[1].rows)) };
         crate::ops::gated_act(g, u, act);
     }
     Ok(())
+}
+
+/// Where the chunks of a decode job run: a fork-join of [`crate::pool::run`] started by the one
+/// thread that called the product, or the threads of a team region, which all called it.
+#[derive(Clone, Copy)]
+enum Runner<'c, 't> {
+    Pool,
+    Team(&'c Ctx<'t>),
+}
+
+impl Runner<'_, '_> {
+    /// Threads that will share the chunks.
+    fn threads(self) -> usize {
+        match self {
+            Runner::Pool => rayon::current_num_threads(),
+            Runner::Team(ctx) => ctx.nth(),
+        }
+    }
+
+    /// Calls `body(c)` once for each chunk `c` in `0..n_chunks`, spread over the threads, and
+    /// returns when all are done (in a team, after the op's barrier).
+    fn for_chunks(self, n_chunks: usize, body: &(dyn Fn(usize) + Sync)) {
+        match self {
+            Runner::Pool => {
+                let next = AtomicUsize::new(0);
+                crate::pool::run(self.threads().min(n_chunks), &|_| loop {
+                    let c = next.fetch_add(1, Ordering::Relaxed);
+                    if c >= n_chunks {
+                        break;
+                    }
+                    body(c);
+                });
+            }
+            Runner::Team(ctx) => {
+                loop {
+                    let c = ctx.claim();
+                    if c >= n_chunks {
+                        break;
+                    }
+                    body(c);
+                }
+                ctx.barrier();
+            }
+        }
+    }
 }
 
 /// The kernel a decode product runs, by the matrix's type and layout.
@@ -434,8 +591,7 @@ struct MatvecJob<'w, 'a> {
     kernel: RowKernel,
     w: &'a QMatrix<'w>,
     acts: &'a QuantizedActs,
-    /// `acts.rows() * w.rows` outputs, borrowed mutably by the caller of `matvec` for as long
-    /// as the job lives.
+    /// `acts.rows() * w.rows` outputs, the job's alone for as long as it lives.
     out: SharedOut,
     /// Rows per chunk, and this job's first chunk in the call's numbering.
     chunk_rows: usize,
@@ -443,9 +599,9 @@ struct MatvecJob<'w, 'a> {
 }
 
 impl<'w, 'a> MatvecJob<'w, 'a> {
-    fn new(kernel: RowKernel, w: &'a QMatrix<'w>, acts: &'a QuantizedActs, out: &'a mut [f32]) -> Self {
-        debug_assert_eq!(out.len(), acts.rows() * w.rows);
-        MatvecJob { kernel, w, acts, out: SharedOut(out.as_mut_ptr()), chunk_rows: w.rows.max(1), first_chunk: 0 }
+    /// `out`: `acts.rows() * w.rows` outputs, the job's alone while it lives.
+    fn new(kernel: RowKernel, w: &'a QMatrix<'w>, acts: &'a QuantizedActs, out: SharedOut) -> Self {
+        MatvecJob { kernel, w, acts, out, chunk_rows: w.rows.max(1), first_chunk: 0 }
     }
 
     fn chunks(&self) -> usize {
@@ -500,20 +656,21 @@ impl<'w, 'a> MatvecJob<'w, 'a> {
     }
 }
 
-/// Runs decode products: on the calling thread when they are small, else as one job of
-/// [`crate::pool::run`], whose threads claim chunks of rows (in order, matrix by matrix)
-/// from a shared counter until none is left, so a thread that starts late or is slowed down by
-/// another process simply takes fewer.
+/// Runs decode products: on the calling thread when they are small (on a fork-join), else as
+/// chunks of rows (in order, matrix by matrix) that the threads of `runner` claim until none
+/// is left, so a thread that starts late or is slowed down by another process simply takes
+/// fewer. In a team every chunk is claimed by the team's threads whatever the size (they are
+/// running anyway).
 ///
 /// With `gated`, `jobs` are a gate and an up product of the same rows: each chunk covers the
 /// same rows of both and then sets `gate = act(gate) * up` on them.
-fn matvec(jobs: &mut [MatvecJob<'_, '_>], gated: Option<fn(f32) -> f32>) {
-    let threads = rayon::current_num_threads();
+fn matvec(jobs: &mut [MatvecJob<'_, '_>], gated: Option<fn(f32) -> f32>, runner: Runner<'_, '_>) {
+    let threads = runner.threads();
     let total: usize = jobs.iter().map(MatvecJob::work).sum();
     if let (Some(act), [g, u]) = (gated, &mut *jobs) {
-        return matvec_gated(g, u, act, total, threads);
+        return matvec_gated(g, u, act, total, runner);
     }
-    if total < SERIAL_BYTES || threads == 1 {
+    if matches!(runner, Runner::Pool) && (total < SERIAL_BYTES || threads == 1) {
         for j in jobs.iter() {
             // SAFETY: all rows, on this thread only.
             unsafe { j.rows(0, j.w.rows) };
@@ -530,26 +687,22 @@ fn matvec(jobs: &mut [MatvecJob<'_, '_>], gated: Option<fn(f32) -> f32>) {
         j.first_chunk = n_chunks;
         n_chunks += j.chunks();
     }
-    let next = AtomicUsize::new(0);
     let jobs = &*jobs;
-    crate::pool::run(threads.min(n_chunks), &|_| loop {
-        let c = next.fetch_add(1, Ordering::Relaxed);
-        if c >= n_chunks {
-            break;
-        }
+    runner.for_chunks(n_chunks, &|c| {
         // The job holding chunk `c` (a call has only a few).
-        let Some(j) = jobs.iter().rev().find(|j| j.first_chunk <= c) else { break };
+        let Some(j) = jobs.iter().rev().find(|j| j.first_chunk <= c) else { return };
         let r0 = (c - j.first_chunk) * j.chunk_rows;
         let r1 = (r0 + j.chunk_rows).min(j.w.rows);
         // SAFETY: each chunk is claimed by one thread only and chunks cover disjoint rows;
-        // `pool::run` returns only when every thread is done, while the outputs are borrowed.
+        // `for_chunks` returns only when every thread is done, while the outputs are the job's.
         unsafe { j.rows(r0, r1) };
     });
 }
 
 /// [`matvec`] for a gate and an up product (`total` bytes of work): chunks of the same rows of
 /// both, each finished with `act`.
-fn matvec_gated(g: &MatvecJob<'_, '_>, u: &MatvecJob<'_, '_>, act: fn(f32) -> f32, total: usize, threads: usize) {
+fn matvec_gated(g: &MatvecJob<'_, '_>, u: &MatvecJob<'_, '_>, act: fn(f32) -> f32, total: usize, runner: Runner<'_, '_>) {
+    let threads = runner.threads();
     let rows = g.w.rows;
     debug_assert_eq!(rows, u.w.rows);
     let n = g.acts.rows();
@@ -569,7 +722,7 @@ fn matvec_gated(g: &MatvecJob<'_, '_>, u: &MatvecJob<'_, '_>, act: fn(f32) -> f3
             }
         }
     };
-    if total < SERIAL_BYTES || threads == 1 {
+    if matches!(runner, Runner::Pool) && (total < SERIAL_BYTES || threads == 1) {
         chunk(0, rows);
         return;
     }
@@ -578,16 +731,9 @@ fn matvec_gated(g: &MatvecJob<'_, '_>, u: &MatvecJob<'_, '_>, act: fn(f32) -> f3
     let group = g.kernel.group().max(u.kernel.group());
     let chunk_rows = (chunk_bytes / rb).max(1).div_ceil(group) * group;
     let n_chunks = rows.div_ceil(chunk_rows);
-    let next = AtomicUsize::new(0);
-    crate::pool::run(threads.min(n_chunks), &|_| loop {
-        let c = next.fetch_add(1, Ordering::Relaxed);
-        if c >= n_chunks {
-            break;
-        }
-        // Each chunk is claimed by one thread only and chunks cover disjoint rows; `pool::run`
-        // returns only when every thread is done, while the outputs are borrowed.
-        chunk(c * chunk_rows, ((c + 1) * chunk_rows).min(rows));
-    });
+    // Each chunk is claimed by one thread only and chunks cover disjoint rows; `for_chunks`
+    // returns only when every thread is done, while the outputs are the jobs'.
+    runner.for_chunks(n_chunks, &|c| chunk(c * chunk_rows, ((c + 1) * chunk_rows).min(rows)));
 }
 
 /// Most activation rows the decode kernels take (one pass over the weights, each group of four

@@ -3,55 +3,42 @@
 //! GGUF stores Gemma's RMSNorm weights with the `+1` already added (llama.cpp's converter does it),
 //! so every norm here is the plain `x / rms(x) * w`. The embeddings (scaled by sqrt(n_embd)), the
 //! final norm and the tied output projection are shared with the other architectures
-//! ([`super::forward`]); this file is one decoder layer.
+//! ([`super::forward`]); this file is one decoder layer, as ops of [`Exec`] (see
+//! [`super::exec`]: every thread of a team runs it, each op sharing its work out).
 
-use ggml_kernels::ops::{gelu_tanh, rms_norm, rms_norm_inplace};
+use ggml_kernels::ops::gelu_tanh;
 
-use super::{attend_seqs, mm, mm_gated, mm_many, row_positions, Model, ModelError, SeqBatch};
+use super::exec::{Acts, Exec, Seqs};
+use super::ModelError;
 
-/// Decoder layer `il` over the hidden states `x` (`[n][n_embd]`, the rows of `seqs` in order),
+/// Decoder layer `il` over the hidden states `a.x` (`[n][n_embd]`, the rows of `seqs` in order),
 /// writing each sequence's keys and values into its cache.
-pub fn layer(m: &Model<'_>, il: usize, x: &mut [f32], seqs: &mut [SeqBatch<'_>]) -> Result<(), ModelError> {
-    let c = &m.cfg;
-    let w = &m.weights.layers[il];
-    let (e, hd) = (c.n_embd, c.head_dim);
-    let n = x.len() / e;
-    let rope = &m.rope[il];
+pub(crate) fn layer(ex: &Exec<'_, '_, '_>, il: usize, a: &Acts, seqs: &Seqs<'_, '_>) -> Result<(), ModelError> {
+    let w = &ex.m.weights.layers[il];
 
     // Attention RMSNorm. h: [n][n_embd]
-    let mut h = vec![0f32; n * e];
-    rms_norm(x, &w.attn_norm, c.rms_eps, &mut h);
+    ex.rms_norm(&a.x, &w.attn_norm, &a.h);
 
     // Q, K, V projections. q: [n][n_head][hd], k: [n][n_head_kv][hd], v: [n][n_head_kv][hd_v]
-    let [mut q, mut k, v] = mm_many(m, [&w.wq.cpu(), &w.wk.cpu(), &w.wv.cpu()], &h, n)?;
+    ex.mm_many([&w.wq.cpu(), &w.wk.cpu(), &w.wv.cpu()], &a.h, [&a.q, &a.k, &a.v])?;
 
     // Per-head Q and K RMSNorms, then RoPE (NeoX) at each token's position.
-    if let (Some(qn), Some(kn)) = (&w.q_norm, &w.k_norm) {
-        rms_norm_inplace(&mut q, qn, c.rms_eps);
-        rms_norm_inplace(&mut k, kn, c.rms_eps);
-    }
-    for (t, pos) in row_positions(seqs).into_iter().enumerate() {
-        let (qt, kt) = (&mut q[t * c.n_head * hd..(t + 1) * c.n_head * hd], &mut k[t * c.n_head_kv * hd..(t + 1) * c.n_head_kv * hd]);
-        rope.apply_all(&mut [qt, kt], hd, pos as i64);
-    }
+    let qk_norms = w.q_norm.as_ref().zip(w.k_norm.as_ref());
+    ex.norm_rope(&a.q, &a.k, qk_norms, &ex.m.rope[il], &a.pos);
 
     // Attention over each sequence's cache (sliding-window or global, as the layer's kind says).
-    let attn = attend_seqs(m, seqs, il, &q, &k, &v);
+    ex.attend(seqs, il, &a.q, &a.k, &a.v, &a.attn);
 
     // Output projection, post-attention norm, residual.
-    let mut o = mm(m, &w.wo.cpu(), &attn, n)?;
-    if let Some(pn) = &w.post_attn_norm {
-        rms_norm_inplace(&mut o, pn, c.rms_eps);
-    }
-    ggml_kernels::ops::add_assign(x, &o);
+    ex.mm(&w.wo.cpu(), &a.attn, &a.o)?;
+    ex.rms_norm_inplace(&a.o, w.post_attn_norm.as_ref());
+    ex.add(&a.x, &a.o);
 
     // FFN: pre-norm, GELU-tanh gate times up, down, post-norm, residual.
-    rms_norm(x, &w.ffn_norm, c.rms_eps, &mut h);
-    let gate = mm_gated(m, &w.ffn_gate.cpu(), &w.ffn_up.cpu(), &h, n, gelu_tanh)?;
-    let mut down = mm(m, &w.ffn_down.cpu(), &gate, n)?;
-    if let Some(pn) = &w.post_ffw_norm {
-        rms_norm_inplace(&mut down, pn, c.rms_eps);
-    }
-    ggml_kernels::ops::add_assign(x, &down);
+    ex.rms_norm(&a.x, &w.ffn_norm, &a.h);
+    ex.mm_gated(&w.ffn_gate.cpu(), &w.ffn_up.cpu(), &a.h, gelu_tanh, &a.ff)?;
+    ex.mm(&w.ffn_down.cpu(), &a.ff, &a.o)?;
+    ex.rms_norm_inplace(&a.o, w.post_ffw_norm.as_ref());
+    ex.add(&a.x, &a.o);
     Ok(())
 }

@@ -4,6 +4,7 @@
 //! A [`Model`] borrows an open [`GgufFile`]; a [`Session`] owns a KV cache and evaluates tokens.
 
 pub mod config;
+mod exec;
 pub mod gemma3;
 pub mod kv_cache;
 pub mod llama;
@@ -11,10 +12,12 @@ pub mod weights;
 
 use ggml_kernels::matmul::{matmul, matmul_gated, matmul_many, matmul_reference, QMatrix};
 use ggml_kernels::ops::RopeTable;
+use ggml_kernels::team::TeamVec;
 
 use crate::gguf::{GgufError, GgufFile};
 use config::{Arch, ModelConfig};
 use kv_cache::{KvCache, KvCacheParams, KvType, LayerKind};
+use exec::{Acts, Exec, Seqs};
 use weights::Weights;
 
 #[derive(Debug, thiserror::Error)]
@@ -359,9 +362,9 @@ pub(crate) fn row_positions(seqs: &[SeqBatch<'_>]) -> Vec<usize> {
     seqs.iter().flat_map(|s| s.pos0..s.pos0 + s.n).collect()
 }
 
-/// One layer of an architecture, applied in place to the hidden states `x` (`[n][n_embd]`, the
-/// rows of `seqs` in order).
-type LayerFn = fn(&Model<'_>, usize, &mut [f32], &mut [SeqBatch<'_>]) -> Result<(), ModelError>;
+/// One layer of an architecture, applied in place to the hidden states `a.x` (`[n][n_embd]`,
+/// the rows of `seqs` in order), as ops of `ex` (every thread of a team calls it).
+type LayerFn = fn(&Exec<'_, '_, '_>, usize, &Acts, &Seqs<'_, '_>) -> Result<(), ModelError>;
 
 fn layer_fn(arch: Arch) -> LayerFn {
     match arch {
@@ -372,15 +375,29 @@ fn layer_fn(arch: Arch) -> LayerFn {
 
 /// Token-major forward pass: the tokens of every sequence through each layer in turn; returns
 /// the logits each sequence's `which` asks for, sequence by sequence.
+///
+/// The call runs as one parallel region ([`exec`]): for a decode step of one sequence on every
+/// thread of the pool, the whole chain of ops from the first layer to the logits; else on the
+/// calling thread, its ops parallel inside.
 pub(crate) fn forward(m: &Model<'_>, tokens: &[u32], seqs: &mut [SeqBatch<'_>]) -> Result<Vec<f32>, ModelError> {
     debug_assert_eq!(tokens.len(), seqs.iter().map(|s| s.n).sum::<usize>());
     let layer = layer_fn(m.cfg.arch);
-    let mut x = embed(m, tokens, m.cfg.embd_scale)?;
-    for il in 0..m.cfg.n_layer {
-        layer(m, il, &mut x, seqs)?;
-    }
     let shapes: Vec<(usize, Logits)> = seqs.iter().map(|s| (s.n, s.which)).collect();
-    output_logits(m, &x, &shapes)
+    let threads = if exec::team_decodes(m, seqs) { rayon::current_num_threads() } else { 1 };
+    let acts = Acts::new(m, embed(m, tokens, m.cfg.embd_scale)?, row_positions(seqs));
+    let n_out: usize = shapes.iter().map(|&(n, which)| which.rows(n).len()).sum();
+    let logits = TeamVec::new(n_out * m.cfg.n_vocab);
+    let seqs = Seqs::new(seqs);
+    let result = std::sync::Mutex::new(Ok(()));
+    ggml_kernels::team::run(threads, &|ctx| {
+        let ex = Exec::new(m, ctx);
+        let r = (0..m.cfg.n_layer).try_for_each(|il| layer(&ex, il, &acts, &seqs)).and_then(|()| ex.output_logits(&acts, &shapes, &logits));
+        if ctx.ith() == 0 {
+            *result.lock().unwrap_or_else(|e| e.into_inner()) = r;
+        }
+    });
+    result.into_inner().unwrap_or_else(|e| e.into_inner())?;
+    Ok(logits.into_vec())
 }
 
 /// Layer-major forward pass of one sequence: every token through layer 0 (in batches of
@@ -404,13 +421,43 @@ fn forward_layer_major(
     let mut bounds: Vec<std::ops::Range<usize>> = (0..split).step_by(n_batch).map(|b| b..(b + n_batch).min(split)).collect();
     bounds.push(split..tokens.len());
     let mut x = embed(m, tokens, m.cfg.embd_scale)?;
+    let solo = ggml_kernels::team::Ctx::solo();
+    let ex = Exec::new(m, &solo);
     for il in 0..m.cfg.n_layer {
         for r in &bounds {
             let mut seq = [SeqBatch { cache: &mut *cache, pos0: pos0 + r.start, n: r.len(), which: Logits::None }];
-            layer(m, il, &mut x[r.start * e..r.end * e], &mut seq)?;
+            let acts = Acts::new(m, x[r.start * e..r.end * e].to_vec(), row_positions(&seq));
+            layer(&ex, il, &acts, &Seqs::new(&mut seq))?;
+            x[r.start * e..r.end * e].copy_from_slice(&acts.x.into_vec());
         }
     }
     output_logits(m, &x, &[(tokens.len(), which)])
+}
+
+/// `outs[i] = ws[i] x` for the rows of `x`: products of one input (Q/K/V, gate/up) as one
+/// call, so decode quantizes the input once and starts the threads once for all of them.
+pub(crate) fn mm_many_into<const N: usize>(m: &Model<'_>, ws: [&QMatrix<'_>; N], x: &[f32], outs: &mut [&mut [f32]; N]) -> Result<(), ModelError> {
+    let n = ws.first().map_or(0, |w| x.len() / w.cols.max(1));
+    if m.exact_matmul {
+        for (w, out) in ws.iter().zip(outs.iter_mut()) {
+            matmul_reference(w, x, n, out).map_err(|e| ModelError::Kernel(e.to_string()))?;
+        }
+        return Ok(());
+    }
+    matmul_many(&ws, x, n, outs).map_err(|e| ModelError::Kernel(e.to_string()))
+}
+
+/// A gated FFN's first half, `out = act(gate x) * (up x)` (`[n][n_ff]`): for decode one job
+/// that applies `act` to each chunk of rows as it is computed (`matmul_gated`).
+pub(crate) fn mm_gated_into(m: &Model<'_>, gate: &QMatrix<'_>, up: &QMatrix<'_>, x: &[f32], act: fn(f32) -> f32, out: &mut [f32]) -> Result<(), ModelError> {
+    let n = x.len() / gate.cols.max(1);
+    if m.exact_matmul {
+        let mut u = vec![0f32; out.len()];
+        mm_many_into(m, [gate, up], x, &mut [&mut *out, &mut u])?;
+        ggml_kernels::ops::gated_act(out, &u, act);
+        return Ok(());
+    }
+    matmul_gated(gate, up, x, n, act, out).map_err(|e| ModelError::Kernel(e.to_string()))
 }
 
 /// `out = W x` for `n` vectors, mapping kernel errors.
@@ -418,34 +465,6 @@ pub(crate) fn mm(m: &Model<'_>, w: &QMatrix<'_>, x: &[f32], n: usize) -> Result<
     let mut out = vec![0f32; n * w.rows];
     let product = if m.exact_matmul { matmul_reference } else { matmul };
     product(w, x, n, &mut out).map_err(|e| ModelError::Kernel(e.to_string()))?;
-    Ok(out)
-}
-
-/// `outs[i] = ws[i] x` for `n` vectors: products of one input (Q/K/V, gate/up) as one call, so
-/// decode quantizes the input once and starts the threads once for all of them.
-pub(crate) fn mm_many<const N: usize>(m: &Model<'_>, ws: [&QMatrix<'_>; N], x: &[f32], n: usize) -> Result<[Vec<f32>; N], ModelError> {
-    let mut outs = ws.map(|w| vec![0f32; n * w.rows]);
-    if m.exact_matmul {
-        for (w, out) in ws.iter().zip(outs.iter_mut()) {
-            matmul_reference(w, x, n, out).map_err(|e| ModelError::Kernel(e.to_string()))?;
-        }
-    } else {
-        let mut views = outs.each_mut().map(|o| o.as_mut_slice());
-        matmul_many(&ws, x, n, &mut views).map_err(|e| ModelError::Kernel(e.to_string()))?;
-    }
-    Ok(outs)
-}
-
-/// A gated FFN's first half, `act(gate x) * (up x)` (`[n][n_ff]`): for decode one job that
-/// applies `act` to each chunk of rows as it is computed (`matmul_gated`).
-pub(crate) fn mm_gated(m: &Model<'_>, gate: &QMatrix<'_>, up: &QMatrix<'_>, x: &[f32], n: usize, act: fn(f32) -> f32) -> Result<Vec<f32>, ModelError> {
-    if m.exact_matmul {
-        let [mut g, u] = mm_many(m, [gate, up], x, n)?;
-        ggml_kernels::ops::gated_act(&mut g, &u, act);
-        return Ok(g);
-    }
-    let mut out = vec![0f32; n * gate.rows];
-    matmul_gated(gate, up, x, n, act, &mut out).map_err(|e| ModelError::Kernel(e.to_string()))?;
     Ok(out)
 }
 
