@@ -402,6 +402,11 @@ unsafe fn team_products(ctx: &Ctx<'_>, ws: &[&QMatrix<'_>], x: &[f32], outs: &[&
     check_products(k, ws, x, n, &lens)?;
     let all_fast = ws.iter().all(|w| k.dot_fn(w.ty).is_some() && VecDotType::for_weight(w.ty).is_some());
     if n == 1 && all_fast && ctx.nth() > 1 {
+        // A thread that arrives when every chunk is taken need not quantize the input.
+        if !ctx.next_op_open() {
+            ctx.skip_op();
+            return Ok(());
+        }
         let ptrs: Vec<SharedOut> = outs.iter().map(|o| SharedOut(o.ptr())).collect();
         // SAFETY: the outputs are this op's (the caller's promise), lengths checked; the team's
         // threads write disjoint chunks of them.
@@ -436,6 +441,11 @@ fn check_products(k: &Kernels, ws: &[&QMatrix<'_>], x: &[f32], n: usize, out_len
         }
         if out != n * w.rows {
             return Err(MatError::Shape { what: "matmul output", expected: n * w.rows, got: out });
+        }
+        if let Some((_, vdt)) = fast_kernels(k, w) {
+            if w.cols % vdt.block_size() != 0 {
+                return Err(MatError::Shape { what: "matmul input row (whole blocks)", expected: w.cols.next_multiple_of(vdt.block_size()), got: w.cols });
+            }
         }
         if fast_kernels(k, w).is_some() || w.layout != Layout::Ggml {
             // The kernels read raw memory, so the matrix must be exactly what it claims to be
@@ -475,15 +485,26 @@ unsafe fn run_products(
     if n == 0 {
         return Ok(());
     }
-    // The input quantized once per format the matrices need (at most a few).
-    let mut acts: Vec<QuantizedActs> = Vec::with_capacity(2);
+    // The formats the matrices need (at most a few); the input is quantized once per format,
+    // here for a fork-join, and in a team by each thread when it claims its first chunk (the
+    // input cannot change while a chunk of the op is left: see `crate::team`).
+    let mut vdts: Vec<VecDotType> = Vec::with_capacity(2);
     for w in ws {
-        let Some((_, vdt)) = fast_kernels(k, w) else { continue };
-        if !acts.iter().any(|a| a.vec_dot_type() == vdt) {
-            let a = QuantizedActs::new(k, vdt, x, n, w.cols)
-                .map_err(|_| MatError::Shape { what: "matmul input row", expected: w.cols, got: w.cols })?;
-            acts.push(a);
+        if let Some((_, vdt)) = fast_kernels(k, w) {
+            if !vdts.contains(&vdt) {
+                vdts.push(vdt);
+            }
         }
+    }
+    let cols = ws.first().map_or(0, |w| w.cols);
+    let make = || vdts.iter().filter_map(|&vdt| QuantizedActs::new(k, vdt, x, n, cols).ok()).collect();
+    let acts = LazyActs { cell: std::sync::OnceLock::new(), make: &make };
+    if matches!(runner, Runner::Pool) {
+        let mut made = Vec::with_capacity(vdts.len());
+        for &vdt in &vdts {
+            made.push(QuantizedActs::new(k, vdt, x, n, cols).map_err(|_| MatError::Shape { what: "matmul input row", expected: cols, got: cols })?);
+        }
+        let _ = acts.cell.set(made);
     }
     let mut jobs = Vec::with_capacity(ws.len());
     for (w, &out) in ws.iter().zip(outs) {
@@ -493,14 +514,14 @@ unsafe fn run_products(
             matmul_reference(w, x, n, out_slice())?;
             continue;
         };
-        let Some(a) = acts.iter().find(|a| a.vec_dot_type() == vdt) else { continue };
+        let Some(a) = vdts.iter().position(|&v| v == vdt) else { continue };
         if n <= matvec_batch_max(w.ty) {
             let kernel = match w.layout {
                 Layout::Ggml => k.matvec_fn(w.ty).map_or(RowKernel::Dot(dot), RowKernel::Rows4),
                 _ => RowKernel::Packed8(k.packed_fn(w.layout)),
             };
-            jobs.push(MatvecJob::new(kernel, w, a, out));
-        } else {
+            jobs.push(MatvecJob::new(kernel, w, &acts, a, n, out));
+        } else if let Some(a) = acts.get(a) {
             gemm(dot, k.tile_fn(w.ty), w, a, out_slice());
         }
     }
@@ -549,16 +570,7 @@ impl Runner<'_, '_> {
                     body(c);
                 });
             }
-            Runner::Team(ctx) => {
-                loop {
-                    let c = ctx.claim();
-                    if c >= n_chunks {
-                        break;
-                    }
-                    body(c);
-                }
-                ctx.barrier();
-            }
+            Runner::Team(ctx) => ctx.parallel(n_chunks, &mut |c| body(c)),
         }
     }
 }
@@ -585,13 +597,29 @@ impl RowKernel {
     }
 }
 
-/// One decode product: `out[t][r] = W[r] . a[t]` for the one or few activation rows of `acts`
-/// (several sequences decoded together).
+/// The quantized input of a product call, one entry per activation format, made on first use.
+struct LazyActs<'a> {
+    cell: std::sync::OnceLock<Vec<QuantizedActs>>,
+    make: &'a (dyn Fn() -> Vec<QuantizedActs> + Sync),
+}
+
+impl LazyActs<'_> {
+    /// Format `i` of the input (quantized now if it was not yet).
+    fn get(&self, i: usize) -> Option<&QuantizedActs> {
+        self.cell.get_or_init(self.make).get(i)
+    }
+}
+
+/// One decode product: `out[t][r] = W[r] . a[t]` for the one or few (`n`) activation rows of
+/// `acts` (several sequences decoded together).
 struct MatvecJob<'w, 'a> {
     kernel: RowKernel,
     w: &'a QMatrix<'w>,
-    acts: &'a QuantizedActs,
-    /// `acts.rows() * w.rows` outputs, the job's alone for as long as it lives.
+    acts: &'a LazyActs<'a>,
+    /// Which of the formats of `acts` this product reads.
+    act: usize,
+    n: usize,
+    /// `n * w.rows` outputs, the job's alone for as long as it lives.
     out: SharedOut,
     /// Rows per chunk, and this job's first chunk in the call's numbering.
     chunk_rows: usize,
@@ -599,9 +627,9 @@ struct MatvecJob<'w, 'a> {
 }
 
 impl<'w, 'a> MatvecJob<'w, 'a> {
-    /// `out`: `acts.rows() * w.rows` outputs, the job's alone while it lives.
-    fn new(kernel: RowKernel, w: &'a QMatrix<'w>, acts: &'a QuantizedActs, out: SharedOut) -> Self {
-        MatvecJob { kernel, w, acts, out, chunk_rows: w.rows.max(1), first_chunk: 0 }
+    /// `out`: `n * w.rows` outputs, the job's alone while it lives.
+    fn new(kernel: RowKernel, w: &'a QMatrix<'w>, acts: &'a LazyActs<'a>, act: usize, n: usize, out: SharedOut) -> Self {
+        MatvecJob { kernel, w, acts, act, n, out, chunk_rows: w.rows.max(1), first_chunk: 0 }
     }
 
     fn chunks(&self) -> usize {
@@ -610,7 +638,7 @@ impl<'w, 'a> MatvecJob<'w, 'a> {
 
     /// Weight bytes times activation rows: the work of the whole product.
     fn work(&self) -> usize {
-        self.w.data.len() * self.acts.rows()
+        self.w.data.len() * self.n
     }
 
     /// Computes the outputs of weight rows `r0..r1` for every activation row: a group of
@@ -623,7 +651,11 @@ impl<'w, 'a> MatvecJob<'w, 'a> {
     unsafe fn rows(&self, r0: usize, r1: usize) {
         let group = self.kernel.group();
         debug_assert!(r0 <= r1 && r1 <= self.w.rows && r0 % group == 0);
-        let (w, acts) = (self.w, self.acts);
+        let w = self.w;
+        let Some(acts) = self.acts.get(self.act) else {
+            debug_assert!(false, "the input could not be quantized (the shapes were checked)");
+            return;
+        };
         let rb = w.row_bytes();
         let nb = acts.blocks_per_row();
         for r in (r0..r1).step_by(group) {
@@ -680,7 +712,7 @@ fn matvec(jobs: &mut [MatvecJob<'_, '_>], gated: Option<fn(f32) -> f32>, runner:
     let chunk_bytes = (total / (threads * MATVEC_CHUNKS_PER_THREAD)).clamp(MATVEC_MIN_CHUNK_BYTES, MATVEC_MAX_CHUNK_BYTES);
     let mut n_chunks = 0;
     for j in jobs.iter_mut() {
-        let rb = (j.w.row_bytes() * j.acts.rows()).max(1);
+        let rb = (j.w.row_bytes() * j.n).max(1);
         // Whole groups of rows, for the multi-row kernels.
         let group = j.kernel.group();
         j.chunk_rows = (chunk_bytes / rb).max(1).div_ceil(group) * group;
@@ -705,7 +737,7 @@ fn matvec_gated(g: &MatvecJob<'_, '_>, u: &MatvecJob<'_, '_>, act: fn(f32) -> f3
     let threads = runner.threads();
     let rows = g.w.rows;
     debug_assert_eq!(rows, u.w.rows);
-    let n = g.acts.rows();
+    let n = g.n;
     // Rows `r0..r1` of both products, then the gate on them.
     let chunk = |r0: usize, r1: usize| {
         // SAFETY: the caller of `chunk` owns rows `r0..r1` of both outputs (see below); `r0` is

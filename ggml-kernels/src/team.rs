@@ -1,31 +1,44 @@
 //! A team of threads that runs one parallel region: every thread executes the same chain of
-//! ops, sharing each op's work out and meeting at a barrier before the next one, as llama.cpp's
-//! graph executor does.
+//! ops, sharing each op's work out and waiting for the op to be complete before the next one,
+//! as llama.cpp's graph executor does.
 //!
 //! A decode step of a small model is a chain of about a hundred small ops (matrix-vector
 //! products of 20-50 microseconds, norms, RoPE, attention). A fork-join per product
 //! ([`crate::pool::run`]) pays a wake-up and a join for each; here the threads are started once
-//! per region (a decode token) and pass from one op to the next through a [`Ctx::barrier`], a
-//! counter that the last thread to arrive moves on. The serial work between products (norms,
-//! RoPE, attention heads) is split between the threads too.
+//! per region (a decode token) and go from one op to the next as soon as the op is complete.
+//! The serial work between products (norms, RoPE, attention heads) is split between the
+//! threads too.
 //!
-//! [`run`] calls `f(ctx)` on the calling thread and on `threads - 1` workers. The workers are
-//! kept between regions: after a region they spin for [`crate::pool::SPIN`] for the next one,
-//! then sleep on a condition variable. Every thread of a region must reach every barrier, so
-//! the threads of a region wait for each other; a barrier spins a while, then yields its core
-//! at each turn (a loaded machine gets the core back for whichever thread is runnable), so a
-//! thread that lost its core delays the region but does not stall it.
+//! **Ops, not threads, are waited for.** Each op is cut into pieces ([`Ctx::parallel`]): the
+//! threads claim pieces until none is left, then wait until every piece is done, by whichever
+//! thread claimed it. A thread that has lost its core (a loaded machine) therefore holds back
+//! only the op whose piece it holds; when it gets its core back it finds the ops it missed
+//! complete and runs through them, claiming nothing, until it catches up. A thread that never
+//! arrives costs nothing: the caller does every piece itself, as with the fork-join. (A
+//! barrier that waits for every thread, the usual design, turns each lost time slice into a
+//! stall of the whole team: on the 2-vCPU dev VM beside another process, 35% slower than the
+//! fork-join.)
 //!
-//! Work inside an op is claimed from the team's counter ([`Ctx::claim`], reset by each
-//! barrier), so a thread that arrives late at an op takes fewer pieces of it.
+//! The state of the current op is one 64-bit word ([`Slot`]): the op's number in the
+//! sequence, its piece count, and the pieces claimed and done, changed by compare-and-swap.
+//! Every thread numbers the ops of a region the same way (they run the same code), and the
+//! word moves to op `k + 1` only after op `k` is complete, so a thread at op `k` that finds a
+//! later number knows op `k` is done.
+//!
+//! [`run`] calls `f(ctx)` on the calling thread and on the workers that arrive while the
+//! caller is still in `f`. The workers are kept between regions: after a region they spin for
+//! [`crate::pool::SPIN`] for the next one, then sleep on a condition variable. Waits inside a
+//! region spin a little, then yield the core at each turn.
 //!
 //! Rules for the code a region runs (the collective-op discipline): every thread calls the same
-//! ops in the same order with the same arguments, so each reaches the same barriers; an op
-//! writes shared data ([`TeamVec`]) only at elements no other thread touches during the op, and
-//! reads only what earlier ops wrote (a barrier lies between). A team of one ([`Ctx::solo`]) is
-//! the plain serial case: its barriers are no-ops.
+//! ops in the same order with the same piece counts; a piece writes shared data
+//! ([`TeamVec`]) only at elements no other piece of the op touches, and reads only what
+//! earlier ops wrote. Shared data is read and written inside pieces only: between two ops a
+//! thread may lag behind another that has already gone on to later ops (which may overwrite
+//! what the lagging thread would read), but while a piece of op `k` is claimed, no thread can
+//! be past op `k`. A team of one ([`Ctx::solo`]) is the plain serial case.
 
-use std::cell::UnsafeCell;
+use std::cell::{Cell, UnsafeCell};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, TryLockError};
@@ -33,33 +46,77 @@ use std::time::Instant;
 
 use crate::pool::SPIN;
 
-/// Spins of a barrier wait before it starts yielding its core at every turn: about a
-/// microsecond of `pause`, longer than most waits between two ops of one token on an otherwise
-/// idle machine, short enough that a waiting thread does not keep a runnable one off the core.
-const BARRIER_SPINS: u32 = 1 << 10;
+/// Spins of a wait before it starts yielding its core at every turn: about a microsecond of
+/// `pause`, longer than most waits between two ops of one token on an otherwise idle machine,
+/// short enough that a waiting thread does not keep a runnable one off the core.
+const WAIT_SPINS: u32 = 1 << 10;
+
+/// Most pieces of one op.
+pub const MAX_PIECES: usize = (1 << PIECE_BITS) - 1;
+
+const PIECE_BITS: u32 = 13;
+const ID_BITS: u32 = 64 - 3 * PIECE_BITS;
+const PIECE_MASK: u64 = (1 << PIECE_BITS) - 1;
+const ID_MASK: u64 = (1 << ID_BITS) - 1;
+
+/// The state of the op in progress, packed in one word: `id` (the op's number, modulo
+/// 2^ID_BITS), `n` pieces, `claimed` and `done` of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Slot {
+    id: u64,
+    n: u64,
+    claimed: u64,
+    done: u64,
+}
+
+impl Slot {
+    fn pack(self) -> u64 {
+        (self.id & ID_MASK) << (3 * PIECE_BITS) | self.n << (2 * PIECE_BITS) | self.claimed << PIECE_BITS | self.done
+    }
+
+    fn unpack(w: u64) -> Slot {
+        Slot { id: w >> (3 * PIECE_BITS), n: (w >> (2 * PIECE_BITS)) & PIECE_MASK, claimed: (w >> PIECE_BITS) & PIECE_MASK, done: w & PIECE_MASK }
+    }
+
+    /// How op `id` relates to this slot's op: `Less` if the slot still holds an earlier op
+    /// (op `id` not started), `Equal`, or `Greater` (op `id` complete). Ids wrap; ops in
+    /// flight are never half the id space apart.
+    fn compare(self, id: u64) -> std::cmp::Ordering {
+        let d = self.id.wrapping_sub(id) & ID_MASK;
+        if d == 0 {
+            std::cmp::Ordering::Equal
+        } else if d < 1 << (ID_BITS - 1) {
+            std::cmp::Ordering::Greater
+        } else {
+            std::cmp::Ordering::Less
+        }
+    }
+}
 
 /// The state the threads of a team share.
 struct Shared {
-    /// Threads in a region (the caller and `threads - 1` workers).
+    /// Threads a region may have (the caller and `threads - 1` workers).
     threads: usize,
     /// Bumped once per region (and once at shutdown); workers wait for it to change.
     gen: AtomicU64,
-    /// The current region's function, valid from its `gen` bump until every worker has left.
+    /// The current region's function, valid from its `gen` bump until the caller has closed the
+    /// region and `active` is zero.
     job: UnsafeCell<Option<*const Job>>,
-    /// Workers still inside the current region.
+    /// The number of the region's first op.
+    first_op: AtomicU64,
+    /// Set when the caller has returned from the region's function: workers that arrive later
+    /// stay out.
+    closed: AtomicBool,
+    /// Workers inside the current region (or checking whether they may enter).
     active: AtomicUsize,
     /// Workers asleep (or about to sleep) on `cv`.
     sleeping: AtomicUsize,
     shutdown: AtomicBool,
-    /// Set when a thread of the region panicked: the barriers then panic too instead of
-    /// waiting for it.
+    /// Set when a thread of the region panicked: waits then panic too instead of waiting for
+    /// it.
     poisoned: AtomicBool,
-    /// Threads arrived at the current barrier.
-    arrived: AtomicUsize,
-    /// Barriers passed; the last thread to arrive bumps it.
-    passed: AtomicU64,
-    /// The pieces of the current op claimed so far ([`Ctx::claim`]).
-    next: AtomicUsize,
+    /// The op in progress ([`Slot`]).
+    slot: AtomicU64,
     /// Set (for the rest of the region) when a step of [`Ctx::single_ok`] failed.
     failed: AtomicBool,
     lock: Mutex<()>,
@@ -70,9 +127,9 @@ struct Shared {
 type Job = dyn Fn(&Ctx<'_>) + Sync;
 
 // SAFETY: `job` is written only by the thread that holds the team (the `TEAM` lock) while no
-// worker is inside a region (`active` is zero and `gen` has not moved), and read by workers only
-// inside a region, which the caller waits out before it returns; the pointee is `Sync`.
-// Everything else is atomics and locks.
+// worker is inside a region (the last one was closed and `active` fell to zero), and read by
+// workers only after entering a region, which the caller waits out before it returns; the
+// pointee is `Sync`. Everything else is atomics and locks.
 unsafe impl Sync for Shared {}
 // SAFETY: as above.
 unsafe impl Send for Shared {}
@@ -83,14 +140,16 @@ pub struct Ctx<'t> {
     nth: usize,
     /// `None` for a team of one.
     shared: Option<&'t Shared>,
-    /// A team of one's piece counter.
-    solo_next: AtomicUsize,
+    /// The number of this thread's next op.
+    next_op: Cell<u64>,
+    /// A team of one's failure flag ([`Ctx::single_ok`]).
+    solo_failed: Cell<bool>,
 }
 
 impl Ctx<'static> {
-    /// A team of one thread: every op runs whole on the caller, barriers are no-ops.
+    /// A team of one thread: every op runs whole on the caller.
     pub fn solo() -> Ctx<'static> {
-        Ctx { ith: 0, nth: 1, shared: None, solo_next: AtomicUsize::new(0) }
+        Ctx { ith: 0, nth: 1, shared: None, next_op: Cell::new(0), solo_failed: Cell::new(false) }
     }
 }
 
@@ -100,50 +159,105 @@ impl Ctx<'_> {
         self.ith
     }
 
-    /// Threads in the team.
+    /// Threads the team may have (the pieces of an op are sized for them; fewer may come).
     pub fn nth(&self) -> usize {
         self.nth
     }
 
-    /// This thread's share of `0..n` when it is cut into `nth` contiguous ranges.
-    pub fn share(&self, n: usize) -> std::ops::Range<usize> {
-        let per = n.div_ceil(self.nth);
-        (self.ith * per).min(n)..((self.ith + 1) * per).min(n)
-    }
-
-    /// The next piece of the current op: `0, 1, 2, ...` across the whole team, each handed out
-    /// once; a thread loops until the value passes the op's piece count. The count restarts at
-    /// each [`Ctx::barrier`].
-    pub fn claim(&self) -> usize {
-        match self.shared {
-            Some(s) => s.next.fetch_add(1, Ordering::Relaxed),
-            None => self.solo_next.fetch_add(1, Ordering::Relaxed),
-        }
-    }
-
-    /// Waits until every thread of the team has arrived here; what each wrote before is then
-    /// visible to all. Resets the piece counter of [`Ctx::claim`].
-    pub fn barrier(&self) {
+    /// Runs the next op of the region, of `n` pieces (at most [`MAX_PIECES`]): claims pieces
+    /// and calls `body(i)` for each until none is left, then waits until every piece of the op
+    /// is done, by whichever thread. What the pieces wrote is then visible to this thread.
+    pub fn parallel(&self, n: usize, body: &mut dyn FnMut(usize)) {
         let Some(s) = self.shared else {
-            self.solo_next.store(0, Ordering::Relaxed);
+            (0..n).for_each(body);
             return;
         };
-        let passed = s.passed.load(Ordering::Acquire);
-        // The increment is a release (this thread's writes) and an acquire (the writes of those
-        // that arrived before); the last arriver publishes them all with its bump of `passed`.
-        if s.arrived.fetch_add(1, Ordering::AcqRel) == self.nth - 1 {
-            s.arrived.store(0, Ordering::Relaxed);
-            s.next.store(0, Ordering::Relaxed);
-            s.passed.fetch_add(1, Ordering::AcqRel);
-            return;
+        assert!(n <= MAX_PIECES, "an op of {n} pieces (at most {MAX_PIECES})");
+        let id = self.advance();
+        let n = n as u64;
+        let mut cur = Slot::unpack(s.slot.load(Ordering::Acquire));
+        loop {
+            let next = match cur.compare(id) {
+                // Complete: every piece was claimed and done before the slot moved on.
+                std::cmp::Ordering::Greater => return,
+                // This thread starts the op (the one before is complete: this thread waited
+                // for it) and claims its first piece.
+                std::cmp::Ordering::Less => Slot { id, n, claimed: n.min(1), done: 0 },
+                std::cmp::Ordering::Equal if cur.claimed < cur.n => Slot { claimed: cur.claimed + 1, ..cur },
+                std::cmp::Ordering::Equal => break,
+            };
+            match s.slot.compare_exchange_weak(cur.pack(), next.pack(), Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => {
+                    if next.n == 0 {
+                        return;
+                    }
+                    body(next.claimed as usize - 1);
+                    // Count the piece done (a release of what it wrote).
+                    let mut w = s.slot.load(Ordering::Acquire);
+                    loop {
+                        let d = Slot::unpack(w);
+                        debug_assert!(d.compare(id).is_eq());
+                        match s.slot.compare_exchange_weak(w, Slot { done: d.done + 1, ..d }.pack(), Ordering::AcqRel, Ordering::Acquire) {
+                            Ok(_) => break,
+                            Err(now) => w = now,
+                        }
+                    }
+                    cur = Slot::unpack(s.slot.load(Ordering::Acquire));
+                }
+                Err(now) => cur = Slot::unpack(now),
+            }
         }
+        self.wait(s, id);
+    }
+
+    /// Whether the next op still has pieces to claim, or has not started. A thread that finds
+    /// it has none can skip preparing for the op and call [`Ctx::parallel`] at once (it will
+    /// only wait for it).
+    pub fn next_op_open(&self) -> bool {
+        let Some(s) = self.shared else { return true };
+        let cur = Slot::unpack(s.slot.load(Ordering::Acquire));
+        match cur.compare(self.next_op.get()) {
+            std::cmp::Ordering::Less => true,
+            std::cmp::Ordering::Equal => cur.claimed < cur.n,
+            std::cmp::Ordering::Greater => false,
+        }
+    }
+
+    /// Waits for the next op without preparing for it, after [`Ctx::next_op_open`] said it has
+    /// no pieces left.
+    pub fn skip_op(&self) {
+        self.parallel(0, &mut |_| {});
+    }
+
+    /// Piece `i` of `0..n` cut into `pieces` contiguous ranges (a thread's share, when an op has
+    /// one piece per thread).
+    pub fn piece(i: usize, pieces: usize, n: usize) -> std::ops::Range<usize> {
+        let per = n.div_ceil(pieces.max(1));
+        (i * per).min(n)..((i + 1) * per).min(n)
+    }
+
+    /// The number of this thread's next op, which it now starts.
+    fn advance(&self) -> u64 {
+        let id = self.next_op.get();
+        self.next_op.set(id.wrapping_add(1) & ID_MASK);
+        id
+    }
+
+    /// Waits until op `id` is complete.
+    fn wait(&self, s: &Shared, id: u64) {
         let mut spins = 0u32;
-        while s.passed.load(Ordering::Acquire) == passed {
+        loop {
+            let cur = Slot::unpack(s.slot.load(Ordering::Acquire));
+            match cur.compare(id) {
+                std::cmp::Ordering::Greater => return,
+                std::cmp::Ordering::Equal if cur.done == cur.n => return,
+                _ => {}
+            }
             if s.poisoned.load(Ordering::Relaxed) {
                 panic!("another thread of the decode team panicked");
             }
             spins = spins.saturating_add(1);
-            if spins < BARRIER_SPINS {
+            if spins < WAIT_SPINS {
                 std::hint::spin_loop();
             } else {
                 std::thread::yield_now();
@@ -151,26 +265,33 @@ impl Ctx<'_> {
         }
     }
 
-    /// Runs `f` on thread 0 only, then waits at a barrier: the serial steps of a region.
+    /// Runs `f` as an op of one piece (on whichever thread claims it): the serial steps of a
+    /// region.
     pub fn single(&self, f: impl FnOnce()) {
-        if self.ith == 0 {
-            f();
-        }
-        self.barrier();
+        let mut f = Some(f);
+        self.parallel(1, &mut |_| {
+            if let Some(f) = f.take() {
+                f();
+            }
+        });
     }
 
-    /// [`Ctx::single`] for a step that may fail: thread 0 runs `f`, and every thread learns
-    /// whether it (or an earlier such step of the region) failed, so that all of them leave
-    /// the region together instead of waiting at a barrier for one that left.
+    /// [`Ctx::single`] for a step that may fail: every thread learns whether it (or an earlier
+    /// such step of the region) failed, so that all of them can leave the region.
     pub fn single_ok(&self, f: impl FnOnce() -> bool) -> bool {
         let Some(s) = self.shared else {
-            return f();
+            if !f() {
+                self.solo_failed.set(true);
+            }
+            return !self.solo_failed.get();
         };
-        if self.ith == 0 && !f() {
-            s.failed.store(true, Ordering::Relaxed);
-        }
-        // The flag only ever goes up within a region, so a later step cannot hide this one.
-        self.barrier();
+        self.single(|| {
+            if !f() {
+                s.failed.store(true, Ordering::Relaxed);
+            }
+        });
+        // The flag only ever goes up within a region, so a later step cannot hide this one;
+        // it was set before the op's piece was counted done.
         !s.failed.load(Ordering::Relaxed)
     }
 }
@@ -244,6 +365,8 @@ impl TeamVec {
 struct Team {
     shared: Arc<Shared>,
     handles: Vec<std::thread::JoinHandle<()>>,
+    /// The number of the next region's first op.
+    next_op: u64,
 }
 
 impl Team {
@@ -253,18 +376,19 @@ impl Team {
             threads,
             gen: AtomicU64::new(0),
             job: UnsafeCell::new(None),
+            first_op: AtomicU64::new(0),
+            closed: AtomicBool::new(true),
             active: AtomicUsize::new(0),
             sleeping: AtomicUsize::new(0),
             shutdown: AtomicBool::new(false),
             poisoned: AtomicBool::new(false),
-            arrived: AtomicUsize::new(0),
-            passed: AtomicU64::new(0),
-            next: AtomicUsize::new(0),
+            // An op before the first (which then counts as not started).
+            slot: AtomicU64::new(Slot { id: ID_MASK, n: 0, claimed: 0, done: 0 }.pack()),
             failed: AtomicBool::new(false),
             lock: Mutex::new(()),
             cv: Condvar::new(),
         });
-        let mut team = Team { shared: Arc::clone(&shared), handles: Vec::new() };
+        let mut team = Team { shared: Arc::clone(&shared), handles: Vec::new(), next_op: 0 };
         for i in 1..threads {
             let s = Arc::clone(&shared);
             // If a thread cannot be started, dropping `team` stops those that were.
@@ -274,41 +398,47 @@ impl Team {
         Some(team)
     }
 
-    fn run<'f>(&self, f: &'f (dyn Fn(&Ctx<'_>) + Sync + 'f)) {
+    fn run<'f>(&mut self, f: &'f (dyn Fn(&Ctx<'_>) + Sync + 'f)) {
         let s = &*self.shared;
-        // SAFETY: no worker is inside a region (the last `run` waited for `active` to reach
+        // SAFETY: no worker is inside a region (the last one was closed and `active` fell to
         // zero), so none reads `job`; the pointer is used only until this function returns,
-        // which waits for every worker to leave, so erasing the closure's lifetime is sound.
+        // which closes the region and waits for every worker in it, so erasing the closure's
+        // lifetime is sound.
         unsafe {
             let erased: *const Job = std::mem::transmute::<*const (dyn Fn(&Ctx<'_>) + Sync + 'f), *const Job>(f);
             *s.job.get() = Some(erased);
         }
         s.poisoned.store(false, Ordering::Relaxed);
         s.failed.store(false, Ordering::Relaxed);
-        s.active.store(s.threads - 1, Ordering::SeqCst);
+        s.first_op.store(self.next_op, Ordering::Relaxed);
+        s.closed.store(false, Ordering::SeqCst);
         s.gen.fetch_add(1, Ordering::SeqCst);
         if s.sleeping.load(Ordering::SeqCst) > 0 {
             let _g = s.lock.lock();
             s.cv.notify_all();
         }
-        let ctx = Ctx { ith: 0, nth: s.threads, shared: Some(s), solo_next: AtomicUsize::new(0) };
+        let ctx = Ctx { ith: 0, nth: s.threads, shared: Some(s), next_op: Cell::new(self.next_op), solo_failed: Cell::new(false) };
         let mine = catch_unwind(AssertUnwindSafe(|| f(&ctx)));
         if mine.is_err() {
             s.poisoned.store(true, Ordering::SeqCst);
         }
-        // Wait for the workers, which hold the pointer to `f`.
+        // Close the region, then wait for the workers inside it, which hold the pointer to
+        // `f`. (A worker increments `active` before it checks `closed`, and this thread sets
+        // `closed` before it reads `active`, so a worker either is counted here or stays out.)
+        s.closed.store(true, Ordering::SeqCst);
         let mut spins = 0u32;
         while s.active.load(Ordering::SeqCst) != 0 {
             spins = spins.saturating_add(1);
-            if spins < BARRIER_SPINS {
+            if spins < WAIT_SPINS {
                 std::hint::spin_loop();
             } else {
                 std::thread::yield_now();
             }
         }
-        // A region left early (a panic) may leave a barrier half counted.
-        s.arrived.store(0, Ordering::SeqCst);
-        s.next.store(0, Ordering::SeqCst);
+        // The next region numbers its ops after every op this one started (a region left by
+        // a panic may have fewer on the caller than on a worker).
+        let last = Slot::unpack(s.slot.load(Ordering::SeqCst)).id;
+        self.next_op = ctx.next_op.get().max(last.wrapping_add(1) & ID_MASK);
         if let Err(p) = mine {
             std::panic::resume_unwind(p);
         }
@@ -334,6 +464,8 @@ impl Drop for Team {
 }
 
 fn worker(s: &Shared, ith: usize) {
+    // The generation the team was created with (not the current one: the first region may
+    // have been posted before this thread started).
     let mut seen = 0;
     loop {
         // Spin for the next region, then sleep.
@@ -354,18 +486,23 @@ fn worker(s: &Shared, ith: usize) {
                 s.sleeping.fetch_sub(1, Ordering::SeqCst);
             }
         }
-        seen = s.gen.load(Ordering::SeqCst);
+        let g = s.gen.load(Ordering::SeqCst);
+        seen = g;
         if s.shutdown.load(Ordering::Acquire) {
             return;
         }
-        // SAFETY: a region is open (`gen` moved and this worker is counted in `active`, which
-        // the caller waits out), so `job` holds its function, alive until then.
-        if let Some(job) = unsafe { *s.job.get() } {
-            let ctx = Ctx { ith, nth: s.threads, shared: Some(s), solo_next: AtomicUsize::new(0) };
-            // SAFETY: as above.
-            let r = catch_unwind(AssertUnwindSafe(|| unsafe { (*job)(&ctx) }));
-            if r.is_err() {
-                s.poisoned.store(true, Ordering::SeqCst);
+        s.active.fetch_add(1, Ordering::SeqCst);
+        // Enter only the region this thread was woken for, and only while it is open.
+        if s.gen.load(Ordering::SeqCst) == g && !s.closed.load(Ordering::SeqCst) {
+            // SAFETY: the region is open and this thread is counted in `active`, so the caller
+            // has stored its function and waits for this thread before it lets it go.
+            if let Some(job) = unsafe { *s.job.get() } {
+                let ctx = Ctx { ith, nth: s.threads, shared: Some(s), next_op: Cell::new(s.first_op.load(Ordering::Relaxed)), solo_failed: Cell::new(false) };
+                // SAFETY: as above.
+                let r = catch_unwind(AssertUnwindSafe(|| unsafe { (*job)(&ctx) }));
+                if r.is_err() {
+                    s.poisoned.store(true, Ordering::SeqCst);
+                }
             }
         }
         s.active.fetch_sub(1, Ordering::SeqCst);
@@ -392,7 +529,7 @@ pub fn run(threads: usize, f: &(dyn Fn(&Ctx<'_>) + Sync)) {
         *guard = None; // Stops the old workers first.
         *guard = Team::new(threads);
     }
-    match guard.as_ref() {
+    match guard.as_mut() {
         Some(team) => team.run(f),
         None => f(&Ctx::solo()),
     }
@@ -402,37 +539,33 @@ pub fn run(threads: usize, f: &(dyn Fn(&Ctx<'_>) + Sync)) {
 mod tests {
     use super::*;
 
-    /// A chain of dependent ops: each step reads what every thread wrote in the step before,
-    /// so a barrier that let a thread through early would show up as a wrong sum.
+    /// A chain of dependent ops: each reads what every piece of the op before wrote, so an op
+    /// that let a thread through before it was complete would show up as a wrong sum.
     fn chain(threads: usize, steps: usize, width: usize) -> Vec<u64> {
         let bufs = [TeamVec::new(width), TeamVec::new(width)];
         let sums: Vec<AtomicU64> = (0..steps).map(|_| AtomicU64::new(0)).collect();
         run(threads, &|ctx| {
             for step in 0..steps {
                 let (src, dst) = (&bufs[step % 2], &bufs[(step + 1) % 2]);
-                // Read the whole of the previous step's output (written by every thread).
-                // SAFETY: nobody writes `src` during this step.
-                let total: f32 = unsafe { src.get() }.iter().sum();
-                if ctx.ith() == 0 {
+                // Reads happen inside pieces only: a thread between two ops may be behind
+                // another that is already at a later op (see the module documentation).
+                ctx.single(|| {
+                    // SAFETY: nobody writes `src` during this op.
+                    let total: f32 = unsafe { src.get() }.iter().sum();
                     sums[step].store(total as u64, Ordering::Relaxed);
-                }
-                // Write this step's output, element `i` by whichever thread claims it.
-                loop {
-                    let i = ctx.claim();
-                    if i >= width {
-                        break;
-                    }
-                    // SAFETY: element `i` is claimed by this thread only.
+                });
+                // Element `i` written by whichever thread claims piece `i`.
+                ctx.parallel(width, &mut |i| {
+                    // SAFETY: piece `i` is claimed by this thread only.
                     unsafe { *dst.ptr().add(i) = (step + 1) as f32 };
-                }
-                ctx.barrier();
+                });
             }
         });
         sums.iter().map(|s| s.load(Ordering::Relaxed)).collect()
     }
 
     #[test]
-    fn barriers_order_every_step() {
+    fn ops_complete_in_order() {
         for threads in [1usize, 2, 3, 2] {
             for _ in 0..50 {
                 let got = chain(threads, 40, 97);
@@ -443,74 +576,122 @@ mod tests {
     }
 
     #[test]
-    fn claims_cover_each_piece_once_and_restart_at_barriers() {
-        let hits: Vec<AtomicUsize> = (0..3 * 50).map(|_| AtomicUsize::new(0)).collect();
-        run(2, &|ctx| {
-            for op in 0..3 {
-                loop {
-                    let c = ctx.claim();
-                    if c >= 50 {
-                        break;
-                    }
-                    hits[op * 50 + c].fetch_add(1, Ordering::Relaxed);
+    fn every_piece_runs_once() {
+        for threads in [2usize, 3] {
+            let hits: Vec<AtomicUsize> = (0..4 * 50).map(|_| AtomicUsize::new(0)).collect();
+            run(threads, &|ctx| {
+                for op in 0..4 {
+                    // Ops of 0, 1, 50 and 3 pieces.
+                    let n = [0, 1, 50, 3][op];
+                    ctx.parallel(n, &mut |c| {
+                        hits[op * 50 + c].fetch_add(1, Ordering::Relaxed);
+                    });
                 }
-                ctx.barrier();
+            });
+            for op in 0..4 {
+                let n = [0, 1, 50, 3][op];
+                assert!((0..50).all(|c| hits[op * 50 + c].load(Ordering::Relaxed) == usize::from(c < n)), "op {op}");
             }
-        });
-        assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+        }
     }
 
     #[test]
-    fn single_and_share() {
+    fn a_late_thread_runs_through_complete_ops() {
+        // Thread 1 sleeps before its first op: thread 0 does every piece of the first ops
+        // alone, and thread 1 must find them complete (never run them again) and catch up.
+        let hits: Vec<AtomicUsize> = (0..20 * 8).map(|_| AtomicUsize::new(0)).collect();
+        let by_late = AtomicUsize::new(0);
+        for _ in 0..20 {
+            hits.iter().for_each(|h| h.store(0, Ordering::Relaxed));
+            run(2, &|ctx| {
+                if ctx.ith() == 1 {
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+                for op in 0..20 {
+                    ctx.parallel(8, &mut |c| {
+                        if ctx.ith() == 1 {
+                            by_late.fetch_add(1, Ordering::Relaxed);
+                        }
+                        hits[op * 8 + c].fetch_add(1, Ordering::Relaxed);
+                        if op % 5 == 0 {
+                            std::thread::sleep(std::time::Duration::from_micros(200));
+                        }
+                    });
+                }
+            });
+            assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+        }
+    }
+
+    #[test]
+    fn single_and_pieces() {
         let buf = TeamVec::new(10);
         let n = AtomicUsize::new(0);
         run(2, &|ctx| {
             ctx.single(|| {
                 n.fetch_add(1, Ordering::Relaxed);
             });
-            for i in ctx.share(10) {
-                // SAFETY: the shares of the threads are disjoint.
-                unsafe { *buf.ptr().add(i) = (ctx.ith() + 1) as f32 };
-            }
-            ctx.barrier();
+            ctx.parallel(2, &mut |i| {
+                for j in Ctx::piece(i, 2, 10) {
+                    // SAFETY: the pieces are disjoint.
+                    unsafe { *buf.ptr().add(j) = (i + 1) as f32 };
+                }
+            });
+            assert!(ctx.single_ok(|| true));
+            assert!(!ctx.single_ok(|| false));
+            // The failure stays visible for the rest of the region.
+            assert!(!ctx.single_ok(|| true));
         });
         assert_eq!(n.load(Ordering::Relaxed), 1);
         // SAFETY: the region is over.
-        assert!(unsafe { buf.get() }.iter().all(|&v| v >= 1.0));
+        assert_eq!(unsafe { buf.get() }, &[1., 1., 1., 1., 1., 2., 2., 2., 2., 2.]);
     }
 
     #[test]
     fn nested_region_runs_alone_and_sleepers_wake() {
         let sum = AtomicUsize::new(0);
-        run(2, &|_| {
-            sum.fetch_add(1, Ordering::Relaxed);
+        run(2, &|ctx| {
+            ctx.single(|| {
+                sum.fetch_add(1, Ordering::Relaxed);
+            });
         });
-        assert_eq!(sum.load(Ordering::Relaxed), 2);
+        assert_eq!(sum.load(Ordering::Relaxed), 1);
         std::thread::sleep(SPIN * 4);
         run(2, &|ctx| {
             // A region inside a region finds the team busy and runs as a team of one.
-            run(2, &|inner| {
-                assert_eq!(inner.nth(), 1);
-                sum.fetch_add(10, Ordering::Relaxed);
+            ctx.single(|| {
+                run(2, &|inner| {
+                    assert_eq!(inner.nth(), 1);
+                    sum.fetch_add(10, Ordering::Relaxed);
+                })
             });
-            ctx.barrier();
         });
-        assert_eq!(sum.load(Ordering::Relaxed), 22);
+        assert_eq!(sum.load(Ordering::Relaxed), 11);
     }
 
     #[test]
     fn a_panicking_thread_reaches_the_caller() {
         let r = catch_unwind(AssertUnwindSafe(|| {
             run(2, &|ctx| {
-                if ctx.ith() == 1 {
-                    panic!("worker fails");
-                }
-                ctx.barrier();
+                ctx.parallel(2, &mut |_| {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                    panic!("a piece fails")
+                });
             })
         }));
         assert!(r.is_err());
         // The team still works afterwards.
         let got = chain(2, 5, 8);
         assert_eq!(got, vec![0, 8, 16, 24, 32]);
+    }
+
+    #[test]
+    fn slot_words_round_trip_and_ids_wrap() {
+        let s = Slot { id: ID_MASK - 1, n: MAX_PIECES as u64, claimed: 5, done: 3 };
+        assert_eq!(Slot::unpack(s.pack()), s);
+        assert!(s.compare(ID_MASK - 1).is_eq());
+        // Op 0 comes after op ID_MASK - 1 (two ops on): not started yet.
+        assert!(s.compare(0).is_lt());
+        assert!(s.compare(ID_MASK - 3).is_gt());
     }
 }

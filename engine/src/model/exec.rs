@@ -118,13 +118,15 @@ impl<'e, 'm, 't> Exec<'e, 'm, 't> {
 
     /// `y += x`, element-wise.
     pub fn add(&self, y: &TeamVec, x: &TeamVec) {
-        let r = self.ctx.share(y.len());
-        // SAFETY: this thread's share of `y` is its alone during the step; `x` is only read.
-        unsafe {
-            let ys = std::slice::from_raw_parts_mut(y.ptr().add(r.start), r.len());
-            ggml_kernels::ops::add_assign(ys, &x.get()[r]);
-        }
-        self.ctx.barrier();
+        let pieces = self.ctx.nth();
+        self.ctx.parallel(pieces, &mut |i| {
+            let r = Ctx::piece(i, pieces, y.len());
+            // SAFETY: piece `i` of `y` is this thread's alone during the op; `x` is only read.
+            unsafe {
+                let ys = std::slice::from_raw_parts_mut(y.ptr().add(r.start), r.len());
+                ggml_kernels::ops::add_assign(ys, &x.get()[r]);
+            }
+        });
     }
 
     /// Adds `bias` to each row of `x`, when given.
@@ -150,14 +152,10 @@ impl<'e, 'm, 't> Exec<'e, 'm, 't> {
             }
             return;
         }
-        // Thread 0 the queries, thread 1 the keys (the same arithmetic per head as above).
-        let mine = match self.ctx.ith() {
-            0 => Some((q, qr, norms.map(|n| n.0))),
-            1 => Some((k, kr, norms.map(|n| n.1))),
-            _ => None,
-        };
-        if let Some((x, row, norm)) = mine {
-            // SAFETY: this thread alone touches `x` during the step.
+        // The queries and the keys as two pieces (the same arithmetic per head as above).
+        self.ctx.parallel(2, &mut |i| {
+            let (x, row, norm) = if i == 0 { (q, qr, norms.map(|n| n.0)) } else { (k, kr, norms.map(|n| n.1)) };
+            // SAFETY: this piece alone touches `x` during the op.
             let x = unsafe { x.get_mut() };
             if let Some(w) = norm {
                 ggml_kernels::ops::rms_norm_inplace(x, w, eps);
@@ -165,8 +163,7 @@ impl<'e, 'm, 't> Exec<'e, 'm, 't> {
             for (t, &p) in pos.iter().enumerate() {
                 rope.apply(&mut x[t * row..(t + 1) * row], c.head_dim, p as i64);
             }
-        }
-        self.ctx.barrier();
+        });
     }
 
     /// `outs[i] = ws[i] x` (Q/K/V, or any products of one input).
@@ -214,18 +211,19 @@ impl<'e, 'm, 't> Exec<'e, 'm, 't> {
             s.cache.layers[il].write(s.pos0, k.get(), v.get());
             s.cache.note_resident();
         });
-        // SAFETY: every thread only reads the cache during this step.
-        let s = unsafe { &(&*seqs.seqs.get())[0] };
-        let layer = &s.cache.layers[il];
         let shape = AttnShape { n_head: c.n_head, n_head_kv: c.n_head_kv, head_dim: c.head_dim, head_dim_v: c.head_dim_v, scale: c.attn_scale };
-        let heads = self.ctx.share(c.n_head);
-        if !heads.is_empty() {
-            // SAFETY: this thread's heads of `out` are its alone; `q` is only read.
+        // The query heads in one piece per thread (each piece reads the keys and values once).
+        let pieces = self.ctx.nth().min(c.n_head);
+        self.ctx.parallel(pieces, &mut |i| {
+            let heads = Ctx::piece(i, pieces, c.n_head);
+            // SAFETY: this piece's heads of `out` are its alone; `q` is only read.
             let o = unsafe { std::slice::from_raw_parts_mut(out.ptr().add(heads.start * c.head_dim_v), heads.len() * c.head_dim_v) };
             let qs = unsafe { q.get() };
+            // SAFETY: every thread only reads the cache during this op.
+            let s = unsafe { &(&*seqs.seqs.get())[0] };
+            let layer = &s.cache.layers[il];
             attention_heads(&shape, qs, s.pos0 as i64, layer.keys(), layer.values(), layer.positions(), layer.kind.mask(), heads, o);
-        }
-        self.ctx.barrier();
+        });
     }
 }
 
