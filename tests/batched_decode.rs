@@ -1,6 +1,8 @@
 //! Several sequences evaluated together (`engine::model::eval_batch`, behind `engine bench
-//! --parallel`) give each sequence the logits it gets alone, and a LightTransfer-Test prefill runs
-//! layer-major so that its KV memory stays near `P` full layers plus one.
+//! --parallel`) give each sequence the logits it gets alone, a LightTransfer-Test prefill runs
+//! layer-major so that its KV memory stays near `P` full layers plus one, and a decode step run
+//! as one parallel region of several threads (`Model::decode_team`) gives the logits of the
+//! fork-join path bit for bit.
 
 use std::path::Path;
 
@@ -118,6 +120,58 @@ fn batched_decode_on_the_default_model() {
     // docs/PERFORMANCE.md), and the greedy tokens stay the same.
     model.exact_matmul = false;
     check_batched_equals_alone(&model, 512, 4, 3.0);
+}
+
+/// Greedy decode of `steps` tokens after a prompt, on `threads` threads, with the decode steps
+/// as one parallel region (`team`) or a fork-join per product; every step's logits.
+fn greedy_logits(model: &Model<'_>, threads: usize, steps: usize) -> Vec<Vec<f32>> {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+    pool.install(|| {
+        let n_vocab = model.cfg.n_vocab as u32;
+        let prompt: Vec<u32> = (0..9u32).map(|i| 1 + (i * 37) % (n_vocab - 1)).collect();
+        let mut s = Session::new(model, &SessionParams { kv_type: KvType::F16, ..params(64, 512) }).unwrap();
+        let mut out = vec![s.eval(&prompt, Logits::Last).unwrap()];
+        for _ in 0..steps {
+            let next = argmax(out.last().unwrap()) as u32;
+            out.push(s.eval(&[next], Logits::Last).unwrap());
+        }
+        out
+    })
+}
+
+/// The team's decode and the fork-join's, step by step, bit for bit.
+fn check_team_equals_fork_join(file: &GgufFile, threads: usize, steps: usize) {
+    let mut team = Model::load(file).unwrap();
+    team.decode_team = true;
+    let mut fork_join = Model::load(file).unwrap();
+    fork_join.decode_team = false;
+    let (a, b) = (greedy_logits(&team, threads, steps), greedy_logits(&fork_join, threads, steps));
+    for (step, (a, b)) in a.iter().zip(&b).enumerate() {
+        let same = a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+        assert!(same, "{} on {threads} threads, step {step}: the team's logits differ by {}", team.cfg.arch.name(), max_abs_diff(a, b));
+    }
+}
+
+#[test]
+fn team_decode_equals_the_fork_join_bit_for_bit() {
+    // Integer products in the packed layouts (Q4_K, Q6_K, Q5_0, Q8_0 ...), f16 KV cache; two
+    // and three threads (an odd team splits heads and rows unevenly).
+    let dir = tempfile::tempdir().unwrap();
+    for preset in ["llama-tiny", "qwen2-tiny", "mistral-tiny", "gemma3-tiny"] {
+        for ftype in [FileType::Q4KM, FileType::Q8_0, FileType::Q5_0] {
+            let path = dir.path().join(format!("{preset}-{ftype:?}.gguf"));
+            let p = synth::preset(preset).unwrap();
+            synth::synthesize(&SynthParams { preset: p, ftype, seed: 11 }, &path, None).unwrap();
+            let file = GgufFile::open(&path).unwrap();
+            for threads in [2, 3] {
+                check_team_equals_fork_join(&file, threads, 12);
+            }
+        }
+    }
+    if let Some(path) = default_model() {
+        let file = GgufFile::open(&path).unwrap();
+        check_team_equals_fork_join(&file, 2, 6);
+    }
 }
 
 #[test]

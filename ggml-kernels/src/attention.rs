@@ -272,7 +272,7 @@ pub fn attention_heads(
     heads: std::ops::Range<usize>,
     out: &mut [f32],
 ) {
-    debug_assert!(s.n_head_kv > 0 && s.n_head % s.n_head_kv == 0 && heads.end <= s.n_head);
+    debug_assert!(s.n_head_kv > 0 && s.n_head.is_multiple_of(s.n_head_kv) && heads.end <= s.n_head);
     debug_assert_eq!(out.len(), heads.len() * s.head_dim_v);
     let group = s.n_head / s.n_head_kv;
     let (d, dv) = (s.head_dim, s.head_dim_v);

@@ -252,7 +252,5 @@ impl Exec<'_, '_, '_> {
 /// one sequence, one token, the integer products, and no LightTransfer-Test probe (whose
 /// measurement needs the whole attention on one thread).
 pub(crate) fn team_decodes(m: &Model<'_>, seqs: &[SeqBatch<'_>]) -> bool {
-    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let off = *OFF.get_or_init(|| std::env::var("ENGINE_DECODE_TEAM").is_ok_and(|v| v == "0"));
-    !off && !m.exact_matmul && matches!(seqs, [s] if s.n == 1 && s.cache.probe.is_none())
+    m.decode_team && !m.exact_matmul && matches!(seqs, [s] if s.n == 1 && s.cache.probe.is_none())
 }

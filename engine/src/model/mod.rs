@@ -54,6 +54,11 @@ pub struct Model<'a> {
     /// activations for integer dot products (as llama.cpp does). Slow; for checking the model
     /// definition against a float32 reference without the activation-quantization error.
     pub exact_matmul: bool,
+    /// Run a decode step of one sequence (one token) as one parallel region of every thread
+    /// (see [`exec`]); false: the ops one after another on the calling thread, each product a
+    /// fork-join (the earlier path, bit-identical; for comparisons). `ENGINE_DECODE_TEAM=0`
+    /// makes it false.
+    pub decode_team: bool,
     file: &'a GgufFile,
     /// Each layer's RoPE frequencies.
     pub(crate) rope: Vec<RopeTable>,
@@ -64,7 +69,8 @@ impl<'a> Model<'a> {
         let cfg = ModelConfig::from_gguf(file)?;
         let weights = Weights::load(file, &cfg)?;
         let rope = cfg.layers.iter().map(|l| RopeTable::new(cfg.rope_kind, cfg.n_rot, l.rope_base, cfg.rope_freq_scale)).collect();
-        Ok(Model { cfg, weights, exact_matmul: false, file, rope })
+        let decode_team = !std::env::var("ENGINE_DECODE_TEAM").is_ok_and(|v| v == "0");
+        Ok(Model { cfg, weights, exact_matmul: false, decode_team, file, rope })
     }
 
     /// Builds the CPU's own layouts of the output projection and the layer matrices that have
