@@ -176,6 +176,9 @@ impl Ctx<'_> {
         let id = self.advance();
         let n = n as u64;
         let mut cur = Slot::unpack(s.slot.load(Ordering::Acquire));
+        // Pieces this thread has done, counted into the slot once it finds none left to claim
+        // (one shared write per thread and op rather than one per piece).
+        let mut mine = 0;
         loop {
             let next = match cur.compare(id) {
                 // Complete: every piece was claimed and done before the slot moved on.
@@ -192,19 +195,23 @@ impl Ctx<'_> {
                         return;
                     }
                     body(next.claimed as usize - 1);
-                    // Count the piece done (a release of what it wrote).
-                    let mut w = s.slot.load(Ordering::Acquire);
-                    loop {
-                        let d = Slot::unpack(w);
-                        debug_assert!(d.compare(id).is_eq());
-                        match s.slot.compare_exchange_weak(w, Slot { done: d.done + 1, ..d }.pack(), Ordering::AcqRel, Ordering::Acquire) {
-                            Ok(_) => break,
-                            Err(now) => w = now,
-                        }
-                    }
+                    mine += 1;
                     cur = Slot::unpack(s.slot.load(Ordering::Acquire));
                 }
                 Err(now) => cur = Slot::unpack(now),
+            }
+        }
+        if mine > 0 {
+            // Count this thread's pieces done (a release of what they wrote). The op cannot
+            // have moved on: it waits for these.
+            let mut w = cur.pack();
+            loop {
+                let d = Slot::unpack(w);
+                debug_assert!(d.compare(id).is_eq());
+                match s.slot.compare_exchange_weak(w, Slot { done: d.done + mine, ..d }.pack(), Ordering::AcqRel, Ordering::Acquire) {
+                    Ok(_) => break,
+                    Err(now) => w = now,
+                }
             }
         }
         self.wait(s, id);
