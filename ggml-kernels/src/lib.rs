@@ -14,6 +14,7 @@
 //!   Q6_K in groups of eight rows).
 //! - [`attention`]: attention over a KV cache with causal, window and sink+window masks.
 //! - [`ops`]: RMSNorm, RoPE, activations, softmax.
+//! - [`pages`]: memory for the packed matrices, in huge pages where the OS gives them.
 //! - [`pool`], [`team`]: the decode fork-join, and the team that runs a whole decode token as
 //!   one parallel region.
 //! - [`probe`]: memory-bandwidth and peak-throughput probes, to quote kernel speeds against.
@@ -22,6 +23,7 @@ pub mod attention;
 pub mod dot;
 pub mod matmul;
 pub mod ops;
+pub mod pages;
 pub mod pool;
 pub mod probe;
 pub mod quants;

@@ -37,6 +37,7 @@ use crate::dot::{DotFn, Kernels, QuantizedActs, TileFn, VecDotType, TILE};
 use crate::quants::{dequantize, QuantError};
 pub use crate::repack::Layout;
 use crate::repack::{pack_into, packed_nbytes, unpack_block, unpack_rows};
+use crate::pages::PackedBytes;
 use crate::team::{Ctx, TeamVec};
 use crate::types::GgmlType;
 
@@ -152,11 +153,10 @@ pub struct PackedMatrix {
     cols: usize,
     rows: usize,
     layout: Layout,
-    /// The packed bytes at `data[off..off + len]`, `off` chosen so that they start on a cache
-    /// line (a Q4_Kx8 group block is 18 whole lines, so no 32-byte load then straddles two).
-    data: Vec<u8>,
-    off: usize,
-    len: usize,
+    /// The packed bytes, starting on a cache line (a Q4_Kx8 group block is 18 whole lines, so
+    /// no 32-byte load then straddles two), in huge pages where the OS gives them
+    /// ([`crate::pages`]).
+    data: PackedBytes,
 }
 
 /// Alignment of a packed matrix's first byte.
@@ -166,19 +166,17 @@ impl PackedMatrix {
     /// `len` zero bytes starting on a [`PACKED_ALIGN`] boundary, in a matrix of `ty`, `cols`,
     /// `rows` and `layout`.
     fn zeroed(ty: GgmlType, cols: usize, rows: usize, layout: Layout, len: usize) -> PackedMatrix {
-        let data = vec![0u8; len + PACKED_ALIGN - 1];
-        let off = data.as_ptr().align_offset(PACKED_ALIGN).min(PACKED_ALIGN - 1);
-        PackedMatrix { ty, cols, rows, layout, data, off, len }
+        PackedMatrix { ty, cols, rows, layout, data: PackedBytes::zeroed(len, PACKED_ALIGN) }
     }
 
     /// The matrix as the products take it.
     pub fn view(&self) -> QMatrix<'_> {
-        QMatrix { ty: self.ty, cols: self.cols, rows: self.rows, data: &self.data[self.off..][..self.len], layout: self.layout }
+        QMatrix { ty: self.ty, cols: self.cols, rows: self.rows, data: self.data.bytes(), layout: self.layout }
     }
 
-    /// Bytes of the packed matrix (the allocation holds up to 63 more, for the alignment).
+    /// Bytes of the packed matrix.
     pub fn nbytes(&self) -> usize {
-        self.len
+        self.data.bytes().len()
     }
 }
 
@@ -204,7 +202,7 @@ pub fn pack_with(w: &QMatrix<'_>, layout: Layout, consumed: &dyn Fn(&[u8])) -> O
     let (nb, rb, gr) = (w.cols / w.ty.block_size(), w.row_bytes(), layout.group_rows());
     let gbytes = layout.group_bytes(w.ty, nb);
     let batch_rows = (PACK_BATCH_BYTES / (rb * gr).max(1)).max(1) * gr;
-    let out = &mut p.data[p.off..][..p.len];
+    let out = p.data.bytes_mut();
     for r0 in (0..w.rows).step_by(batch_rows) {
         let r1 = (r0 + batch_rows).min(w.rows);
         let src = &w.data[r0 * rb..r1 * rb];
