@@ -14,7 +14,9 @@
 //!   [`crate::pool::run`] (rayon, or with `ENGINE_DECODE_POLL=1` workers that spin between
 //!   jobs) claim in order, so a thread that is late or slowed down takes fewer; small products
 //!   run on the calling thread. [`matmul_many`] runs several products of one input (Q/K/V, gate/up) as one
-//!   such job with one quantization of the input. Types with a multi-row kernel (Q4_0, Q5_0,
+//!   such job with one quantization of the input. Inside a decode token's team region
+//!   ([`crate::team`]) the same chunks are the pieces of one op ([`matmul_many_team`],
+//!   [`matmul_gated_team`]). Types with a multi-row kernel (Q4_0, Q5_0,
 //!   IQ4_NL) take four rows per call, two per register, prefetching the next four; matrices in
 //!   a packed layout ([`crate::repack`]: Q4_0, Q5_0, Q8_0, Q4_K, Q6_K as the engine holds them) take
 //!   a group of eight rows per call.
