@@ -110,6 +110,20 @@ fn main() {
             })
             .fold(0f64, f64::max);
         println!("probe: {best:.1} GB/s ({threads} threads, best of 3)");
+        // The same in 2 MiB pages, as the packed weights are held (`ggml_kernels::pages`):
+        // without a TLB miss every 4 KiB.
+        let mut huge = ggml_kernels::pages::PackedBytes::zeroed(PROBE_BYTES, 64);
+        // SAFETY: any bytes are valid u64s; `align_to_mut` takes only the aligned middle.
+        let (_, words, _) = unsafe { huge.bytes_mut().align_to_mut::<u64>() };
+        words.iter_mut().enumerate().for_each(|(i, w)| *w = i as u64);
+        let best_huge = (0..3)
+            .map(|_| {
+                let t = Instant::now();
+                black_box(probe::sum_u64_threads(words, threads));
+                (words.len() * 8) as f64 / t.elapsed().as_secs_f64() / 1e9
+            })
+            .fold(0f64, f64::max);
+        println!("probe-huge: {best_huge:.1} GB/s ({threads} threads, best of 3, huge pages: {})", huge.in_huge_pages());
         return;
     }
     if std::env::args().nth(1).as_deref() == Some("l2") {
