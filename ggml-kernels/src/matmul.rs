@@ -398,7 +398,7 @@ pub unsafe fn matmul_gated_team(
 unsafe fn team_products(ctx: &Ctx<'_>, ws: &[&QMatrix<'_>], x: &[f32], outs: &[&TeamVec], gated: Option<fn(f32) -> f32>) -> Result<(), MatError> {
     let k = Kernels::best();
     let lens: Vec<usize> = outs.iter().map(|o| o.len()).collect();
-    let n = ws.first().map_or(0, |w| if w.cols == 0 { 0 } else { x.len() / w.cols });
+    let n = ws.first().map_or(0, |w| x.len().checked_div(w.cols).unwrap_or(0));
     check_products(k, ws, x, n, &lens)?;
     let all_fast = ws.iter().all(|w| k.dot_fn(w.ty).is_some() && VecDotType::for_weight(w.ty).is_some());
     if n == 1 && all_fast && ctx.nth() > 1 {
@@ -443,7 +443,7 @@ fn check_products(k: &Kernels, ws: &[&QMatrix<'_>], x: &[f32], n: usize, out_len
             return Err(MatError::Shape { what: "matmul output", expected: n * w.rows, got: out });
         }
         if let Some((_, vdt)) = fast_kernels(k, w) {
-            if w.cols % vdt.block_size() != 0 {
+            if !w.cols.is_multiple_of(vdt.block_size()) {
                 return Err(MatError::Shape { what: "matmul input row (whole blocks)", expected: w.cols.next_multiple_of(vdt.block_size()), got: w.cols });
             }
         }

@@ -481,10 +481,10 @@ fn worker(s: &Shared, ith: usize) {
         while s.gen.load(Ordering::Acquire) == seen {
             spins = spins.wrapping_add(1);
             std::hint::spin_loop();
-            if spins % 64 == 0 {
+            if spins.is_multiple_of(64) {
                 std::thread::yield_now();
             }
-            if spins % 256 == 0 && start.elapsed() > SPIN {
+            if spins.is_multiple_of(256) && start.elapsed() > SPIN {
                 let mut g = s.lock.lock().unwrap_or_else(|e| e.into_inner());
                 s.sleeping.fetch_add(1, Ordering::SeqCst);
                 while s.gen.load(Ordering::SeqCst) == seen {
