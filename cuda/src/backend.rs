@@ -87,6 +87,28 @@ impl<T> DeviceBuffer<T> {
     }
 }
 
+/// Page-locked host memory of `len` elements of `T`, the target of downloads that must run at
+/// the link's full speed (a pageable download goes through a staging copy). Cached, not
+/// write-combined: the host reads it.
+pub struct HostBuffer<T> {
+    inner: cudarc::driver::PinnedHostSlice<T>,
+}
+
+impl<T: DeviceElem> HostBuffer<T> {
+    pub fn len(&self) -> usize {
+        self.inner.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.inner.len() == 0
+    }
+
+    /// The contents, once every copy into them has completed.
+    pub fn as_slice(&self) -> Result<&[T], CudaError> {
+        self.inner.as_slice().map_err(driver("cuEventSynchronize"))
+    }
+}
+
 impl<T> std::fmt::Debug for DeviceBuffer<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "DeviceBuffer<{}>[{}]", std::any::type_name::<T>(), self.inner.len())
@@ -440,6 +462,25 @@ impl CudaBackend {
     pub fn upload_into<T: DeviceElem>(&self, host: &[T], dst: &mut DeviceBuffer<T>) -> Result<(), CudaError> {
         expect_len("upload", dst.len(), host.len())?;
         self.stream.memcpy_htod(host, &mut dst.inner).map_err(driver("cuMemcpyHtoD"))
+    }
+
+    /// `len` zeroed elements of page-locked host memory.
+    pub fn alloc_host<T: DeviceElem>(&self, len: usize) -> Result<HostBuffer<T>, CudaError> {
+        // SAFETY: the memory is written (zeroed) before anything reads it; flags 0: cached host
+        // memory, not write-combined (the host reads it).
+        let mut inner = unsafe { self.ctx.alloc_pinned_with_flags::<T>(len, 0) }.map_err(driver("cuMemHostAlloc"))?;
+        // SAFETY: `len` elements of T, which is valid as zero bits (DeviceElem).
+        unsafe { std::ptr::write_bytes(inner.as_mut_ptr().map_err(driver("cuEventSynchronize"))?, 0, len) };
+        Ok(HostBuffer { inner })
+    }
+
+    /// Waits for the stream and copies `src` into the page-locked `dst` (same length); returns
+    /// the copy.
+    pub fn download_pinned<'h, T: DeviceElem>(&self, src: &DeviceBuffer<T>, dst: &'h mut HostBuffer<T>) -> Result<&'h [T], CudaError> {
+        expect_len("download", dst.len(), src.len())?;
+        self.stream.memcpy_dtoh(&src.inner, &mut dst.inner).map_err(driver("cuMemcpyDtoH"))?;
+        self.synchronize()?;
+        dst.as_slice()
     }
 
     /// Waits for the stream and copies `src` to the host.
