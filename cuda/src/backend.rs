@@ -258,6 +258,22 @@ fn decode_partials(s: &AttnShape, n_slots: usize, n: usize) -> usize {
     n * s.n_head * decode_max_splits(s, n_slots, n) * (2 + s.head_dim_v)
 }
 
+/// Bytes of a Q6_K block in the file and on the device (`Q6K_DEV_TS` in the kernels): two zero
+/// bytes after each block keep every block 4-byte aligned, so the kernels read the quants in
+/// 32-bit words. 1% more bytes for those matrices.
+const Q6_K_BYTES: usize = 210;
+const Q6_K_DEVICE_BYTES: usize = 212;
+
+/// Q6_K blocks in the device layout: each block followed by `Q6_K_DEVICE_BYTES - Q6_K_BYTES` zeros.
+fn pad_q6_k(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() / Q6_K_BYTES * Q6_K_DEVICE_BYTES);
+    for block in data.chunks_exact(Q6_K_BYTES) {
+        out.extend_from_slice(block);
+        out.extend_from_slice(&[0; Q6_K_DEVICE_BYTES - Q6_K_BYTES]);
+    }
+    out
+}
+
 /// The largest head dimension of the attention kernels (`ATT_MAX_D`).
 pub const ATT_MAX_HEAD_DIM: usize = 256;
 
@@ -532,7 +548,8 @@ impl CudaBackend {
         }
         as_i32("matrix columns", w.cols)?;
         as_u32("matrix rows", w.rows)?;
-        Ok(DeviceMatrix { ty: w.ty, cols: w.cols, rows: w.rows, data: self.upload(w.data)? })
+        let data = if w.ty == GgmlType::Q6_K { self.upload(&pad_q6_k(w.data))? } else { self.upload(w.data)? };
+        Ok(DeviceMatrix { ty: w.ty, cols: w.cols, rows: w.rows, data })
     }
 
     /// RMSNorm of each row of `x` (rows of `w.len()` elements) times `w`, into `out`.
@@ -916,5 +933,25 @@ impl CudaBackend {
         // given the Dv / 32 Q8_1 blocks of that row of outq (lengths checked).
         unsafe { b.launch(grid) }.map_err(driver("launch attn_decode_merge"))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn q6_k_device_blocks_are_the_file_blocks_padded_as_the_kernels_read_them() {
+        let common = include_str!("../kernels/common.cuh");
+        assert!(common.contains(&format!("#define Q6K_DEV_TS {Q6_K_DEVICE_BYTES}")), "the kernels' Q6_K stride differs from the upload's");
+        assert_eq!(Q6_K_DEVICE_BYTES % 4, 0);
+        let file: Vec<u8> = (0..3 * Q6_K_BYTES).map(|i| (i % 251) as u8 + 1).collect();
+        let dev = pad_q6_k(&file);
+        assert_eq!(dev.len(), 3 * Q6_K_DEVICE_BYTES);
+        for (b, block) in file.chunks_exact(Q6_K_BYTES).enumerate() {
+            let d = &dev[b * Q6_K_DEVICE_BYTES..(b + 1) * Q6_K_DEVICE_BYTES];
+            assert_eq!(&d[..Q6_K_BYTES], block);
+            assert!(d[Q6_K_BYTES..].iter().all(|&x| x == 0));
+        }
     }
 }
