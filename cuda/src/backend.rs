@@ -297,6 +297,8 @@ struct Kernels {
     matvec2: Vec<[CudaFunction; 3]>,
     /// Decode attention with 1, 2, 4 and 8 query heads per block ([`AD_GROUPS`]).
     attn_decode: [CudaFunction; 4],
+    /// The same for head dimensions that are not multiples of 8.
+    attn_decode_any: [CudaFunction; 4],
     attn_merge: CudaFunction,
 }
 
@@ -394,6 +396,12 @@ impl CudaBackend {
                 })
                 .collect::<Result<_, CudaError>>()?,
             attn_decode: [func("attn_decode_g1")?, func("attn_decode_g2")?, func("attn_decode_g4")?, func("attn_decode_g8")?],
+            attn_decode_any: [
+                func("attn_decode_g1_any")?,
+                func("attn_decode_g2_any")?,
+                func("attn_decode_g4_any")?,
+                func("attn_decode_g8_any")?,
+            ],
             attn_merge: func("attn_decode_merge")?,
         };
         let mk = model_ops::ModelKernels::load(&func)?;
@@ -896,7 +904,10 @@ impl CudaBackend {
         let (split, n_splits) = decode_split(s, n_slots, n);
         let group = s.n_head / s.n_head_kv;
         let heads = decode_heads_per_block(group);
-        let f = &self.k.attn_decode[AD_GROUPS.iter().position(|&g| g == heads).unwrap_or(AD_GROUPS.len() - 1)];
+        // (Head dimensions that are not whole 16-byte pieces take the kernels with the
+        // element-wise fallback.)
+        let kernels = if s.head_dim % 8 == 0 && s.head_dim_v % 8 == 0 { &self.k.attn_decode } else { &self.k.attn_decode_any };
+        let f = &kernels[AD_GROUPS.iter().position(|&g| g == heads).unwrap_or(AD_GROUPS.len() - 1)];
         let grid_x = as_u32("attention blocks per token", s.n_head_kv * group.div_ceil(heads))?;
         let (n_slots32, total32, split32) = (as_i32("slots", n_slots)?, as_i32("cache slots", total)?, as_i32("split", split)?);
         let (n_head, n_head_kv) = (as_i32("n_head", s.n_head)?, as_i32("n_head_kv", s.n_head_kv)?);
