@@ -22,6 +22,7 @@ mod probe;
 use engine_cuda::{CudaBackend, CudaError, DeviceBuffer, DeviceGraph, DeviceMatrix, HostBuffer, MatmulScratch};
 use ggml_kernels::attention::AttnShape;
 use half::f16;
+use rayon::prelude::*;
 
 use crate::lighttransfer::{probe_split, LazyProbe};
 use crate::model::config::ModelConfig;
@@ -749,8 +750,7 @@ impl<'m> GpuSession<'m> {
         self.forward_chunk(tokens, Attend::EachOwn, Logits::All)?;
         let batch = self.batches.iter().find(|b| b.n == n_seq).ok_or_else(|| GpuError::Unsupported("the step's batch is gone".into()))?;
         let out = batch.kept_logits()?;
-        // (Rows checked in parallel: the host's cores are idle while the device waits.)
-        use rayon::prelude::*;
+        // (Rows checked on several cores: 100 rows of a 128K vocabulary are 51 MB.)
         out.par_chunks(n_vocab).enumerate().try_for_each(|(s, row)| check_finite(row, self.past[s], n_vocab))?;
         self.past[..n_seq].iter_mut().for_each(|p| *p += 1);
         Ok(out)
