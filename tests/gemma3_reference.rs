@@ -207,3 +207,61 @@ fn fast_path_greedy_continuations_equal_llama_cpps() {
     let full = report.iter().filter(|r| r.1 == 32).count();
     assert!(full >= 1, "none of {} continuations equals llama.cpp's in full", report.len());
 }
+
+/// Position by position, how far our fast path's logits stand from llama.cpp's, on each prompt
+/// and llama.cpp's greedy continuation (the prompt as one batch, then one token at a time, as
+/// llama.cpp ran). The rows come from `tests/scripts/dump_gemma3_llamacpp_logits.py` (in
+/// `ENGINE_LLAMACPP_LOGITS`, default `/tmp/gemma3-llamacpp-logits`); a measuring tool, not a check:
+/// `cargo test --release -p engine-tests --test gemma3_reference -- --ignored --nocapture distance`.
+#[test]
+#[ignore]
+fn fast_path_logits_distance_to_llama_cpp() {
+    let Some(path) = engine_tests::default_model() else { return };
+    let dir = std::env::var("ENGINE_LLAMACPP_LOGITS").unwrap_or_else(|_| "/tmp/gemma3-llamacpp-logits".into());
+    let index: Value = serde_json::from_str(&std::fs::read_to_string(format!("{dir}/index.json")).expect("index.json")).expect("json");
+    let bytes = std::fs::read(format!("{dir}/logits.f32")).expect("logits.f32");
+    let theirs: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    let file = GgufFile::open(&path).unwrap();
+    let model = Model::load(&file).unwrap();
+    let n_vocab = model.cfg.n_vocab;
+    assert_eq!(index["n_vocab"].as_u64(), Some(n_vocab as u64));
+    let params = SessionParams { n_ctx: 1024, ..SessionParams::default() };
+    let (mut all_max, mut all_sum, mut all_rows) = (0f32, 0f64, 0usize);
+    // ENGINE_OURS_LOGITS=FILE also writes our rows there, in the same order, for closer study.
+    let mut dump = std::env::var("ENGINE_OURS_LOGITS").ok().map(|p| std::fs::File::create(p).expect("ENGINE_OURS_LOGITS"));
+    for c in index["cases"].as_array().unwrap() {
+        let tokens: Vec<u32> = c["tokens"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+        let (n_prompt, first, row0) = (c["n_prompt"].as_u64().unwrap() as usize, c["first"].as_u64().unwrap() as usize, c["row"].as_u64().unwrap() as usize);
+        let mut s = Session::new(&model, &params).unwrap();
+        if first > 0 {
+            s.eval(&tokens[..first], Logits::Last).unwrap();
+        }
+        let mut ours = s.eval(&tokens[first..n_prompt], Logits::All).unwrap();
+        for &t in &tokens[n_prompt..] {
+            ours.extend(s.eval(&[t], Logits::Last).unwrap());
+        }
+        let n_rows = ours.len() / n_vocab;
+        if let Some(f) = dump.as_mut() {
+            use std::io::Write;
+            f.write_all(&ours.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+        }
+        let mut line = String::new();
+        let (mut case_max, mut case_sum, mut parted) = (0f32, 0f64, 0usize);
+        for r in 0..n_rows {
+            let (a, b) = (&ours[r * n_vocab..(r + 1) * n_vocab], &theirs[(row0 + r) * n_vocab..(row0 + r + 1) * n_vocab]);
+            let d = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+            case_max = case_max.max(d);
+            case_sum += d as f64;
+            let (ta, tb) = (argmax(a), argmax(b));
+            if ta != tb {
+                parted += 1;
+            }
+            line += &format!(" {d:.4}{}", if ta != tb { "*" } else { "" });
+        }
+        eprintln!("{:?}: rows {n_rows}, max {case_max:.5}, mean {:.5}, top-1 differs at {parted}\n  {line}", &c["text"].as_str().unwrap()[..20.min(c["text"].as_str().unwrap().len())], case_sum / n_rows as f64);
+        all_max = all_max.max(case_max);
+        all_sum += case_sum;
+        all_rows += n_rows;
+    }
+    eprintln!("per-position largest |logit difference| from llama.cpp over {all_rows} rows: max {all_max:.5}, mean {:.5}", all_sum / all_rows as f64);
+}

@@ -111,6 +111,39 @@ pub fn gelu_tanh(x: f32) -> f32 {
     x / (1.0 + (-2.0 * u).exp())
 }
 
+/// GELU-tanh as ggml's CPU backend computes it (`GGML_GELU_FP16`, llama.cpp's `GELU` and `GEGLU`
+/// ops on f32): the input rounded to f16 indexes a table of f16 results (each the tanh form in
+/// f32 at that f16 input); inputs at or below -10 give 0, at or above 10 the input itself. The
+/// fast path uses it so that its FFN computes what llama.cpp's does (the f16 rounding moves each
+/// activation by up to 2^-11 of itself, far more than f32 summation order does).
+#[inline]
+pub fn gelu_tanh_f16(x: f32) -> f32 {
+    if x <= -10.0 {
+        0.0
+    } else if x >= 10.0 {
+        x
+    } else {
+        gelu_f16_table()[half::f16::from_f32(x).to_bits() as usize]
+    }
+}
+
+/// ggml's `ggml_table_gelu_f16`, each f16 result stored as the f32 it equals.
+fn gelu_f16_table() -> &'static [f32; 1 << 16] {
+    use std::sync::OnceLock;
+    static TABLE: OnceLock<Box<[f32; 1 << 16]>> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+        const GELU_COEF_A: f32 = 0.044_715;
+        let mut t = Box::new([0f32; 1 << 16]);
+        for (bits, y) in t.iter_mut().enumerate() {
+            let x = half::f16::from_bits(bits as u16).to_f32();
+            let g = 0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + GELU_COEF_A * x * x)).tanh());
+            *y = half::f16::from_f32(g).to_f32();
+        }
+        t
+    })
+}
+
 /// SiLU: `x * sigmoid(x)`.
 #[inline]
 pub fn silu(x: f32) -> f32 {

@@ -5,7 +5,7 @@
 //! final norm and the tied output projection are shared with the other architectures
 //! ([`super::forward`]); this file is one decoder layer.
 
-use ggml_kernels::ops::{gelu_tanh, rms_norm, rms_norm_inplace};
+use ggml_kernels::ops::{gelu_tanh, gelu_tanh_f16, rms_norm, rms_norm_inplace};
 
 use super::{attend_seqs, mm, mm_gated, mm_many, row_positions, Model, ModelError, SeqBatch};
 
@@ -47,7 +47,9 @@ pub fn layer(m: &Model<'_>, il: usize, x: &mut [f32], seqs: &mut [SeqBatch<'_>])
 
     // FFN: pre-norm, GELU-tanh gate times up, down, post-norm, residual.
     rms_norm(x, &w.ffn_norm, c.rms_eps, &mut h);
-    let gate = mm_gated(m, &w.ffn_gate.cpu(), &w.ffn_up.cpu(), &h, n, gelu_tanh)?;
+    // (The fast path takes GELU from ggml's f16 table, as llama.cpp does.)
+    let gelu = if m.exact_matmul { gelu_tanh } else { gelu_tanh_f16 };
+    let gate = mm_gated(m, &w.ffn_gate.cpu(), &w.ffn_up.cpu(), &h, n, gelu)?;
     let mut down = mm(m, &w.ffn_down.cpu(), &gate, n)?;
     if let Some(pn) = &w.post_ffw_norm {
         rms_norm_inplace(&mut down, pn, c.rms_eps);
