@@ -46,6 +46,19 @@ pub enum RopeKind {
     Neox,
 }
 
+/// How [`RopeTable`] computes its rotation angles and their cosines and sines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeAngles {
+    /// `theta = pos * freq_scale * base^(-2i/d)` and its cosine and sine in f64, rounded to f32:
+    /// the angles themselves, for the exact path.
+    Exact,
+    /// As ggml's CPU backend computes them (`ggml_rope_cache_init`, no YaRN): theta starts at
+    /// `pos * freq_scale` in f32 and is multiplied by `theta_scale = base^(-2/d)` (f32 `powf`)
+    /// once per pair, cosine and sine in f32. The repeated rounding moves the angles by up to
+    /// about 1e-4 radians at position 600, so the fast path takes them as llama.cpp does.
+    Ggml,
+}
+
 /// The rotation angles' frequencies: `base^(-2i/d)` for `i < d/2`, each divided by `freq_scale`'s
 /// inverse (linear position scaling: `theta = pos * freq_scale * base^(-2i/d)`).
 #[derive(Clone, Debug)]
@@ -54,6 +67,9 @@ pub struct RopeTable {
     /// Rotated dimensions per head (≤ head_dim; the rest pass through).
     pub n_rot: usize,
     inv_freq: Vec<f64>,
+    /// ggml's `theta_scale`, `base^(-2/n_rot)` in f32.
+    theta_scale: f32,
+    freq_scale: f32,
 }
 
 impl RopeTable {
@@ -61,17 +77,18 @@ impl RopeTable {
         let inv_freq = (0..n_rot / 2)
             .map(|i| freq_scale as f64 * (base as f64).powf(-2.0 * i as f64 / n_rot as f64))
             .collect();
-        RopeTable { kind, n_rot, inv_freq }
+        let theta_scale = base.powf(-2.0 / n_rot as f32);
+        RopeTable { kind, n_rot, inv_freq, theta_scale, freq_scale }
     }
 
     /// Rotates every head of one token's vector `x` (`n_head * head_dim` elements) to position `pos`.
     pub fn apply(&self, x: &mut [f32], head_dim: usize, pos: i64) {
-        self.apply_all(&mut [x], head_dim, pos);
+        self.apply_all(&mut [x], head_dim, pos, RopeAngles::Exact);
     }
 
     /// [`RopeTable::apply`] to each of `xs` (one token's queries and keys), with the cosines and
-    /// sines of `pos` computed once for all of them.
-    pub fn apply_all(&self, xs: &mut [&mut [f32]], head_dim: usize, pos: i64) {
+    /// sines of `pos` (computed as `angles` says) computed once for all of them.
+    pub fn apply_all(&self, xs: &mut [&mut [f32]], head_dim: usize, pos: i64, angles: RopeAngles) {
         debug_assert!(head_dim >= self.n_rot && xs.iter().all(|x| x.len() % head_dim == 0));
         let half = self.n_rot / 2;
         // cos/sin per frequency, once per call (shared by all heads).
@@ -83,9 +100,21 @@ impl RopeTable {
             cs_vec = vec![(0f32, 0f32); half];
             &mut cs_vec
         };
-        for (c, &f) in cs.iter_mut().zip(&self.inv_freq) {
-            let theta = pos as f64 * f;
-            *c = (theta.cos() as f32, theta.sin() as f32);
+        match angles {
+            RopeAngles::Exact => {
+                for (c, &f) in cs.iter_mut().zip(&self.inv_freq) {
+                    let theta = pos as f64 * f;
+                    *c = (theta.cos() as f32, theta.sin() as f32);
+                }
+            }
+            RopeAngles::Ggml => {
+                let mut theta = pos as f32;
+                for c in cs.iter_mut() {
+                    let t = self.freq_scale * theta;
+                    *c = (t.cos(), t.sin());
+                    theta *= self.theta_scale;
+                }
+            }
         }
         for head in xs.iter_mut().flat_map(|x| x.chunks_exact_mut(head_dim)) {
             for (i, &(cos, sin)) in cs.iter().enumerate() {
