@@ -4,8 +4,7 @@
 //! contiguous (`x[row * n .. (row + 1) * n]`), as in ggml.
 
 /// RMSNorm of each row of `x` (rows of `w.len()` elements), times `w`, into `out`:
-/// `out = x / sqrt(mean(x^2) + eps) * w`. As ggml computes it: each square in f32, their sum in
-/// f64, `1 / sqrt(mean + eps)` in f32, then `(x * scale) * w`.
+/// `out = x / sqrt(mean(x^2) + eps) * w`. The sum of squares is accumulated in f64, as ggml does.
 ///
 /// Precondition (debug-asserted): `x.len() == out.len()`, a whole number of rows.
 pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
@@ -26,14 +25,14 @@ pub fn rms_norm_inplace(x: &mut [f32], w: &[f32], eps: f32) {
     for xr in x.chunks_exact_mut(n) {
         let scale = rms_scale(xr, eps);
         for (v, &g) in xr.iter_mut().zip(w) {
-            *v = *v * scale * g;
+            *v *= scale * g;
         }
     }
 }
 
 #[inline]
 fn rms_scale(x: &[f32], eps: f32) -> f32 {
-    let sum: f64 = x.iter().map(|&v| f64::from(v * v)).sum();
+    let sum: f64 = x.iter().map(|&v| (v as f64) * (v as f64)).sum();
     let mean = (sum / x.len() as f64) as f32;
     1.0 / (mean + eps).sqrt()
 }
