@@ -6,6 +6,7 @@
 //! ([`super::forward`]); this file is one decoder layer.
 
 use ggml_kernels::ops::{gelu_tanh, gelu_tanh_f16, rms_norm, rms_norm_inplace};
+use ggml_kernels::GgmlType;
 
 use super::{attend_seqs, mm, mm_gated, mm_many, row_positions, Model, ModelError, SeqBatch};
 
@@ -47,9 +48,12 @@ pub fn layer(m: &Model<'_>, il: usize, x: &mut [f32], seqs: &mut [SeqBatch<'_>])
 
     // FFN: pre-norm, GELU-tanh gate times up, down, post-norm, residual.
     rms_norm(x, &w.ffn_norm, c.rms_eps, &mut h);
-    // (The fast path takes GELU from ggml's f16 table, as llama.cpp does.)
-    let gelu = if m.exact_matmul { gelu_tanh } else { gelu_tanh_f16 };
-    let gate = mm_gated(m, &w.ffn_gate.cpu(), &w.ffn_up.cpu(), &h, n, gelu)?;
+    // GELU from ggml's f16 table, as llama.cpp computes it, where the products round their
+    // activations anyway (quantized or f16 weights); the exact GELU on the exact path and with
+    // f32 weights, whose products are exact.
+    let (wg, wu) = (w.ffn_gate.cpu(), w.ffn_up.cpu());
+    let gelu = if m.exact_matmul || wg.ty == GgmlType::F32 { gelu_tanh } else { gelu_tanh_f16 };
+    let gate = mm_gated(m, &wg, &wu, &h, n, gelu)?;
     let mut down = mm(m, &w.ffn_down.cpu(), &gate, n)?;
     if let Some(pn) = &w.post_ffw_norm {
         rms_norm_inplace(&mut down, pn, c.rms_eps);
