@@ -532,6 +532,29 @@ mod tests {
     }
 
     #[test]
+    fn f16_cache_rounds_the_scaled_query_and_the_weights_to_f16() {
+        let shape = AttnShape { n_head: 1, n_head_kv: 1, head_dim: 4, head_dim_v: 4, scale: 0.3 };
+        let q = [0.1234f32, -1.777, 0.0051, 2.5];
+        let kf = [0.5f32, 0.25, -1.0, 0.125, -0.75, 1.5, 0.3, 0.2];
+        let vf = [1.0f32, -2.0, 0.33, 4.0, -0.5, 0.7, 2.2, -1.1];
+        let (k16, v16): (Vec<f16>, Vec<f16>) = (kf.iter().map(|&x| f16::from_f32(x)).collect(), vf.iter().map(|&x| f16::from_f32(x)).collect());
+        let r = |x: f32| f16::from_f32(x).to_f32();
+        // By hand: f16 scaled query, f16 keys, softmax, f16 weights, f16 values.
+        let s: Vec<f32> = (0..2).map(|j| (0..4).map(|i| r(q[i] * 0.3) * r(kf[j * 4 + i])).sum()).collect();
+        let m = s[0].max(s[1]);
+        let e: Vec<f32> = s.iter().map(|x| (x - m).exp()).collect();
+        let p: Vec<f32> = e.iter().map(|x| r(x / (e[0] + e[1]))).collect();
+        let want: Vec<f32> = (0..4).map(|i| p[0] * r(vf[i]) + p[1] * r(vf[4 + i])).collect();
+        for f in [attention, attention_reference] {
+            let mut out = [0f32; 4];
+            f(&shape, &q, &[1], KvView::F16(&k16), KvView::F16(&v16), &[0, 1], AttnMask::CAUSAL, &mut out, None);
+            for (a, b) in out.iter().zip(&want) {
+                assert!((a - b).abs() <= 2e-6 * b.abs().max(1.0), "{out:?} vs {want:?}");
+            }
+        }
+    }
+
+    #[test]
     fn single_visible_key_returns_its_value() {
         let shape = AttnShape { n_head: 2, n_head_kv: 1, head_dim: 2, head_dim_v: 2, scale: 1.0 };
         let q = [1.0, 0.0, 0.0, 1.0];

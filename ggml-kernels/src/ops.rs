@@ -281,6 +281,48 @@ mod tests {
     }
 
     #[test]
+    fn gelu_f16_is_the_tanh_form_at_the_f16_input_rounded_to_f16() {
+        use half::f16;
+        for i in -2900..2900 {
+            let x = i as f32 / 293.0;
+            let x16 = f16::from_f32(x).to_f32();
+            // ggml's `ggml_gelu_f32`, in f32.
+            let tanh_form = 0.5 * x16 * (1.0 + (0.797_884_6 * x16 * (1.0 + 0.044_715 * x16 * x16)).tanh());
+            let got = gelu_tanh_f16(x);
+            assert_eq!(got, f16::from_f32(tanh_form).to_f32(), "x = {x}");
+            // Within f16 precision of the exact GELU (the tanh form cancels for negative x).
+            assert!((got - gelu_tanh(x)).abs() <= 2e-3 * gelu_tanh(x).abs() + 2e-5, "x = {x}: {got} vs {}", gelu_tanh(x));
+        }
+        assert_eq!(gelu_tanh_f16(-10.0), 0.0);
+        assert_eq!(gelu_tanh_f16(10.0), 10.0);
+        assert_eq!(gelu_tanh_f16(123.5), 123.5);
+        assert_eq!(gelu_tanh_f16(0.0), 0.0);
+    }
+
+    #[test]
+    fn ggml_rope_angles_are_repeated_f32_products() {
+        let t = RopeTable::new(RopeKind::Neox, 8, 10000.0, 1.0);
+        let pos = 600i64;
+        // Pair 2 (dimensions 2 and 6) of a unit vector rotates by pos * theta_scale^2, the
+        // product taken twice in f32.
+        let theta_scale = 10000f32.powf(-2.0 / 8.0);
+        let theta = (pos as f32 * theta_scale) * theta_scale;
+        let mut x = [0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0];
+        t.apply_all(&mut [&mut x], 8, pos, RopeAngles::Ggml);
+        assert_eq!((x[2], x[6]), (theta.cos(), theta.sin()));
+        // The exact angles differ by rounding only.
+        let mut y = [0.3f32, -1.2, 0.7, 2.0, -0.4, 0.9, 1.1, -0.6];
+        let mut z = y;
+        t.apply_all(&mut [&mut y], 8, pos, RopeAngles::Ggml);
+        t.apply_all(&mut [&mut z], 8, pos, RopeAngles::Exact);
+        assert!(y.iter().zip(&z).all(|(a, b)| (a - b).abs() < 1e-3), "{y:?} {z:?}");
+        let mut w = [0.3f32, -1.2, 0.7, 2.0, -0.4, 0.9, 1.1, -0.6];
+        let w0 = w;
+        t.apply_all(&mut [&mut w], 8, 0, RopeAngles::Ggml);
+        assert_eq!(w, w0);
+    }
+
+    #[test]
     fn activations_match_closed_forms() {
         assert!((gelu_tanh(1.0) - 0.841_192).abs() < 1e-5);
         assert!((silu(1.0) - 0.731_058_6).abs() < 1e-6);

@@ -94,3 +94,26 @@ pub(crate) fn scale_of(xb: &[f32]) -> (f32, f32) {
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     (d, id)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn activation_rule_rounds_ties_to_even_with_127_over_max() {
+        // max|x| = 127: d = 1, both rules multiply by 1; the ties tell them apart.
+        let mut x = [0.0f32; QK8_0];
+        x[..6].copy_from_slice(&[127.0, 0.5, 1.5, 2.5, -0.5, -3.5]);
+        let (mut act, mut reference) = ([BlockQ8_0 { d: f16::ZERO, qs: [0; QK8_0] }], [BlockQ8_0 { d: f16::ZERO, qs: [0; QK8_0] }]);
+        quantize_row_act(&x, &mut act);
+        quantize_row(&x, &mut reference);
+        assert_eq!(act[0].d, f16::ONE);
+        assert_eq!(act[0].qs[..6], [127, 0, 2, 2, 0, -4]);
+        assert_eq!(reference[0].qs[..6], [127, 1, 2, 3, -1, -4]);
+        // The multiplier is 127 / max|x| (not 1 / d): the largest element maps to 127 exactly.
+        let y: Vec<f32> = (0..QK8_0).map(|i| 0.37 * (i as f32 - 15.3)).collect();
+        quantize_row_act(&y, &mut act);
+        let id = 127.0 / y.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!(act[0].qs.iter().zip(&y).all(|(&q, &v)| f32::from(q) == (v * id).round_ties_even()));
+    }
+}
