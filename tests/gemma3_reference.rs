@@ -160,6 +160,23 @@ fn llama_cpp_greedy() -> Vec<Vec<u32>> {
         .collect()
 }
 
+/// Our fast path's greedy continuations against llama.cpp's (the fixture's, llama-cpp-python
+/// 0.3.36 on this x86 CPU, f16 KV cache, no flash attention).
+///
+/// The fast path computes what llama.cpp's x86 CPU backend computes wherever that is a choice of
+/// numerics: Q8_0 activations times `127 / max|x|`, ties to even; GELU from ggml's f16 table;
+/// against the f16 cache, the scaled query and the softmax weights rounded to f16; RoPE angles by
+/// repeated f32 products. For one token every tensor then equals llama.cpp's within the last bits
+/// of the products, which sum their floats in another order (about 1e-7 relative; before these
+/// changes the attention output alone differed by 2e-4). Those last bits still decide, every few
+/// thousand elements, on which side of an 8-bit rounding boundary an activation falls, and after
+/// 18 layers each such flip moves the logits by tenths: llama.cpp moves as much against itself
+/// when only its batching changes. With the prompt evaluated one token at a time, its logits
+/// stand 1.00 (mean of the per-position largest difference; rms 0.251) from its own batched
+/// ones, ours 1.03 (0.255) from them (`fast_path_logits_distance_to_llama_cpp`), and its greedy
+/// continuations part from the fixture's on two of the six prompts ("Once upon a time" after 1
+/// token, Zürich after 11, with margins up to 0.2 between its two candidates). Equality in full
+/// therefore cannot be required of every prompt; see the bounds below.
 #[test]
 fn fast_path_greedy_continuations_equal_llama_cpps() {
     let Some(path) = engine_tests::default_model() else { return };
@@ -188,13 +205,11 @@ fn fast_path_greedy_continuations_equal_llama_cpps() {
         report.push((case.text.chars().take(24).collect::<String>(), prefix(&theirs), prefix(&case.greedy), gap));
     }
     eprintln!("greedy tokens equal before the first difference (llama.cpp, transformers, our logit gap where we part from llama.cpp): {report:?}");
-    // Two engines that quantize activations differently part ways at near-ties (so does llama.cpp
-    // with itself on CPUs with other SIMD paths, and so does this engine with itself when a
-    // kernel sums its floats in another order: ggml's own generic order parts on two prompts
-    // where the AVX-512 ggml-layout kernels did not). A continuation must equal llama.cpp's, or
-    // part from it where our logits of the two tokens are within NEAR_TIE, or follow llama.cpp's
-    // or the float32 model's for at least MIN_PREFIX tokens; and some must equal llama.cpp's in
-    // full.
+    // Engines whose products sum in different orders part ways at near-ties (llama.cpp with
+    // itself, batched or not, on margins up to 0.2; this engine with itself when a kernel sums
+    // in another order). A continuation must equal llama.cpp's, or part from it where our logits
+    // of the two tokens are within NEAR_TIE, or follow llama.cpp's or the float32 model's for at
+    // least MIN_PREFIX tokens; and some must equal llama.cpp's in full.
     const MIN_PREFIX: usize = 8;
     const NEAR_TIE: f32 = 0.25;
     for (text, llama, hf, gap) in &report {
