@@ -5,7 +5,8 @@
 //! final norm and the tied output projection are shared with the other architectures
 //! ([`super::forward`]); this file is one decoder layer.
 
-use ggml_kernels::ops::{gelu_tanh, rms_norm, rms_norm_inplace};
+use ggml_kernels::ops::{gelu_tanh, gelu_tanh_f16, rms_norm, rms_norm_inplace};
+use ggml_kernels::GgmlType;
 
 use super::{attend_seqs, mm, mm_gated, mm_many, row_positions, Model, ModelError, SeqBatch};
 
@@ -32,7 +33,7 @@ pub fn layer(m: &Model<'_>, il: usize, x: &mut [f32], seqs: &mut [SeqBatch<'_>])
     }
     for (t, pos) in row_positions(seqs).into_iter().enumerate() {
         let (qt, kt) = (&mut q[t * c.n_head * hd..(t + 1) * c.n_head * hd], &mut k[t * c.n_head_kv * hd..(t + 1) * c.n_head_kv * hd]);
-        rope.apply_all(&mut [qt, kt], hd, pos as i64);
+        rope.apply_all(&mut [qt, kt], hd, pos as i64, m.rope_angles());
     }
 
     // Attention over each sequence's cache (sliding-window or global, as the layer's kind says).
@@ -47,7 +48,12 @@ pub fn layer(m: &Model<'_>, il: usize, x: &mut [f32], seqs: &mut [SeqBatch<'_>])
 
     // FFN: pre-norm, GELU-tanh gate times up, down, post-norm, residual.
     rms_norm(x, &w.ffn_norm, c.rms_eps, &mut h);
-    let gate = mm_gated(m, &w.ffn_gate.cpu(), &w.ffn_up.cpu(), &h, n, gelu_tanh)?;
+    // GELU from ggml's f16 table, as llama.cpp computes it, where the products round their
+    // activations anyway (quantized or f16 weights); the exact GELU on the exact path and with
+    // f32 weights, whose products are exact.
+    let (wg, wu) = (w.ffn_gate.cpu(), w.ffn_up.cpu());
+    let gelu = if m.exact_matmul || wg.ty == GgmlType::F32 { gelu_tanh } else { gelu_tanh_f16 };
+    let gate = mm_gated(m, &wg, &wu, &h, n, gelu)?;
     let mut down = mm(m, &w.ffn_down.cpu(), &gate, n)?;
     if let Some(pn) = &w.post_ffw_norm {
         rms_norm_inplace(&mut down, pn, c.rms_eps);

@@ -29,7 +29,7 @@ pub fn layer(m: &Model<'_>, il: usize, x: &mut [f32], seqs: &mut [SeqBatch<'_>])
     // RoPE at each token's position.
     for (t, pos) in row_positions(seqs).into_iter().enumerate() {
         let (qt, kt) = (&mut q[t * c.n_head * hd..(t + 1) * c.n_head * hd], &mut k[t * c.n_head_kv * hd..(t + 1) * c.n_head_kv * hd]);
-        rope.apply_all(&mut [qt, kt], hd, pos as i64);
+        rope.apply_all(&mut [qt, kt], hd, pos as i64, m.rope_angles());
     }
 
     // Attention over each sequence's cache, output projection, residual.

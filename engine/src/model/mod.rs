@@ -10,7 +10,7 @@ pub mod llama;
 pub mod weights;
 
 use ggml_kernels::matmul::{matmul, matmul_gated, matmul_many, matmul_reference, QMatrix};
-use ggml_kernels::ops::RopeTable;
+use ggml_kernels::ops::{RopeAngles, RopeTable};
 
 use crate::gguf::{GgufError, GgufFile};
 use config::{Arch, ModelConfig};
@@ -48,8 +48,10 @@ pub struct Model<'a> {
     pub cfg: ModelConfig,
     pub weights: Weights<'a>,
     /// Compute every matrix product in f32 from dequantized weights, instead of quantizing the
-    /// activations for integer dot products (as llama.cpp does). Slow; for checking the model
-    /// definition against a float32 reference without the activation-quantization error.
+    /// activations for integer dot products (as llama.cpp does), and GELU and the RoPE angles
+    /// exactly instead of as ggml's CPU backend does (f16 GELU table, angles by repeated f32
+    /// multiplication). Slow; for checking the model definition against a float32 reference
+    /// without the activation-quantization error.
     pub exact_matmul: bool,
     file: &'a GgufFile,
     /// Each layer's RoPE frequencies.
@@ -57,6 +59,16 @@ pub struct Model<'a> {
 }
 
 impl<'a> Model<'a> {
+    /// How the RoPE angles are computed: exactly on the exact path, as llama.cpp computes them on
+    /// the fast path.
+    pub(crate) fn rope_angles(&self) -> RopeAngles {
+        if self.exact_matmul {
+            RopeAngles::Exact
+        } else {
+            RopeAngles::Ggml
+        }
+    }
+
     pub fn load(file: &'a GgufFile) -> Result<Model<'a>, ModelError> {
         let cfg = ModelConfig::from_gguf(file)?;
         let weights = Weights::load(file, &cfg)?;
