@@ -160,6 +160,23 @@ fn llama_cpp_greedy() -> Vec<Vec<u32>> {
         .collect()
 }
 
+/// Our fast path's greedy continuations against llama.cpp's (the fixture's, llama-cpp-python
+/// 0.3.36 on this x86 CPU, f16 KV cache, no flash attention).
+///
+/// The fast path computes what llama.cpp's x86 CPU backend computes wherever that is a choice of
+/// numerics: Q8_0 activations times `127 / max|x|`, ties to even; GELU from ggml's f16 table;
+/// against the f16 cache, the scaled query and the softmax weights rounded to f16; RoPE angles by
+/// repeated f32 products. For one token every tensor then equals llama.cpp's within the last bits
+/// of the products, which sum their floats in another order (about 1e-7 relative; before these
+/// changes the attention output alone differed by 2e-4). Those last bits still decide, every few
+/// thousand elements, on which side of an 8-bit rounding boundary an activation falls, and after
+/// 18 layers each such flip moves the logits by tenths: llama.cpp moves as much against itself
+/// when only its batching changes. With the prompt evaluated one token at a time, its logits
+/// stand 1.00 (mean of the per-position largest difference; rms 0.251) from its own batched
+/// ones, ours 1.03 (0.255) from them (`fast_path_logits_distance_to_llama_cpp`), and its greedy
+/// continuations part from the fixture's on two of the six prompts ("Once upon a time" after 1
+/// token, Zürich after 11, with margins up to 0.2 between its two candidates). Equality in full
+/// therefore cannot be required of every prompt; see the bounds below.
 #[test]
 fn fast_path_greedy_continuations_equal_llama_cpps() {
     let Some(path) = engine_tests::default_model() else { return };
@@ -188,13 +205,11 @@ fn fast_path_greedy_continuations_equal_llama_cpps() {
         report.push((case.text.chars().take(24).collect::<String>(), prefix(&theirs), prefix(&case.greedy), gap));
     }
     eprintln!("greedy tokens equal before the first difference (llama.cpp, transformers, our logit gap where we part from llama.cpp): {report:?}");
-    // Two engines that quantize activations differently part ways at near-ties (so does llama.cpp
-    // with itself on CPUs with other SIMD paths, and so does this engine with itself when a
-    // kernel sums its floats in another order: ggml's own generic order parts on two prompts
-    // where the AVX-512 ggml-layout kernels did not). A continuation must equal llama.cpp's, or
-    // part from it where our logits of the two tokens are within NEAR_TIE, or follow llama.cpp's
-    // or the float32 model's for at least MIN_PREFIX tokens; and some must equal llama.cpp's in
-    // full.
+    // Engines whose products sum in different orders part ways at near-ties (llama.cpp with
+    // itself, batched or not, on margins up to 0.2; this engine with itself when a kernel sums
+    // in another order). A continuation must equal llama.cpp's, or part from it where our logits
+    // of the two tokens are within NEAR_TIE, or follow llama.cpp's or the float32 model's for at
+    // least MIN_PREFIX tokens; and some must equal llama.cpp's in full.
     const MIN_PREFIX: usize = 8;
     const NEAR_TIE: f32 = 0.25;
     for (text, llama, hf, gap) in &report {
@@ -206,4 +221,97 @@ fn fast_path_greedy_continuations_equal_llama_cpps() {
     }
     let full = report.iter().filter(|r| r.1 == 32).count();
     assert!(full >= 1, "none of {} continuations equals llama.cpp's in full", report.len());
+}
+
+/// Position by position, how far our fast path's logits stand from llama.cpp's, on each prompt
+/// and llama.cpp's greedy continuation (the prompt as one batch, then one token at a time, as
+/// llama.cpp ran). The rows come from `tests/scripts/dump_gemma3_llamacpp_logits.py` (in
+/// `ENGINE_LLAMACPP_LOGITS`, default `/tmp/gemma3-llamacpp-logits`); a measuring tool, not a check:
+/// `cargo test --release -p engine-tests --test gemma3_reference -- --ignored --nocapture distance`.
+///
+/// Per row it takes the largest |difference| over the vocabulary and the root mean square; beside
+/// ours it reports llama.cpp's distance from itself with the prompt evaluated one token at a time
+/// (`logits_seq.f32`), the floor of what matching its numerics can reach without its summation
+/// order. `ENGINE_OURS_LOGITS=FILE` also writes our rows there, in the same order.
+#[test]
+#[ignore]
+fn fast_path_logits_distance_to_llama_cpp() {
+    let Some(path) = engine_tests::default_model() else { return };
+    let dir = std::env::var("ENGINE_LLAMACPP_LOGITS").unwrap_or_else(|_| "/tmp/gemma3-llamacpp-logits".into());
+    let index: Value = serde_json::from_str(&std::fs::read_to_string(format!("{dir}/index.json")).expect("index.json")).expect("json");
+    let read = |name: &str| -> Option<Vec<f32>> {
+        let bytes = std::fs::read(format!("{dir}/{name}")).ok()?;
+        Some(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+    };
+    let theirs = read("logits.f32").expect("logits.f32");
+    let seq = read("logits_seq.f32");
+    let file = GgufFile::open(&path).unwrap();
+    let model = Model::load(&file).unwrap();
+    let n_vocab = model.cfg.n_vocab;
+    assert_eq!(index["n_vocab"].as_u64(), Some(n_vocab as u64));
+    let params = SessionParams { n_ctx: 1024, ..SessionParams::default() };
+    let mut dump = std::env::var("ENGINE_OURS_LOGITS").ok().map(|p| std::fs::File::create(p).expect("ENGINE_OURS_LOGITS"));
+    // (largest |difference|, root mean square) of two rows.
+    let stats = |a: &[f32], b: &[f32]| -> (f32, f64) {
+        let (mut max, mut sq) = (0f32, 0f64);
+        for (x, y) in a.iter().zip(b) {
+            max = max.max((x - y).abs());
+            sq += ((x - y) as f64).powi(2);
+        }
+        (max, (sq / a.len() as f64).sqrt())
+    };
+    // Sums over all rows: [ours max, ours rms, floor max, floor rms], and the row count.
+    let (mut total, mut all_rows) = ([0f64; 4], 0usize);
+    for c in index["cases"].as_array().unwrap() {
+        let tokens: Vec<u32> = c["tokens"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+        let (n_prompt, first, row0) = (c["n_prompt"].as_u64().unwrap() as usize, c["first"].as_u64().unwrap() as usize, c["row"].as_u64().unwrap() as usize);
+        let mut s = Session::new(&model, &params).unwrap();
+        if first > 0 {
+            s.eval(&tokens[..first], Logits::Last).unwrap();
+        }
+        let mut ours = s.eval(&tokens[first..n_prompt], Logits::All).unwrap();
+        for &t in &tokens[n_prompt..] {
+            ours.extend(s.eval(&[t], Logits::Last).unwrap());
+        }
+        let n_rows = ours.len() / n_vocab;
+        if let Some(f) = dump.as_mut() {
+            use std::io::Write;
+            f.write_all(&ours.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+        }
+        let (mut line, mut sums, mut parted, mut equal) = (String::new(), [0f64; 4], 0usize, 0usize);
+        for r in 0..n_rows {
+            let row = |v: &[f32], i: usize| v[i * n_vocab..(i + 1) * n_vocab].to_vec();
+            let (a, b) = (row(&ours, r), row(&theirs, row0 + r));
+            let (max, rms) = stats(&a, &b);
+            let (fmax, frms) = seq.as_ref().map_or((0.0, 0.0), |q| stats(&row(q, row0 + r), &b));
+            for (acc, v) in sums.iter_mut().zip([max as f64, rms, fmax as f64, frms]) {
+                *acc += v;
+            }
+            let differs = argmax(&a) != argmax(&b);
+            equal += (max < 1e-3) as usize;
+            parted += differs as usize;
+            line += &format!(" {max:.3}{}", if differs { "*" } else { "" });
+        }
+        let text: String = c["text"].as_str().unwrap().chars().take(20).collect();
+        let m = |i: usize| sums[i] / n_rows as f64;
+        eprintln!(
+            "{text:?}: {n_rows} rows, mean of max|d| {:.4} (llama.cpp's floor {:.4}), mean rms {:.4} (floor {:.4}), top-1 differs at {parted}, equal within 1e-3 at {equal}\n  max|d| per row:{line}",
+            m(0),
+            m(2),
+            m(1),
+            m(3)
+        );
+        for (t, s) in total.iter_mut().zip(sums) {
+            *t += s;
+        }
+        all_rows += n_rows;
+    }
+    let m = |i: usize| total[i] / all_rows as f64;
+    eprintln!(
+        "over {all_rows} rows: mean of the per-row largest |logit difference| from llama.cpp {:.4} (llama.cpp's own, prompt one token at a time: {:.4}); mean rms {:.4} ({:.4})",
+        m(0),
+        m(2),
+        m(1),
+        m(3)
+    );
 }

@@ -26,7 +26,14 @@
 // with 8 (H200, Llama-3-8B shape at 8,320 slots: 31.0 us per call with 16, 33.6 with 8, the
 // registers going from 166 to 255 and the resident blocks from 3 to 2 per multiprocessor; the
 // 8-head kernel at 255 registers spills, and Qwen 2.5 7B's shape took 42.2 us with 16, 36.8 with 8).
-#define AD_INFLIGHT(G) ((G) <= 4 ? 16 : 8)
+// (Tuning knobs AD_INFLIGHT_G4, AD_INFLIGHT_G8: the counts for up to 4 and for 8 heads.)
+#ifndef AD_INFLIGHT_G4
+#define AD_INFLIGHT_G4 16
+#endif
+#ifndef AD_INFLIGHT_G8
+#define AD_INFLIGHT_G8 8
+#endif
+#define AD_INFLIGHT(G) ((G) <= 4 ? AD_INFLIGHT_G4 : AD_INFLIGHT_G8)
 #define AD_MAX_SPLITS 256
 #define AD_MERGE_THREADS 256
 #define ATT_MAX_D 256
@@ -66,7 +73,10 @@ __device__ __forceinline__ void unpack_half8(const half8_t& h, float* f) {
 // Launch: grid (n_head_kv * ceil(group / G), n_splits, n tokens), block AD_TILE. part: [n][n_head]
 // [n_splits][2 + Dv] floats. qpos: [n]; base: [n] or null (every token at slot 0); a token whose
 // run base .. base + n_slots does not lie within the total_slots of the caches sees no slot.
-template <int G>
+// VEC: both head dimensions are multiples of 8 (every model's), so every key and value piece is
+// one 16-byte load and the element-wise fallback is not compiled in (it doubled the code, and a
+// decode over a few slots is bound by fetching the kernel's instructions).
+template <int G, bool VEC>
 __device__ __forceinline__ void attn_decode_body(const float* __restrict__ q, const u16* __restrict__ k,
                                                  const u16* __restrict__ v, const int* __restrict__ kpos,
                                                  const int* __restrict__ qpos, const int* __restrict__ base,
@@ -98,7 +108,7 @@ __device__ __forceinline__ void attn_decode_body(const float* __restrict__ q, co
     // Key pieces of 8 dimensions (thread = slot), value pieces (thread = piece pc of the rows
     // j = gr, gr + n_groups, ... of the tile).
     const int pk = (D + 7) / 8, pv = (Dv + 7) / 8;
-    const bool kvec = D % 8 == 0, vvec = Dv % 8 == 0;
+    const bool kvec = VEC || D % 8 == 0, vvec = VEC || Dv % 8 == 0;
     const int n_groups = AD_TILE / pv, pc = tid % pv, gr = tid / pv;
     const long long k_stride = (long long)n_head_kv * D, v_stride = (long long)n_head_kv * Dv;
     constexpr int KCHUNK = AD_INFLIGHT(G), VUNROLL = AD_INFLIGHT(G);
@@ -263,15 +273,19 @@ __device__ __forceinline__ void attn_decode_body(const float* __restrict__ q, co
     }
 }
 
-#define ATTN_DECODE_KERNEL(G)                                                                                            \
+// attn_decode_g<G>: head dimensions multiples of 8; attn_decode_g<G>_any: any.
+#define ATTN_DECODE_KERNEL_VARIANT(name, G, VEC)                                                                         \
     extern "C" __global__ void __launch_bounds__(AD_TILE)                                                                \
-        attn_decode_g##G(const float* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v,             \
-                         const int* __restrict__ kpos, const int* __restrict__ qpos, const int* __restrict__ base,      \
-                         float* __restrict__ part, int n_slots, int total_slots, int n_head, int n_head_kv, int D,      \
-                         int Dv, float scale, int window, int sink, int span, int split, int positional) {              \
-        attn_decode_body<G>(q, k, v, kpos, qpos, base, part, n_slots, total_slots, n_head, n_head_kv, D, Dv, scale,   \
-                            window, sink, span, split, positional);                                                     \
+        name(const float* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v,                          \
+             const int* __restrict__ kpos, const int* __restrict__ qpos, const int* __restrict__ base,                  \
+             float* __restrict__ part, int n_slots, int total_slots, int n_head, int n_head_kv, int D, int Dv,          \
+             float scale, int window, int sink, int span, int split, int positional) {                                  \
+        attn_decode_body<G, VEC>(q, k, v, kpos, qpos, base, part, n_slots, total_slots, n_head, n_head_kv, D, Dv,      \
+                                 scale, window, sink, span, split, positional);                                         \
     }
+#define ATTN_DECODE_KERNEL(G)                                   \
+    ATTN_DECODE_KERNEL_VARIANT(attn_decode_g##G, G, true)       \
+    ATTN_DECODE_KERNEL_VARIANT(attn_decode_g##G##_any, G, false)
 ATTN_DECODE_KERNEL(1)
 ATTN_DECODE_KERNEL(2)
 ATTN_DECODE_KERNEL(4)

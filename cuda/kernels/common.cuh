@@ -32,6 +32,10 @@ __device__ __forceinline__ int dp4a(int a, int b, int c) {
 }
 
 // The i-th 32-bit word at p, where p is only 2-byte aligned (Q4_0, Q5_0, Q8_0, Q6_K blocks).
+// Bytes of a Q6_K block on the device: the file's 210 bytes and two of padding (zeros), so that
+// every block, and with it the quant words, is 4-byte aligned (CudaBackend::upload_matrix pads).
+#define Q6K_DEV_TS 212
+
 __device__ __forceinline__ int load_int_b2(const void* p, int i) {
     const u16* x = (const u16*)p;
     return (int)((u32)x[2 * i] | ((u32)x[2 * i + 1] << 16));

@@ -62,7 +62,7 @@ struct dq_q4_k {
 // Q6_K: ql[128], qh[64], i8 scales[16], f16 d; element 128h + 32s + l: low nibble s/2 of
 // ql[64h + 32(s%2) + l], top bits 2s of qh[32h + l], scale 8h + 2s + l/16; x = d * sc * (q - 32).
 struct dq_q6_k {
-    static constexpr int QK = 256, TS = 210;
+    static constexpr int QK = 256, TS = Q6K_DEV_TS;
     static __device__ __forceinline__ float get(const u8* b, int e) {
         const int h = e / 128, s = (e / 32) & 3, l = e & 31;
         const int lo = (b[64 * h + 32 * (s & 1) + l] >> (4 * (s >> 1))) & 15;

@@ -113,13 +113,13 @@ struct mv_q4_k {
     }
 };
 
-// Q6_K: 210 bytes (ql[128], qh[64], i8 scales[16], f16 d), 2-byte aligned; element
+// Q6_K: 210 bytes (ql[128], qh[64], i8 scales[16], f16 d), padded to Q6K_DEV_TS on the device; element
 // 128h + 32s + l has its low nibble in nibble s/2 of ql[64h + 32(s%2) + l] and its top two bits
 // at bits 2s of qh[32h + l], in group 16-element group 8h + 2s + l/16; x = d * sc * (q - 32).
 // 32 threads per block: thread t = 16h + j takes ql word j of half h (s = j/8 and j/8 + 2,
 // l = 4(j%8)..4(j%8)+3) and the matching qh word.
 struct mv_q6_k {
-    static constexpr int QK = 256, TS = 210, TPB = 32;
+    static constexpr int QK = 256, TS = Q6K_DEV_TS, TPB = 32;
     static __device__ __forceinline__ float dot(const u8* bw, const block_q8_1* y, int t) {
         const int h = t / 16, j = t % 16, jl = j % 8;
         const int v = load_int_b2(bw, 16 * h + j);
@@ -240,14 +240,34 @@ __device__ __forceinline__ int byte_of(int x, int i) { return (x >> (8 * i)) & 0
 
 // Weight loads of version 2, as volatile PTX (kept in program order in the PTX; ptxas still
 // schedules them, see above). `.nc`: the weights are read-only for the kernel's life.
+// MV_LD_HINT (tuning knob): cache qualifiers of the streaming weight loads, the 16-byte and
+// 32-bit ones (each thread its own bytes: Q4_K's quants and header, Q6_K's quant words).
+// 0: none; 1: `.L2::256B` (each miss brings the 256 bytes around it into L2); 2: that and
+// `.L1::no_allocate` (streamed weights do not evict the activations from L1); 3: `.L2::128B`.
+// The 16-bit and byte loads (Q4_0, Q5_0, Q8_0 words read in halves, scales, block scales) stay
+// plain: there the second half of a word is an L1 hit. H200, tg128, the same call: 8B Q4_K_M
+// 302.4 t/s with 2 against 279.6 with 0, 1B 882.6 against 840.9; on Q4_0, where the hint applied
+// to the 16-bit loads too, 241.5 against 297.4, hence those are left out.
+#ifndef MV_LD_HINT
+#define MV_LD_HINT 2
+#endif
+#if MV_LD_HINT == 1
+#define MV_LD "ld.global.nc.L2::256B"
+#elif MV_LD_HINT == 2
+#define MV_LD "ld.global.nc.L1::no_allocate.L2::256B"
+#elif MV_LD_HINT == 3
+#define MV_LD "ld.global.nc.L2::128B"
+#else
+#define MV_LD "ld.global.nc"
+#endif
 __device__ __forceinline__ int4_t ldg_v4(const void* p) {
     int4_t r;
-    asm volatile("ld.global.nc.v4.s32 {%0, %1, %2, %3}, [%4];" : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
+    asm volatile(MV_LD ".v4.s32 {%0, %1, %2, %3}, [%4];" : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
     return r;
 }
 __device__ __forceinline__ int ldg_s32(const void* p) {
     int r;
-    asm volatile("ld.global.nc.s32 %0, [%1];" : "=r"(r) : "l"(p));
+    asm volatile(MV_LD ".s32 %0, [%1];" : "=r"(r) : "l"(p));
     return r;
 }
 __device__ __forceinline__ u16 ldg_u16(const void* p) {
@@ -414,9 +434,10 @@ struct mv2_q4_k {
     }
 };
 
-// Q6_K (as mv_q6_k): 32 threads per block.
+// Q6_K (as mv_q6_k): 32 threads per block. The device's blocks are padded to 4-byte alignment
+// (Q6K_DEV_TS), so the quant words are single 32-bit loads (two 16-bit loads each at 210 bytes).
 struct mv2_q6_k {
-    static constexpr int QK = 256, TS = 210, TPB = 32;
+    static constexpr int QK = 256, TS = Q6K_DEV_TS, TPB = 32;
     struct W {
         int v, vh;
         int sc_lo, sc_hi;
@@ -425,7 +446,7 @@ struct mv2_q6_k {
     static __device__ __forceinline__ W load(const u8* bw, int t) {
         const int h = t / 16, j = t % 16, jl = j % 8;
         const int g = 8 * h + jl / 4 + 2 * (j / 8);
-        return W{ldg_int_b2(bw, 16 * h + j), ldg_int_b2(bw + 128, 8 * h + jl), ldg_s8(bw + 192 + g), ldg_s8(bw + 192 + g + 4),
+        return W{ldg_s32(bw + 4 * (16 * h + j)), ldg_s32(bw + 128 + 4 * (8 * h + jl)), ldg_s8(bw + 192 + g), ldg_s8(bw + 192 + g + 4),
                  ldg_u16(bw + 208)};
     }
     static __device__ __forceinline__ float compute(const W& w, const block_q8_1* y, int t) {

@@ -37,22 +37,31 @@ extern "C" __global__ void add_rms_norm_q8_1(float* x, const float* __restrict__
     float* xr = x + row * n;
     float vals[NORM_CACHED], ws[NORM_CACHED];
     float ss = 0.0f;
+    // Every load of the cached elements first, then the additions and stores: x may alias
+    // nothing here, but the compiler cannot know, and a store to x between two loads of it would
+    // keep it from issuing them together (one L2 round trip per element instead of one in all).
 #pragma unroll
     for (int k = 0; k < NORM_CACHED; ++k) {
         const int i = threadIdx.x + k * blockDim.x;
-        vals[k] = 0.0f;
-        ws[k] = 0.0f;
-        if (i < n) {
-            float v = xr[i];
-            if (y != nullptr) {
-                v += y[row * n + i];
-                xr[i] = v;
-            }
-            vals[k] = v;
-            ws[k] = w[i];
-            ss += v * v;
+        vals[k] = i < n ? xr[i] : 0.0f;
+        ws[k] = i < n ? w[i] : 0.0f;
+    }
+    if (y != nullptr) {
+        float ys[NORM_CACHED];
+#pragma unroll
+        for (int k = 0; k < NORM_CACHED; ++k) {
+            const int i = threadIdx.x + k * blockDim.x;
+            ys[k] = i < n ? y[row * n + i] : 0.0f;
+        }
+#pragma unroll
+        for (int k = 0; k < NORM_CACHED; ++k) {
+            const int i = threadIdx.x + k * blockDim.x;
+            vals[k] += ys[k];
+            if (i < n) xr[i] = vals[k];
         }
     }
+#pragma unroll
+    for (int k = 0; k < NORM_CACHED; ++k) ss += vals[k] * vals[k];
     for (int i = threadIdx.x + NORM_CACHED * blockDim.x; i < n; i += blockDim.x) {
         float v = xr[i];
         if (y != nullptr) {

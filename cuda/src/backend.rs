@@ -87,6 +87,28 @@ impl<T> DeviceBuffer<T> {
     }
 }
 
+/// Page-locked host memory of `len` elements of `T`, the target of downloads that must run at
+/// the link's full speed (a pageable download goes through a staging copy). Cached, not
+/// write-combined: the host reads it.
+pub struct HostBuffer<T> {
+    inner: cudarc::driver::PinnedHostSlice<T>,
+}
+
+impl<T: DeviceElem> HostBuffer<T> {
+    pub fn len(&self) -> usize {
+        self.inner.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.inner.len() == 0
+    }
+
+    /// The contents, once every copy into them has completed.
+    pub fn as_slice(&self) -> Result<&[T], CudaError> {
+        self.inner.as_slice().map_err(driver("cuEventSynchronize"))
+    }
+}
+
 impl<T> std::fmt::Debug for DeviceBuffer<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "DeviceBuffer<{}>[{}]", std::any::type_name::<T>(), self.inner.len())
@@ -236,6 +258,22 @@ fn decode_partials(s: &AttnShape, n_slots: usize, n: usize) -> usize {
     n * s.n_head * decode_max_splits(s, n_slots, n) * (2 + s.head_dim_v)
 }
 
+/// Bytes of a Q6_K block in the file and on the device (`Q6K_DEV_TS` in the kernels): two zero
+/// bytes after each block keep every block 4-byte aligned, so the kernels read the quants in
+/// 32-bit words. 1% more bytes for those matrices.
+const Q6_K_BYTES: usize = 210;
+const Q6_K_DEVICE_BYTES: usize = 212;
+
+/// Q6_K blocks in the device layout: each block followed by `Q6_K_DEVICE_BYTES - Q6_K_BYTES` zeros.
+fn pad_q6_k(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() / Q6_K_BYTES * Q6_K_DEVICE_BYTES);
+    for block in data.chunks_exact(Q6_K_BYTES) {
+        out.extend_from_slice(block);
+        out.extend_from_slice(&[0; Q6_K_DEVICE_BYTES - Q6_K_BYTES]);
+    }
+    out
+}
+
 /// The largest head dimension of the attention kernels (`ATT_MAX_D`).
 pub const ATT_MAX_HEAD_DIM: usize = 256;
 
@@ -259,6 +297,8 @@ struct Kernels {
     matvec2: Vec<[CudaFunction; 3]>,
     /// Decode attention with 1, 2, 4 and 8 query heads per block ([`AD_GROUPS`]).
     attn_decode: [CudaFunction; 4],
+    /// The same for head dimensions that are not multiples of 8.
+    attn_decode_any: [CudaFunction; 4],
     attn_merge: CudaFunction,
 }
 
@@ -356,6 +396,12 @@ impl CudaBackend {
                 })
                 .collect::<Result<_, CudaError>>()?,
             attn_decode: [func("attn_decode_g1")?, func("attn_decode_g2")?, func("attn_decode_g4")?, func("attn_decode_g8")?],
+            attn_decode_any: [
+                func("attn_decode_g1_any")?,
+                func("attn_decode_g2_any")?,
+                func("attn_decode_g4_any")?,
+                func("attn_decode_g8_any")?,
+            ],
             attn_merge: func("attn_decode_merge")?,
         };
         let mk = model_ops::ModelKernels::load(&func)?;
@@ -442,6 +488,25 @@ impl CudaBackend {
         self.stream.memcpy_htod(host, &mut dst.inner).map_err(driver("cuMemcpyHtoD"))
     }
 
+    /// `len` zeroed elements of page-locked host memory.
+    pub fn alloc_host<T: DeviceElem>(&self, len: usize) -> Result<HostBuffer<T>, CudaError> {
+        // SAFETY: the memory is written (zeroed) before anything reads it; flags 0: cached host
+        // memory, not write-combined (the host reads it).
+        let mut inner = unsafe { self.ctx.alloc_pinned_with_flags::<T>(len, 0) }.map_err(driver("cuMemHostAlloc"))?;
+        // SAFETY: `len` elements of T, which is valid as zero bits (DeviceElem).
+        unsafe { std::ptr::write_bytes(inner.as_mut_ptr().map_err(driver("cuEventSynchronize"))?, 0, len) };
+        Ok(HostBuffer { inner })
+    }
+
+    /// Waits for the stream and copies `src` into the page-locked `dst` (same length); returns
+    /// the copy.
+    pub fn download_pinned<'h, T: DeviceElem>(&self, src: &DeviceBuffer<T>, dst: &'h mut HostBuffer<T>) -> Result<&'h [T], CudaError> {
+        expect_len("download", dst.len(), src.len())?;
+        self.stream.memcpy_dtoh(&src.inner, &mut dst.inner).map_err(driver("cuMemcpyDtoH"))?;
+        self.synchronize()?;
+        dst.as_slice()
+    }
+
     /// Waits for the stream and copies `src` to the host.
     pub fn download<T: DeviceElem>(&self, src: &DeviceBuffer<T>) -> Result<Vec<T>, CudaError> {
         let mut host = vec![T::default(); src.len()];
@@ -491,7 +556,8 @@ impl CudaBackend {
         }
         as_i32("matrix columns", w.cols)?;
         as_u32("matrix rows", w.rows)?;
-        Ok(DeviceMatrix { ty: w.ty, cols: w.cols, rows: w.rows, data: self.upload(w.data)? })
+        let data = if w.ty == GgmlType::Q6_K { self.upload(&pad_q6_k(w.data))? } else { self.upload(w.data)? };
+        Ok(DeviceMatrix { ty: w.ty, cols: w.cols, rows: w.rows, data })
     }
 
     /// RMSNorm of each row of `x` (rows of `w.len()` elements) times `w`, into `out`.
@@ -838,7 +904,10 @@ impl CudaBackend {
         let (split, n_splits) = decode_split(s, n_slots, n);
         let group = s.n_head / s.n_head_kv;
         let heads = decode_heads_per_block(group);
-        let f = &self.k.attn_decode[AD_GROUPS.iter().position(|&g| g == heads).unwrap_or(AD_GROUPS.len() - 1)];
+        // (Head dimensions that are not whole 16-byte pieces take the kernels with the
+        // element-wise fallback.)
+        let kernels = if s.head_dim % 8 == 0 && s.head_dim_v % 8 == 0 { &self.k.attn_decode } else { &self.k.attn_decode_any };
+        let f = &kernels[AD_GROUPS.iter().position(|&g| g == heads).unwrap_or(AD_GROUPS.len() - 1)];
         let grid_x = as_u32("attention blocks per token", s.n_head_kv * group.div_ceil(heads))?;
         let (n_slots32, total32, split32) = (as_i32("slots", n_slots)?, as_i32("cache slots", total)?, as_i32("split", split)?);
         let (n_head, n_head_kv) = (as_i32("n_head", s.n_head)?, as_i32("n_head_kv", s.n_head_kv)?);
@@ -875,5 +944,25 @@ impl CudaBackend {
         // given the Dv / 32 Q8_1 blocks of that row of outq (lengths checked).
         unsafe { b.launch(grid) }.map_err(driver("launch attn_decode_merge"))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn q6_k_device_blocks_are_the_file_blocks_padded_as_the_kernels_read_them() {
+        let common = include_str!("../kernels/common.cuh");
+        assert!(common.contains(&format!("#define Q6K_DEV_TS {Q6_K_DEVICE_BYTES}")), "the kernels' Q6_K stride differs from the upload's");
+        assert_eq!(Q6_K_DEVICE_BYTES % 4, 0);
+        let file: Vec<u8> = (0..3 * Q6_K_BYTES).map(|i| (i % 251) as u8 + 1).collect();
+        let dev = pad_q6_k(&file);
+        assert_eq!(dev.len(), 3 * Q6_K_DEVICE_BYTES);
+        for (b, block) in file.chunks_exact(Q6_K_BYTES).enumerate() {
+            let d = &dev[b * Q6_K_DEVICE_BYTES..(b + 1) * Q6_K_DEVICE_BYTES];
+            assert_eq!(&d[..Q6_K_BYTES], block);
+            assert!(d[Q6_K_BYTES..].iter().all(|&x| x == 0));
+        }
     }
 }

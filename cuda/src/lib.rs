@@ -27,7 +27,7 @@ mod nvrtc;
 use std::fmt;
 
 pub use backend::{
-    CudaBackend, DeviceBuffer, DeviceElem, DeviceGraph, DeviceMatrix, GatedAct, MatmulScratch, MatvecKernel, QkvExtras, RopeParams,
+    CudaBackend, DeviceBuffer, DeviceElem, DeviceGraph, DeviceMatrix, GatedAct, HostBuffer, MatmulScratch, MatvecKernel, QkvExtras, RopeParams,
     ATT_MAX_HEAD_DIM,
     DEFAULT_MATVEC, DEQUANT_TYPES, GEMM_MIN_TOKENS, MATVEC_TYPES, Q8_0_BYTES, Q8_1_BYTES,
 };

@@ -72,7 +72,18 @@ pub(crate) const FILES: &[KernelFile] = &[
     KernelFile {
         name: "attention.cu",
         source: include_str!("../kernels/attention.cu"),
-        functions: &["attn_decode_g1", "attn_decode_g2", "attn_decode_g4", "attn_decode_g8", "attn_decode_merge", "attn_prefill"],
+        functions: &[
+            "attn_decode_g1",
+            "attn_decode_g2",
+            "attn_decode_g4",
+            "attn_decode_g8",
+            "attn_decode_g1_any",
+            "attn_decode_g2_any",
+            "attn_decode_g4_any",
+            "attn_decode_g8_any",
+            "attn_decode_merge",
+            "attn_prefill",
+        ],
     },
     KernelFile {
         name: "dequant.cu",
@@ -474,8 +485,8 @@ mod tests {
                 if let Some(ty) = func.strip_prefix("get_rows_").or_else(|| func.strip_prefix("dequant_f16_")) {
                     patterns.push(format!("DEQUANT_KERNELS({ty}, "));
                 }
-                // Defined by `ATTN_DECODE_KERNEL(G)` as attn_decode_g<G>.
-                if let Some(g) = func.strip_prefix("attn_decode_g") {
+                // Defined by `ATTN_DECODE_KERNEL(G)` as attn_decode_g<G> and attn_decode_g<G>_any.
+                if let Some(g) = func.strip_prefix("attn_decode_g").map(|g| g.trim_end_matches("_any")) {
                     patterns.push(format!("ATTN_DECODE_KERNEL({g})"));
                 }
                 let defined = patterns.iter().any(|p| f.source.contains(p));

@@ -471,7 +471,7 @@ fn attention_rejects_bad_shapes() {
 }
 
 /// Decode attention for every mask kind, GQA groups of 1, 2, 4, 8 and 16 query heads, head
-/// dimensions 64, 128 and 256, caches with empty slots, a long cache held only in part (most
+/// dimensions 64, 128 and 256 (and 20, 36/12: not multiples of 8), caches with empty slots, a long cache held only in part (most
 /// blocks see nothing), and 20,000-slot caches (many splits of several tiles).
 #[test]
 fn attention_decode_matches_cpu_for_every_mask_group_and_head_size() {
@@ -492,6 +492,12 @@ fn attention_decode_matches_cpu_for_every_mask_group_and_head_size() {
     // A group of 16 (two blocks per KV head), and one of 7 (Qwen 2.5 7B's 28/4).
     cases.push(AttnCase { n_head: 16, n_head_kv: 1, head_dim: 128, head_dim_v: 128, kpos: in_order(900), qpos: 899, mask: AttnMask::CAUSAL });
     cases.push(AttnCase { n_head: 28, n_head_kv: 4, head_dim: 128, head_dim_v: 128, kpos: in_order(700), qpos: 699, mask: AttnMask::sliding(256) });
+    // Head dimensions that are not whole 16-byte pieces (the kernels with the element-wise
+    // fallback): keys and values of 20, keys of 36 with values of 12, groups of 1 and 4.
+    for (group, head_dim, head_dim_v) in [(1usize, 20usize, 20usize), (4, 36, 12)] {
+        let kpos: Vec<i32> = (0..700).map(|s| if s % 29 == 3 { -1 } else { s }).collect();
+        cases.push(AttnCase { n_head: 2 * group, n_head_kv: 2, head_dim, head_dim_v, kpos, qpos: 700, mask: AttnMask::CAUSAL });
+    }
     // `engine run`'s cache: 4096 slots, 40 held.
     let few: Vec<i32> = (0..4096).map(|s| if s < 40 { s } else { -1 }).collect();
     cases.push(AttnCase { n_head: 32, n_head_kv: 8, head_dim: 128, head_dim_v: 128, kpos: few, qpos: 40, mask: AttnMask::CAUSAL });

@@ -57,7 +57,7 @@ fn parallel_sequences_match_each_alone() {
             worst = worst.max(e);
         }
         for (i, step) in steps.iter().enumerate() {
-            let g = gpu.eval_parallel(step).unwrap();
+            let g = gpu.eval_parallel(step).unwrap().to_vec();
             assert_eq!(g.len(), 3 * n_vocab);
             for s in 0..3 {
                 let c = cpu[s].eval(&step[s..s + 1], Logits::Last).unwrap();
@@ -70,7 +70,7 @@ fn parallel_sequences_match_each_alone() {
         }
         assert_eq!((gpu.n_past_of(0), gpu.n_past_of(1), gpu.n_past_of(2)), (15, 46, 29));
         // A step of the first two sequences leaves the third where it was.
-        let g = gpu.eval_parallel(&steps[0][..2]).unwrap();
+        let g = gpu.eval_parallel(&steps[0][..2]).unwrap().to_vec();
         assert_eq!(g.len(), 2 * n_vocab);
         for s in 0..2 {
             let c = cpu[s].eval(&steps[0][s..s + 1], Logits::Last).unwrap();
@@ -85,7 +85,7 @@ fn parallel_sequences_match_each_alone() {
         two.copy_sequence(0, 1).unwrap();
         assert_eq!(two.n_past_of(1), prompts[1].len());
         let t = steps[0][1];
-        let g = two.eval_parallel(&[t, t]).unwrap();
+        let g = two.eval_parallel(&[t, t]).unwrap().to_vec();
         let (a, b) = g.split_at(n_vocab);
         assert!(nmse(a, b) <= 1e-10, "{name} {ftype}: a copied sequence differs from its source: {:.3e}", nmse(a, b));
         let mut alone = Session::new(&model, &params).unwrap();

@@ -46,6 +46,19 @@ pub enum RopeKind {
     Neox,
 }
 
+/// How [`RopeTable`] computes its rotation angles and their cosines and sines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeAngles {
+    /// `theta = pos * freq_scale * base^(-2i/d)` and its cosine and sine in f64, rounded to f32:
+    /// the angles themselves, for the exact path.
+    Exact,
+    /// As ggml's CPU backend computes them (`ggml_rope_cache_init`, no YaRN): theta starts at
+    /// `pos * freq_scale` in f32 and is multiplied by `theta_scale = base^(-2/d)` (f32 `powf`)
+    /// once per pair, cosine and sine in f32. The repeated rounding moves the angles by up to
+    /// about 1e-4 radians at position 600, so the fast path takes them as llama.cpp does.
+    Ggml,
+}
+
 /// The rotation angles' frequencies: `base^(-2i/d)` for `i < d/2`, each divided by `freq_scale`'s
 /// inverse (linear position scaling: `theta = pos * freq_scale * base^(-2i/d)`).
 #[derive(Clone, Debug)]
@@ -54,6 +67,9 @@ pub struct RopeTable {
     /// Rotated dimensions per head (≤ head_dim; the rest pass through).
     pub n_rot: usize,
     inv_freq: Vec<f64>,
+    /// ggml's `theta_scale`, `base^(-2/n_rot)` in f32.
+    theta_scale: f32,
+    freq_scale: f32,
 }
 
 impl RopeTable {
@@ -61,17 +77,18 @@ impl RopeTable {
         let inv_freq = (0..n_rot / 2)
             .map(|i| freq_scale as f64 * (base as f64).powf(-2.0 * i as f64 / n_rot as f64))
             .collect();
-        RopeTable { kind, n_rot, inv_freq }
+        let theta_scale = base.powf(-2.0 / n_rot as f32);
+        RopeTable { kind, n_rot, inv_freq, theta_scale, freq_scale }
     }
 
     /// Rotates every head of one token's vector `x` (`n_head * head_dim` elements) to position `pos`.
     pub fn apply(&self, x: &mut [f32], head_dim: usize, pos: i64) {
-        self.apply_all(&mut [x], head_dim, pos);
+        self.apply_all(&mut [x], head_dim, pos, RopeAngles::Exact);
     }
 
     /// [`RopeTable::apply`] to each of `xs` (one token's queries and keys), with the cosines and
-    /// sines of `pos` computed once for all of them.
-    pub fn apply_all(&self, xs: &mut [&mut [f32]], head_dim: usize, pos: i64) {
+    /// sines of `pos` (computed as `angles` says) computed once for all of them.
+    pub fn apply_all(&self, xs: &mut [&mut [f32]], head_dim: usize, pos: i64, angles: RopeAngles) {
         debug_assert!(head_dim >= self.n_rot && xs.iter().all(|x| x.len() % head_dim == 0));
         let half = self.n_rot / 2;
         // cos/sin per frequency, once per call (shared by all heads).
@@ -83,9 +100,21 @@ impl RopeTable {
             cs_vec = vec![(0f32, 0f32); half];
             &mut cs_vec
         };
-        for (c, &f) in cs.iter_mut().zip(&self.inv_freq) {
-            let theta = pos as f64 * f;
-            *c = (theta.cos() as f32, theta.sin() as f32);
+        match angles {
+            RopeAngles::Exact => {
+                for (c, &f) in cs.iter_mut().zip(&self.inv_freq) {
+                    let theta = pos as f64 * f;
+                    *c = (theta.cos() as f32, theta.sin() as f32);
+                }
+            }
+            RopeAngles::Ggml => {
+                let mut theta = pos as f32;
+                for c in cs.iter_mut() {
+                    let t = self.freq_scale * theta;
+                    *c = (t.cos(), t.sin());
+                    theta *= self.theta_scale;
+                }
+            }
         }
         for head in xs.iter_mut().flat_map(|x| x.chunks_exact_mut(head_dim)) {
             for (i, &(cos, sin)) in cs.iter().enumerate() {
@@ -109,6 +138,39 @@ pub fn gelu_tanh(x: f32) -> f32 {
     const SQRT_2_OVER_PI: f32 = 0.797_884_6;
     let u = SQRT_2_OVER_PI * x * (1.0 + 0.044_715 * x * x);
     x / (1.0 + (-2.0 * u).exp())
+}
+
+/// GELU-tanh as ggml's CPU backend computes it (`GGML_GELU_FP16`, llama.cpp's `GELU` and `GEGLU`
+/// ops on f32): the input rounded to f16 indexes a table of f16 results (each the tanh form in
+/// f32 at that f16 input); inputs at or below -10 give 0, at or above 10 the input itself. The
+/// fast path uses it so that its FFN computes what llama.cpp's does (the f16 rounding moves each
+/// activation by up to 2^-11 of itself, far more than f32 summation order does).
+#[inline]
+pub fn gelu_tanh_f16(x: f32) -> f32 {
+    if x <= -10.0 {
+        0.0
+    } else if x >= 10.0 {
+        x
+    } else {
+        gelu_f16_table()[half::f16::from_f32(x).to_bits() as usize]
+    }
+}
+
+/// ggml's `ggml_table_gelu_f16`, each f16 result stored as the f32 it equals.
+fn gelu_f16_table() -> &'static [f32; 1 << 16] {
+    use std::sync::OnceLock;
+    static TABLE: OnceLock<Box<[f32; 1 << 16]>> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+        const GELU_COEF_A: f32 = 0.044_715;
+        let mut t = Box::new([0f32; 1 << 16]);
+        for (bits, y) in t.iter_mut().enumerate() {
+            let x = half::f16::from_bits(bits as u16).to_f32();
+            let g = 0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + GELU_COEF_A * x * x)).tanh());
+            *y = half::f16::from_f32(g).to_f32();
+        }
+        t
+    })
 }
 
 /// SiLU: `x * sigmoid(x)`.
@@ -216,6 +278,48 @@ mod tests {
             assert!((gelu_tanh(x) as f64 - reference).abs() <= 1e-6 * (1.0 + reference.abs()), "x = {x}");
         }
         assert!(gelu_tanh(-100.0) == 0.0 && gelu_tanh(100.0) == 100.0);
+    }
+
+    #[test]
+    fn gelu_f16_is_the_tanh_form_at_the_f16_input_rounded_to_f16() {
+        use half::f16;
+        for i in -2900..2900 {
+            let x = i as f32 / 293.0;
+            let x16 = f16::from_f32(x).to_f32();
+            // ggml's `ggml_gelu_f32`, in f32.
+            let tanh_form = 0.5 * x16 * (1.0 + (0.797_884_6 * x16 * (1.0 + 0.044_715 * x16 * x16)).tanh());
+            let got = gelu_tanh_f16(x);
+            assert_eq!(got, f16::from_f32(tanh_form).to_f32(), "x = {x}");
+            // Within f16 precision of the exact GELU (the tanh form cancels for negative x).
+            assert!((got - gelu_tanh(x)).abs() <= 2e-3 * gelu_tanh(x).abs() + 2e-5, "x = {x}: {got} vs {}", gelu_tanh(x));
+        }
+        assert_eq!(gelu_tanh_f16(-10.0), 0.0);
+        assert_eq!(gelu_tanh_f16(10.0), 10.0);
+        assert_eq!(gelu_tanh_f16(123.5), 123.5);
+        assert_eq!(gelu_tanh_f16(0.0), 0.0);
+    }
+
+    #[test]
+    fn ggml_rope_angles_are_repeated_f32_products() {
+        let t = RopeTable::new(RopeKind::Neox, 8, 10000.0, 1.0);
+        let pos = 600i64;
+        // Pair 2 (dimensions 2 and 6) of a unit vector rotates by pos * theta_scale^2, the
+        // product taken twice in f32.
+        let theta_scale = 10000f32.powf(-2.0 / 8.0);
+        let theta = (pos as f32 * theta_scale) * theta_scale;
+        let mut x = [0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0];
+        t.apply_all(&mut [&mut x], 8, pos, RopeAngles::Ggml);
+        assert_eq!((x[2], x[6]), (theta.cos(), theta.sin()));
+        // The exact angles differ by rounding only.
+        let mut y = [0.3f32, -1.2, 0.7, 2.0, -0.4, 0.9, 1.1, -0.6];
+        let mut z = y;
+        t.apply_all(&mut [&mut y], 8, pos, RopeAngles::Ggml);
+        t.apply_all(&mut [&mut z], 8, pos, RopeAngles::Exact);
+        assert!(y.iter().zip(&z).all(|(a, b)| (a - b).abs() < 1e-3), "{y:?} {z:?}");
+        let mut w = [0.3f32, -1.2, 0.7, 2.0, -0.4, 0.9, 1.1, -0.6];
+        let w0 = w;
+        t.apply_all(&mut [&mut w], 8, 0, RopeAngles::Ggml);
+        assert_eq!(w, w0);
     }
 
     #[test]

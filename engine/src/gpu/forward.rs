@@ -223,15 +223,17 @@ fn output(m: &GpuModel, b: &mut Batch, mm: &mut MatmulScratch, which: Logits) ->
     }
     if rows.len() == n && matches!(b.attend, Attend::EachOwn) {
         // Several sequences' next tokens: the norm into the batch's `h`, the logits into the
-        // batch's own buffer (counted in the session's scratch), kept for the next step, so a
-        // step allocates nothing on the device.
+        // batch's own buffers (the device one counted in the session's scratch, then a
+        // page-locked host one), kept for the next step, so a step allocates nothing. The
+        // caller reads them there ([`Batch::kept_logits`]); nothing is returned.
         be.rms_norm(&b.x, &m.output_norm, c.rms_eps, &mut b.h)?;
         if b.logits_all.is_none() {
-            b.logits_all = Some(be.alloc(n * c.n_vocab)?);
+            b.logits_all = Some((be.alloc(n * c.n_vocab)?, be.alloc_host(n * c.n_vocab)?));
         }
-        let logits = b.logits_all.as_mut().expect("allocated above");
+        let (logits, host) = b.logits_all.as_mut().expect("allocated above");
         be.matmul_w16(m.output_matrix(), m.output16.as_ref(), &b.h, n, mm, logits)?;
-        return Ok(be.download(logits)?);
+        be.download_pinned(logits, host)?;
+        return Ok(Vec::new());
     }
     let e = c.n_embd;
     let mut xo: DeviceBuffer<f32> = be.alloc(rows.len() * e)?;

@@ -19,9 +19,10 @@
 mod forward;
 mod probe;
 
-use engine_cuda::{CudaBackend, CudaError, DeviceBuffer, DeviceGraph, DeviceMatrix, MatmulScratch};
+use engine_cuda::{CudaBackend, CudaError, DeviceBuffer, DeviceGraph, DeviceMatrix, HostBuffer, MatmulScratch};
 use ggml_kernels::attention::AttnShape;
 use half::f16;
+use rayon::prelude::*;
 
 use crate::lighttransfer::{probe_split, LazyProbe};
 use crate::model::config::ModelConfig;
@@ -295,9 +296,9 @@ struct Batch {
     lse: DeviceBuffer<f32>,
     /// Decode (`n == 1`): the logits `[n_vocab]`.
     logits: Option<DeviceBuffer<f32>>,
-    /// Every row's logits `[n][n_vocab]`, once a pass has asked for them (several sequences'
-    /// decode steps); kept for the next.
-    logits_all: Option<DeviceBuffer<f32>>,
+    /// Every row's logits `[n][n_vocab]` on the device and their page-locked host copy, once a
+    /// pass has asked for them (several sequences' decode steps); kept for the next.
+    logits_all: Option<(DeviceBuffer<f32>, HostBuffer<f32>)>,
     /// Decode: each matrix input quantized once to Q8_1, shared by the products that read it.
     dq: Option<DecodeQ8>,
 }
@@ -341,6 +342,14 @@ impl Batch {
                 None
             },
         })
+    }
+
+    /// The logits of every row from the last several-sequence step (empty before one).
+    fn kept_logits(&self) -> Result<&[f32], GpuError> {
+        match &self.logits_all {
+            Some((_, host)) => Ok(host.as_slice()?),
+            None => Ok(&[]),
+        }
     }
 
     fn bytes(c: &ModelConfig, n: usize, n_groups: usize) -> u64 {
@@ -431,6 +440,8 @@ pub struct GpuSession<'m> {
     /// Decode attention's partials (split-KV), for the largest layer and one token per
     /// sequence; allocated once so that decode allocates nothing.
     part: DeviceBuffer<f32>,
+    /// The logits [`GpuSession::eval_parallel`] returns for a step of one sequence.
+    last_logits: Vec<f32>,
 }
 
 /// The cache layout and memory of a session: each layer's kind, slots per sequence and sinks,
@@ -576,6 +587,7 @@ impl<'m> GpuSession<'m> {
             graph: None,
             use_graph,
             part,
+            last_logits: Vec::new(),
         })
     }
 
@@ -719,22 +731,27 @@ impl<'m> GpuSession<'m> {
     /// One decode step of the first `tokens.len()` sequences: `tokens[s]` is the next token of
     /// sequence `s`; returns the logits of each, `n_vocab` per sequence, in order. The weights are
     /// read once for all of them (batched products), each sequence attends to its own cache.
-    pub fn eval_parallel(&mut self, tokens: &[u32]) -> Result<Vec<f32>, GpuError> {
+    ///
+    /// The logits stay in the session's page-locked buffer until the next step: a step of 100
+    /// sequences of a 128K vocabulary is 51 MB, which a copy into a new vector would cost again.
+    pub fn eval_parallel(&mut self, tokens: &[u32]) -> Result<&[f32], GpuError> {
         let n_seq = tokens.len();
         if n_seq == 0 || n_seq > self.past.len() {
             return Err(ModelError::Config(format!("{n_seq} tokens for a session of {} sequences", self.past.len())).into());
         }
         if n_seq == 1 {
-            return self.eval_seq(0, tokens, Logits::Last);
+            self.last_logits = self.eval_seq(0, tokens, Logits::Last)?;
+            return Ok(&self.last_logits);
         }
         let n_vocab = self.model.cfg.n_vocab;
         for (s, t) in tokens.iter().enumerate() {
             check_tokens(std::slice::from_ref(t), n_vocab, self.past[s], self.n_ctx)?;
         }
-        let out = self.forward_chunk(tokens, Attend::EachOwn, Logits::All)?;
-        for (s, row) in out.chunks(n_vocab).enumerate() {
-            check_finite(row, self.past[s], n_vocab)?;
-        }
+        self.forward_chunk(tokens, Attend::EachOwn, Logits::All)?;
+        let batch = self.batches.iter().find(|b| b.n == n_seq).ok_or_else(|| GpuError::Unsupported("the step's batch is gone".into()))?;
+        let out = batch.kept_logits()?;
+        // (Rows checked on several cores: 100 rows of a 128K vocabulary are 51 MB.)
+        out.par_chunks(n_vocab).enumerate().try_for_each(|(s, row)| check_finite(row, self.past[s], n_vocab))?;
         self.past[..n_seq].iter_mut().for_each(|p| *p += 1);
         Ok(out)
     }

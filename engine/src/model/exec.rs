@@ -138,7 +138,7 @@ impl<'e, 'm, 't> Exec<'e, 'm, 't> {
     /// Per-head RMSNorms of the queries and keys (when `norms` are given), then RoPE of each
     /// row at its position. In a team the queries go to one thread and the keys to another.
     pub fn norm_rope(&self, q: &TeamVec, k: &TeamVec, norms: Option<(&Vec<f32>, &Vec<f32>)>, rope: &RopeTable, pos: &[usize]) {
-        let (c, eps) = (&self.m.cfg, self.m.cfg.rms_eps);
+        let (c, eps, angles) = (&self.m.cfg, self.m.cfg.rms_eps, self.m.rope_angles());
         let (qr, kr) = (c.n_head * c.head_dim, c.n_head_kv * c.head_dim);
         if self.solo() {
             // SAFETY: a team of one: nothing else touches the buffers.
@@ -148,7 +148,7 @@ impl<'e, 'm, 't> Exec<'e, 'm, 't> {
                 ggml_kernels::ops::rms_norm_inplace(k, kn, eps);
             }
             for (t, &p) in pos.iter().enumerate() {
-                rope.apply_all(&mut [&mut q[t * qr..(t + 1) * qr], &mut k[t * kr..(t + 1) * kr]], c.head_dim, p as i64);
+                rope.apply_all(&mut [&mut q[t * qr..(t + 1) * qr], &mut k[t * kr..(t + 1) * kr]], c.head_dim, p as i64, angles);
             }
             return;
         }
@@ -161,7 +161,7 @@ impl<'e, 'm, 't> Exec<'e, 'm, 't> {
                 ggml_kernels::ops::rms_norm_inplace(x, w, eps);
             }
             for (t, &p) in pos.iter().enumerate() {
-                rope.apply(&mut x[t * row..(t + 1) * row], c.head_dim, p as i64);
+                rope.apply_all(&mut [&mut x[t * row..(t + 1) * row]], c.head_dim, p as i64, angles);
             }
         });
     }

@@ -6,7 +6,8 @@
 //! ([`super::forward`]); this file is one decoder layer, as ops of [`Exec`] (see
 //! [`super::exec`]: every thread of a team runs it, each op sharing its work out).
 
-use ggml_kernels::ops::gelu_tanh;
+use ggml_kernels::ops::{gelu_tanh, gelu_tanh_f16};
+use ggml_kernels::GgmlType;
 
 use super::exec::{Acts, Exec, Seqs};
 use super::ModelError;
@@ -34,9 +35,14 @@ pub(crate) fn layer(ex: &Exec<'_, '_, '_>, il: usize, a: &Acts, seqs: &Seqs<'_, 
     ex.rms_norm_inplace(&a.o, w.post_attn_norm.as_ref());
     ex.add(&a.x, &a.o);
 
-    // FFN: pre-norm, GELU-tanh gate times up, down, post-norm, residual.
+    // FFN: pre-norm, GELU-tanh gate times up, down, post-norm, residual. GELU from ggml's f16
+    // table, as llama.cpp computes it, where the products round their activations anyway
+    // (quantized or f16 weights); the exact GELU on the exact path and with f32 weights, whose
+    // products are exact.
     ex.rms_norm(&a.x, &w.ffn_norm, &a.h);
-    ex.mm_gated(&w.ffn_gate.cpu(), &w.ffn_up.cpu(), &a.h, gelu_tanh, &a.ff)?;
+    let (wg, wu) = (w.ffn_gate.cpu(), w.ffn_up.cpu());
+    let gelu = if ex.m.exact_matmul || wg.ty == GgmlType::F32 { gelu_tanh } else { gelu_tanh_f16 };
+    ex.mm_gated(&wg, &wu, &a.h, gelu, &a.ff)?;
     ex.mm(&w.ffn_down.cpu(), &a.ff, &a.o)?;
     ex.rms_norm_inplace(&a.o, w.post_ffw_norm.as_ref());
     ex.add(&a.x, &a.o);

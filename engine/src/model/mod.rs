@@ -11,7 +11,7 @@ pub mod llama;
 pub mod weights;
 
 use ggml_kernels::matmul::{matmul, matmul_gated, matmul_many, matmul_reference, QMatrix};
-use ggml_kernels::ops::RopeTable;
+use ggml_kernels::ops::{RopeAngles, RopeTable};
 use ggml_kernels::team::TeamVec;
 
 use crate::gguf::{GgufError, GgufFile};
@@ -51,8 +51,10 @@ pub struct Model<'a> {
     pub cfg: ModelConfig,
     pub weights: Weights<'a>,
     /// Compute every matrix product in f32 from dequantized weights, instead of quantizing the
-    /// activations for integer dot products (as llama.cpp does). Slow; for checking the model
-    /// definition against a float32 reference without the activation-quantization error.
+    /// activations for integer dot products (as llama.cpp does), and GELU and the RoPE angles
+    /// exactly instead of as ggml's CPU backend does (f16 GELU table, angles by repeated f32
+    /// multiplication). Slow; for checking the model definition against a float32 reference
+    /// without the activation-quantization error.
     pub exact_matmul: bool,
     /// Run a decode step of one sequence (one token) as one parallel region of every thread
     /// (see [`exec`]); false: the ops one after another on the calling thread, each product a
@@ -65,6 +67,16 @@ pub struct Model<'a> {
 }
 
 impl<'a> Model<'a> {
+    /// How the RoPE angles are computed: exactly on the exact path, as llama.cpp computes them on
+    /// the fast path.
+    pub(crate) fn rope_angles(&self) -> RopeAngles {
+        if self.exact_matmul {
+            RopeAngles::Exact
+        } else {
+            RopeAngles::Ggml
+        }
+    }
+
     pub fn load(file: &'a GgufFile) -> Result<Model<'a>, ModelError> {
         let cfg = ModelConfig::from_gguf(file)?;
         let weights = Weights::load(file, &cfg)?;
@@ -204,6 +216,12 @@ pub(crate) fn check_tokens(tokens: &[u32], n_vocab: usize, n_past: usize, n_ctx:
 /// Errors when a logit is not finite; `first_pos` is the position of the first row of `logits`
 /// (rows of `n_vocab`).
 pub(crate) fn check_finite(logits: &[f32], first_pos: usize, n_vocab: usize) -> Result<(), ModelError> {
+    // A branch-free pass first (all exponent bits set: Inf or NaN), which the compiler
+    // vectorizes; the position only when it fails.
+    let exp = 0x7f80_0000u32;
+    if logits.chunks(1024).all(|c| c.iter().fold(0u32, |acc, v| acc | u32::from(v.to_bits() & exp == exp)) == 0) {
+        return Ok(());
+    }
     match logits.iter().position(|v| !v.is_finite()) {
         Some(bad) => Err(ModelError::NonFinite { pos: first_pos + bad / n_vocab }),
         None => Ok(()),

@@ -815,18 +815,6 @@ unsafe fn hmax_ps(m: __m256) -> f32 {
     _mm_cvtss_f32(m)
 }
 
-/// `f32::round` (half away from zero) of each lane, as i32. Precondition: |v| < 2^23.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn round_away(v: __m256) -> __m256i {
-    let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(v);
-    // v - trunc(v) is exact below 2^23.
-    let frac = _mm256_andnot_ps(_mm256_set1_ps(-0.0), _mm256_sub_ps(v, t));
-    let step = _mm256_or_ps(_mm256_and_ps(v, _mm256_set1_ps(-0.0)), _mm256_set1_ps(1.0));
-    let up = _mm256_and_ps(_mm256_cmp_ps::<_CMP_GE_OQ>(frac, _mm256_set1_ps(0.5)), step);
-    _mm256_cvttps_epi32(_mm256_add_ps(t, up))
-}
-
 /// Packs four vectors of eight i32 (each in -128..=127) into 32 bytes in order.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -844,23 +832,24 @@ unsafe fn f32_to_f16_bits(v: f32) -> u16 {
     _mm_extract_epi16::<0>(_mm_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT }>(_mm_set_ss(v))) as u16
 }
 
-/// Quantizes one block of 32 as Q8_0 does; returns (d, quants as i32 vectors).
+/// Quantizes one block of 32 as ggml's x86 Q8_0 activation quantizer does (times
+/// `127 / max|x|`, ties to even); returns (d, quants as i32 vectors).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q8_block(x: *const f32) -> (f32, [__m256i; 4]) {
     // SAFETY: the caller guarantees 32 readable floats.
     let (v, amax) = unsafe { load32_amax(x) };
     let d = amax / 127.0;
-    let id = _mm256_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
+    let id = _mm256_set1_ps(if amax != 0.0 { 127.0 / amax } else { 0.0 });
     // Loops, not closures: closures do not inherit target features on every supported Rust.
     let mut q = [_mm256_setzero_si256(); 4];
     for (q, &v) in q.iter_mut().zip(&v) {
-        *q = round_away(_mm256_mul_ps(v, id));
+        *q = _mm256_cvtps_epi32(_mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(v, id)));
     }
     (d, q)
 }
 
-/// Q8_0 activation quantizer, bit-exact with `quants::q8_0::quantize_row`.
+/// Q8_0 activation quantizer, bit-exact with `quants::q8_0::quantize_row_act`.
 ///
 /// # Safety
 ///
@@ -878,7 +867,7 @@ pub(super) unsafe fn quantize_q8_0(x: *const f32, nb: usize, out: *mut u8) {
     }
 }
 
-/// Q8_1 activation quantizer, bit-exact with `quants::q8_1::quantize_row`.
+/// Q8_1 activation quantizer, bit-exact with `quants::q8_1::quantize_row_act`.
 ///
 /// # Safety
 ///

@@ -341,13 +341,13 @@ pub unsafe fn dot_bf16(n: usize, w: *const u8, a: *const u8, _aux: *const f32) -
 // ---------------------------------------------------------------------------------------------
 // Activation quantizers
 
-/// Quantizes `nb` blocks with a block type's reference quantizer, through an aligned buffer.
+/// Quantizes `nb` blocks with `quantize` (a block type's row quantizer), through an aligned buffer.
 ///
 /// # Safety
 ///
 /// `x` must point to `nb * B::BLOCK_SIZE` readable `f32`s and `out` to `nb` writable blocks;
 /// `out` needs no alignment.
-unsafe fn quantize_via<B: Quantize>(x: *const f32, nb: usize, out: *mut u8) {
+unsafe fn quantize_via<B: Quantize>(x: *const f32, nb: usize, out: *mut u8, quantize: fn(&[f32], &mut [B])) {
     const CHUNK: usize = 16;
     let mut tmp = [B::ZERO; CHUNK];
     let mut done = 0;
@@ -355,7 +355,7 @@ unsafe fn quantize_via<B: Quantize>(x: *const f32, nb: usize, out: *mut u8) {
         let k = CHUNK.min(nb - done);
         // SAFETY: elements `done * BLOCK_SIZE..(done + k) * BLOCK_SIZE` are in the caller's range.
         let xs = unsafe { std::slice::from_raw_parts(x.add(done * B::BLOCK_SIZE), k * B::BLOCK_SIZE) };
-        B::quantize_row(xs, &mut tmp[..k]);
+        quantize(xs, &mut tmp[..k]);
         let bytes = crate::quants::as_bytes(&tmp[..k]);
         // SAFETY: blocks `done..done + k` of `out` are writable; the source is a local buffer.
         unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), out.add(done * std::mem::size_of::<B>()), bytes.len()) };
@@ -363,24 +363,24 @@ unsafe fn quantize_via<B: Quantize>(x: *const f32, nb: usize, out: *mut u8) {
     }
 }
 
-/// Reference Q8_0 activation quantizer (ggml's `quantize_row_q8_0_ref`).
+/// Q8_0 activation quantizer (ggml's x86 `quantize_row_q8_0`: `crate::quants::q8_0::quantize_row_act`).
 ///
 /// # Safety
 ///
 /// `x` must point to `32 * nb` readable `f32`s and `out` to `34 * nb` writable bytes.
 pub unsafe fn quantize_q8_0(x: *const f32, nb: usize, out: *mut u8) {
     // SAFETY: the caller's contract is `quantize_via`'s.
-    unsafe { quantize_via::<BlockQ8_0>(x, nb, out) }
+    unsafe { quantize_via::<BlockQ8_0>(x, nb, out, crate::quants::q8_0::quantize_row_act) }
 }
 
-/// Reference Q8_1 activation quantizer (ggml's `quantize_row_q8_1_ref`).
+/// Q8_1 activation quantizer (ggml's x86 `quantize_row_q8_1`: `crate::quants::q8_1::quantize_row_act`).
 ///
 /// # Safety
 ///
 /// `x` must point to `32 * nb` readable `f32`s and `out` to `36 * nb` writable bytes.
 pub unsafe fn quantize_q8_1(x: *const f32, nb: usize, out: *mut u8) {
     // SAFETY: the caller's contract is `quantize_via`'s.
-    unsafe { quantize_via::<BlockQ8_1>(x, nb, out) }
+    unsafe { quantize_via::<BlockQ8_1>(x, nb, out, crate::quants::q8_1::quantize_row_act) }
 }
 
 /// Reference Q8_K activation quantizer (ggml's `quantize_row_q8_K_ref`).
@@ -390,7 +390,7 @@ pub unsafe fn quantize_q8_1(x: *const f32, nb: usize, out: *mut u8) {
 /// `x` must point to `256 * nb` readable `f32`s and `out` to `292 * nb` writable bytes.
 pub unsafe fn quantize_q8_k(x: *const f32, nb: usize, out: *mut u8) {
     // SAFETY: the caller's contract is `quantize_via`'s.
-    unsafe { quantize_via::<BlockQ8K>(x, nb, out) }
+    unsafe { quantize_via::<BlockQ8K>(x, nb, out, crate::quants::q8_k::quantize_row) }
 }
 
 /// Copies `n` activations unchanged (the F32 "quantizer" of float weight types).

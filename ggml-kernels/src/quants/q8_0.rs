@@ -55,6 +55,32 @@ pub fn quantize_row(x: &[f32], out: &mut [BlockQ8_0]) {
     }
 }
 
+/// The activation quantizer of ggml's x86 CPU backend (`quantize_row_q8_0` with AVX, AVX2 or
+/// AVX-512, what llama.cpp runs on x86): the same scale `d = max|x| / 127`, but each element is
+/// multiplied by `127 / max|x|` (not `1 / d`) and rounded to nearest, ties to even. The two rules
+/// give different quants for about one element in a few hundred, enough to move Gemma 3's logits
+/// by a few hundredths; our products quantize their activations this way so that they compute
+/// what llama.cpp computes. Weights keep the reference rule ([`quantize_row`], llama-quantize's).
+///
+/// Precondition: `x.len() == out.len() * 32` (debug-asserted).
+pub fn quantize_row_act(x: &[f32], out: &mut [BlockQ8_0]) {
+    debug_assert_eq!(x.len(), out.len() * QK8_0);
+    for (xb, b) in x.chunks_exact(QK8_0).zip(out.iter_mut()) {
+        let (d, id) = act_scale_of(xb);
+        b.d = f16::from_f32(d);
+        for (q, &v) in b.qs.iter_mut().zip(xb) {
+            *q = (v * id).round_ties_even() as i8;
+        }
+    }
+}
+
+/// The scale `max|x| / 127` of a block and the multiplier `127 / max|x|` (0 for an all-zero
+/// block), as ggml's x86 Q8_0 and Q8_1 activation quantizers compute them.
+pub(crate) fn act_scale_of(xb: &[f32]) -> (f32, f32) {
+    let amax = xb.iter().fold(0.0f32, |m, &v| m.max(v.abs()));
+    (amax / 127.0, if amax != 0.0 { 127.0 / amax } else { 0.0 })
+}
+
 /// The scale `max|x| / 127` of a block and its inverse (0 for an all-zero block), computed as
 /// ggml's Q8_0 and Q8_1 reference quantizers do.
 pub(crate) fn scale_of(xb: &[f32]) -> (f32, f32) {
@@ -67,4 +93,27 @@ pub(crate) fn scale_of(xb: &[f32]) -> (f32, f32) {
     let d = amax / 127.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     (d, id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn activation_rule_rounds_ties_to_even_with_127_over_max() {
+        // max|x| = 127: d = 1, both rules multiply by 1; the ties tell them apart.
+        let mut x = [0.0f32; QK8_0];
+        x[..6].copy_from_slice(&[127.0, 0.5, 1.5, 2.5, -0.5, -3.5]);
+        let (mut act, mut reference) = ([BlockQ8_0 { d: f16::ZERO, qs: [0; QK8_0] }], [BlockQ8_0 { d: f16::ZERO, qs: [0; QK8_0] }]);
+        quantize_row_act(&x, &mut act);
+        quantize_row(&x, &mut reference);
+        assert_eq!(act[0].d, f16::ONE);
+        assert_eq!(act[0].qs[..6], [127, 0, 2, 2, 0, -4]);
+        assert_eq!(reference[0].qs[..6], [127, 1, 2, 3, -1, -4]);
+        // The multiplier is 127 / max|x| (not 1 / d): the largest element maps to 127 exactly.
+        let y: Vec<f32> = (0..QK8_0).map(|i| 0.37 * (i as f32 - 15.3)).collect();
+        quantize_row_act(&y, &mut act);
+        let id = 127.0 / y.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!(act[0].qs.iter().zip(&y).all(|(&q, &v)| f32::from(q) == (v * id).round_ties_even()));
+    }
 }

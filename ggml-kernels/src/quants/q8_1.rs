@@ -59,3 +59,21 @@ pub fn quantize_row(x: &[f32], out: &mut [BlockQ8_1]) {
         b.s = f16::from_f32(sum as f32 * d);
     }
 }
+
+/// The activation quantizer of ggml's x86 CPU backend (`quantize_row_q8_1`), as
+/// [`super::q8_0::quantize_row_act`] plus `s = sum(qs) * d`.
+///
+/// Precondition: `x.len() == out.len() * 32` (debug-asserted).
+pub fn quantize_row_act(x: &[f32], out: &mut [BlockQ8_1]) {
+    debug_assert_eq!(x.len(), out.len() * QK8_1);
+    for (xb, b) in x.chunks_exact(QK8_1).zip(out.iter_mut()) {
+        let (d, id) = super::q8_0::act_scale_of(xb);
+        b.d = f16::from_f32(d);
+        let mut sum = 0i32;
+        for (q, &v) in b.qs.iter_mut().zip(xb) {
+            *q = (v * id).round_ties_even() as i8;
+            sum += i32::from(*q);
+        }
+        b.s = f16::from_f32(sum as f32 * d);
+    }
+}
