@@ -304,14 +304,14 @@ impl Ctx<'_> {
 }
 
 /// Shared `f32` data of a region ([`TeamVec`]): a buffer that every thread of a team may write
-/// (at elements no other thread touches meanwhile) and read (after a barrier), by the rules in
+/// (at elements no other thread touches meanwhile) and read (in a later op), by the rules in
 /// the module documentation.
 pub struct TeamVec {
     data: UnsafeCell<Vec<f32>>,
 }
 
 // SAFETY: access goes through the unsafe accessors, whose callers follow the collective-op
-// discipline (disjoint writes within an op, reads after a barrier).
+// discipline (disjoint writes within an op, reads in a later op).
 unsafe impl Sync for TeamVec {}
 
 impl TeamVec {

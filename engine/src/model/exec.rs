@@ -3,11 +3,11 @@
 //!
 //! A forward call runs as one parallel region: every thread of the team executes the whole
 //! chain of ops of the architecture's layer function, and each op ([`Exec`]'s methods) does
-//! this thread's share of the work, then meets the others at a barrier. For a decode step of one
+//! the pieces of the work this thread claims, then waits until the op is complete. For a decode step of one
 //! sequence (one token) the team has every thread of the pool, so a token starts its threads
 //! once instead of once per product (llama.cpp's graph executor works this way); the products
 //! share their rows out in chunks, attention its heads, and the small serial steps (norms,
-//! residuals, the KV write) run on thread 0 while the others wait at the barrier. Every other
+//! residuals, the KV write) are ops of one piece, run by one thread while the others wait. Every other
 //! call (prefill, several sequences, exact products, a LightTransfer-Test probe) runs as a team
 //! of one, whose ops are the plain functions, parallel inside as before (rayon).
 //!
@@ -70,13 +70,13 @@ impl Acts {
 }
 
 /// The sequences of a forward call, shared by the threads of a team: a cache is written only
-/// in a step of thread 0 ([`Ctx::single`]) and read by the others only after it.
+/// in an op of one piece ([`Ctx::single`]) and read by the others only in a later op.
 pub(crate) struct Seqs<'s, 'c> {
     seqs: UnsafeCell<&'s mut [SeqBatch<'c>]>,
 }
 
 // SAFETY: the sequences are reached only through `Exec::attend`, which writes them on one
-// thread between barriers and reads them on every thread only after.
+// thread (a one-piece op) and reads them on every thread only in a later op.
 unsafe impl Sync for Seqs<'_, '_> {}
 
 impl<'s, 'c> Seqs<'s, 'c> {
@@ -104,14 +104,14 @@ impl<'e, 'm, 't> Exec<'e, 'm, 't> {
 
     /// `out = rms_norm(x) * w`, each row.
     pub fn rms_norm(&self, x: &TeamVec, w: &[f32], out: &TeamVec) {
-        // SAFETY: one thread reads `x` and writes `out` during the step; the others wait.
+        // SAFETY: one thread reads `x` and writes `out` during the op; the others wait.
         self.ctx.single(|| unsafe { ggml_kernels::ops::rms_norm(x.get(), w, self.m.cfg.rms_eps, out.get_mut()) });
     }
 
     /// `x = rms_norm(x) * w` in place, each row (`w.len()` elements) when `w` is given.
     pub fn rms_norm_inplace(&self, x: &TeamVec, w: Option<&Vec<f32>>) {
         if let Some(w) = w {
-            // SAFETY: one thread touches `x` during the step; the others wait.
+            // SAFETY: one thread touches `x` during the op; the others wait.
             self.ctx.single(|| unsafe { ggml_kernels::ops::rms_norm_inplace(x.get_mut(), w, self.m.cfg.rms_eps) });
         }
     }
@@ -131,7 +131,7 @@ impl<'e, 'm, 't> Exec<'e, 'm, 't> {
 
     /// Adds `bias` to each row of `x`, when given.
     pub fn add_bias(&self, x: &TeamVec, bias: Option<&Vec<f32>>) {
-        // SAFETY: one thread touches `x` during the step; the others wait.
+        // SAFETY: one thread touches `x` during the op; the others wait.
         self.ctx.single(|| super::add_bias(unsafe { x.get_mut() }, bias));
     }
 
@@ -194,7 +194,7 @@ impl<'e, 'm, 't> Exec<'e, 'm, 't> {
 
     /// Attention of every sequence over its cache of layer `il` (after storing the call's keys
     /// and values there) into `out`. In a team (one sequence, one token: see
-    /// [`team_decodes`]) thread 0 stores, then the threads share the query heads.
+    /// [`team_decodes`]) one thread stores, then the threads share the query heads.
     pub fn attend(&self, seqs: &Seqs<'_, '_>, il: usize, q: &TeamVec, k: &TeamVec, v: &TeamVec, out: &TeamVec) {
         let c = &self.m.cfg;
         if self.solo() {
@@ -205,7 +205,7 @@ impl<'e, 'm, 't> Exec<'e, 'm, 't> {
             }
             return;
         }
-        // SAFETY: thread 0 alone touches the cache during this step; the others wait.
+        // SAFETY: one thread alone touches the cache during this op; the others wait.
         self.ctx.single(|| unsafe {
             let s = &mut (*seqs.seqs.get())[0];
             s.cache.layers[il].write(s.pos0, k.get(), v.get());
