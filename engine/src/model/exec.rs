@@ -3,13 +3,14 @@
 //!
 //! A forward call runs as one parallel region: every thread of the team executes the whole
 //! chain of ops of the architecture's layer function, and each op ([`Exec`]'s methods) does
-//! the pieces of the work this thread claims, then waits until the op is complete. For a decode step of one
-//! sequence (one token) the team has every thread of the pool, so a token starts its threads
-//! once instead of once per product (llama.cpp's graph executor works this way); the products
-//! share their rows out in chunks, attention its heads, and the small serial steps (norms,
-//! residuals, the KV write) are ops of one piece, run by one thread while the others wait. Every other
-//! call (prefill, several sequences, exact products, a LightTransfer-Test probe) runs as a team
-//! of one, whose ops are the plain functions, parallel inside as before (rayon).
+//! the pieces of the work this thread claims, then waits until the op is complete. For a
+//! decode step of one sequence (one token) the team has every thread of the pool, so a token
+//! starts its threads once instead of once per product (llama.cpp's graph executor works this
+//! way); the products share their rows out in chunks, attention its heads, and the small
+//! serial steps (norms, residuals, the KV write) are ops of one piece, run by one thread while
+//! the others wait. Every other call (prefill, several sequences, exact products, a
+//! LightTransfer-Test probe) runs as a team of one, whose ops are the plain functions,
+//! parallel inside as before (rayon).
 //!
 //! Either way each op computes what the plain function computes, bit for bit: the products run
 //! the same per-row kernels on the same quantized input, attention the same per-head sums.
