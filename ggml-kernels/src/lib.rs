@@ -20,6 +20,7 @@
 //! - [`probe`]: memory-bandwidth and peak-throughput probes, to quote kernel speeds against.
 
 pub mod attention;
+mod crew;
 pub mod dot;
 pub mod matmul;
 pub mod ops;

@@ -26,8 +26,8 @@
 //! later number knows op `k` is done.
 //!
 //! [`run`] calls `f(ctx)` on the calling thread and on the workers that arrive while the
-//! caller is still in `f`. The workers are kept between regions: after a region they spin for
-//! [`crate::pool::SPIN`] for the next one, then sleep on a condition variable. Waits inside a
+//! caller is still in `f` (the workers are a [`crate::crew`], as the fork-join pool's are: kept
+//! between regions, they spin for [`crate::pool::SPIN`] for the next one, then sleep). Waits inside a
 //! region spin a little, then yield the core at each turn.
 //!
 //! Rules for the code a region runs (the collective-op discipline): every thread calls the same
@@ -39,12 +39,10 @@
 //! be past op `k`. A team of one ([`Ctx::solo`]) is the plain serial case.
 
 use std::cell::{Cell, UnsafeCell};
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, TryLockError};
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, TryLockError};
 
-use crate::pool::SPIN;
+use crate::crew::Crew;
 
 /// Spins of a wait before it starts yielding its core at every turn: about a microsecond of
 /// `pause`, longer than most waits between two ops of one token on an otherwise idle machine,
@@ -97,42 +95,16 @@ impl Slot {
 struct Shared {
     /// Threads a region may have (the caller and `threads - 1` workers).
     threads: usize,
-    /// Bumped once per region (and once at shutdown); workers wait for it to change.
-    gen: AtomicU64,
-    /// The current region's function, valid from its `gen` bump until the caller has closed the
-    /// region and `active` is zero.
-    job: UnsafeCell<Option<*const Job>>,
+    /// The workers; [`Crew::panicked`] tells the waits of a region that a thread panicked, so
+    /// they panic too instead of waiting for it.
+    crew: Crew,
     /// The number of the region's first op.
     first_op: AtomicU64,
-    /// Set when the caller has returned from the region's function: workers that arrive later
-    /// stay out.
-    closed: AtomicBool,
-    /// Workers inside the current region (or checking whether they may enter).
-    active: AtomicUsize,
-    /// Workers asleep (or about to sleep) on `cv`.
-    sleeping: AtomicUsize,
-    shutdown: AtomicBool,
-    /// Set when a thread of the region panicked: waits then panic too instead of waiting for
-    /// it.
-    poisoned: AtomicBool,
     /// The op in progress ([`Slot`]).
     slot: AtomicU64,
     /// Set (for the rest of the region) when a step of [`Ctx::single_ok`] failed.
     failed: AtomicBool,
-    lock: Mutex<()>,
-    cv: Condvar,
 }
-
-/// A region's function: called once per thread with that thread's view of the team.
-type Job = dyn Fn(&Ctx<'_>) + Sync;
-
-// SAFETY: `job` is written only by the thread that holds the team (the `TEAM` lock) while no
-// worker is inside a region (the last one was closed and `active` fell to zero), and read by
-// workers only after entering a region, which the caller waits out before it returns; the
-// pointee is `Sync`. Everything else is atomics and locks.
-unsafe impl Sync for Shared {}
-// SAFETY: as above.
-unsafe impl Send for Shared {}
 
 /// One thread's view of the team inside a region.
 pub struct Ctx<'t> {
@@ -260,7 +232,7 @@ impl Ctx<'_> {
                 std::cmp::Ordering::Equal if cur.done == cur.n => return,
                 _ => {}
             }
-            if s.poisoned.load(Ordering::Relaxed) {
+            if s.crew.panicked() {
                 panic!("another thread of the decode team panicked");
             }
             spins = spins.saturating_add(1);
@@ -370,8 +342,7 @@ impl TeamVec {
 
 /// The workers of one thread count.
 struct Team {
-    shared: Arc<Shared>,
-    handles: Vec<std::thread::JoinHandle<()>>,
+    shared: Shared,
     /// The number of the next region's first op.
     next_op: u64,
 }
@@ -379,69 +350,31 @@ struct Team {
 impl Team {
     /// `threads - 1` workers; `None` if one could not be started.
     fn new(threads: usize) -> Option<Team> {
-        let shared = Arc::new(Shared {
+        let crew = Crew::new(threads, "team");
+        if crew.threads() < threads {
+            return None; // (Dropping the crew stops those that were started.)
+        }
+        let shared = Shared {
             threads,
-            gen: AtomicU64::new(0),
-            job: UnsafeCell::new(None),
+            crew,
             first_op: AtomicU64::new(0),
-            closed: AtomicBool::new(true),
-            active: AtomicUsize::new(0),
-            sleeping: AtomicUsize::new(0),
-            shutdown: AtomicBool::new(false),
-            poisoned: AtomicBool::new(false),
             // An op before the first (which then counts as not started).
             slot: AtomicU64::new(Slot { id: ID_MASK, n: 0, claimed: 0, done: 0 }.pack()),
             failed: AtomicBool::new(false),
-            lock: Mutex::new(()),
-            cv: Condvar::new(),
-        });
-        let mut team = Team { shared: Arc::clone(&shared), handles: Vec::new(), next_op: 0 };
-        for i in 1..threads {
-            let s = Arc::clone(&shared);
-            // If a thread cannot be started, dropping `team` stops those that were.
-            let h = std::thread::Builder::new().name(format!("team-{i}")).spawn(move || worker(&s, i)).ok()?;
-            team.handles.push(h);
-        }
-        Some(team)
+        };
+        Some(Team { shared, next_op: 0 })
     }
 
-    fn run<'f>(&mut self, f: &'f (dyn Fn(&Ctx<'_>) + Sync + 'f)) {
-        let s = &*self.shared;
-        // SAFETY: no worker is inside a region (the last one was closed and `active` fell to
-        // zero), so none reads `job`; the pointer is used only until this function returns,
-        // which closes the region and waits for every worker in it, so erasing the closure's
-        // lifetime is sound.
-        unsafe {
-            let erased: *const Job = std::mem::transmute::<*const (dyn Fn(&Ctx<'_>) + Sync + 'f), *const Job>(f);
-            *s.job.get() = Some(erased);
-        }
-        s.poisoned.store(false, Ordering::Relaxed);
+    fn run(&mut self, f: &(dyn Fn(&Ctx<'_>) + Sync)) {
+        let s = &self.shared;
         s.failed.store(false, Ordering::Relaxed);
         s.first_op.store(self.next_op, Ordering::Relaxed);
-        s.closed.store(false, Ordering::SeqCst);
-        s.gen.fetch_add(1, Ordering::SeqCst);
-        if s.sleeping.load(Ordering::SeqCst) > 0 {
-            let _g = s.lock.lock();
-            s.cv.notify_all();
-        }
         let ctx = Ctx { ith: 0, nth: s.threads, shared: Some(s), next_op: Cell::new(self.next_op), solo_failed: Cell::new(false) };
-        let mine = catch_unwind(AssertUnwindSafe(|| f(&ctx)));
-        if mine.is_err() {
-            s.poisoned.store(true, Ordering::SeqCst);
-        }
-        // Close the region, then wait for the workers inside it, which hold the pointer to
-        // `f`. (A worker increments `active` before it checks `closed`, and this thread sets
-        // `closed` before it reads `active`, so a worker either is counted here or stays out.)
-        s.closed.store(true, Ordering::SeqCst);
-        let mut spins = 0u32;
-        while s.active.load(Ordering::SeqCst) != 0 {
-            spins = spins.saturating_add(1);
-            if spins < WAIT_SPINS {
-                std::hint::spin_loop();
-            } else {
-                std::thread::yield_now();
-            }
-        }
+        let theirs = |ith: usize| {
+            let ctx = Ctx { ith, nth: s.threads, shared: Some(s), next_op: Cell::new(s.first_op.load(Ordering::Relaxed)), solo_failed: Cell::new(false) };
+            f(&ctx);
+        };
+        let mine = s.crew.run(|| f(&ctx), &theirs);
         // The next region numbers its ops after every op this one started (a region left by
         // a panic may have fewer on the caller than on a worker).
         let last = Slot::unpack(s.slot.load(Ordering::SeqCst)).id;
@@ -449,70 +382,9 @@ impl Team {
         if let Err(p) = mine {
             std::panic::resume_unwind(p);
         }
-        if s.poisoned.load(Ordering::SeqCst) {
+        if s.crew.panicked() {
             panic!("a decode team worker panicked");
         }
-    }
-}
-
-impl Drop for Team {
-    fn drop(&mut self) {
-        let s = &*self.shared;
-        s.shutdown.store(true, Ordering::SeqCst);
-        s.gen.fetch_add(1, Ordering::SeqCst);
-        {
-            let _g = s.lock.lock();
-            s.cv.notify_all();
-        }
-        for h in self.handles.drain(..) {
-            let _ = h.join();
-        }
-    }
-}
-
-fn worker(s: &Shared, ith: usize) {
-    // The generation the team was created with (not the current one: the first region may
-    // have been posted before this thread started).
-    let mut seen = 0;
-    loop {
-        // Spin for the next region, then sleep.
-        let start = Instant::now();
-        let mut spins = 0u32;
-        while s.gen.load(Ordering::Acquire) == seen {
-            spins = spins.wrapping_add(1);
-            std::hint::spin_loop();
-            if spins.is_multiple_of(64) {
-                std::thread::yield_now();
-            }
-            if spins.is_multiple_of(256) && start.elapsed() > SPIN {
-                let mut g = s.lock.lock().unwrap_or_else(|e| e.into_inner());
-                s.sleeping.fetch_add(1, Ordering::SeqCst);
-                while s.gen.load(Ordering::SeqCst) == seen {
-                    g = s.cv.wait(g).unwrap_or_else(|e| e.into_inner());
-                }
-                s.sleeping.fetch_sub(1, Ordering::SeqCst);
-            }
-        }
-        let g = s.gen.load(Ordering::SeqCst);
-        seen = g;
-        if s.shutdown.load(Ordering::Acquire) {
-            return;
-        }
-        s.active.fetch_add(1, Ordering::SeqCst);
-        // Enter only the region this thread was woken for, and only while it is open.
-        if s.gen.load(Ordering::SeqCst) == g && !s.closed.load(Ordering::SeqCst) {
-            // SAFETY: the region is open and this thread is counted in `active`, so the caller
-            // has stored its function and waits for this thread before it lets it go.
-            if let Some(job) = unsafe { *s.job.get() } {
-                let ctx = Ctx { ith, nth: s.threads, shared: Some(s), next_op: Cell::new(s.first_op.load(Ordering::Relaxed)), solo_failed: Cell::new(false) };
-                // SAFETY: as above.
-                let r = catch_unwind(AssertUnwindSafe(|| unsafe { (*job)(&ctx) }));
-                if r.is_err() {
-                    s.poisoned.store(true, Ordering::SeqCst);
-                }
-            }
-        }
-        s.active.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -544,7 +416,11 @@ pub fn run(threads: usize, f: &(dyn Fn(&Ctx<'_>) + Sync)) {
 
 #[cfg(test)]
 mod tests {
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    use std::sync::atomic::AtomicUsize;
+
     use super::*;
+    use crate::pool::SPIN;
 
     /// A chain of dependent ops: each reads what every piece of the op before wrote, so an op
     /// that let a thread through before it was complete would show up as a wrong sum.

@@ -82,6 +82,20 @@ pub(super) unsafe fn load256(p: *const u8) -> __m256i {
     unsafe { _mm256_loadu_si256(p.cast::<__m256i>()) }
 }
 
+/// Writes the first `t.mr` lanes of `v`, one per row of an eight-row group, to the tile's output:
+/// the end of each eight-row kernel.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn store_rows(t: &super::Tile, v: __m256) {
+    let mut lanes = [0f32; 8];
+    // SAFETY: `lanes` holds 8 floats; `storeu` needs no alignment.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), v) };
+    for (r, &x) in lanes.iter().enumerate().take(t.mr) {
+        // SAFETY: the kernel's contract: `t.mr` floats writable at `t.out`.
+        unsafe { *t.out.add(r) = x };
+    }
+}
+
 /// Loads 16 bytes at `p` (unaligned).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -1134,11 +1148,7 @@ pub(super) unsafe fn matvec_q4_kx8(t: &super::Tile) {
             acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
             accm = _mm256_fmadd_ps(dmin, _mm256_cvtepi32_ps(summ), accm);
         }
-        let mut lanes = [0f32; 8];
-        _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_sub_ps(acc, accm));
-        for (r, &v) in lanes.iter().enumerate().take(t.mr) {
-            *t.out.add(r) = v;
-        }
+        store_rows(t, _mm256_sub_ps(acc, accm));
     }
 }
 
@@ -1176,11 +1186,7 @@ pub(super) unsafe fn matvec_q4_0x8(t: &super::Tile) {
             let cy = _mm256_set1_ps(-8.0 * *t.aux.add(t.nb + b));
             acc[b % 2] = _mm256_fmadd_ps(dx, _mm256_fmadd_ps(s, dy, cy), acc[b % 2]);
         }
-        let mut lanes = [0f32; 8];
-        _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(acc[0], acc[1]));
-        for (r, &v) in lanes.iter().enumerate().take(t.mr) {
-            *t.out.add(r) = v;
-        }
+        store_rows(t, _mm256_add_ps(acc[0], acc[1]));
     }
 }
 
@@ -1265,10 +1271,6 @@ pub(super) unsafe fn matvec_q6_kx8(t: &super::Tile) {
             let d = _mm256_mul_ps(_mm256_cvtph_ps(load128(gb.add(Q6_KX8_D))), _mm256_set1_ps(load_f32(y)));
             acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
         }
-        let mut lanes = [0f32; 8];
-        _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
-        for (r, &v) in lanes.iter().enumerate().take(t.mr) {
-            *t.out.add(r) = v;
-        }
+        store_rows(t, acc);
     }
 }

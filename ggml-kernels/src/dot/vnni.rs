@@ -23,7 +23,7 @@ use std::arch::asm;
 use std::arch::x86_64::*;
 
 use super::avx2::{
-    blocks32_x4, f16x4, hsum_ps, hsum_ps128, k4_min_products, k4_scales_mins, lane_byte_ctrl, load128, load256, load_f16, load_f32,
+    blocks32_x4, f16x4, hsum_ps, hsum_ps128, store_rows, k4_min_products, k4_scales_mins, lane_byte_ctrl, load128, load256, load_f16, load_f32,
     nibbles, q4_k_row, q4_kx8_min_pairs, q4_kx8_scales_mins, q5_quants, q6_k_row, scale_shuffle_16, scale_shuffle_k4, Q4_0, Q4_K, Q5_0, Q6_K, Q8K_BSUMS, Q8K_QS, Q8_0,
     Q8_K,
 };
@@ -616,11 +616,7 @@ unsafe fn matvec_q4_kx8(t: &Tile) {
             acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
             accm = _mm256_fmadd_ps(dmin, _mm256_cvtepi32_ps(summ), accm);
         }
-        let mut lanes = [0f32; 8];
-        _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_sub_ps(acc, accm));
-        for (r, &v) in lanes.iter().enumerate().take(t.mr) {
-            *t.out.add(r) = v;
-        }
+        store_rows(t, _mm256_sub_ps(acc, accm));
     }
 }
 
@@ -698,11 +694,7 @@ unsafe fn matvec_q6_kx8(t: &Tile) {
             let d = _mm256_mul_ps(_mm256_cvtph_ps(load128(gb.add(Q6_KX8_D))), _mm256_set1_ps(load_f32(y)));
             acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
         }
-        let mut lanes = [0f32; 8];
-        _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
-        for (r, &v) in lanes.iter().enumerate().take(t.mr) {
-            *t.out.add(r) = v;
-        }
+        store_rows(t, acc);
     }
 }
 
@@ -745,11 +737,7 @@ unsafe fn matvec_q4_0x8(t: &Tile) {
             let cy = _mm256_set1_ps(-8.0 * *t.aux.add(t.nb + b));
             acc[b % 2] = _mm256_fmadd_ps(dx, _mm256_fmadd_ps(s, dy, cy), acc[b % 2]);
         }
-        let mut lanes = [0f32; 8];
-        _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(acc[0], acc[1]));
-        for (r, &v) in lanes.iter().enumerate().take(t.mr) {
-            *t.out.add(r) = v;
-        }
+        store_rows(t, _mm256_add_ps(acc[0], acc[1]));
     }
 }
 
@@ -789,10 +777,6 @@ unsafe fn matvec_q8_0x8(t: &Tile) {
             let cy = _mm256_set1_ps(-128.0 * *t.aux.add(t.nb + b));
             acc[b % 2] = _mm256_fmadd_ps(dx, _mm256_fmadd_ps(s, dy, cy), acc[b % 2]);
         }
-        let mut lanes = [0f32; 8];
-        _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(acc[0], acc[1]));
-        for (r, &v) in lanes.iter().enumerate().take(t.mr) {
-            *t.out.add(r) = v;
-        }
+        store_rows(t, _mm256_add_ps(acc[0], acc[1]));
     }
 }

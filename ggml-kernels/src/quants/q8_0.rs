@@ -47,11 +47,7 @@ pub fn dequantize_row(blocks: &[BlockQ8_0], out: &mut [f32]) {
 pub fn quantize_row(x: &[f32], out: &mut [BlockQ8_0]) {
     debug_assert_eq!(x.len(), out.len() * QK8_0);
     for (xb, b) in x.chunks_exact(QK8_0).zip(out.iter_mut()) {
-        let (d, id) = scale_of(xb);
-        b.d = f16::from_f32(d);
-        for (q, &v) in b.qs.iter_mut().zip(xb) {
-            *q = (v * id).round() as i8;
-        }
+        b.d = f16::from_f32(quantize_block(xb, Rule::Reference, &mut b.qs));
     }
 }
 
@@ -66,12 +62,36 @@ pub fn quantize_row(x: &[f32], out: &mut [BlockQ8_0]) {
 pub fn quantize_row_act(x: &[f32], out: &mut [BlockQ8_0]) {
     debug_assert_eq!(x.len(), out.len() * QK8_0);
     for (xb, b) in x.chunks_exact(QK8_0).zip(out.iter_mut()) {
-        let (d, id) = act_scale_of(xb);
-        b.d = f16::from_f32(d);
-        for (q, &v) in b.qs.iter_mut().zip(xb) {
-            *q = (v * id).round_ties_even() as i8;
-        }
+        b.d = f16::from_f32(quantize_block(xb, Rule::Activations, &mut b.qs));
     }
+}
+
+/// The two ways a block of 32 floats becomes 8-bit quants (Q8_0 and Q8_1 alike).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Rule {
+    /// ggml's `_ref` quantizers (and llama-quantize's): multiplied by `1 / d`, rounded half away
+    /// from zero ([`scale_of`]).
+    Reference,
+    /// ggml's x86 activation quantizers: multiplied by `127 / max|x|`, rounded ties to even
+    /// ([`act_scale_of`]).
+    Activations,
+}
+
+/// Quantizes one block `xb` (32 floats) into `qs` by `rule`; returns the scale `d`.
+#[inline]
+pub(crate) fn quantize_block(xb: &[f32], rule: Rule, qs: &mut [i8; QK8_0]) -> f32 {
+    let (d, id) = match rule {
+        Rule::Reference => scale_of(xb),
+        Rule::Activations => act_scale_of(xb),
+    };
+    for (q, &v) in qs.iter_mut().zip(xb) {
+        let x = v * id;
+        *q = match rule {
+            Rule::Reference => x.round(),
+            Rule::Activations => x.round_ties_even(),
+        } as i8;
+    }
+    d
 }
 
 /// The scale `max|x| / 127` of a block and the multiplier `127 / max|x|` (0 for an all-zero

@@ -7,6 +7,7 @@
 
 use half::f16;
 
+use super::q8_0::{quantize_block, Rule};
 use super::{impl_block, impl_quantize};
 
 /// Elements per Q8_1 block.
@@ -47,17 +48,7 @@ pub fn dequantize_row(blocks: &[BlockQ8_1], out: &mut [f32]) {
 ///
 /// Precondition: `x.len() == out.len() * 32` (debug-asserted).
 pub fn quantize_row(x: &[f32], out: &mut [BlockQ8_1]) {
-    debug_assert_eq!(x.len(), out.len() * QK8_1);
-    for (xb, b) in x.chunks_exact(QK8_1).zip(out.iter_mut()) {
-        let (d, id) = super::q8_0::scale_of(xb);
-        b.d = f16::from_f32(d);
-        let mut sum = 0i32;
-        for (q, &v) in b.qs.iter_mut().zip(xb) {
-            *q = (v * id).round() as i8;
-            sum += i32::from(*q);
-        }
-        b.s = f16::from_f32(sum as f32 * d);
-    }
+    quantize_row_by(x, out, Rule::Reference);
 }
 
 /// The activation quantizer of ggml's x86 CPU backend (`quantize_row_q8_1`), as
@@ -65,15 +56,17 @@ pub fn quantize_row(x: &[f32], out: &mut [BlockQ8_1]) {
 ///
 /// Precondition: `x.len() == out.len() * 32` (debug-asserted).
 pub fn quantize_row_act(x: &[f32], out: &mut [BlockQ8_1]) {
+    quantize_row_by(x, out, Rule::Activations);
+}
+
+/// Q8_0's block quantization by `rule`, plus `s = sum(qs) * d`.
+#[inline]
+fn quantize_row_by(x: &[f32], out: &mut [BlockQ8_1], rule: Rule) {
     debug_assert_eq!(x.len(), out.len() * QK8_1);
     for (xb, b) in x.chunks_exact(QK8_1).zip(out.iter_mut()) {
-        let (d, id) = super::q8_0::act_scale_of(xb);
+        let d = quantize_block(xb, rule, &mut b.qs);
         b.d = f16::from_f32(d);
-        let mut sum = 0i32;
-        for (q, &v) in b.qs.iter_mut().zip(xb) {
-            *q = (v * id).round_ties_even() as i8;
-            sum += i32::from(*q);
-        }
+        let sum: i32 = b.qs.iter().map(|&q| i32::from(q)).sum();
         b.s = f16::from_f32(sum as f32 * d);
     }
 }
