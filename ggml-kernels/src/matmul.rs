@@ -497,14 +497,17 @@ unsafe fn run_products(
         }
     }
     let cols = ws.first().map_or(0, |w| w.cols);
-    let make = || vdts.iter().filter_map(|&vdt| QuantizedActs::new(k, vdt, x, n, cols).ok()).collect();
+    let quantize = || -> Result<Vec<QuantizedActs>, MatError> {
+        vdts.iter()
+            .map(|&vdt| QuantizedActs::new(k, vdt, x, n, cols).map_err(|_| MatError::Shape { what: "matmul input row", expected: cols, got: cols }))
+            .collect()
+    };
+    // (A team quantizes on the first chunk a thread claims. It cannot fail there:
+    // `check_products` has checked that the rows are whole blocks.)
+    let make = || quantize().unwrap_or_default();
     let acts = LazyActs { cell: std::sync::OnceLock::new(), make: &make };
     if matches!(runner, Runner::Pool) {
-        let mut made = Vec::with_capacity(vdts.len());
-        for &vdt in &vdts {
-            made.push(QuantizedActs::new(k, vdt, x, n, cols).map_err(|_| MatError::Shape { what: "matmul input row", expected: cols, got: cols })?);
-        }
-        let _ = acts.cell.set(made);
+        let _ = acts.cell.set(quantize()?);
     }
     let mut jobs = Vec::with_capacity(ws.len());
     for (w, &out) in ws.iter().zip(outs) {

@@ -141,19 +141,7 @@ impl<'e, 'm, 't> Exec<'e, 'm, 't> {
     pub fn norm_rope(&self, q: &TeamVec, k: &TeamVec, norms: Option<(&Vec<f32>, &Vec<f32>)>, rope: &RopeTable, pos: &[usize]) {
         let (c, eps, angles) = (&self.m.cfg, self.m.cfg.rms_eps, self.m.rope_angles());
         let (qr, kr) = (c.n_head * c.head_dim, c.n_head_kv * c.head_dim);
-        if self.solo() {
-            // SAFETY: a team of one: nothing else touches the buffers.
-            let (q, k) = unsafe { (q.get_mut(), k.get_mut()) };
-            if let Some((qn, kn)) = norms {
-                ggml_kernels::ops::rms_norm_inplace(q, qn, eps);
-                ggml_kernels::ops::rms_norm_inplace(k, kn, eps);
-            }
-            for (t, &p) in pos.iter().enumerate() {
-                rope.apply_all(&mut [&mut q[t * qr..(t + 1) * qr], &mut k[t * kr..(t + 1) * kr]], c.head_dim, p as i64, angles);
-            }
-            return;
-        }
-        // The queries and the keys as two pieces (the same arithmetic per head as above).
+        // The queries and the keys as two pieces (a team of one runs them in turn).
         self.ctx.parallel(2, &mut |i| {
             let (x, row, norm) = if i == 0 { (q, qr, norms.map(|n| n.0)) } else { (k, kr, norms.map(|n| n.1)) };
             // SAFETY: this piece alone touches `x` during the op.
