@@ -1,22 +1,29 @@
 // Rotary position embedding, in place, for n_tokens vectors of n_head heads of head_dim floats
 // (x: [n_tokens][n_head][head_dim]). The first n_rot dimensions of each head are rotated, the rest
 // pass through. Pair i (< n_rot/2) is (2i, 2i+1) in ggml's normal mode and (i, i + n_rot/2) in
-// NeoX mode; its angle is pos * freq_scale * base^(-2i/n_rot), computed in double precision as the
-// CPU reference (ggml_kernels::ops::RopeTable) does, so long positions keep their accuracy.
+// NeoX mode; its angle is pos * freq_scale * base^(-2i/n_rot), in double precision as the CPU
+// reference (ggml_kernels::ops::RopeTable) computes it, so long positions keep their accuracy.
 
-// cos and sin of pair i's angle at position p.
-__device__ __forceinline__ void rope_angle(int i, int n_rot, float base, float freq_scale, int p, float& cs, float& sn) {
-    const double inv_freq = (double)freq_scale * pow((double)base, -2.0 * (double)i / (double)n_rot);
-    const double theta = (double)p * inv_freq;
-    double s, c;
-    sincos(theta, &s, &c);
-    cs = (float)c;
-    sn = (float)s;
+// cos and sin of pair i's angle at position p; step = base^(-2/n_rot), computed in f64 by the
+// host. step^i by repeated squaring (a few f64 products, within a few ulps of the reference's
+// pow), the angle reduced to [-pi, pi] in f64, then sin and cos in f32 of the reduced angle.
+// (A double pow and sincos per thread, the earlier form, made the fused decode launch 8-12 us:
+// long library code, fetched cold at every layer.)
+__device__ __forceinline__ void rope_angle(int i, double step, float freq_scale, int p, float& cs, float& sn) {
+    double f = 1.0, b = step;
+    for (int e = i; e != 0; e >>= 1) {
+        if (e & 1) f *= b;
+        b *= b;
+    }
+    const double theta = (double)p * ((double)freq_scale * f);
+    const double TWO_PI = 6.283185307179586476925286766559;
+    const double r = fma(-rint(theta * (1.0 / TWO_PI)), TWO_PI, theta);
+    sincosf((float)r, &sn, &cs);
 }
 
 // One thread per (token, head, pair); mode 0 = normal, 1 = NeoX.
 extern "C" __global__ void rope_f32(float* x, const int* __restrict__ pos, int n_tokens, int n_head,
-                                    int head_dim, int n_rot, float base, float freq_scale, int mode) {
+                                    int head_dim, int n_rot, double step, float freq_scale, int mode) {
     const int half = n_rot / 2;
     const long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     const long long total = (long long)n_tokens * n_head * half;
@@ -25,7 +32,7 @@ extern "C" __global__ void rope_f32(float* x, const int* __restrict__ pos, int n
     const long long th = idx / half;  // token * n_head + head
     const int t = (int)(th / n_head);
     float cs, sn;
-    rope_angle(i, n_rot, base, freq_scale, pos[t], cs, sn);
+    rope_angle(i, step, freq_scale, pos[t], cs, sn);
     float* head = x + th * head_dim;
     const int a = mode == 0 ? 2 * i : i;
     const int b = mode == 0 ? 2 * i + 1 : i + half;
@@ -50,7 +57,7 @@ extern "C" __global__ void rope_kv_write_f16(float* q, const float* __restrict__
                                              const float* __restrict__ k_norm, float eps, u16* __restrict__ kc,
                                              u16* __restrict__ vc, int* __restrict__ kpos, const int* __restrict__ slots,
                                              const int* __restrict__ pos, int n_head, int n_head_kv, int head_dim,
-                                             int head_dim_v, int n_rot, float base, float freq_scale, int mode) {
+                                             int head_dim_v, int n_rot, double step, float freq_scale, int mode) {
     __shared__ float scratch[32];
     __shared__ float hs[ROPE_MAX_D];
     pdl_enter();
@@ -91,7 +98,7 @@ extern "C" __global__ void rope_kv_write_f16(float* q, const float* __restrict__
     u16* ko = kc + (slot * n_head_kv + hh) * head_dim;
     if (i < half) {
         float cs, sn;
-        rope_angle(i, n_rot, base, freq_scale, p, cs, sn);
+        rope_angle(i, step, freq_scale, p, cs, sn);
         const int a = mode == 0 ? 2 * i : i;
         const int b = mode == 0 ? 2 * i + 1 : i + half;
         const float x0 = hs[a], x1 = hs[b];

@@ -153,6 +153,14 @@ pub struct RopeParams {
     pub freq_scale: f32,
 }
 
+impl RopeParams {
+    /// `base^(-2 / n_rot)` in f64, the ratio of consecutive pairs' frequencies: the kernels
+    /// raise it to the pair index by repeated squaring instead of a pow per thread (rope.cu).
+    fn step(&self) -> f64 {
+        (self.base as f64).powf(-2.0 / self.n_rot as f64)
+    }
+}
+
 /// Bytes of a Q8_0 block (32 activations).
 pub const Q8_0_BYTES: usize = 34;
 /// Bytes of a Q8_1 block (32 activations).
@@ -593,7 +601,8 @@ impl CudaBackend {
         };
         let mut b = self.stream.launch_builder(&self.k.rope);
         b.arg(&mut x.inner).arg(&pos.inner).arg(&n_tokens).arg(&n_head).arg(&head_dim).arg(&n_rot);
-        b.arg(&p.base).arg(&p.freq_scale).arg(&mode);
+        let step = p.step();
+        b.arg(&step).arg(&p.freq_scale).arg(&mode);
         // SAFETY: rope_f32 touches x[t][h][0..n_rot] for t < n_tokens, h < n_head, reads pos[t];
         // the lengths were checked above, and threads past the last pair return.
         unsafe { b.launch(cfg((as_u32("rope blocks", pairs.div_ceil(256))?, 1), 256)) }.map_err(driver("launch rope_f32"))?;

@@ -265,7 +265,8 @@ impl CudaBackend {
             };
         }
         b.arg(&extras.eps).arg(&mut kc.inner).arg(&mut vc.inner).arg(&mut kpos.inner).arg(&slots.inner).arg(&pos.inner);
-        b.arg(&nh).arg(&nkv).arg(&d).arg(&dv).arg(&nrot).arg(&rope.base).arg(&rope.freq_scale).arg(&mode);
+        let step = rope.step();
+        b.arg(&nh).arg(&nkv).arg(&d).arg(&dv).arg(&nrot).arg(&step).arg(&rope.freq_scale).arg(&mode);
         // The block size of rms_norm_f32 for rows of head_dim, so the norms' sums match it.
         let threads = hd.div_ceil(32) as u32 * 32;
         // SAFETY: block (h, t) reads row t's head h of q (queries) or of k and v (key/value

@@ -54,6 +54,11 @@ impl KernelArg for &f32 {
         u64::from(self.to_bits())
     }
 }
+impl KernelArg for &f64 {
+    fn bits(self, _: &CudaStream) -> u64 {
+        self.to_bits()
+    }
+}
 impl KernelArg for &i64 {
     fn bits(self, _: &CudaStream) -> u64 {
         *self as u64
