@@ -285,7 +285,7 @@ impl<'m> GpuBench<'m> {
         }
         for _ in 0..t.n_gen {
             if self.n_seq == 1 {
-                s.eval_seq(0, &tokens, Logits::Last)?;
+                s.decode_step(0, tokens[0])?;
             } else {
                 s.eval_parallel(&tokens)?;
             }

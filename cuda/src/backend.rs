@@ -107,6 +107,11 @@ impl<T: DeviceElem> HostBuffer<T> {
     pub fn as_slice(&self) -> Result<&[T], CudaError> {
         self.inner.as_slice().map_err(driver("cuEventSynchronize"))
     }
+
+    /// The contents to write, once every copy from or into them has completed.
+    pub fn as_mut_slice(&mut self) -> Result<&mut [T], CudaError> {
+        self.inner.as_mut_slice().map_err(driver("cuEventSynchronize"))
+    }
 }
 
 impl<T> std::fmt::Debug for DeviceBuffer<T> {
@@ -494,6 +499,14 @@ impl CudaBackend {
     pub fn upload_into<T: DeviceElem>(&self, host: &[T], dst: &mut DeviceBuffer<T>) -> Result<(), CudaError> {
         expect_len("upload", dst.len(), host.len())?;
         self.stream.memcpy_htod(host, &mut dst.inner).map_err(driver("cuMemcpyHtoD"))
+    }
+
+    /// Queues a copy of the page-locked `src` into `dst` (same length) on the stream: the host
+    /// does not wait (a pageable upload waits for the stream), and writing `src` again through
+    /// [`HostBuffer::as_mut_slice`] waits for this copy.
+    pub fn upload_pinned<T: DeviceElem>(&self, src: &HostBuffer<T>, dst: &mut DeviceBuffer<T>) -> Result<(), CudaError> {
+        expect_len("upload", dst.len(), src.len())?;
+        self.stream.memcpy_htod(&src.inner, &mut dst.inner).map_err(driver("cuMemcpyHtoDAsync"))
     }
 
     /// `len` zeroed elements of page-locked host memory.

@@ -82,6 +82,14 @@ fn whole_model_logits_cpu_vs_cuda() {
             let mut gpu_s = GpuSession::new(&gm, &params).unwrap();
             let gpu = run(&mut |t, w| gpu_s.eval(t, w).unwrap_or_else(|e| panic!("{name} {ftype}: {e}")), &prompt, &decode);
             let label = if plain { "plain" } else { "graph+f16w" };
+            // The decode loop's borrowed step (the graph's page-locked logits, or the plain
+            // pass's) gives the same floats as eval.
+            let mut step_s = GpuSession::new(&gm, &params).unwrap();
+            step_s.eval(&prompt, Logits::None).unwrap();
+            for (i, &t) in decode.iter().enumerate() {
+                let got = step_s.decode_step(0, t).unwrap_or_else(|e| panic!("{name} {ftype} {label}: {e}"));
+                assert_eq!(got, &gpu[prompt.len() + i][..], "{name} {ftype} {label}: decode_step differs from eval at token {i}");
+            }
 
             assert_eq!(gpu.len(), cpu.len());
             let per_pos: Vec<f64> = gpu.iter().zip(&cpu).map(|(g, c)| nmse(g, c)).collect();

@@ -277,6 +277,9 @@ struct Batch {
     pos: DeviceBuffer<i32>,
     slots: Vec<DeviceBuffer<i32>>,
     bases: Vec<DeviceBuffer<i32>>,
+    /// Their page-locked host staging (ids, positions, then slots and bases per group): the
+    /// uploads are queued on the stream, where pageable ones waited for it, four times a token.
+    staged: Vec<HostBuffer<i32>>,
     /// Set before each forward pass.
     attend: Attend,
     /// The residual stream `[n_embd]` and the normed input of a block `[n_embd]`.
@@ -294,8 +297,9 @@ struct Batch {
     up: DeviceBuffer<f32>,
     /// Decode attention's log-sum-exp `[n][n_head]` (unused).
     lse: DeviceBuffer<f32>,
-    /// Decode (`n == 1`): the logits `[n_vocab]`.
+    /// Decode (`n == 1`): the logits `[n_vocab]`, and their page-locked host copy.
     logits: Option<DeviceBuffer<f32>>,
+    logits_host: Option<HostBuffer<f32>>,
     /// Every row's logits `[n][n_vocab]` on the device and their page-locked host copy, once a
     /// pass has asked for them (several sequences' decode steps); kept for the next.
     logits_all: Option<(DeviceBuffer<f32>, HostBuffer<f32>)>,
@@ -320,6 +324,7 @@ impl Batch {
             pos: be.alloc(n)?,
             slots: (0..n_groups).map(|_| be.alloc(n)).collect::<Result<_, _>>()?,
             bases: (0..n_groups).map(|_| be.alloc(n)).collect::<Result<_, _>>()?,
+            staged: (0..2 + 2 * n_groups).map(|_| be.alloc_host(n)).collect::<Result<_, _>>()?,
             attend: Attend::One(0),
             x: be.alloc(n * c.n_embd)?,
             h: be.alloc(n * c.n_embd)?,
@@ -332,6 +337,7 @@ impl Batch {
             up: be.alloc(n * c.n_ff)?,
             lse: be.alloc(n * c.n_head)?,
             logits: if n == 1 { Some(be.alloc(c.n_vocab)?) } else { None },
+            logits_host: if n == 1 { Some(be.alloc_host(c.n_vocab)?) } else { None },
             logits_all: None,
             dq: if n == 1 {
                 let q8 = |cols: usize| be.alloc::<u8>(cols / 32 * engine_cuda::Q8_1_BYTES);
@@ -740,8 +746,7 @@ impl<'m> GpuSession<'m> {
             return Err(ModelError::Config(format!("{n_seq} tokens for a session of {} sequences", self.past.len())).into());
         }
         if n_seq == 1 {
-            self.last_logits = self.eval_seq(0, tokens, Logits::Last)?;
-            return Ok(&self.last_logits);
+            return self.decode_step(0, tokens[0]);
         }
         let n_vocab = self.model.cfg.n_vocab;
         for (s, t) in tokens.iter().enumerate() {
@@ -756,15 +761,9 @@ impl<'m> GpuSession<'m> {
         Ok(out)
     }
 
-    /// Uploads the chunk's ids, positions, slots and bases into the batch buffers for its size,
-    /// then runs [`forward::forward`] (or replays the decode graph).
-    fn forward_chunk(&mut self, tokens: &[u32], attend: Attend, which: Logits) -> Result<Vec<f32>, GpuError> {
-        self.forward_chunk_probe(tokens, attend, which, None)
-    }
-
-    /// [`GpuSession::forward_chunk`], measuring lazy ratios for the probe when `measure` names
-    /// the sequence whose prompt ends with this chunk.
-    fn forward_chunk_probe(&mut self, tokens: &[u32], attend: Attend, which: Logits, measure: Option<usize>) -> Result<Vec<f32>, GpuError> {
+    /// Finds (or makes) the batch for the chunk's size and queues the uploads of its ids,
+    /// positions, slots and bases; returns the batch's index.
+    fn prepare_chunk(&mut self, tokens: &[u32], attend: Attend) -> Result<usize, GpuError> {
         if self.layers.len() != self.model.layers.len() {
             return Err(GpuError::Unsupported("a session whose KV cache was given up (a restart did not fit): start a new one".into()));
         }
@@ -790,34 +789,96 @@ impl<'m> GpuSession<'m> {
             Attend::One(s) => (self.past[s]..self.past[s] + n).map(|p| (s, p)).collect(),
             Attend::EachOwn => self.past[..n].iter().enumerate().map(|(s, &p)| (s, p)).collect(),
         };
-        let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
-        let pos: Vec<i32> = seq_pos.iter().map(|&(_, p)| p as i32).collect();
-        be.upload_into(&ids, &mut batch.ids)?;
-        be.upload_into(&pos, &mut batch.pos)?;
-        let mut done = vec![false; self.groups.len()];
+        let n_groups = batch.slots.len();
+        let (ids_h, rest) = batch.staged.split_at_mut(1);
+        let (pos_h, rest) = rest.split_at_mut(1);
+        let (slots_h, bases_h) = rest.split_at_mut(n_groups);
+        for (d, &t) in ids_h[0].as_mut_slice()?.iter_mut().zip(tokens) {
+            *d = t as i32;
+        }
+        for (d, &(_, p)) in pos_h[0].as_mut_slice()?.iter_mut().zip(&seq_pos) {
+            *d = p as i32;
+        }
+        be.upload_pinned(&ids_h[0], &mut batch.ids)?;
+        be.upload_pinned(&pos_h[0], &mut batch.pos)?;
+        let mut done = vec![false; n_groups];
         for l in &self.layers {
-            if !done[l.slot_group] {
-                let slots: Vec<i32> = seq_pos.iter().map(|&(s, p)| (s * l.n_slots + l.slot(p)) as i32).collect();
-                let bases: Vec<i32> = seq_pos.iter().map(|&(s, _)| (s * l.n_slots) as i32).collect();
-                be.upload_into(&slots, &mut batch.slots[l.slot_group])?;
-                be.upload_into(&bases, &mut batch.bases[l.slot_group])?;
-                done[l.slot_group] = true;
+            let g = l.slot_group;
+            if !done[g] {
+                for (d, &(s, p)) in slots_h[g].as_mut_slice()?.iter_mut().zip(&seq_pos) {
+                    *d = (s * l.n_slots + l.slot(p)) as i32;
+                }
+                for (d, &(s, _)) in bases_h[g].as_mut_slice()?.iter_mut().zip(&seq_pos) {
+                    *d = (s * l.n_slots) as i32;
+                }
+                be.upload_pinned(&slots_h[g], &mut batch.slots[g])?;
+                be.upload_pinned(&bases_h[g], &mut batch.bases[g])?;
+                done[g] = true;
             }
         }
-        let model = self.model;
-        if n == 1 && which.rows(1) == (0..1) && self.use_graph && measure.is_none() {
-            if self.graph.is_none() {
-                let (layers, mm, part) = (&mut self.layers, &mut self.mm, &mut self.part);
-                self.graph = Some(be.capture(|| forward::decode_launches(model, layers, batch, mm, part).map_err(|e| match e {
-                    GpuError::Cuda(c) => c,
-                    other => CudaError::Invalid(other.to_string()),
-                }))?);
-            }
-            if let (Some(g), Some(logits)) = (&self.graph, &batch.logits) {
-                be.launch_graph(g)?;
-                return Ok(be.download(logits)?);
-            }
+        Ok(bi)
+    }
+
+    /// Whether a chunk of `n` tokens asking for `which` runs as the decode graph.
+    fn graph_step(&self, n: usize, which: Logits, measure: Option<usize>) -> bool {
+        n == 1 && which.rows(1) == (0..1) && self.use_graph && measure.is_none()
+    }
+
+    /// Replays the decode graph (captured on its first use) on the one-token batch `bi`, whose
+    /// inputs are queued, and returns its logits from the batch's page-locked buffer.
+    fn replay_decode(&mut self, bi: usize) -> Result<&[f32], GpuError> {
+        let (model, be) = (self.model, &self.model.be);
+        let batch = &mut self.batches[bi];
+        if self.graph.is_none() {
+            let (layers, mm, part) = (&mut self.layers, &mut self.mm, &mut self.part);
+            self.graph = Some(be.capture(|| forward::decode_launches(model, layers, batch, mm, part).map_err(|e| match e {
+                GpuError::Cuda(c) => c,
+                other => CudaError::Invalid(other.to_string()),
+            }))?);
         }
+        let (Some(g), Some(logits), Some(host)) = (&self.graph, &batch.logits, batch.logits_host.as_mut()) else {
+            return Err(GpuError::Unsupported("decode buffers missing".into()));
+        };
+        be.launch_graph(g)?;
+        Ok(be.download_pinned(logits, host)?)
+    }
+
+    /// One token of sequence `seq` after what it holds: its logits, valid until the next call
+    /// (from the decode graph's page-locked buffer: no copy, no allocation). The same as
+    /// [`GpuSession::eval_seq`] with [`Logits::Last`].
+    pub fn decode_step(&mut self, seq: usize, token: u32) -> Result<&[f32], GpuError> {
+        self.check_seq(seq)?;
+        let n_vocab = self.model.cfg.n_vocab;
+        check_tokens(&[token], n_vocab, self.past[seq], self.n_ctx)?;
+        let measuring = self.probe.as_ref().is_some_and(|p| self.past[seq] + 1 == p.end && p.ratios.iter().all(Option::is_none));
+        if measuring || !self.graph_step(1, Logits::Last, None) {
+            self.last_logits = self.eval_seq(seq, &[token], Logits::Last)?;
+            return Ok(&self.last_logits);
+        }
+        let bi = self.prepare_chunk(&[token], Attend::One(seq))?;
+        let pos = self.past[seq];
+        check_finite(self.replay_decode(bi)?, pos, n_vocab)?;
+        self.past[seq] += 1;
+        match &self.batches[bi].logits_host {
+            Some(host) => Ok(host.as_slice()?),
+            None => Err(GpuError::Unsupported("decode buffers missing".into())),
+        }
+    }
+
+    /// Uploads the chunk's ids, positions, slots and bases into the batch buffers for its size,
+    /// then runs [`forward::forward`] (or replays the decode graph).
+    fn forward_chunk(&mut self, tokens: &[u32], attend: Attend, which: Logits) -> Result<Vec<f32>, GpuError> {
+        self.forward_chunk_probe(tokens, attend, which, None)
+    }
+
+    /// [`GpuSession::forward_chunk`], measuring lazy ratios for the probe when `measure` names
+    /// the sequence whose prompt ends with this chunk.
+    fn forward_chunk_probe(&mut self, tokens: &[u32], attend: Attend, which: Logits, measure: Option<usize>) -> Result<Vec<f32>, GpuError> {
+        let bi = self.prepare_chunk(tokens, attend)?;
+        if self.graph_step(tokens.len(), which, measure) {
+            return Ok(self.replay_decode(bi)?.to_vec());
+        }
+        let (model, batch) = (self.model, &mut self.batches[bi]);
         let probe = match (measure, self.probe.as_mut()) {
             (Some(seq), Some(p)) => Some((p, seq)),
             _ => None,
