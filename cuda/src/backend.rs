@@ -173,10 +173,13 @@ pub const Q8_1_BYTES: usize = 36;
 
 /// Threads per block of the version 1 matrix-vector kernels (`MV_THREADS` in matvec.cu).
 const MV_THREADS: u32 = 128;
-/// Warps per block of the version 2 kernels (`MV2_WARPS`), and passes per unrolled group
-/// (`MV2_UNROLL`).
+/// Warps per block of the version 2 kernels (`MV2_WARPS`).
 const MV2_WARPS: usize = 4;
-const MV2_UNROLL: usize = 4;
+/// [`CudaBackend::auto_matvec`]'s bound on the passes per warp below which it halves the warps
+/// per row of a matrix with more rows than stay resident: the kernels' unrolled group was 4
+/// passes when it was tuned. The kernels now unroll 2 (`MV2_UNROLL` in matvec.cu, measured with
+/// this bound unchanged).
+const WPR_PASSES: usize = 4;
 
 /// Which matrix-vector kernel runs (matvec.cu keeps both versions, benchmarked against each
 /// other by `examples/matvec_bw.rs`).
@@ -472,7 +475,7 @@ impl CudaBackend {
             wpr /= 2;
         }
         let resident = 32 * self.multiprocessors;
-        while wpr > 1 && rows * wpr > resident && nb <= per_pass * (wpr / 2) * MV2_UNROLL {
+        while wpr > 1 && rows * wpr > resident && nb <= per_pass * (wpr / 2) * WPR_PASSES {
             wpr /= 2;
         }
         MatvecKernel::WarpsPerRow(wpr as u32)
