@@ -705,9 +705,7 @@ impl<'m> GpuSession<'m> {
         self.check_seq(seq)?;
         let n_vocab = self.model.cfg.n_vocab;
         check_tokens(tokens, n_vocab, self.past[seq], self.n_ctx)?;
-        // (A probe measures one prompt: the first to end at its position.)
-        let measuring =
-            self.probe.as_ref().is_some_and(|p| self.past[seq] + tokens.len() == p.end && p.ratios.iter().all(Option::is_none));
+        let measuring = self.measures(seq, tokens.len());
         // Chunk bounds: batches of n_batch; when measuring, the last one holds the last w_last.
         let split = match (&self.probe, measuring) {
             (Some(p), true) => probe_split(tokens.len(), p.w_last, self.n_batch),
@@ -819,6 +817,12 @@ impl<'m> GpuSession<'m> {
         Ok(bi)
     }
 
+    /// Whether `n` more tokens of sequence `seq` end the prompt the armed LightTransfer-Test
+    /// probe measures (a probe measures one prompt: the first to end at its position).
+    fn measures(&self, seq: usize, n: usize) -> bool {
+        self.probe.as_ref().is_some_and(|p| self.past[seq] + n == p.end && p.ratios.iter().all(Option::is_none))
+    }
+
     /// Whether a chunk of `n` tokens asking for `which` runs as the decode graph.
     fn graph_step(&self, n: usize, which: Logits, measure: Option<usize>) -> bool {
         n == 1 && which.rows(1) == (0..1) && self.use_graph && measure.is_none()
@@ -850,8 +854,7 @@ impl<'m> GpuSession<'m> {
         self.check_seq(seq)?;
         let n_vocab = self.model.cfg.n_vocab;
         check_tokens(&[token], n_vocab, self.past[seq], self.n_ctx)?;
-        let measuring = self.probe.as_ref().is_some_and(|p| self.past[seq] + 1 == p.end && p.ratios.iter().all(Option::is_none));
-        if measuring || !self.graph_step(1, Logits::Last, None) {
+        if self.measures(seq, 1) || !self.graph_step(1, Logits::Last, None) {
             self.last_logits = self.eval_seq(seq, &[token], Logits::Last)?;
             return Ok(&self.last_logits);
         }
