@@ -1,7 +1,8 @@
 //! `engine synth` from the command line: a tiny model written and readable, the same file for the
 //! same seed, and bad arguments (unknown preset, type or architecture, an architecture that does
 //! not match the preset, an output that cannot be written) refused with one error line, a
-//! non-zero exit and no file left behind.
+//! non-zero exit and no file left behind; Ctrl-C in the middle of a write leaves the output path
+//! as it was and no temporary file.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -55,4 +56,47 @@ fn bad_arguments_are_one_line_errors() {
     let missing = d.join("no/such/dir/m.gguf");
     refused(&["--arch", "llama", "--preset", "llama-tiny", "--type", "f32"], &missing, "no/such/dir", d);
     refused(&["--arch", "llama", "--preset", "llama-tiny", "--type", "f32"], d, "is a directory", d);
+}
+
+/// Ctrl-C (SIGINT) while the model is being written: a one-line error, the file already at the
+/// output path unchanged, and no temporary file left in its directory (RELIABILITY.md's fault
+/// injection). A 1B-shaped Q4_K_M model takes well over the time to see its temporary file grow.
+#[cfg(unix)]
+#[test]
+fn ctrl_c_during_a_write_leaves_the_old_file_and_nothing_else() {
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m.gguf");
+    std::fs::write(&out, b"what the user had").unwrap();
+    let mut child = Command::new(engine_bin())
+        .args(["synth", "--arch", "llama", "--preset", "llama3.2-1b", "--type", "q4_k_m", "-t", "1", "--quiet", "-o"])
+        .arg(&out)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the temporary file holds some of the model.
+    let start = Instant::now();
+    let partial = loop {
+        let grown = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap()).find(|e| {
+            e.file_name().to_string_lossy().ends_with(".partial") && e.metadata().map(|m| m.len() > (1 << 20)).unwrap_or(false)
+        });
+        if let Some(e) = grown {
+            break e.path();
+        }
+        assert!(child.try_wait().unwrap().is_none(), "synth ended before its temporary file grew");
+        assert!(start.elapsed() < Duration::from_secs(120), "no temporary file after two minutes");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let kill = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let o = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "synth succeeded after Ctrl-C");
+    assert_eq!(stderr.lines().count(), 1, "expected one error line, got {stderr:?}");
+    assert!(stderr.starts_with("error: ") && stderr.contains("stopped by Ctrl-C"), "{stderr:?}");
+    assert_eq!(std::fs::read(&out).unwrap(), b"what the user had", "the output path changed");
+    assert!(!partial.exists(), "temporary file {} left behind", partial.display());
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left, vec![std::ffi::OsString::from("m.gguf")], "files left: {left:?}");
 }

@@ -10,6 +10,20 @@ use engine::model::SessionParams;
 use engine::sampling::SamplerParams;
 use engine::tokenizer::Tokenizer;
 
+/// For the commands that write a model: Ctrl-C asks the write to stop
+/// ([`engine::interrupt`]), so its temporary file is removed and the output path keeps what it
+/// held, instead of the process ending with the temporary file left in the output's directory.
+/// A second Ctrl-C ends the process at once (exit status 130).
+pub fn stop_writes_on_ctrl_c() -> anyhow::Result<()> {
+    ctrlc::set_handler(|| {
+        if engine::interrupt::requested() {
+            std::process::exit(130);
+        }
+        engine::interrupt::request();
+    })
+    .context("installing the Ctrl-C handler")
+}
+
 /// Which model, and how to run it.
 #[derive(clap::Args, Clone, Debug)]
 pub struct ModelArgs {

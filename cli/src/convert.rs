@@ -53,6 +53,7 @@ pub fn bar(total: u64, quiet: bool) -> ProgressBar {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    crate::common::stop_writes_on_ctrl_c()?;
     let outtype = parse_ftype(&args.outtype)?;
     let threads = crate::common::init_threads(args.threads)?;
     let params = ConvertParams { dir: args.dir.clone(), outtype, vocab_from: args.vocab_from.clone() };

@@ -188,6 +188,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let mut writer = GgufWriter::from_file(&file)?;
     spec.write_to(&mut writer)?;
+    // (Only now: Ctrl-C during the calibration above still ends the command at once.)
+    crate::common::stop_writes_on_ctrl_c()?;
     let size = writer.write_atomic(&args.output, None).with_context(|| format!("writing {}", args.output.display()))?;
     eprintln!("wrote {} ({size} bytes)", args.output.display());
     Ok(())

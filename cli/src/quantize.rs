@@ -30,6 +30,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    crate::common::stop_writes_on_ctrl_c()?;
     let ftype = crate::convert::parse_ftype(&args.ty)?;
     let threads = crate::common::init_threads(args.threads)?;
     let input = GgufFile::open(&args.input).with_context(|| format!("loading {}", args.input.display()))?;

@@ -36,6 +36,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    crate::common::stop_writes_on_ctrl_c()?;
     let preset = synth::resolve(&args.arch, &args.preset)?;
     let ftype = FileType::from_name(&args.ty).ok_or_else(|| {
         let known: Vec<&str> = ALL_FILE_TYPES.iter().map(|t| t.name()).collect();

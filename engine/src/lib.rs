@@ -21,6 +21,7 @@ pub mod convert;
 pub mod generate;
 pub mod gguf;
 pub mod gpu;
+pub mod interrupt;
 pub mod lighttransfer;
 pub mod memstat;
 pub mod model;

@@ -93,6 +93,9 @@ pub enum GgufError {
     #[error("cannot write GGUF: {0}")]
     Write(String),
 
+    #[error("stopped by Ctrl-C before the file was complete; nothing was written at {path}")]
+    Stopped { path: PathBuf },
+
     #[error("refusing to write {path}: it is the input file {input}; choose another output path")]
     OutputIsInput { path: PathBuf, input: PathBuf },
 

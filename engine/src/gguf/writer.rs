@@ -231,8 +231,11 @@ impl<'a> GgufWriter<'a> {
     }
 
     /// Writes the file to `out`; returns the bytes written.
+    /// A stop request ([`crate::interrupt`]) ends it at its next write with
+    /// [`GgufError::Write`] ("stopped").
     pub fn write_to(&mut self, out: &mut dyn Write, progress: Option<Progress<'_>>) -> Result<u64, GgufError> {
         let io = |e: io::Error| GgufError::Write(e.to_string());
+        let out: &mut dyn Write = &mut Stoppable { inner: out };
         let align = self.alignment();
         let (header, offsets) = self.encode_header();
         out.write_all(&header).map_err(io)?;
@@ -243,7 +246,12 @@ impl<'a> GgufWriter<'a> {
         for (i, t) in self.tensors.iter_mut().enumerate() {
             debug_assert_eq!(written, header.len() as u64 + offsets[i]);
             match &mut t.data {
-                TensorData::Bytes(b) => out.write_all(b).map_err(io)?,
+                // (In pieces, so a stop request is seen within one.)
+                TensorData::Bytes(b) => {
+                    for piece in b.chunks(WRITE_PIECE) {
+                        out.write_all(piece).map_err(io)?;
+                    }
+                }
                 TensorData::Stream(f) => {
                     let mut counter = CountingWriter { inner: &mut *out, count: 0 };
                     f(&mut counter).map_err(io)?;
@@ -291,12 +299,17 @@ impl<'a> GgufWriter<'a> {
         #[cfg(unix)]
         builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
         let tmp = builder.tempfile_in(&dir).map_err(io)?;
+        let stopped = |e: GgufError| if crate::interrupt::requested() { GgufError::Stopped { path: path.to_path_buf() } } else { e };
         let written = {
             let mut buffered = BufWriter::with_capacity(1 << 20, tmp.as_file());
-            let n = self.write_to(&mut buffered, progress)?;
+            let n = self.write_to(&mut buffered, progress).map_err(stopped)?;
             buffered.flush().map_err(io)?;
             n
         };
+        // (A stop requested after the last write still leaves the target as it was.)
+        if crate::interrupt::requested() {
+            return Err(GgufError::Stopped { path: path.to_path_buf() });
+        }
         tmp.as_file().sync_all().map_err(io)?;
         self.validate_written(tmp.path(), path)?;
         tmp.persist(path).map_err(|e| io(e.error))?;
@@ -326,6 +339,28 @@ impl<'a> GgufWriter<'a> {
             }
         }
         Ok(())
+    }
+}
+
+/// Bytes of a borrowed tensor written at a time.
+const WRITE_PIECE: usize = 8 << 20;
+
+/// A writer that fails every write once a stop is requested ([`crate::interrupt`]).
+struct Stoppable<'w> {
+    inner: &'w mut dyn Write,
+}
+
+impl Write for Stoppable<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if crate::interrupt::requested() {
+            // (Not ErrorKind::Interrupted, which write_all retries.)
+            return Err(io::Error::other("stopped"));
+        }
+        self.inner.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
     }
 }
 
