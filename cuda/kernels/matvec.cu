@@ -187,8 +187,9 @@ extern "C" __global__ void __launch_bounds__(MV_THREADS) matvec_q6_k(const u8* _
 // `compute`, and the row loop is unrolled MV2_UNROLL times with the loads written first. In PTX
 // the loads of the group's passes do come first; ptxas (CUDA 13.0, sm_90) nevertheless schedules
 // each pass's loads next to their use, so the SASS has one pass's loads in flight per warp at a
-// time (and a group of 2 measured faster than 4 end to end, below). The gain over version 1 (1.5x for Q4_K on an H200) comes from the warp-per-row shape,
-// the wide loads and the straight-line passes; getting several passes in flight is still open.
+// time (and a group of 2 measured faster than 4 end to end, below). The gain over version 1
+// (1.5x for Q4_K on an H200) comes from the warp-per-row shape, the wide loads and the
+// straight-line passes; getting several passes in flight is still open.
 
 #define MV2_WARPS 4
 // Tuning knobs (overridable at run time through ENGINE_CUDA_DEFINES, see nvrtc.rs):
@@ -207,12 +208,6 @@ extern "C" __global__ void __launch_bounds__(MV_THREADS) matvec_q6_k(const u8* _
 #endif
 #ifndef MV2_GU_UNROLL
 #define MV2_GU_UNROLL (MV2_UNROLL / 2 > 0 ? MV2_UNROLL / 2 : 1)
-#endif
-// MV2_UNROLL_Q4_0: MV2_UNROLL for Q4_0 (and half of it, at least 1, for gate/up). With every
-// other type at 4, Q4_0 at 2 gave 8B Q4_0 351.99 / 351.23 against 337.71 / 336.84 (1: 345.55,
-// 3: 344.48).
-#ifndef MV2_UNROLL_Q4_0
-#define MV2_UNROLL_Q4_0 MV2_UNROLL
 #endif
 #ifndef MV2_MIN_BLOCKS
 #define MV2_MIN_BLOCKS 0
@@ -311,7 +306,7 @@ __device__ __forceinline__ void scale_min_k4_words(int j, int s0, int s1, int s2
 
 // Q8_0 (as mv_q8_0): 4 threads per block, words 2t and 2t + 1.
 struct mv2_q8_0 {
-    static constexpr int QK = 32, TS = 34, TPB = 4, UNROLL = MV2_UNROLL, GU_UNROLL = MV2_GU_UNROLL;
+    static constexpr int QK = 32, TS = 34, TPB = 4;
     struct W {
         int q0, q1;
         u16 d;
@@ -327,8 +322,7 @@ struct mv2_q8_0 {
 
 // Q4_0 (as mv_q4_0): 2 threads per block, words 2t and 2t + 1 of the nibbles.
 struct mv2_q4_0 {
-    static constexpr int QK = 32, TS = 18, TPB = 2, UNROLL = MV2_UNROLL_Q4_0,
-                         GU_UNROLL = MV2_UNROLL_Q4_0 / 2 > 0 ? MV2_UNROLL_Q4_0 / 2 : 1;
+    static constexpr int QK = 32, TS = 18, TPB = 2;
     struct W {
         int v0, v1;
         u16 d;
@@ -353,7 +347,7 @@ struct mv2_q4_0 {
 
 // Q5_0 (as mv_q5_0).
 struct mv2_q5_0 {
-    static constexpr int QK = 32, TS = 22, TPB = 2, UNROLL = MV2_UNROLL, GU_UNROLL = MV2_GU_UNROLL;
+    static constexpr int QK = 32, TS = 22, TPB = 2;
     struct W {
         int v0, v1, qh;
         u16 d;
@@ -392,7 +386,7 @@ struct mv2_q5_0 {
 #define MV_Q4K_DS 1
 #endif
 struct mv2_q4_k {
-    static constexpr int QK = 256, TS = 144, TPB = 8, UNROLL = MV2_UNROLL, GU_UNROLL = MV2_GU_UNROLL;
+    static constexpr int QK = 256, TS = 144, TPB = 8;
     struct W {
         int4_t v;
         int s0, s1, s2, dm;
@@ -446,7 +440,7 @@ struct mv2_q4_k {
 // Q6_K (as mv_q6_k): 32 threads per block. The device's blocks are padded to 4-byte alignment
 // (Q6K_DEV_TS), so the quant words are single 32-bit loads (two 16-bit loads each at 210 bytes).
 struct mv2_q6_k {
-    static constexpr int QK = 256, TS = Q6K_DEV_TS, TPB = 32, UNROLL = MV2_UNROLL, GU_UNROLL = MV2_GU_UNROLL;
+    static constexpr int QK = 256, TS = Q6K_DEV_TS, TPB = 32;
     struct W {
         int v, vh;
         int sc_lo, sc_hi;
@@ -473,7 +467,7 @@ struct mv2_q6_k {
 };
 
 // The warp-summed partial dot product of one row (nb blocks of T at wr) with y, over the passes
-// of warp `part` of the row's `wpr` warps: whole groups of T::UNROLL passes, then what remains
+// of warp `part` of the row's `wpr` warps: whole groups of MV2_UNROLL passes, then what remains
 // as one group of guarded passes, so short rows (fewer passes than a group: a row of 2048 Q4_K
 // columns is two passes per warp) still issue all their loads before the first product. Every
 // version-2 kernel, fused or not, sums through this function, so a row gets the same float for
@@ -487,7 +481,7 @@ __device__ __forceinline__ float row_partial(const u8* __restrict__ wr, const bl
     float sum = 0.0f;
     int kb = lane / T::TPB + part * PER_PASS;
     // Whole groups of U passes, the weights of all of them loaded first (in PTX).
-    constexpr int U = T::UNROLL;
+    constexpr int U = MV2_UNROLL;
     for (; kb + (U - 1) * stride < nb; kb += U * stride) {
         typename T::W wv[U];
 #pragma unroll
@@ -511,13 +505,13 @@ __device__ __forceinline__ float row_partial(const u8* __restrict__ wr, const bl
 }
 
 // row_partial for the same row of two matrices of type T (the FFN's gate and up), the loads of
-// both issued before either's products: groups of T::GU_UNROLL passes of each row, the same
+// both issued before either's products: groups of MV2_GU_UNROLL passes of each row, the same
 // passes summed in the same order as row_partial, so each result is the float it gives.
 template <typename T>
 __device__ __forceinline__ void row_partial2(const u8* __restrict__ wa, const u8* __restrict__ wb, const block_q8_1* __restrict__ y,
                                              int nb, int lane, int part, int wpr, float& sa, float& sb) {
     constexpr int PER_PASS = WARP_SIZE / T::TPB;
-    constexpr int U = T::GU_UNROLL;
+    constexpr int U = MV2_GU_UNROLL;
     const int stride = PER_PASS * wpr;
     const int t = lane % T::TPB;
     float suma = 0.0f, sumb = 0.0f;

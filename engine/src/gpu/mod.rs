@@ -277,9 +277,12 @@ struct Batch {
     pos: DeviceBuffer<i32>,
     slots: Vec<DeviceBuffer<i32>>,
     bases: Vec<DeviceBuffer<i32>>,
-    /// Their page-locked host staging (ids, positions, then slots and bases per group): the
-    /// uploads are queued on the stream, where pageable ones waited for it, four times a token.
-    staged: Vec<HostBuffer<i32>>,
+    /// Their page-locked host staging, in the same order: the uploads are queued on the
+    /// stream, where pageable ones waited for it, four times a token.
+    ids_h: HostBuffer<i32>,
+    pos_h: HostBuffer<i32>,
+    slots_h: Vec<HostBuffer<i32>>,
+    bases_h: Vec<HostBuffer<i32>>,
     /// Set before each forward pass.
     attend: Attend,
     /// The residual stream `[n_embd]` and the normed input of a block `[n_embd]`.
@@ -324,7 +327,10 @@ impl Batch {
             pos: be.alloc(n)?,
             slots: (0..n_groups).map(|_| be.alloc(n)).collect::<Result<_, _>>()?,
             bases: (0..n_groups).map(|_| be.alloc(n)).collect::<Result<_, _>>()?,
-            staged: (0..2 + 2 * n_groups).map(|_| be.alloc_host(n)).collect::<Result<_, _>>()?,
+            ids_h: be.alloc_host(n)?,
+            pos_h: be.alloc_host(n)?,
+            slots_h: (0..n_groups).map(|_| be.alloc_host(n)).collect::<Result<_, _>>()?,
+            bases_h: (0..n_groups).map(|_| be.alloc_host(n)).collect::<Result<_, _>>()?,
             attend: Attend::One(0),
             x: be.alloc(n * c.n_embd)?,
             h: be.alloc(n * c.n_embd)?,
@@ -787,30 +793,26 @@ impl<'m> GpuSession<'m> {
             Attend::One(s) => (self.past[s]..self.past[s] + n).map(|p| (s, p)).collect(),
             Attend::EachOwn => self.past[..n].iter().enumerate().map(|(s, &p)| (s, p)).collect(),
         };
-        let n_groups = batch.slots.len();
-        let (ids_h, rest) = batch.staged.split_at_mut(1);
-        let (pos_h, rest) = rest.split_at_mut(1);
-        let (slots_h, bases_h) = rest.split_at_mut(n_groups);
-        for (d, &t) in ids_h[0].as_mut_slice()?.iter_mut().zip(tokens) {
+        for (d, &t) in batch.ids_h.as_mut_slice()?.iter_mut().zip(tokens) {
             *d = t as i32;
         }
-        for (d, &(_, p)) in pos_h[0].as_mut_slice()?.iter_mut().zip(&seq_pos) {
+        for (d, &(_, p)) in batch.pos_h.as_mut_slice()?.iter_mut().zip(&seq_pos) {
             *d = p as i32;
         }
-        be.upload_pinned(&ids_h[0], &mut batch.ids)?;
-        be.upload_pinned(&pos_h[0], &mut batch.pos)?;
-        let mut done = vec![false; n_groups];
+        be.upload_pinned(&batch.ids_h, &mut batch.ids)?;
+        be.upload_pinned(&batch.pos_h, &mut batch.pos)?;
+        let mut done = vec![false; batch.slots.len()];
         for l in &self.layers {
             let g = l.slot_group;
             if !done[g] {
-                for (d, &(s, p)) in slots_h[g].as_mut_slice()?.iter_mut().zip(&seq_pos) {
+                for (d, &(s, p)) in batch.slots_h[g].as_mut_slice()?.iter_mut().zip(&seq_pos) {
                     *d = (s * l.n_slots + l.slot(p)) as i32;
                 }
-                for (d, &(s, _)) in bases_h[g].as_mut_slice()?.iter_mut().zip(&seq_pos) {
+                for (d, &(s, _)) in batch.bases_h[g].as_mut_slice()?.iter_mut().zip(&seq_pos) {
                     *d = (s * l.n_slots) as i32;
                 }
-                be.upload_pinned(&slots_h[g], &mut batch.slots[g])?;
-                be.upload_pinned(&bases_h[g], &mut batch.bases[g])?;
+                be.upload_pinned(&batch.slots_h[g], &mut batch.slots[g])?;
+                be.upload_pinned(&batch.bases_h[g], &mut batch.bases[g])?;
                 done[g] = true;
             }
         }
