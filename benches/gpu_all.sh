@@ -15,7 +15,7 @@ T=${TMPDIR:-/tmp}
 parts=("$@")
 [ ${#parts[@]} -eq 0 ] && parts=(tests speed hybrid)
 model() { # preset type file
-    [ -f "$T/$3" ] || "$E" synth --arch llama --preset "$1" --type "$2" -o "$T/$3" -t "$(nproc)" >/dev/null
+    [ -f "$T/$3" ] || "$E" synth --arch llama --preset "$1" --type "$2" -o "$T/$3" -t "$(nproc)" --fast >/dev/null
 }
 for part in "${parts[@]}"; do
     case "$part" in

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 7's hybrid-throughput targets, on a GPU machine: a Llama-3-8B-shaped model (random
-# weights, Q4_K_M, made here by `engine synth`) with every other layer streaming (16 of 32 lazy:
+# weights, Q4_K_M, made here by `engine synth --fast`) with every other layer streaming (16 of 32 lazy:
 # sink 4 + window 1020 positions, plus the GPU's batch margin of -b positions) against the same
 # model with every layer full:
 #   1. 16K context, as many sequences as fit in GPU memory, decoded together (target: lazy
@@ -12,7 +12,7 @@
 set -euo pipefail
 E=${ENGINE:-target/release/engine}
 M=${MODEL:-/tmp/l8b.gguf}
-[ -f "$M" ] || "$E" synth --arch llama --preset llama3-8b --type q4_k_m -o "$M" -t "$(nproc)" >/dev/null
+[ -f "$M" ] || "$E" synth --arch llama --preset llama3-8b --type q4_k_m -o "$M" -t "$(nproc)" --fast >/dev/null
 HALF=$(seq -s, 1 2 31)
 for lazy in "" "--lazy-layers $HALF"; do
     # shellcheck disable=SC2086

@@ -17,7 +17,7 @@ use engine_tests::default_model;
 fn synth_model(dir: &Path, preset: &str, ftype: FileType) -> std::path::PathBuf {
     let path = dir.join(format!("{preset}.gguf"));
     let p = synth::preset(preset).unwrap();
-    synth::synthesize(&SynthParams { preset: p, ftype, seed: 7 }, &path, None).unwrap();
+    synth::synthesize(&SynthParams { preset: p, ftype, seed: 7, fast: false }, &path, None).unwrap();
     path
 }
 
@@ -161,7 +161,7 @@ fn team_decode_equals_the_fork_join_bit_for_bit() {
         for ftype in [FileType::Q4KM, FileType::Q8_0, FileType::Q5_0] {
             let path = dir.path().join(format!("{preset}-{ftype:?}.gguf"));
             let p = synth::preset(preset).unwrap();
-            synth::synthesize(&SynthParams { preset: p, ftype, seed: 11 }, &path, None).unwrap();
+            synth::synthesize(&SynthParams { preset: p, ftype, seed: 11, fast: false }, &path, None).unwrap();
             let file = GgufFile::open(&path).unwrap();
             for threads in [2, 3] {
                 check_team_equals_fork_join(&file, threads, 12);

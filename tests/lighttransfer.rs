@@ -46,7 +46,7 @@ fn streaming_sliding_window_layers_see_sinks_only_within_their_window() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gemma3-tiny.gguf");
     let preset = engine::synth::preset("gemma3-tiny").unwrap();
-    engine::synth::synthesize(&engine::synth::SynthParams { preset, ftype: engine::quant_mix::FileType::F32, seed: 7 }, &path, None).unwrap();
+    engine::synth::synthesize(&engine::synth::SynthParams { preset, ftype: engine::quant_mix::FileType::F32, seed: 7, fast: false }, &path, None).unwrap();
     let file = GgufFile::open(&path).unwrap();
     let mut model = Model::load(&file).unwrap();
     model.exact_matmul = true;

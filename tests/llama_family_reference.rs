@@ -81,7 +81,7 @@ fn hex(digest: &[u8]) -> String {
 /// Regenerates the fixture's model at `path` and checks it is the file the reference saw.
 fn regenerate(fx: &Fixture, path: &Path) {
     let preset = synth::resolve(&fx.arch, &fx.preset).unwrap();
-    synth::synthesize(&SynthParams { preset, ftype: FileType::F32, seed: fx.seed }, path, None).unwrap();
+    synth::synthesize(&SynthParams { preset, ftype: FileType::F32, seed: fx.seed, fast: false }, path, None).unwrap();
     let file_hash = hex(&Sha256::digest(std::fs::read(path).unwrap()));
     let file = GgufFile::open(path).unwrap();
     let mut h = Sha256::new();

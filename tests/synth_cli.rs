@@ -1,8 +1,8 @@
 //! `engine synth` from the command line: a tiny model written and readable, the same file for the
-//! same seed, and bad arguments (unknown preset, type or architecture, an architecture that does
-//! not match the preset, an output that cannot be written) refused with one error line, a
-//! non-zero exit and no file left behind; Ctrl-C in the middle of a write leaves the output path
-//! as it was and no temporary file.
+//! same seed (with and without `--fast`), and bad arguments (unknown preset, type or
+//! architecture, an architecture that does not match the preset, an output that cannot be
+//! written) refused with one error line, a non-zero exit and no file left behind; Ctrl-C in the
+//! middle of a write leaves the output path as it was and no temporary file.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -41,6 +41,29 @@ fn writes_a_model_our_loader_accepts_and_the_same_one_again() {
     let model = Model::load(&file).unwrap();
     assert_eq!(model.cfg.n_layer, 3);
     assert_eq!(file.get_str("general.name").unwrap(), Some("qwen2-tiny"));
+}
+
+/// `--fast`: the same file for the same seed, a model the loader accepts, with as many bytes of
+/// tensor data as the normal file but other bytes, and the option recorded in
+/// `general.description`.
+#[test]
+fn fast_writes_the_same_loadable_model_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--arch", "qwen2", "--preset", "qwen2-tiny", "--type", "q4_k_m", "--seed", "5"];
+    let (normal, a, b) = (dir.path().join("n.gguf"), dir.path().join("a.gguf"), dir.path().join("b.gguf"));
+    let o = synth(&args, &normal);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for out in [&a, &b] {
+        let o = synth(&[&args[..], &["--fast"]].concat(), out);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    let (file, normal) = (GgufFile::open(&a).unwrap(), GgufFile::open(&normal).unwrap());
+    assert_eq!(file.data_section_len(), normal.data_section_len());
+    assert_ne!(file.bytes()[file.data_offset() as usize..], normal.bytes()[normal.data_offset() as usize..]);
+    Model::load(&file).unwrap();
+    let description = file.get_str("general.description").unwrap().unwrap_or_default();
+    assert!(description.ends_with("--seed 5 --fast"), "{description:?}");
 }
 
 #[test]

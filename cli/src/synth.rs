@@ -1,5 +1,6 @@
-//! `engine synth --arch ARCH --preset NAME --type TYPE -o FILE [--seed S]`: writes a random-weight
-//! model of a named shape (see `engine::synth`), atomically, with a progress bar on a terminal.
+//! `engine synth --arch ARCH --preset NAME --type TYPE -o FILE [--seed S] [--fast]`: writes a
+//! random-weight model of a named shape (see `engine::synth`), atomically, with a progress bar on
+//! a terminal.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -24,9 +25,14 @@ pub struct Args {
     /// Output GGUF file (written atomically).
     #[arg(short = 'o', long = "output")]
     output: PathBuf,
-    /// Random seed: the same preset, type and seed give the same file.
+    /// Random seed: the same preset, type, seed and --fast give the same file.
     #[arg(long, default_value_t = DEFAULT_SEED)]
     seed: u64,
+    /// Benchmark-only weights, many times faster to make: each quantized tensor of more than 256
+    /// rows quantizes its first 256 rows as without --fast and builds every later row from their
+    /// blocks, picked at random; same size, types and weight scale. Float tensors are unchanged.
+    #[arg(long)]
+    fast: bool,
     /// CPU threads (default: all available).
     #[arg(short = 't', long = "threads")]
     threads: Option<usize>,
@@ -50,7 +56,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         anyhow::bail!("cannot write {}: directory {} does not exist", args.output.display(), dir.display());
     }
     let threads = crate::common::init_threads(args.threads)?;
-    let params = SynthParams { preset, ftype, seed: args.seed };
+    let params = SynthParams { preset, ftype, seed: args.seed, fast: args.fast };
 
     let total = synth::tensor_bytes(&params);
     let bar = if args.quiet || !std::io::stderr().is_terminal() {
@@ -70,11 +76,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     bar.finish_and_clear();
     let secs = start.elapsed().as_secs_f64();
     eprintln!(
-        "wrote {}: {} ({} parameters), {ftype}, seed {}, {} in {secs:.1} s ({:.0} MiB/s, {threads} threads)",
+        "wrote {}: {} ({} parameters), {ftype}, seed {}{}, {} in {secs:.1} s ({:.0} MiB/s, {threads} threads)",
         args.output.display(),
         preset.name,
         preset.n_params(),
         args.seed,
+        if args.fast { ", --fast" } else { "" },
         crate::common::human_bytes(size),
         size as f64 / (1 << 20) as f64 / secs.max(1e-9),
     );

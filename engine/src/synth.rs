@@ -1,8 +1,8 @@
 //! Random-weight models of named shapes (`engine synth`): test models for every architecture and
 //! the real shapes of a few released models, for tests and benchmarks that need no download.
 //!
-//! A file is fully determined by (preset, file type, seed): every row of every tensor draws from
-//! its own random stream, seeded from the seed, the tensor's name and the row index, so the
+//! A file is fully determined by (preset, file type, seed, fast): every row of every tensor draws
+//! from its own random stream, seeded from the seed, the tensor's name and the row index, so the
 //! output does not depend on the thread count, and the numbers come from integer arithmetic and
 //! IEEE `+ - *` only (no `ln`/`cos` from a platform math library), so they are the same on every
 //! machine. Tests regenerate the tiny presets and compare hashes with committed fixtures.
@@ -17,6 +17,14 @@
 //! Tensors are generated and quantized in parallel (rayon), a chunk of rows at a time, and
 //! streamed to the writer ([`TensorData::Stream`]): an 8B model is never in memory whole. The
 //! type of each tensor comes from [`crate::quant_mix`], llama.cpp's rules for the file type.
+//!
+//! `--fast` ([`SynthParams::fast`]) is for benchmark-only models: quantizing is almost all of the
+//! time (the reference K-quant scale search), so a tensor of a block-quantized type with more
+//! than 256 rows (`POOL_ROWS`) quantizes only its first 256 rows (the pool, exactly the rows of
+//! the normal file), and block `b` of every later row is block `b` of a pool row picked by the
+//! row's own random stream. A ggml block carries its own scales, so the weights keep the scale
+//! and the type mix of the normal file; rows differ only in which pool blocks they combine.
+//! Float tensors and tensors of at most 256 rows are the same as without `--fast`.
 //!
 //! The vocabulary is SentencePiece-style (`tokenizer.ggml.model = "llama"`) for every
 //! architecture, Qwen2 and Llama 3 included: llama.cpp picks the tokenizer from
@@ -342,6 +350,9 @@ pub struct SynthParams {
     pub preset: &'static Preset,
     pub ftype: FileType,
     pub seed: u64,
+    /// Build the rows of large quantized tensors from blocks of their first rows (`--fast`; see
+    /// the module comment): benchmark-only weights, many times faster to make.
+    pub fast: bool,
 }
 
 /// Writes the model atomically at `path`; returns the file size.
@@ -367,7 +378,13 @@ pub fn writer(params: &SynthParams) -> Result<GgufWriter<'static>, SynthError> {
     w.set("general.name", MetaValue::String(p.name.into()))?;
     w.set(
         "general.description",
-        MetaValue::String(format!("random weights: engine synth --preset {} --type {} --seed {}", p.name, params.ftype, params.seed)),
+        MetaValue::String(format!(
+            "random weights: engine synth --preset {} --type {} --seed {}{}",
+            p.name,
+            params.ftype,
+            params.seed,
+            if params.fast { " --fast" } else { "" }
+        )),
     )?;
     w.set("general.file_type", MetaValue::U32(params.ftype.id()))?;
     w.set("general.quantization_version", MetaValue::U32(2))?;
@@ -397,7 +414,8 @@ pub fn writer(params: &SynthParams) -> Result<GgufWriter<'static>, SynthError> {
     set_vocab(&mut w, p)?;
 
     for (i, t) in plan(p, params.ftype).into_iter().enumerate() {
-        let job = TensorJob { stream: mix64(params.seed ^ mix64(fnv1a(t.name.as_bytes()) ^ i as u64)), ne: t.ne.clone(), ty: t.ty, init: t.init };
+        let stream = mix64(params.seed ^ mix64(fnv1a(t.name.as_bytes()) ^ i as u64));
+        let job = TensorJob { stream, ne: t.ne.clone(), ty: t.ty, init: t.init, fast: params.fast };
         w.add_tensor(&t.name, t.ty, &t.ne, TensorData::Stream(Box::new(move |out: &mut dyn Write| job.write(out))))?;
     }
     Ok(w)
@@ -503,6 +521,10 @@ fn pieces() -> impl Iterator<Item = String> {
 /// parallel, then written.
 const CHUNK_BYTES: usize = 16 << 20;
 
+/// Rows drawn and quantized for a tensor under `--fast` (the pool); its later rows are made of
+/// their blocks.
+const POOL_ROWS: usize = 256;
+
 /// Generates one tensor's data.
 struct TensorJob {
     /// The tensor's random stream (from the seed, its name and index).
@@ -510,6 +532,8 @@ struct TensorJob {
     ne: Vec<u64>,
     ty: GgmlType,
     init: Init,
+    /// Rows past the first [`POOL_ROWS`] of a quantized type are made of pool blocks.
+    fast: bool,
 }
 
 impl TensorJob {
@@ -517,23 +541,66 @@ impl TensorJob {
         let ncols = self.ne[0] as usize;
         let nrows: usize = self.ne[1..].iter().product::<u64>() as usize;
         let row_bytes = self.ty.row_nbytes(ncols as u64).map_err(|e| io::Error::other(e.to_string()))? as usize;
+        // Under --fast, rows 0..POOL_ROWS quantized as without it: the pool.
+        let pool = if self.fast && self.ty.is_quantized() && nrows > POOL_ROWS {
+            let mut pool = vec![0u8; POOL_ROWS * row_bytes];
+            self.quantize_rows(0, &mut pool, row_bytes)?;
+            Some(pool)
+        } else {
+            None
+        };
         let rows_per_step = (CHUNK_BYTES / row_bytes.max(1)).clamp(1, nrows.max(1));
         let mut buf = vec![0u8; rows_per_step * row_bytes];
         let mut row0 = 0;
         while row0 < nrows {
             let n = rows_per_step.min(nrows - row0);
             let step = &mut buf[..n * row_bytes];
-            step.par_chunks_mut(row_bytes).enumerate().try_for_each_init(
-                || vec![0f32; ncols],
-                |x, (i, dst)| {
-                    self.fill_row((row0 + i) as u64, x);
-                    ggml_kernels::quants::quantize(self.ty, x, dst).map_err(|e| io::Error::other(e.to_string()))
-                },
-            )?;
+            match &pool {
+                Some(pool) => self.pool_rows(pool, row0, step, row_bytes),
+                None => self.quantize_rows(row0, step, row_bytes)?,
+            }
             out.write_all(step)?;
             row0 += n;
         }
         Ok(())
+    }
+
+    /// Draws and quantizes rows `row0..` into `dst` (`row_bytes` each), rows in parallel.
+    fn quantize_rows(&self, row0: usize, dst: &mut [u8], row_bytes: usize) -> io::Result<()> {
+        let ncols = self.ne[0] as usize;
+        dst.par_chunks_mut(row_bytes).enumerate().try_for_each_init(
+            || vec![0f32; ncols],
+            |x, (i, row)| {
+                self.fill_row((row0 + i) as u64, x);
+                ggml_kernels::quants::quantize(self.ty, x, row).map_err(|e| io::Error::other(e.to_string()))
+            },
+        )
+    }
+
+    /// Rows `row0..` of a `--fast` tensor into `dst` (`row_bytes` each), rows in parallel: a row
+    /// inside the pool is the pool row; block `b` of a later row is block `b` of the pool row
+    /// that the row's `b`-th pick ([`TensorJob::picks`]) names.
+    fn pool_rows(&self, pool: &[u8], row0: usize, dst: &mut [u8], row_bytes: usize) {
+        let pool_len = pool.len() / row_bytes;
+        let block_bytes = self.ty.type_size();
+        dst.par_chunks_mut(row_bytes).enumerate().for_each(|(i, row)| {
+            let r = row0 + i;
+            if r < pool_len {
+                row.copy_from_slice(&pool[r * row_bytes..(r + 1) * row_bytes]);
+                return;
+            }
+            let mut picks = self.picks(r as u64);
+            for (b, block) in row.chunks_exact_mut(block_bytes).enumerate() {
+                let src = (picks.next() % pool_len as u64) as usize * row_bytes + b * block_bytes;
+                block.copy_from_slice(&pool[src..src + block_bytes]);
+            }
+        });
+    }
+
+    /// Row `row`'s pool picks under `--fast`, one per block: a stream apart from the row's values
+    /// in [`TensorJob::fill_row`] (the complement of the tensor's stream).
+    fn picks(&self, row: u64) -> SplitMix64 {
+        SplitMix64(mix64(!self.stream ^ row.wrapping_mul(0x9E37_79B9_7F4A_7C15)))
     }
 
     /// Row `row`'s values.
@@ -598,60 +665,115 @@ mod tests {
         PRESETS.iter().filter(|p| p.name.ends_with("-tiny"))
     }
 
+    /// With and without `--fast`.
     #[test]
     fn every_tiny_preset_and_type_loads_and_runs() {
         let dir = tempfile::tempdir().unwrap();
         for p in tiny() {
             for ftype in ALL_FILE_TYPES {
-                let params = SynthParams { preset: p, ftype, seed: 7 };
-                let path = dir.path().join(format!("{}-{ftype}.gguf", p.name));
-                let size = synthesize(&params, &path, None).unwrap();
-                assert_eq!(size, std::fs::metadata(&path).unwrap().len());
-                let file = GgufFile::open(&path).unwrap();
-                let planned = plan(p, ftype);
-                assert_eq!(file.tensors().len(), planned.len());
-                for (t, want) in file.tensors().iter().zip(&planned) {
-                    assert_eq!((t.name.as_str(), t.ty, t.dims()), (want.name.as_str(), want.ty, want.ne.as_slice()));
+                for fast in [false, true] {
+                    let params = SynthParams { preset: p, ftype, seed: 7, fast };
+                    let path = dir.path().join(format!("{}-{ftype}-{fast}.gguf", p.name));
+                    let size = synthesize(&params, &path, None).unwrap();
+                    assert_eq!(size, std::fs::metadata(&path).unwrap().len());
+                    let file = GgufFile::open(&path).unwrap();
+                    let planned = plan(p, ftype);
+                    assert_eq!(file.tensors().len(), planned.len());
+                    for (t, want) in file.tensors().iter().zip(&planned) {
+                        assert_eq!((t.name.as_str(), t.ty, t.dims()), (want.name.as_str(), want.ty, want.ne.as_slice()));
+                    }
+                    let model = Model::load(&file).unwrap_or_else(|e| panic!("{} {ftype} fast {fast}: {e}", p.name));
+                    assert_eq!(model.cfg.n_vocab, p.n_vocab);
+                    assert_eq!(model.cfg.head_dim, p.head_dim);
+                    assert_eq!(model.cfg.layers.iter().filter(|l| l.window.is_some()).count(), match (p.arch, p.sliding_window) {
+                        (Arch::Gemma3, _) => p.n_layer - p.n_layer / 6,
+                        (_, Some(_)) => p.n_layer,
+                        (_, None) => 0,
+                    });
+                    let tok = Tokenizer::from_gguf(&file).unwrap();
+                    let ids = tok.tokenize("the cat sat on 42 mats!", TokenizeOptions::default());
+                    assert!(ids.len() > 2, "{ids:?}");
+                    let sp = SessionParams { n_ctx: 64, kv_type: KvType::F32, ..SessionParams::default() };
+                    let mut s = Session::new(&model, &sp).unwrap();
+                    let logits = s.eval(&ids, Logits::Last).unwrap();
+                    assert_eq!(logits.len(), p.n_vocab);
+                    assert!(logits.iter().all(|v| v.is_finite()));
                 }
-                let model = Model::load(&file).unwrap_or_else(|e| panic!("{} {ftype}: {e}", p.name));
-                assert_eq!(model.cfg.n_vocab, p.n_vocab);
-                assert_eq!(model.cfg.head_dim, p.head_dim);
-                assert_eq!(model.cfg.layers.iter().filter(|l| l.window.is_some()).count(), match (p.arch, p.sliding_window) {
-                    (Arch::Gemma3, _) => p.n_layer - p.n_layer / 6,
-                    (_, Some(_)) => p.n_layer,
-                    (_, None) => 0,
-                });
-                let tok = Tokenizer::from_gguf(&file).unwrap();
-                let ids = tok.tokenize("the cat sat on 42 mats!", TokenizeOptions::default());
-                assert!(ids.len() > 2, "{ids:?}");
-                let sp = SessionParams { n_ctx: 64, kv_type: KvType::F32, ..SessionParams::default() };
-                let mut s = Session::new(&model, &sp).unwrap();
-                let logits = s.eval(&ids, Logits::Last).unwrap();
-                assert_eq!(logits.len(), p.n_vocab);
-                assert!(logits.iter().all(|v| v.is_finite()));
             }
         }
     }
 
     #[test]
-    fn output_is_a_function_of_preset_type_and_seed_alone() {
+    fn output_is_a_function_of_preset_type_seed_and_fast_alone() {
         let dir = tempfile::tempdir().unwrap();
         let p = preset("qwen2-tiny").unwrap();
-        let write = |seed: u64, threads: usize, name: &str| {
+        let write = |seed: u64, fast: bool, threads: usize, name: &str| {
             let path = dir.path().join(name);
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-            pool.install(|| synthesize(&SynthParams { preset: p, ftype: FileType::Q4KM, seed }, &path, None)).unwrap();
+            pool.install(|| synthesize(&SynthParams { preset: p, ftype: FileType::Q4KM, seed, fast }, &path, None)).unwrap();
             std::fs::read(&path).unwrap()
         };
-        let a = write(3, 1, "a.gguf");
-        assert_eq!(a, write(3, 3, "b.gguf"), "thread count changed the output");
-        assert_ne!(a, write(4, 2, "c.gguf"), "seed did not change the output");
+        let a = write(3, false, 1, "a.gguf");
+        assert_eq!(a, write(3, false, 3, "b.gguf"), "thread count changed the output");
+        assert_ne!(a, write(4, false, 2, "c.gguf"), "seed did not change the output");
+        let f = write(3, true, 1, "f.gguf");
+        assert_eq!(f, write(3, true, 3, "g.gguf"), "thread count changed the --fast output");
+        assert_ne!(f, write(4, true, 2, "h.gguf"), "seed did not change the --fast output");
+        assert_ne!(a, f, "--fast did not change the output");
+    }
+
+    /// `--fast` changes only the quantized tensors of more than `POOL_ROWS` rows, in every tiny
+    /// preset and file type; those keep the normal file's first `POOL_ROWS` rows (the pool), and
+    /// every block of a later row is the same-column block of a pool row.
+    #[test]
+    fn fast_rows_are_made_of_the_normal_files_first_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut pooled = 0;
+        for p in tiny() {
+            for ftype in ALL_FILE_TYPES {
+                let open = |fast: bool| {
+                    let path = dir.path().join(format!("{}-{ftype}-{fast}.gguf", p.name));
+                    synthesize(&SynthParams { preset: p, ftype, seed: 5, fast }, &path, None).unwrap();
+                    GgufFile::open(&path).unwrap()
+                };
+                let (normal, fast) = (open(false), open(true));
+                let description = |f: &GgufFile| f.get_str("general.description").unwrap().unwrap().to_string();
+                assert_eq!(description(&fast), description(&normal) + " --fast");
+                for (a, b) in normal.tensors().iter().zip(fast.tensors()) {
+                    assert_eq!((&a.name, a.ty, a.dims()), (&b.name, b.ty, b.dims()));
+                    let (a_data, b_data) = (normal.tensor_data(a), fast.tensor_data(b));
+                    let nrows = a.dims()[1..].iter().product::<u64>() as usize;
+                    if !a.ty.is_quantized() || nrows <= POOL_ROWS {
+                        assert!(a_data == b_data, "{} {ftype} {}: changed by --fast", p.name, a.name);
+                        continue;
+                    }
+                    pooled += 1;
+                    let row_bytes = a.ty.row_nbytes(a.dims()[0]).unwrap() as usize;
+                    let block_bytes = a.ty.type_size();
+                    let pool = &a_data[..POOL_ROWS * row_bytes];
+                    assert!(pool == &b_data[..POOL_ROWS * row_bytes], "{} {ftype} {}: pool rows differ", p.name, a.name);
+                    let pool_blocks: HashSet<(usize, &[u8])> =
+                        pool.chunks_exact(row_bytes).flat_map(|src| src.chunks_exact(block_bytes).enumerate()).collect();
+                    let later = b_data[POOL_ROWS * row_bytes..].chunks_exact(row_bytes);
+                    let distinct: HashSet<&[u8]> = later.clone().collect();
+                    assert!(distinct.len() > later.len() / 2, "{} {ftype} {}: {} distinct rows", p.name, a.name, distinct.len());
+                    for (r, row) in later.enumerate() {
+                        let at = format!("{} {ftype} {} row {}", p.name, a.name, POOL_ROWS + r);
+                        assert!(row != &a_data[(POOL_ROWS + r) * row_bytes..][..row_bytes], "{at}: as without --fast");
+                        for (col, block) in row.chunks_exact(block_bytes).enumerate() {
+                            assert!(pool_blocks.contains(&(col, block)), "{at}: block {col} is no pool block");
+                        }
+                    }
+                }
+            }
+        }
+        assert!(pooled > 100, "only {pooled} tensors took the --fast path");
     }
 
     #[test]
     fn weights_have_the_intended_scale() {
         let p = preset("llama-tiny").unwrap();
-        let job = TensorJob { stream: 99, ne: vec![4096, 4], ty: GgmlType::F32, init: Init::Matrix };
+        let job = TensorJob { stream: 99, ne: vec![4096, 4], ty: GgmlType::F32, init: Init::Matrix, fast: false };
         let mut x = vec![0f32; 4096];
         job.fill_row(0, &mut x);
         let mean = x.iter().sum::<f32>() / x.len() as f32;
@@ -661,6 +783,38 @@ mod tests {
         job.fill_row(1, &mut x);
         assert!(x.iter().all(|&v| (0.6..1.4).contains(&v)));
         assert!(p.n_params() > 100_000);
+    }
+
+    /// A `--fast` Q4_K matrix of 1024 x 1024 has the scale of the normal one, in the rows made of
+    /// pool blocks as a whole and row by row.
+    #[test]
+    fn fast_weights_have_the_intended_scale() {
+        let (ncols, nrows) = (1024, 1024);
+        let job = TensorJob { stream: 99, ne: vec![ncols as u64, nrows as u64], ty: GgmlType::Q4_K, init: Init::Matrix, fast: true };
+        let values = |job: &TensorJob| {
+            let mut bytes = Vec::new();
+            job.write(&mut bytes).unwrap();
+            let mut x = vec![0f32; ncols * nrows];
+            ggml_kernels::quants::dequantize(job.ty, &bytes, &mut x).unwrap();
+            x
+        };
+        let mean_std = |x: &[f32]| {
+            let mean = x.iter().sum::<f32>() / x.len() as f32;
+            (mean, (x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / x.len() as f32).sqrt())
+        };
+        let fast = values(&job);
+        let (_, normal_std) = mean_std(&values(&TensorJob { fast: false, ..job }));
+        let later = &fast[POOL_ROWS * ncols..];
+        let (mean, std) = mean_std(later);
+        let want = 1.0 / 32.0;
+        assert!(
+            mean.abs() < 0.001 && (std - want).abs() < 0.002 && (std - normal_std).abs() < 0.0005,
+            "mean {mean} std {std} (normal {normal_std})"
+        );
+        for (r, row) in later.chunks_exact(ncols).enumerate() {
+            let (mean, std) = mean_std(row);
+            assert!(mean.abs() < 0.005 && (std - want).abs() < 0.004, "row {}: mean {mean} std {std}", POOL_ROWS + r);
+        }
     }
 
     #[test]
@@ -713,7 +867,7 @@ mod tests {
     fn vocabulary_fills_the_real_sizes() {
         for name in ["gemma3-270m", "qwen2.5-7b"] {
             let p = preset(name).unwrap();
-            let w = writer(&SynthParams { preset: p, ftype: FileType::Q4KM, seed: 1 }).unwrap();
+            let w = writer(&SynthParams { preset: p, ftype: FileType::Q4KM, seed: 1, fast: false }).unwrap();
             match w.get("tokenizer.ggml.tokens") {
                 Some(MetaValue::Array(MetaArray::String(t))) => assert_eq!(t.len(), p.n_vocab),
                 other => panic!("{other:?}"),

@@ -25,7 +25,7 @@ pub fn gpus() -> Option<Vec<engine_cuda::DeviceInfo>> {
 /// A random-weight model of a tiny preset in `dir`.
 pub fn tiny_model(dir: &Path, name: &str, ftype: FileType, seed: u64) -> PathBuf {
     let path = dir.join(format!("{name}-{ftype}-{seed}.gguf"));
-    synthesize(&SynthParams { preset: preset(name).unwrap(), ftype, seed }, &path, None).unwrap();
+    synthesize(&SynthParams { preset: preset(name).unwrap(), ftype, seed, fast: false }, &path, None).unwrap();
     path
 }
 
