@@ -203,6 +203,12 @@ extern "C" __global__ void __launch_bounds__(MV_THREADS) matvec_q6_k(const u8* _
 // and issued all the group's loads first.
 // H200 tg128, one call each (`engine bench`), 2 against 4: 8B Q4_K_M 340.72 against 325.55 t/s,
 // 1B 1,104.00 against 1,046.13, 8B Q4_0 360.49 against 336.54 / 334.47 (8: 233.12).
+// The single-matrix kernels are compiled for 8 blocks per multiprocessor (at most 64 registers
+// a thread, no spills): H200 tg128, same call, alternating with 0 (none given): 8B Q4_K_M
+// 358.02 / 358.84 against 342.83 / 342.35, 1B 1,144.26 / 1,161.65 against 1,116.50 / 1,105.06,
+// 8B Q4_0 363.94 / 364.90 against 362.94 / 362.77 (6: 356.12, 1,141.23, 365.31; the gate/up
+// kernel with a minimum of 4 or 8, or an unroll of 3 or 4 with it, was slower:
+// docs/PERFORMANCE.md, Session 7).
 #ifndef MV2_UNROLL
 #define MV2_UNROLL 2
 #endif
@@ -210,7 +216,7 @@ extern "C" __global__ void __launch_bounds__(MV_THREADS) matvec_q6_k(const u8* _
 #define MV2_GU_UNROLL (MV2_UNROLL / 2 > 0 ? MV2_UNROLL / 2 : 1)
 #endif
 #ifndef MV2_MIN_BLOCKS
-#define MV2_MIN_BLOCKS 0
+#define MV2_MIN_BLOCKS 8
 #endif
 #ifndef MV_FUSED_MIN_BLOCKS
 #define MV_FUSED_MIN_BLOCKS 8
