@@ -185,11 +185,12 @@ extern "C" __global__ void __launch_bounds__(MV_THREADS) matvec_q6_k(const u8* _
 //
 // Each type's work on a block is split into `load` (the weight bytes into registers) and
 // `compute`, and the row loop is unrolled MV2_UNROLL times with the loads written first. In PTX
-// the loads of the group's passes do come first; ptxas (CUDA 13.0, sm_90) nevertheless schedules
-// each pass's loads next to their use, so the SASS has one pass's loads in flight per warp at a
-// time (and a group of 2 measured faster than 4 end to end, below). The gain over version 1
-// (1.5x for Q4_K on an H200) comes from the warp-per-row shape, the wide loads and the
-// straight-line passes; getting several passes in flight is still open.
+// the loads of the group's passes do come first; without a minimum of blocks per multiprocessor
+// ptxas (CUDA 13.0, sm_90) schedules each pass's loads next to their use (one pass in flight per
+// warp); compiled for 8 blocks (MV2_MIN_BLOCKS, the default since Session 7) it issues the
+// group's 16-byte weight loads together first (matvec2_q4_k_w1). The gain over version 1 (1.5x
+// for Q4_K on an H200) comes from the warp-per-row shape, the wide loads and the straight-line
+// passes.
 
 #define MV2_WARPS 4
 // Tuning knobs (overridable at run time through ENGINE_CUDA_DEFINES, see nvrtc.rs):
