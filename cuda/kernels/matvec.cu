@@ -544,9 +544,17 @@ __device__ __forceinline__ void row_partial2(const u8* __restrict__ wa, const u8
     sb = warp_sum(sumb);
 }
 
+// A product's output: dst[row] = v; and when `nonfinite` is given, *nonfinite = 1 if v is NaN
+// or infinite (the flag is never cleared here: the host clears it after reading it set).
+__device__ __forceinline__ void store_checked(float* __restrict__ dst, long long row, float v, unsigned int* __restrict__ nonfinite) {
+    dst[row] = v;
+    if (nonfinite != nullptr && !isfinite(v)) *nonfinite = 1u;
+}
+
 template <typename T, int WPR>
 __device__ __forceinline__ void matvec2_row(const u8* __restrict__ w, const block_q8_1* __restrict__ y,
-                                            float* __restrict__ dst, int ncols, int nrows) {
+                                            float* __restrict__ dst, int ncols, int nrows,
+                                            unsigned int* __restrict__ nonfinite) {
     const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
     const long long row = (long long)blockIdx.x * (MV2_WARPS / WPR) + warp / WPR;
     const int part = warp % WPR;  // which of the row's warps this is
@@ -556,7 +564,7 @@ __device__ __forceinline__ void matvec2_row(const u8* __restrict__ w, const bloc
     if (WPR == 1 && row >= nrows) return;  // whole warps leave; no barrier follows
     if (row < nrows) sum = row_partial<T>(w + row * (long long)nb * T::TS, y, nb, lane, part, WPR);
     if (WPR == 1) {
-        if (lane == 0) dst[row] = sum;
+        if (lane == 0) store_checked(dst, row, sum, nonfinite);
         return;
     }
     __shared__ float partial[MV2_WARPS];
@@ -566,17 +574,18 @@ __device__ __forceinline__ void matvec2_row(const u8* __restrict__ w, const bloc
         float s = 0.0f;
 #pragma unroll
         for (int i = 0; i < WPR; ++i) s += partial[warp + i];
-        dst[row] = s;
+        store_checked(dst, row, s, nonfinite);
     }
 }
 
 // Launch: block (32 * MV2_WARPS), grid (ceil(rows / (MV2_WARPS / WPR))), for WPR (warps per row)
-// 1, 2 or 4: kernels matvec2_<type>_w<WPR>.
+// 1, 2 or 4: kernels matvec2_<type>_w<WPR>. nonfinite: null, or a flag set to 1 when some output
+// is NaN or infinite (the decode graph's logits, so the host need not scan them).
 #define MATVEC2(name, T, WPR)                                                                         \
     extern "C" __global__ void MV2_BOUNDS                                                             \
         name(const u8* __restrict__ w, const block_q8_1* __restrict__ y, float* __restrict__ dst,   \
-             int ncols, int nrows) {                                                                  \
-        matvec2_row<T, WPR>(w, y, dst, ncols, nrows);                                                \
+             int ncols, int nrows, unsigned int* __restrict__ nonfinite) {                           \
+        matvec2_row<T, WPR>(w, y, dst, ncols, nrows, nonfinite);                                     \
     }
 #define MATVEC2_ALL(type, T) \
     MATVEC2(matvec2_##type##_w1, T, 1) MATVEC2(matvec2_##type##_w2, T, 2) MATVEC2(matvec2_##type##_w4, T, 4)

@@ -41,7 +41,7 @@ macro_rules! device_elem {
         impl DeviceElem for $t {}
     )*};
 }
-device_elem!(f32, f16, i32, u8, u16);
+device_elem!(f32, f16, i32, u8, u16, u32);
 
 /// Errors unless the attention kernels can run this shape (whole GQA groups, head sizes the
 /// kernels' shared memory holds).
@@ -531,6 +531,14 @@ impl CudaBackend {
         dst.as_slice()
     }
 
+    /// Queues a copy of `src` into the page-locked `dst` (same length) on the stream, without
+    /// waiting: several downloads then share one [`CudaBackend::synchronize`], after which
+    /// [`HostBuffer::as_slice`] reads the copy.
+    pub fn download_pinned_queued<T: DeviceElem>(&self, src: &DeviceBuffer<T>, dst: &mut HostBuffer<T>) -> Result<(), CudaError> {
+        expect_len("download", dst.len(), src.len())?;
+        self.stream.memcpy_dtoh(&src.inner, &mut dst.inner).map_err(driver("cuMemcpyDtoHAsync"))
+    }
+
     /// Waits for the stream and copies `src` to the host.
     pub fn download<T: DeviceElem>(&self, src: &DeviceBuffer<T>) -> Result<Vec<T>, CudaError> {
         let mut host = vec![T::default(); src.len()];
@@ -701,16 +709,38 @@ impl CudaBackend {
                 return Err(CudaError::Invalid(format!("matvec: {n} warps per row (1, 2 or 4)")));
             }
         }
-        self.launch_matvec(kernel, w, &x_q8_1.inner.slice(..), &mut out.inner.slice_mut(..))
+        self.launch_matvec(kernel, w, &x_q8_1.inner.slice(..), &mut out.inner.slice_mut(..), None)
     }
 
-    /// Launches a matrix-vector kernel (not `Auto`) on views of checked lengths.
+    /// [`CudaBackend::matvec`] that also sets `nonfinite[0]` to 1 when some output is NaN or
+    /// infinite, and otherwise leaves it as it was (the caller clears it after reading it set):
+    /// the decode graph's logits, checked on the device instead of scanned on the host.
+    pub fn matvec_checked(
+        &self,
+        w: &DeviceMatrix,
+        x_q8_1: &DeviceBuffer<u8>,
+        out: &mut DeviceBuffer<f32>,
+        nonfinite: &mut DeviceBuffer<u32>,
+    ) -> Result<(), CudaError> {
+        expect_len("matvec activations (Q8_1 bytes)", w.cols / 32 * Q8_1_BYTES, x_q8_1.len())?;
+        expect_len("matvec output", w.rows, out.len())?;
+        expect_len("matvec non-finite flag", 1, nonfinite.len())?;
+        if w.rows == 0 {
+            return Ok(());
+        }
+        let kernel = self.auto_matvec(w.ty, w.rows, w.cols);
+        self.launch_matvec(kernel, w, &x_q8_1.inner.slice(..), &mut out.inner.slice_mut(..), Some(&mut nonfinite.inner))
+    }
+
+    /// Launches a matrix-vector kernel (not `Auto`) on views of checked lengths; `nonfinite`
+    /// (one element; version 2 kernels only) is set to 1 when some output is not finite.
     fn launch_matvec(
         &self,
         kernel: MatvecKernel,
         w: &DeviceMatrix,
         x_q8_1: &cudarc::driver::CudaView<'_, u8>,
         out: &mut cudarc::driver::CudaViewMut<'_, f32>,
+        nonfinite: Option<&mut CudaSlice<u32>>,
     ) -> Result<(), CudaError> {
         expect_len("matvec activations (Q8_1 bytes)", w.cols / 32 * Q8_1_BYTES, x_q8_1.len())?;
         expect_len("matvec output", w.rows, out.len())?;
@@ -722,17 +752,23 @@ impl CudaBackend {
                 let f = &self.k.matvec2[ti][n.trailing_zeros() as usize];
                 (f, as_u32("matrix rows", w.rows.div_ceil(MV2_WARPS / n as usize))?, 32 * MV2_WARPS as u32)
             }
+            _ if nonfinite.is_some() => return Err(CudaError::Invalid("matvec: the non-finite flag needs a version 2 kernel".into())),
             _ => (&self.k.matvec1[ti], as_u32("matrix rows", w.rows)?, MV_THREADS),
         };
         let mut b = self.launch_pdl(f);
         b.arg(&w.data.inner).arg(x_q8_1).arg(out).arg(&cols);
+        let no_flag: u64 = 0;
         if let MatvecKernel::WarpsPerRow(_) = kernel {
             b.arg(&rows);
+            match nonfinite {
+                Some(flag) => b.arg(flag),
+                None => b.arg(&no_flag),
+            };
         }
         // SAFETY: each row r < rows is read by one block (version 1) or wpr warps (version 2)
         // from w (checked at upload to be rows x cols of its type) with the cols / 32 activation
         // blocks, and written to out[r]; warps past the last row skip the reads; the lengths were
-        // checked above.
+        // checked above; the flag, when given, is one u32 (checked by the caller).
         unsafe { b.launch(cfg((grid, 1), threads)) }.map_err(driver("launch matvec"))?;
         Ok(())
     }

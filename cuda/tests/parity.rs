@@ -799,6 +799,42 @@ fn reference_product(ty: GgmlType, wq: &[u8], cols: usize, rows: usize, x: &[f32
     want
 }
 
+/// `matvec_checked` (the decode graph's output product): the outputs of `matvec`, bit for bit,
+/// and its flag set to 1 exactly when some output is NaN or infinite; the kernel never clears
+/// it (the host does). Rows of two widths (one and four warps per row from the auto choice).
+#[test]
+fn checked_matvec_flags_non_finite_outputs() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new(0x5eed);
+    for (cols, rows) in [(2048usize, 40_000usize), (512, 300)] {
+        let ty = GgmlType::Q8_0;
+        let (mut wq, dm) = random_matrix(gpu, ty, cols, rows, &mut rng);
+        let x = rng.normals(cols, 1.0);
+        let xd = gpu.upload(&x).unwrap();
+        let mut xq = gpu.alloc::<u8>(cols / 32 * Q8_1_BYTES).unwrap();
+        gpu.quantize_q8_1(&xd, &mut xq).unwrap();
+        let mut want = gpu.alloc::<f32>(rows).unwrap();
+        gpu.matvec(&dm, &xq, &mut want).unwrap();
+        let mut got = gpu.upload(&vec![f32::NAN; rows]).unwrap();
+        let mut flag = gpu.alloc::<u32>(1).unwrap();
+        gpu.matvec_checked(&dm, &xq, &mut got, &mut flag).unwrap();
+        assert_eq!(bits(&gpu.download(&got).unwrap()), bits(&gpu.download(&want).unwrap()), "{cols} x {rows}: outputs differ from matvec");
+        assert_eq!(gpu.download(&flag).unwrap(), [0], "{cols} x {rows}: flag set for finite outputs");
+        // Row rows - 3's first block scale (Q8_0: f16 d first) made +infinity.
+        let at = (rows - 3) * (cols / 32) * 34;
+        wq[at..at + 2].copy_from_slice(&f16::INFINITY.to_le_bytes());
+        let bad = gpu.upload_matrix(&QMatrix::new(ty, cols, rows, &wq).unwrap()).unwrap();
+        gpu.matvec_checked(&bad, &xq, &mut got, &mut flag).unwrap();
+        let out = gpu.download(&got).unwrap();
+        assert!(!out[rows - 3].is_finite() && out.iter().filter(|v| !v.is_finite()).count() == 1, "{cols} x {rows}: one non-finite row expected");
+        assert_eq!(gpu.download(&flag).unwrap(), [1], "{cols} x {rows}: flag not set");
+        // Finite outputs again: the flag stays set until the host clears it.
+        gpu.matvec_checked(&dm, &xq, &mut got, &mut flag).unwrap();
+        assert_eq!(gpu.download(&flag).unwrap(), [1], "{cols} x {rows}: the kernel cleared the flag");
+        println!("checked matvec {cols} x {rows} ({:?}): flag 0, then 1 with one infinite scale, kept", gpu.auto_matvec(ty, rows, cols));
+    }
+}
+
 const FUSED_KERNELS: [MatvecKernel; 4] =
     [MatvecKernel::Auto, MatvecKernel::WarpsPerRow(1), MatvecKernel::WarpsPerRow(2), MatvecKernel::WarpsPerRow(4)];
 

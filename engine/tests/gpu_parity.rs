@@ -113,3 +113,49 @@ fn whole_model_logits_cpu_vs_cuda() {
     }
     assert!(worst <= NMSE_BOUND, "worst per-position NMSE {worst:.3e} exceeds {NMSE_BOUND:.0e}");
 }
+
+/// Logits that are NaN or infinite stop decoding with an error naming the position, as on the
+/// CPU: the decode graph's output product flags them on the device (the host no longer scans
+/// every token's logits), so a model whose output row 5 has an infinite block scale fails at the
+/// first decode step, on every step after it, and with the graph off as well.
+#[test]
+fn non_finite_logits_stop_decode_steps() {
+    let Some(_) = gpus() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let path = tiny_model(dir.path(), "llama-tiny", FileType::Q8_0, 11);
+    // Row 5 of the output matrix (Q8_0: an f16 scale, then 32 quants per block): its first
+    // block's scale made +infinity.
+    let (start, row_bytes) = {
+        let file = GgufFile::open(&path).unwrap();
+        let t = file.tensor("output.weight").or_else(|| file.tensor("token_embd.weight")).unwrap().clone();
+        assert_eq!(t.ty, ggml_kernels::GgmlType::Q8_0, "the patch below is for Q8_0 blocks");
+        (file.data_offset() + t.offset, t.ne[0] / 32 * 34)
+    };
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = (start + 5 * row_bytes) as usize;
+    bytes[at..at + 2].copy_from_slice(&half::f16::INFINITY.to_le_bytes());
+    std::fs::write(&path, &bytes).unwrap();
+
+    let file = GgufFile::open(&path).unwrap();
+    let model = Model::load(&file).unwrap();
+    let params = SessionParams { n_ctx: 64, n_batch: 16, kv_type: KvType::F16, layer_kinds: None };
+    let mut next = tokens(7, model.cfg.n_vocab);
+    let prompt: Vec<u32> = (0..12).map(|_| next()).collect();
+    // The CPU's verdict on the first decode step.
+    let mut cpu_s = Session::new(&model, &params).unwrap();
+    cpu_s.eval(&prompt, Logits::None).unwrap();
+    let cpu_err = cpu_s.eval(&[next()], Logits::Last).unwrap_err().to_string();
+    assert!(cpu_err.contains("non-finite logits at position 12"), "CPU: {cpu_err}");
+    for plain in [false, true] {
+        std::env::set_var("ENGINE_CUDA_GRAPH", if plain { "0" } else { "1" });
+        let gm = GpuModel::upload(&model, 0).unwrap();
+        let mut s = GpuSession::new(&gm, &params).unwrap();
+        s.eval(&prompt, Logits::None).unwrap();
+        for step in 0..3 {
+            let err = s.decode_step(0, next()).map(|_| ()).unwrap_err().to_string();
+            assert_eq!(err, cpu_err, "GPU (graph {}) step {step}", !plain);
+        }
+        println!("non-finite logits, graph {}: \"{cpu_err}\" at every step, as on the CPU", !plain);
+    }
+    std::env::remove_var("ENGINE_CUDA_GRAPH");
+}

@@ -184,7 +184,7 @@ impl CudaBackend {
             for t in 0..n {
                 let xq = scratch.x_q8_1.inner.slice(t * qb..(t + 1) * qb);
                 let mut o = out.inner.slice_mut(t * w.rows..(t + 1) * w.rows);
-                self.launch_matvec(kernel, w, &xq, &mut o)?;
+                self.launch_matvec(kernel, w, &xq, &mut o, None)?;
             }
             return Ok(());
         }

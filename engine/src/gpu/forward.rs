@@ -41,11 +41,11 @@ pub(super) fn decode_launches(
 ) -> Result<(), GpuError> {
     blocks(m, cache, b, mm, part, None)?;
     let (be, c) = (&m.be, &m.cfg);
-    let (Some(logits), Some(dq)) = (b.logits.as_mut(), b.dq.as_mut()) else {
+    let (Some(logits), Some(dq), Some((nonfinite, _))) = (b.logits.as_mut(), b.dq.as_mut(), b.nonfinite.as_mut()) else {
         return Err(GpuError::Unsupported("decode buffers missing".into()));
     };
     be.add_rms_norm_q8_1(&mut b.x, None, &m.output_norm, c.rms_eps, &mut dq.embd)?;
-    be.matvec(m.output_matrix(), &dq.embd, logits)?;
+    be.matvec_checked(m.output_matrix(), &dq.embd, logits, nonfinite)?;
     Ok(())
 }
 

@@ -303,6 +303,10 @@ struct Batch {
     /// Decode (`n == 1`): the logits `[n_vocab]`, and their page-locked host copy.
     logits: Option<DeviceBuffer<f32>>,
     logits_host: Option<HostBuffer<f32>>,
+    /// Decode (`n == 1`): a flag the output product sets to 1 when some logit is NaN or
+    /// infinite (so the host does not scan the logits), and its page-locked host copy; the host
+    /// clears it after reading it set.
+    nonfinite: Option<(DeviceBuffer<u32>, HostBuffer<u32>)>,
     /// Every row's logits `[n][n_vocab]` on the device and their page-locked host copy, once a
     /// pass has asked for them (several sequences' decode steps); kept for the next.
     logits_all: Option<(DeviceBuffer<f32>, HostBuffer<f32>)>,
@@ -344,6 +348,7 @@ impl Batch {
             lse: be.alloc(n * c.n_head)?,
             logits: if n == 1 { Some(be.alloc(c.n_vocab)?) } else { None },
             logits_host: if n == 1 { Some(be.alloc_host(c.n_vocab)?) } else { None },
+            nonfinite: if n == 1 { Some((be.alloc(1)?, be.alloc_host(1)?)) } else { None },
             logits_all: None,
             dq: if n == 1 {
                 let q8 = |cols: usize| be.alloc::<u8>(cols / 32 * engine_cuda::Q8_1_BYTES);
@@ -831,8 +836,10 @@ impl<'m> GpuSession<'m> {
     }
 
     /// Replays the decode graph (captured on its first use) on the one-token batch `bi`, whose
-    /// inputs are queued, and returns its logits from the batch's page-locked buffer.
-    fn replay_decode(&mut self, bi: usize) -> Result<&[f32], GpuError> {
+    /// inputs are queued, and returns its logits from the batch's page-locked buffer, and
+    /// whether the output product flagged one of them as NaN or infinite (the flag is then
+    /// cleared for the next step).
+    fn replay_decode(&mut self, bi: usize) -> Result<(&[f32], bool), GpuError> {
         let (model, be) = (self.model, &self.model.be);
         let batch = &mut self.batches[bi];
         if self.graph.is_none() {
@@ -842,11 +849,20 @@ impl<'m> GpuSession<'m> {
                 other => CudaError::Invalid(other.to_string()),
             }))?);
         }
-        let (Some(g), Some(logits), Some(host)) = (&self.graph, &batch.logits, batch.logits_host.as_mut()) else {
+        let (Some(g), Some(logits), Some(host), Some((flag, flag_host))) =
+            (&self.graph, &batch.logits, batch.logits_host.as_mut(), batch.nonfinite.as_mut())
+        else {
             return Err(GpuError::Unsupported("decode buffers missing".into()));
         };
         be.launch_graph(g)?;
-        Ok(be.download_pinned(logits, host)?)
+        be.download_pinned_queued(logits, host)?;
+        be.download_pinned_queued(flag, flag_host)?;
+        be.synchronize()?;
+        let nonfinite = flag_host.as_slice()?[0] != 0;
+        if nonfinite {
+            be.upload_into(&[0u32], flag)?;
+        }
+        Ok((host.as_slice()?, nonfinite))
     }
 
     /// One token of sequence `seq` after what it holds: its logits, valid until the next call
@@ -862,7 +878,12 @@ impl<'m> GpuSession<'m> {
         }
         let bi = self.prepare_chunk(&[token], Attend::One(seq))?;
         let pos = self.past[seq];
-        check_finite(self.replay_decode(bi)?, pos, n_vocab)?;
+        // The output product flags non-finite logits on the device; only then are they scanned
+        // (for the error's position).
+        let (logits, nonfinite) = self.replay_decode(bi)?;
+        if nonfinite {
+            check_finite(logits, pos, n_vocab)?;
+        }
         self.past[seq] += 1;
         match &self.batches[bi].logits_host {
             Some(host) => Ok(host.as_slice()?),
@@ -881,7 +902,7 @@ impl<'m> GpuSession<'m> {
     fn forward_chunk_probe(&mut self, tokens: &[u32], attend: Attend, which: Logits, measure: Option<usize>) -> Result<Vec<f32>, GpuError> {
         let bi = self.prepare_chunk(tokens, attend)?;
         if self.graph_step(tokens.len(), which, measure) {
-            return Ok(self.replay_decode(bi)?.to_vec());
+            return Ok(self.replay_decode(bi)?.0.to_vec());
         }
         let (model, batch) = (self.model, &mut self.batches[bi]);
         let probe = match (measure, self.probe.as_mut()) {
