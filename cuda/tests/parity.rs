@@ -801,7 +801,8 @@ fn reference_product(ty: GgmlType, wq: &[u8], cols: usize, rows: usize, x: &[f32
 
 /// `matvec_checked` (the decode graph's output product): the outputs of `matvec`, bit for bit,
 /// and its flag set to 1 exactly when some output is NaN or infinite; the kernel never clears
-/// it (the host does). Rows of two widths (one and four warps per row from the auto choice).
+/// it (the host does). Two shapes, which the auto choice gives different warps per row (one and
+/// two on an H200).
 #[test]
 fn checked_matvec_flags_non_finite_outputs() {
     let Some(gpu) = gpu() else { return };
