@@ -10,6 +10,7 @@ use std::sync::OnceLock;
 
 use ggml_kernels::matmul::{decode_layout, pack_with, PackedMatrix, QMatrix};
 use ggml_kernels::quants::dequantize;
+use ggml_kernels::quants::finite::first_non_finite;
 
 use crate::gguf::{GgufFile, TensorInfo};
 
@@ -123,11 +124,19 @@ impl<'a> Loader<'a> {
         Ok(())
     }
 
-    /// A matrix of `rows` rows of `cols` elements.
+    /// A matrix of `rows` rows of `cols` elements; its weights must be finite (every element of
+    /// a float matrix, every block scale of a quantized one: see
+    /// `ggml_kernels::quants::finite`, which says why the products would not report them).
     fn matrix(&self, name: &str, cols: usize, rows: usize) -> Result<QMatrix<'a>, ModelError> {
         let t = self.info(name)?;
         self.check_shape(t, &[cols, rows])?;
-        QMatrix::new(t.ty, cols, rows, self.f.tensor_data(t)).map_err(|e| ModelError::Tensor(name.to_string(), e.to_string()))
+        let data = self.f.tensor_data(t);
+        let m = QMatrix::new(t.ty, cols, rows, data).map_err(|e| ModelError::Tensor(name.to_string(), e.to_string()))?;
+        match first_non_finite(t.ty, data) {
+            Ok(None) => Ok(m),
+            Ok(Some(bad)) => Err(ModelError::Tensor(name.to_string(), bad.to_string())),
+            Err(e) => Err(ModelError::Tensor(name.to_string(), e.to_string())),
+        }
     }
 
     /// A vector of `n` elements as f32; it must be finite.

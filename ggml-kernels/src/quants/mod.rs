@@ -20,6 +20,7 @@ use std::fmt;
 
 use crate::types::{GgmlType, ALL_TYPES};
 
+pub mod finite;
 pub mod float16;
 mod search;
 
