@@ -853,6 +853,14 @@ unsafe fn f32_to_f16_bits(v: f32) -> u16 {
 unsafe fn q8_block(x: *const f32) -> (f32, [__m256i; 4]) {
     // SAFETY: the caller guarantees 32 readable floats.
     let (v, amax) = unsafe { load32_amax(x) };
+    // A NaN: scale NaN, quants 0 (`quants::q8_0::act_scale_of`).
+    let nan = _mm256_or_ps(
+        _mm256_or_ps(_mm256_cmp_ps::<_CMP_UNORD_Q>(v[0], v[0]), _mm256_cmp_ps::<_CMP_UNORD_Q>(v[1], v[1])),
+        _mm256_or_ps(_mm256_cmp_ps::<_CMP_UNORD_Q>(v[2], v[2]), _mm256_cmp_ps::<_CMP_UNORD_Q>(v[3], v[3])),
+    );
+    if _mm256_movemask_ps(nan) != 0 {
+        return (f32::NAN, [_mm256_setzero_si256(); 4]);
+    }
     let d = amax / 127.0;
     let id = _mm256_set1_ps(if amax != 0.0 { 127.0 / amax } else { 0.0 });
     // Loops, not closures: closures do not inherit target features on every supported Rust.
@@ -916,12 +924,19 @@ pub(super) unsafe fn quantize_q8_k(x: *const f32, nb: usize, out: *mut u8) {
             let xb = x.add(256 * b);
             let o = out.add(Q8_K * b);
             let mut m = _mm256_setzero_ps();
+            let mut nan = _mm256_setzero_ps();
             for c in 0..32 {
-                m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(xb.add(8 * c))));
+                let v = _mm256_loadu_ps(xb.add(8 * c));
+                m = _mm256_max_ps(m, _mm256_andnot_ps(sign, v));
+                nan = _mm256_or_ps(nan, _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v));
             }
             let amax = hmax_ps(m);
-            if amax == 0.0 {
+            if amax == 0.0 || _mm256_movemask_ps(nan) != 0 {
+                // All zero; or a NaN: scale NaN, quants 0 (`quants::q8_k::quantize_row`).
                 std::ptr::write_bytes(o, 0, Q8_K);
+                if _mm256_movemask_ps(nan) != 0 {
+                    o.cast::<f32>().write_unaligned(f32::NAN);
+                }
                 continue;
             }
             // The reference keeps the first element of largest magnitude, with its sign.

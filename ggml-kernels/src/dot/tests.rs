@@ -490,3 +490,51 @@ fn every_multi_row_decode_kernel_matches_the_scalar_dot_products() {
     }
     println!("checked {checked} multi-row decode outputs");
 }
+
+/// A NaN among the activations is never quantized away: the block holding it gets the scale
+/// NaN (quants 0) from every table's quantizers, so every dot product and every row of a
+/// product over that input is NaN, for every weight type, through `matmul_with` (one token, and
+/// several with the NaN in one of them only: the others stay finite).
+#[test]
+fn nan_activations_make_nan_products() {
+    use crate::matmul::{matmul_with, QMatrix};
+    let mut rng = Rng::new(77);
+    for k in Kernels::available() {
+        for vdt in [VecDotType::Q8_0, VecDotType::Q8_1, VecDotType::Q8_K] {
+            let mut x = random_acts(512, &mut rng, Acts::Normal);
+            x[300] = f32::NAN;
+            let mut a = vec![0u8; encoded_len(vdt, x.len())];
+            k.quantize(vdt, &x, &mut a).unwrap();
+            let y = dequant(vdt.ggml_type(), &a, x.len());
+            let bs = vdt.block_size();
+            let bad = 300 / bs;
+            for (b, block) in y.chunks_exact(bs).enumerate() {
+                if b == bad {
+                    assert!(block.iter().all(|v| v.is_nan()), "{:?} {vdt:?}: the NaN's block decodes {:?}", k.isa(), &block[..4]);
+                } else {
+                    assert!(block.iter().all(|v| v.is_finite()), "{:?} {vdt:?}: block {b} not finite", k.isa());
+                }
+            }
+        }
+        for ty in WEIGHT_TYPES {
+            let (cols, rows) = (512usize, 24usize);
+            let nb = cols / ty.block_size();
+            let w: Vec<u8> = (0..rows).flat_map(|_| random_weights(ty, nb, &mut rng, Scales::Normal)).collect();
+            let m = QMatrix::new(ty, cols, rows, &w).unwrap();
+            for n in [1usize, 4] {
+                let mut x = random_acts(n * cols, &mut rng, Acts::Normal);
+                let t_bad = n - 1;
+                x[t_bad * cols + 300] = f32::NAN;
+                let mut out = vec![0f32; n * rows];
+                matmul_with(k, &m, &x, n, &mut out).unwrap();
+                for (t, row) in out.chunks_exact(rows).enumerate() {
+                    if t == t_bad {
+                        assert!(row.iter().all(|v| v.is_nan()), "{:?} {ty} n {n}: token {t} {row:?}", k.isa());
+                    } else {
+                        assert!(row.iter().all(|v| v.is_finite()), "{:?} {ty} n {n}: token {t} {row:?}", k.isa());
+                    }
+                }
+            }
+        }
+    }
+}

@@ -95,8 +95,14 @@ pub(crate) fn quantize_block(xb: &[f32], rule: Rule, qs: &mut [i8; QK8_0]) -> f3
 }
 
 /// The scale `max|x| / 127` of a block and the multiplier `127 / max|x|` (0 for an all-zero
-/// block), as ggml's x86 Q8_0 and Q8_1 activation quantizers compute them.
+/// block), as ggml's x86 Q8_0 and Q8_1 activation quantizers compute them. A block holding a NaN
+/// gets the scale NaN and the multiplier 0 (all quants 0), so that every product reading it is
+/// NaN: the maximum skips a NaN, and ggml's rule would quantize the block as if it were not
+/// there, turning a model that went wrong into finite output.
 pub(crate) fn act_scale_of(xb: &[f32]) -> (f32, f32) {
+    if xb.iter().any(|v| v.is_nan()) {
+        return (f32::NAN, 0.0);
+    }
     let amax = xb.iter().fold(0.0f32, |m, &v| m.max(v.abs()));
     (amax / 127.0, if amax != 0.0 { 127.0 / amax } else { 0.0 })
 }

@@ -46,6 +46,12 @@ pub fn dequantize_row(blocks: &[BlockQ8K], out: &mut [f32]) {
 pub fn quantize_row(x: &[f32], out: &mut [BlockQ8K]) {
     debug_assert_eq!(x.len(), out.len() * QK_K);
     for (xs, b) in x.chunks_exact(QK_K).zip(out.iter_mut()) {
+        // A NaN: scale NaN, quants 0, so that the products reading the block are NaN (the
+        // maximum below would skip it; see `q8_0::act_scale_of`).
+        if xs.iter().any(|v| v.is_nan()) {
+            *b = BlockQ8K { d: f32::NAN, qs: [0; QK_K], bsums: [0; QK_K / 16] };
+            continue;
+        }
         let mut max = 0.0f32;
         let mut amax = 0.0f32;
         for &v in xs {
