@@ -525,8 +525,7 @@ impl CudaBackend {
     /// Waits for the stream and copies `src` into the page-locked `dst` (same length); returns
     /// the copy.
     pub fn download_pinned<'h, T: DeviceElem>(&self, src: &DeviceBuffer<T>, dst: &'h mut HostBuffer<T>) -> Result<&'h [T], CudaError> {
-        expect_len("download", dst.len(), src.len())?;
-        self.stream.memcpy_dtoh(&src.inner, &mut dst.inner).map_err(driver("cuMemcpyDtoH"))?;
+        self.download_pinned_queued(src, dst)?;
         self.synchronize()?;
         dst.as_slice()
     }
@@ -695,6 +694,33 @@ impl CudaBackend {
         x_q8_1: &DeviceBuffer<u8>,
         out: &mut DeviceBuffer<f32>,
     ) -> Result<(), CudaError> {
+        self.matvec_flagged(kernel, w, x_q8_1, out, None)
+    }
+
+    /// [`CudaBackend::matvec`] that also sets `nonfinite[0]` to 1 when some output is NaN or
+    /// infinite, and otherwise leaves it as it was (the caller clears it after reading it set):
+    /// the decode graph's logits, checked on the device instead of scanned on the host.
+    pub fn matvec_checked(
+        &self,
+        w: &DeviceMatrix,
+        x_q8_1: &DeviceBuffer<u8>,
+        out: &mut DeviceBuffer<f32>,
+        nonfinite: &mut DeviceBuffer<u32>,
+    ) -> Result<(), CudaError> {
+        expect_len("matvec non-finite flag", 1, nonfinite.len())?;
+        self.matvec_flagged(DEFAULT_MATVEC, w, x_q8_1, out, Some(&mut nonfinite.inner))
+    }
+
+    /// [`CudaBackend::matvec_with`], with the non-finite flag of [`CudaBackend::matvec_checked`]
+    /// when given.
+    fn matvec_flagged(
+        &self,
+        kernel: MatvecKernel,
+        w: &DeviceMatrix,
+        x_q8_1: &DeviceBuffer<u8>,
+        out: &mut DeviceBuffer<f32>,
+        nonfinite: Option<&mut CudaSlice<u32>>,
+    ) -> Result<(), CudaError> {
         expect_len("matvec activations (Q8_1 bytes)", w.cols / 32 * Q8_1_BYTES, x_q8_1.len())?;
         expect_len("matvec output", w.rows, out.len())?;
         if w.rows == 0 {
@@ -709,27 +735,7 @@ impl CudaBackend {
                 return Err(CudaError::Invalid(format!("matvec: {n} warps per row (1, 2 or 4)")));
             }
         }
-        self.launch_matvec(kernel, w, &x_q8_1.inner.slice(..), &mut out.inner.slice_mut(..), None)
-    }
-
-    /// [`CudaBackend::matvec`] that also sets `nonfinite[0]` to 1 when some output is NaN or
-    /// infinite, and otherwise leaves it as it was (the caller clears it after reading it set):
-    /// the decode graph's logits, checked on the device instead of scanned on the host.
-    pub fn matvec_checked(
-        &self,
-        w: &DeviceMatrix,
-        x_q8_1: &DeviceBuffer<u8>,
-        out: &mut DeviceBuffer<f32>,
-        nonfinite: &mut DeviceBuffer<u32>,
-    ) -> Result<(), CudaError> {
-        expect_len("matvec activations (Q8_1 bytes)", w.cols / 32 * Q8_1_BYTES, x_q8_1.len())?;
-        expect_len("matvec output", w.rows, out.len())?;
-        expect_len("matvec non-finite flag", 1, nonfinite.len())?;
-        if w.rows == 0 {
-            return Ok(());
-        }
-        let kernel = self.auto_matvec(w.ty, w.rows, w.cols);
-        self.launch_matvec(kernel, w, &x_q8_1.inner.slice(..), &mut out.inner.slice_mut(..), Some(&mut nonfinite.inner))
+        self.launch_matvec(kernel, w, &x_q8_1.inner.slice(..), &mut out.inner.slice_mut(..), nonfinite)
     }
 
     /// Launches a matrix-vector kernel (not `Auto`) on views of checked lengths; `nonfinite`

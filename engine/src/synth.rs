@@ -600,12 +600,12 @@ impl TensorJob {
     /// Row `row`'s pool picks under `--fast`, one per block: a stream apart from the row's values
     /// in [`TensorJob::fill_row`] (the complement of the tensor's stream).
     fn picks(&self, row: u64) -> SplitMix64 {
-        SplitMix64(mix64(!self.stream ^ row.wrapping_mul(0x9E37_79B9_7F4A_7C15)))
+        row_stream(!self.stream, row)
     }
 
     /// Row `row`'s values.
     fn fill_row(&self, row: u64, x: &mut [f32]) {
-        let mut rng = SplitMix64(mix64(self.stream ^ row.wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+        let mut rng = row_stream(self.stream, row);
         let (scale, offset) = match self.init {
             Init::Matrix => (1.0 / (x.len() as f32).sqrt(), 0.0),
             Init::Norm => (0.1, 1.0),
@@ -626,6 +626,11 @@ fn approx_normal(bits: u64) -> f32 {
     // Each part is uniform on (k + 0.5) / 65536: mean 1/2, variance 1/12.
     const SQRT3: f32 = 1.732_050_8;
     ((s as f32 + 2.0) * (1.0 / 65536.0) - 2.0) * SQRT3
+}
+
+/// The random stream of row `row` of a tensor whose stream is `stream`.
+fn row_stream(stream: u64, row: u64) -> SplitMix64 {
+    SplitMix64(mix64(stream ^ row.wrapping_mul(0x9E37_79B9_7F4A_7C15)))
 }
 
 /// SplitMix64 (Steele, Lea, Flood 2014): one 64-bit state, one multiply-xorshift per output.

@@ -72,9 +72,8 @@ pub fn first_non_finite(ty: GgmlType, bytes: &[u8]) -> Result<Option<NonFinite>,
     match ty {
         T::F32 => {
             check_lengths(ty, bytes.len(), bytes.len() / 4)?;
-            Ok(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).position(|v| !v.is_finite()).map(|index| {
-                let c = &bytes[4 * index..4 * index + 4];
-                NonFinite::Element { index, value: f32::from_le_bytes([c[0], c[1], c[2], c[3]]) }
+            Ok(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).enumerate().find_map(|(index, value)| {
+                (!value.is_finite()).then_some(NonFinite::Element { index, value })
             }))
         }
         T::F16 => {
@@ -127,24 +126,8 @@ mod tests {
     #[test]
     fn finds_the_first_non_finite_element_or_scale() {
         let x: Vec<f32> = (0..1024).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
-        let types = [
-            GgmlType::F32,
-            GgmlType::F16,
-            GgmlType::BF16,
-            GgmlType::Q4_0,
-            GgmlType::Q4_1,
-            GgmlType::Q5_0,
-            GgmlType::Q5_1,
-            GgmlType::Q8_0,
-            GgmlType::Q2_K,
-            GgmlType::Q3_K,
-            GgmlType::Q4_K,
-            GgmlType::Q5_K,
-            GgmlType::Q6_K,
-            GgmlType::Q8_K,
-            GgmlType::IQ4_NL,
-            GgmlType::IQ4_XS,
-        ];
+        // Every weight type with a product, and Q8_K (f32 scales).
+        let types = crate::dot::WEIGHT_TYPES.into_iter().chain([GgmlType::Q8_K]);
         for ty in types {
             let mut q = vec![0u8; ty.tensor_nbytes(&[x.len() as u64]).unwrap() as usize];
             quantize(ty, &x, &mut q).unwrap();
