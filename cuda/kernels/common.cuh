@@ -81,15 +81,22 @@ struct block_q8_1 {
     i8 qs[32];
 };
 
+// NaN as a float.
+__device__ __forceinline__ float nan_f32() { return __int_as_float(0x7fc00000); }
+
 // One Q8_1 block from a warp, lane i giving element i: d = max|x| / 127, q = round(x / d) half
 // away from zero (0 for an all-zero block), s = d * sum(q); the same f32 operations in the same
 // order as the CPU reference quantizer (ggml_kernels::quants::q8_1::quantize_row), so the bytes
-// match. Every lane of the warp must call it.
+// match. A block holding a NaN gets d = s = NaN and quants 0, as the CPU's activation quantizers
+// (q8_0::act_scale_of), so that every product reading it is NaN: the maximum skips a NaN, and
+// the block would otherwise be quantized as if the NaN were not there, a model that went wrong
+// giving finite logits. Every lane of the warp must call it.
 __device__ __forceinline__ void quantize_q8_1_warp(float v, block_q8_1* __restrict__ out) {
     const int lane = threadIdx.x % WARP_SIZE;
     const float amax = warp_max(fabsf(v));
-    const float d = amax / 127.0f;
-    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    const bool nan = __any_sync(FULL_MASK, isnan(v));
+    const float d = nan ? nan_f32() : amax / 127.0f;
+    const float id = !nan && d != 0.0f ? 1.0f / d : 0.0f;
     const int q = (int)roundf(v * id);
     const int sum = warp_sum_int(q);
     out->qs[lane] = (i8)q;
@@ -127,3 +134,20 @@ __device__ __forceinline__ void pdl_enter() {
     asm volatile("griddepcontrol.launch_dependents;" :::);
 #endif
 }
+
+// Publishing values to another block of the same grid (the last-arriving block pattern): the
+// writers' stores, then one atomic with release semantics (MEMBAR, no L1 invalidation: a
+// __threadfence() is a full fence that also invalidates the multiprocessor's L1, which holds the
+// activations every resident block reads); the block that sees the final count then takes an
+// acquire fence (invalidating L1 once) before it reads what the others wrote. Release is
+// cumulative: stores of other threads of the block ordered before the atomic by a barrier are
+// published with it.
+__device__ __forceinline__ unsigned int atomic_add_release_gpu(unsigned int* p, unsigned int v) {
+    unsigned int old;
+    asm volatile("atom.release.gpu.global.add.u32 %0, [%1], %2;" : "=r"(old) : "l"(p), "r"(v) : "memory");
+    return old;
+}
+__device__ __forceinline__ void fence_acquire_gpu() {
+    asm volatile("fence.acq_rel.gpu;" ::: "memory");
+}
+

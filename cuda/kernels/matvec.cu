@@ -222,6 +222,12 @@ extern "C" __global__ void __launch_bounds__(MV_THREADS) matvec_q6_k(const u8* _
 #ifndef MV_FUSED_MIN_BLOCKS
 #define MV_FUSED_MIN_BLOCKS 8
 #endif
+// MV_GU_SYNC: how matvec_gate_up_q8_1 counts the rows of a Q8_1 block: 0, each row's writer
+// with a __threadfence() and an atomic (a full fence that also invalidates L1, per row); 1 (the
+// default), each block's rows with one release atomic after a barrier (atomic_add_release_gpu).
+#ifndef MV_GU_SYNC
+#define MV_GU_SYNC 1
+#endif
 #ifndef MV_GATE_UP_MIN_BLOCKS
 #define MV_GATE_UP_MIN_BLOCKS 0
 #endif
@@ -596,6 +602,192 @@ MATVEC2_ALL(q4_k, mv2_q4_k)
 MATVEC2_ALL(q6_k, mv2_q6_k)
 
 // ---------------------------------------------------------------------------------------------
+// A product that the residual stream adds next (the attention's output projection, the FFN's
+// down projection), fused with the add + RMSNorm + Q8_1 that follows it in decode:
+// dst = W y (matvec2 with WPR warps per row), x += dst, and the RMSNorm of x times nw quantized
+// to Q8_1 into outq: the floats and bytes of matvec2_<type>_w<WPR> then add_rms_norm_q8_1
+// (norm.cu), one launch instead of two. Each row's writer adds it to x; the block that counts
+// last (a counter, as matvec_gate_up_q8_1's) then normalizes the whole of x. Its sum of squares
+// follows add_rms_norm_q8_1's order for that kernel's block size T = min(n / 32, 32) * 32: each
+// of the 128 threads stands in for the T / 128 threads v = threadIdx.x + 128 j of that kernel
+// (elements v, v + T, ...), and warp w's lanes sum its warps w + 4 j as warp_sum does, so the
+// scale is the same float; each thread then quantizes whole Q8_1 blocks (the bytes of
+// quantize_q8_1_warp). counter: 1 + ceil(blocks / MV_AN_GROUP) u32 (arrive_last), zero before
+// the launch and after it.
+
+#define NT_THREADS (WARP_SIZE * MV2_WARPS)
+
+// One Q8_1 block from one thread (v: its 32 floats): the bytes of quantize_q8_1_warp.
+__device__ __forceinline__ void quantize_q8_1_thread(const float* v, block_q8_1* __restrict__ out) {
+    float amax = 0.0f;
+    bool nan = false;
+#pragma unroll
+    for (int e = 0; e < 32; ++e) {
+        amax = fmaxf(amax, fabsf(v[e]));
+        nan |= isnan(v[e]);
+    }
+    const float d = nan ? nan_f32() : amax / 127.0f;
+    const float id = !nan && d != 0.0f ? 1.0f / d : 0.0f;
+    int sum = 0;
+    u32* qs = (u32*)out->qs;
+#pragma unroll
+    for (int e4 = 0; e4 < 8; ++e4) {
+        u32 word = 0;
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int q = (int)roundf(v[4 * e4 + e] * id);
+            sum += q;
+            word |= (u32)(u8)(i8)q << (8 * e);
+        }
+        qs[e4] = word;
+    }
+    *(u32*)out = (u32)f2h(d) | ((u32)f2h((float)sum * d) << 16);
+}
+
+// The norm of the last block: x holds the sums (written by every block's row writers, published
+// by their fences and the counter), n elements, a multiple of 32.
+__device__ __forceinline__ void rms_norm_q8_1_tail(const float* x, const float* __restrict__ nw, block_q8_1* __restrict__ outq,
+                                                   int n, float eps) {
+    __shared__ float warp_sums[32];
+    __shared__ float total;
+    const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
+    const int T = min(n / 32, 32) * 32;  // add_rms_norm_q8_1's threads
+    // Its weights for the quantization below, on their way into L1 meanwhile.
+    for (int b = threadIdx.x; b < n / 32; b += NT_THREADS) asm volatile("prefetch.global.L1 [%0];" ::"l"(nw + 32 * b));
+    // Sums of squares of the stand-in threads j = 0..7 (T <= 1024 = 8 x 128), four elements of
+    // each loaded together per round.
+    float ss[8];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) ss[j] = 0.0f;
+    for (int k0 = 0; k0 * T < n; k0 += 4) {
+        float val[8][4];
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            const int v = threadIdx.x + NT_THREADS * j;
+#pragma unroll
+            for (int k = 0; k < 4; ++k) {
+                const int i = v + T * (k0 + k);
+                val[j][k] = v < T && i < n ? __ldcg(x + i) : 0.0f;
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+#pragma unroll
+            for (int k = 0; k < 4; ++k) ss[j] += val[j][k] * val[j][k];
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+        const float s = warp_sum(ss[j]);
+        if (lane == 0 && NT_THREADS * j + WARP_SIZE * warp < T) warp_sums[warp + MV2_WARPS * j] = s;
+    }
+    __syncthreads();
+    if (warp == 0) {
+        const float s = warp_sum(lane < T / WARP_SIZE ? warp_sums[lane] : 0.0f);
+        if (lane == 0) total = s;
+    }
+    __syncthreads();
+    const float scale = 1.0f / sqrtf(total / (float)n + eps);
+    for (int b = threadIdx.x; b < n / 32; b += NT_THREADS) {
+        float v[32];
+#pragma unroll
+        for (int e4 = 0; e4 < 8; ++e4) {
+            const float4 a = __ldcg((const float4*)(x + 32 * b) + e4);
+            const float4 c = ((const float4*)(nw + 32 * b))[e4];
+            v[4 * e4 + 0] = a.x * scale * c.x;
+            v[4 * e4 + 1] = a.y * scale * c.y;
+            v[4 * e4 + 2] = a.z * scale * c.z;
+            v[4 * e4 + 3] = a.w * scale * c.w;
+        }
+        quantize_q8_1_thread(v, outq + b);
+    }
+}
+
+// MV_AN_GROUP (tuning knob): the blocks of matvec2_add_norm count their arrival in groups of
+// this many, each group's last block then counting the group in counter[0], so no single
+// address takes one atomic per block (4,096 blocks for a 4096-row product at four warps per
+// row); 0: every block counts in counter[0].
+#ifndef MV_AN_GROUP
+#define MV_AN_GROUP 32
+#endif
+static_assert(MV_AN_GROUP == 0 || MV_AN_GROUP >= 32, "the host allocates 1 + rows / 32 counters");
+
+// Called by one thread of each block once its writes are done (after a barrier): whether this
+// block is the grid's last to arrive. counter: [0] the total, then one per group of
+// MV_AN_GROUP blocks; all zero before the launch; each group's counter is reset here by its
+// last block, [0] by the caller.
+__device__ __forceinline__ bool arrive_last(unsigned int* counter) {
+#if MV_AN_GROUP > 0
+    const unsigned int g = blockIdx.x / MV_AN_GROUP, groups = (gridDim.x + MV_AN_GROUP - 1) / MV_AN_GROUP;
+    const unsigned int in_group = min((unsigned int)MV_AN_GROUP, gridDim.x - g * MV_AN_GROUP);
+    if (atomic_add_release_gpu(counter + 1 + g, 1u) != in_group - 1) return false;
+    fence_acquire_gpu();  // the group's writes, published again by the count below
+    counter[1 + g] = 0;
+    return atomic_add_release_gpu(counter, 1u) == groups - 1;
+#else
+    return atomic_add_release_gpu(counter, 1u) == gridDim.x - 1;
+#endif
+}
+
+template <typename T, int WPR>
+__device__ __forceinline__ void matvec2_add_norm_row(const u8* __restrict__ w, const block_q8_1* __restrict__ y,
+                                                     float* __restrict__ dst, int ncols, int nrows, float* x,
+                                                     const float* __restrict__ nw, float eps, block_q8_1* __restrict__ outq,
+                                                     unsigned int* counter) {
+    __shared__ float partial[MV2_WARPS];
+    __shared__ bool last;
+    const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
+    const long long row = (long long)blockIdx.x * (MV2_WARPS / WPR) + warp / WPR;
+    const int part = warp % WPR;
+    const int nb = ncols / T::QK;
+    pdl_enter();
+    const bool writer = row < nrows && part == 0 && lane == 0;
+    const float x0 = writer ? x[row] : 0.0f;  // issued before the row's loads
+    float sum = 0.0f;
+    if (row < nrows) sum = row_partial<T>(w + row * (long long)nb * T::TS, y, nb, lane, part, WPR);
+    if (WPR > 1) {
+        if (lane == 0) partial[warp] = sum;
+        __syncthreads();
+        if (writer) {
+            float s = 0.0f;
+#pragma unroll
+            for (int i = 0; i < WPR; ++i) s += partial[warp + i];
+            sum = s;
+        }
+    }
+    if (writer) {
+        dst[row] = sum;
+        x[row] = x0 + sum;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) last = arrive_last(counter);
+    __syncthreads();
+    if (!last) return;
+    fence_acquire_gpu();
+    rms_norm_q8_1_tail(x, nw, outq, nrows, eps);
+    if (threadIdx.x == 0) counter[0] = 0;
+}
+
+// Launch: as matvec2_<type>_w<WPR>; x and nw: nrows floats (nrows a multiple of 32), outq:
+// nrows / 32 blocks, counter: 1 + nrows / 32 zeroed u32 (at least arrive_last's, as a block
+// has at least one row and MV_AN_GROUP >= 32). Kernels matvec2_add_norm_<type>_w<WPR>.
+#define MATVEC2_ADD_NORM(name, T, WPR)                                                                             \
+    extern "C" __global__ void MV2_BOUNDS name(const u8* __restrict__ w, const block_q8_1* __restrict__ y,           \
+                                               float* __restrict__ dst, int ncols, int nrows, float* x,             \
+                                               const float* __restrict__ nw, float eps, block_q8_1* __restrict__ outq, \
+                                               unsigned int* counter) {                                             \
+        matvec2_add_norm_row<T, WPR>(w, y, dst, ncols, nrows, x, nw, eps, outq, counter);                           \
+    }
+#define MATVEC2_ADD_NORM_ALL(type, T)                                                                  \
+    MATVEC2_ADD_NORM(matvec2_add_norm_##type##_w1, T, 1) MATVEC2_ADD_NORM(matvec2_add_norm_##type##_w2, T, 2) \
+        MATVEC2_ADD_NORM(matvec2_add_norm_##type##_w4, T, 4)
+MATVEC2_ADD_NORM_ALL(q8_0, mv2_q8_0)
+MATVEC2_ADD_NORM_ALL(q4_0, mv2_q4_0)
+MATVEC2_ADD_NORM_ALL(q5_0, mv2_q5_0)
+MATVEC2_ADD_NORM_ALL(q4_k, mv2_q4_k)
+MATVEC2_ADD_NORM_ALL(q6_k, mv2_q6_k)
+
+// ---------------------------------------------------------------------------------------------
 // Fused decode products: several matrices that read the same Q8_1 activations in one launch.
 // Rows are version-2 rows (row_partial), so each output is the float the single-matrix kernel
 // with the same warps per row gives. A matrix's type is an index in the host's MATVEC_TYPES
@@ -687,10 +879,11 @@ extern "C" __global__ void MV_FUSED_BOUNDS
 // The gated FFN's first half in one launch: for each row r of gate and up (same shape, types may
 // differ; of one type, a warp issues the loads of both rows together), out[r] =
 // act(gate[r] . y) * (up[r] . y) (act 0 = GELU-tanh, 1 = SiLU), and the Q8_1
-// quantization of out into outq: the warp that writes the last of a block's 32 rows quantizes the
-// block. Each row's writer publishes its value with a fence and counts it in sync[r / 32]; the
-// warp that counts the 32nd reads the block back (volatile: past the L1), quantizes it and resets
-// the counter to zero for the next launch (sync: nrows / 32 zeroed counters). The bytes equal
+// quantization of out into outq: the thread block that writes the last of a Q8_1 block's 32 rows
+// quantizes it. Each thread block publishes its rows and counts them in sync[r / 32] with one
+// release atomic (MV_GU_SYNC); the block whose count completes the 32 reads them back (volatile:
+// past the L1), quantizes them and resets the counter to zero for the next launch (sync: nrows /
+// 32 zeroed counters). The bytes equal
 // matvec2 on gate and up with the same warps per row, then gated_act_q8_1.
 // Launch: block (32 * MV2_WARPS), grid (ceil(nrows / (MV2_WARPS / wpr))); nrows a multiple of 32.
 extern "C" __global__ void MV_GATE_UP_BOUNDS
@@ -713,6 +906,7 @@ extern "C" __global__ void MV_GATE_UP_BOUNDS
     }
     const bool owner = row_total(g, partial_g, lane, warp, part, wpr);
     row_total(u, partial_u, lane, warp, part, wpr);
+#if MV_GU_SYNC == 0
     if (row >= nrows || part != 0) return;  // whole warps leave; no barrier follows
     unsigned int before = 0;
     if (owner) {
@@ -724,6 +918,22 @@ extern "C" __global__ void MV_GATE_UP_BOUNDS
     if (before != 31) return;
     __threadfence();
     const long long b = row / 32;
+#else
+    // The block's rows (MV2_WARPS / wpr of them, within one block of 32 as nrows is a multiple
+    // of 32), counted together by one release atomic after a barrier.
+    if (owner && row < nrows) out[row] = gated(act, g, u);
+    __shared__ bool last_gu;
+    const long long first_row = (long long)blockIdx.x * (MV2_WARPS / wpr);
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        const unsigned int mine = (unsigned int)min((long long)(MV2_WARPS / wpr), nrows - first_row);
+        last_gu = atomic_add_release_gpu((unsigned int*)&sync[first_row / 32], mine) + mine == 32;
+    }
+    __syncthreads();
+    if (!last_gu || warp != 0) return;
+    fence_acquire_gpu();
+    const long long b = first_row / 32;
+#endif
     const float v = ((volatile const float*)out)[b * 32 + lane];
     quantize_q8_1_warp(v, outq + b);
     if (lane == 0) sync[b] = 0;

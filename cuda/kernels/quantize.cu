@@ -8,8 +8,9 @@ __device__ __forceinline__ void q8_block(const float* __restrict__ x, long long 
     const int lane = threadIdx.x % WARP_SIZE;
     const float v = x[b * 32 + lane];
     const float amax = warp_max(fabsf(v));
-    d = amax / 127.0f;
-    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    const bool nan = __any_sync(FULL_MASK, isnan(v));  // as quantize_q8_1_warp
+    d = nan ? nan_f32() : amax / 127.0f;
+    const float id = !nan && d != 0.0f ? 1.0f / d : 0.0f;
     q = (int)roundf(v * id);
 }
 
