@@ -208,8 +208,9 @@ impl MatvecKernel {
 /// The block target is two per multiprocessor of an H100/H200 (the 4-head kernel keeps three
 /// resident, so one wave of blocks each walking a few tiles): on an H200, Llama-3-8B shape, it
 /// gave 246.4 t/s at depth 8,192 and 183.4 at 32,768 against 233.0 and 169.4 with 512 blocks
-/// and 220.2 at 8,192 with 1,024 (docs/PERFORMANCE.md). `AD_TARGET_BLOCKS` and
-/// `AD_SPLIT_SLOTS_MAX` can be overridden through `ENGINE_CUDA_DEFINES` for tuning.
+/// and 220.2 at 8,192 with 1,024 (docs/PERFORMANCE.md). `AD_TARGET_BLOCKS`,
+/// `AD_SPLIT_SLOTS_MAX` and `AD_SPLIT_MIN` can be overridden through `ENGINE_CUDA_DEFINES` for
+/// tuning.
 const AD_TILE: usize = 128;
 const AD_GROUPS: [usize; 4] = [1, 2, 4, 8];
 const AD_TARGET_BLOCKS: usize = 264;
@@ -232,19 +233,23 @@ fn decode_heads_per_block(group: usize) -> usize {
 fn decode_want_splits(s: &AttnShape, n_slots: usize, n: usize) -> usize {
     let group = s.n_head / s.n_head_kv.max(1);
     let per_split = s.n_head_kv * group.div_ceil(decode_heads_per_block(group)) * n.max(1);
-    let (target, longest) = decode_split_targets();
+    let (target, longest, _) = decode_split_targets();
     (target / per_split.max(1)).max(n_slots.div_ceil(longest)).clamp(1, AD_WANT_SPLITS_MAX)
 }
 
-/// [`AD_TARGET_BLOCKS`] and [`AD_SPLIT_SLOTS_MAX`], or their overrides in `ENGINE_CUDA_DEFINES`
-/// (positive integers), read once per process.
-fn decode_split_targets() -> (usize, usize) {
-    static TARGETS: std::sync::OnceLock<(usize, usize)> = std::sync::OnceLock::new();
+/// [`AD_TARGET_BLOCKS`], [`AD_SPLIT_SLOTS_MAX`] and [`AD_SPLIT_MIN`], or their overrides in
+/// `ENGINE_CUDA_DEFINES` (positive integers; the shortest split rounded up to a multiple of 32,
+/// and past one tile to a multiple of a tile, so that [`decode_split`] keeps it), read once per
+/// process.
+fn decode_split_targets() -> (usize, usize, usize) {
+    static TARGETS: std::sync::OnceLock<(usize, usize, usize)> = std::sync::OnceLock::new();
     *TARGETS.get_or_init(|| {
         let tuned = |name: &str, default: usize| {
             nvrtc::tuning_value(name).and_then(|v| usize::try_from(v).ok()).filter(|&v| v > 0).unwrap_or(default)
         };
-        (tuned("AD_TARGET_BLOCKS", AD_TARGET_BLOCKS), tuned("AD_SPLIT_SLOTS_MAX", AD_SPLIT_SLOTS_MAX))
+        let min = tuned("AD_SPLIT_MIN", AD_SPLIT_MIN).div_ceil(32) * 32;
+        let min = if min > AD_TILE { min.div_ceil(AD_TILE) * AD_TILE } else { min };
+        (tuned("AD_TARGET_BLOCKS", AD_TARGET_BLOCKS), tuned("AD_SPLIT_SLOTS_MAX", AD_SPLIT_SLOTS_MAX), min)
     })
 }
 
@@ -254,7 +259,8 @@ fn decode_split_targets() -> (usize, usize) {
 /// 52 of 160), which makes at most twice the splits wanted.
 fn decode_split(s: &AttnShape, n_slots: usize, n: usize) -> (usize, usize) {
     let want = decode_want_splits(s, n_slots, n);
-    let mut split = n_slots.div_ceil(want).div_ceil(AD_SPLIT_MIN).max(1) * AD_SPLIT_MIN;
+    let min = decode_split_targets().2;
+    let mut split = n_slots.div_ceil(want).div_ceil(min).max(1) * min;
     if split > AD_TILE {
         split = split / AD_TILE * AD_TILE;
     }
@@ -262,10 +268,11 @@ fn decode_split(s: &AttnShape, n_slots: usize, n: usize) -> (usize, usize) {
 }
 
 /// A bound on the splits of [`decode_split`], non-decreasing in `n_slots` (a partials buffer
-/// sized for the largest layer serves the smaller ones): splits have at least 32 slots and, past
-/// one tile, at least half the slots per wanted split.
+/// sized for the largest layer serves the smaller ones): splits have at least the shortest
+/// split's slots (32 unless `AD_SPLIT_MIN` overrides it) and, past one tile, at least half the
+/// slots per wanted split.
 fn decode_max_splits(s: &AttnShape, n_slots: usize, n: usize) -> usize {
-    (2 * decode_want_splits(s, n_slots, n)).min(n_slots.div_ceil(AD_SPLIT_MIN).max(1))
+    (2 * decode_want_splits(s, n_slots, n)).min(n_slots.div_ceil(decode_split_targets().2).max(1))
 }
 
 /// Floats of the partials one decode attention call over `n` tokens and `n_slots` slots writes

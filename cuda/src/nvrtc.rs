@@ -65,21 +65,6 @@ pub(crate) const FILES: &[KernelFile] = &[
             "matvec2_q6_k_w1",
             "matvec2_q6_k_w2",
             "matvec2_q6_k_w4",
-            "matvec2_add_norm_q8_0_w1",
-            "matvec2_add_norm_q8_0_w2",
-            "matvec2_add_norm_q8_0_w4",
-            "matvec2_add_norm_q4_0_w1",
-            "matvec2_add_norm_q4_0_w2",
-            "matvec2_add_norm_q4_0_w4",
-            "matvec2_add_norm_q5_0_w1",
-            "matvec2_add_norm_q5_0_w2",
-            "matvec2_add_norm_q5_0_w4",
-            "matvec2_add_norm_q4_k_w1",
-            "matvec2_add_norm_q4_k_w2",
-            "matvec2_add_norm_q4_k_w4",
-            "matvec2_add_norm_q6_k_w1",
-            "matvec2_add_norm_q6_k_w2",
-            "matvec2_add_norm_q6_k_w4",
             "matvec_multi",
             "matvec_gate_up_q8_1",
         ],
@@ -491,12 +476,9 @@ mod tests {
     fn every_file_is_listed_once_and_names_its_kernels() {
         for f in FILES {
             for func in f.functions {
-                // Defined directly (`void name(`), or by `MATVEC2_ALL(type, ...)` as matvec2_<type>_w1/2/4
-                // (`MATVEC2_ADD_NORM_ALL`: matvec2_add_norm_<type>_w1/2/4).
+                // Defined directly (`void name(`), or by `MATVEC2_ALL(type, ...)` as matvec2_<type>_w1/2/4.
                 let mut patterns = vec![format!(" {func}("), format!("\n{func}(")];
-                if let Some(ty) = func.strip_prefix("matvec2_add_norm_").and_then(|r| r.rsplit_once("_w")).map(|(t, _)| t) {
-                    patterns.push(format!("MATVEC2_ADD_NORM_ALL({ty}, "));
-                } else if let Some(ty) = func.strip_prefix("matvec2_").and_then(|r| r.rsplit_once("_w")).map(|(t, _)| t) {
+                if let Some(ty) = func.strip_prefix("matvec2_").and_then(|r| r.rsplit_once("_w")).map(|(t, _)| t) {
                     patterns.push(format!("MATVEC2_ALL({ty}, "));
                 }
                 // Defined by `DEQUANT_KERNELS(type, ...)` as get_rows_<type> and dequant_f16_<type>.

@@ -13,7 +13,7 @@
 //! | Q8_0 / Q8_1 activation quantization | `quants::quantize` | bytes equal [equal] |
 //! | matvec vs dequantized weights . f32 activations (cases of 32+ rows, and pooled per type) | `matmul::matmul_reference` | 2e-4 [case <= 5.1e-5, pooled <= 2.8e-5] |
 //! | matvec vs dequantized weights . dequantized Q8_1 activations (f64) | (the same integers) | 1e-10 [<= 1.9e-12] |
-//! | fused decode ops: Q/K/V in one launch, gate/up + activation + Q8_1, biases + Q/K norms + RoPE + KV write, one-launch attention + Q8_1, add + RMSNorm + Q8_1, product + add + RMSNorm + Q8_1 | the unfused GPU ops (each held to the CPU above) | bits equal [equal] |
+//! | fused decode ops: Q/K/V in one launch, gate/up + activation + Q8_1, biases + Q/K norms + RoPE + KV write, one-launch attention + Q8_1, add + RMSNorm + Q8_1 | the unfused GPU ops (each held to the CPU above) | bits equal [equal] |
 //! | gate/up + activation vs `act(gate . x) * (up . x)` over dequantized weights | `matmul_reference`, `ops::gated_act` | 4e-4 [<= 1.1e-4] |
 //!
 //! The bound on the f32 reference covers the rounding of the activations to 8 bits, which the
@@ -933,61 +933,11 @@ fn fused_gate_up_equals_the_unfused_sequence() {
     }
 }
 
-/// A product, the residual addition and the next RMSNorm quantized to Q8_1 in one launch
-/// (`matvec_add_rms_norm_q8_1`): the floats of `matvec` (output) and `add_rms_norm_q8_1`
-/// (residual) and its bytes, bit for bit, for every weight type and warps per row, twice in a row
-/// (the counters return to zero), on row counts that take `add_rms_norm_q8_1`'s block size and
-/// summation order through each of its forms: 4096 and 2048 (1,024 threads, several elements
-/// each), 12,288 (past the elements a thread keeps in registers), 640 (fewer threads than that)
-/// and 64 (fewer threads than the fused kernel's block).
-#[test]
-fn fused_product_norm_equals_the_unfused_sequence() {
-    let Some(gpu) = gpu() else { return };
-    use GgmlType::{Q4_0, Q4_K, Q5_0, Q6_K, Q8_0};
-    let cases =
-        [(Q4_K, 4096usize, 4096usize), (Q6_K, 14336, 4096), (Q4_0, 2048, 2048), (Q8_0, 512, 12_288), (Q5_0, 256, 640), (Q4_K, 1024, 64), (Q6_K, 256, 640)];
-    for (i, (ty, cols, rows)) in cases.into_iter().enumerate() {
-        let mut rng = Rng::new(1300 + i as u64);
-        let (_, m) = random_matrix(gpu, ty, cols, rows, &mut rng);
-        let y = rng.normals(cols, 1.0);
-        let mut yq = gpu.alloc::<u8>(cols / 32 * Q8_1_BYTES).unwrap();
-        gpu.quantize_q8_1(&gpu.upload(&y).unwrap(), &mut yq).unwrap();
-        let x = rng.normals(rows, 1.0);
-        let nw = gpu.upload(&rng.normals(rows, 1.0)).unwrap();
-        let q8_len = rows / 32 * Q8_1_BYTES;
-        let mut counters = gpu.alloc::<u32>(1 + rows / 32).unwrap();
-        for kernel in FUSED_KERNELS {
-            // Unfused: the product, then the addition, norm and quantization.
-            let mut o = gpu.alloc::<f32>(rows).unwrap();
-            gpu.matvec_with(kernel, &m, &yq, &mut o).unwrap();
-            let mut xa = gpu.upload(&x).unwrap();
-            let mut want_q8 = gpu.alloc::<u8>(q8_len).unwrap();
-            gpu.add_rms_norm_q8_1(&mut xa, Some(&o), &nw, 1e-5, &mut want_q8).unwrap();
-            let (want_o, want_x, want_q8) = (gpu.download(&o).unwrap(), gpu.download(&xa).unwrap(), gpu.download(&want_q8).unwrap());
-            let case = format!("matvec_add_rms_norm_q8_1 {kernel:?} {ty} {cols}x{rows}");
-            let mut xb = gpu.upload(&x).unwrap();
-            for run in 0..2 {
-                if run == 1 {
-                    gpu.upload_into(&x, &mut xb).unwrap();
-                }
-                let mut got_o = gpu.upload(&vec![f32::NAN; rows]).unwrap();
-                let mut got_q8 = gpu.upload(&vec![0xABu8; q8_len]).unwrap();
-                gpu.matvec_add_rms_norm_q8_1_with(kernel, &m, &yq, &mut got_o, &mut xb, &nw, 1e-5, &mut got_q8, &mut counters).unwrap();
-                assert_eq!(bits(&gpu.download(&got_o).unwrap()), bits(&want_o), "{case} run {run}: product differs from matvec");
-                assert_eq!(bits(&gpu.download(&xb).unwrap()), bits(&want_x), "{case} run {run}: residual differs");
-                assert_eq!(gpu.download(&got_q8).unwrap(), want_q8, "{case} run {run}: Q8_1 bytes differ from add_rms_norm_q8_1");
-                assert!(gpu.download(&counters).unwrap().iter().all(|&c| c == 0), "{case} run {run}: counters not reset");
-            }
-        }
-        println!("matvec_add_rms_norm_q8_1 {ty} {cols}x{rows}: floats and bytes of matvec + add_rms_norm_q8_1 for {FUSED_KERNELS:?}");
-    }
-}
-
 /// A NaN among the activations reaches every product that reads them: each GPU quantizer gives
 /// the Q8_1 (Q8_0) block holding it the scale NaN (and zero quants), as the CPU's activation
 /// quantizers do, instead of quantizing the block as if the NaN were not there. The other blocks
 /// keep their bytes. Covered: quantize_q8_1, quantize_q8_0, add_rms_norm_q8_1 (a NaN norm weight),
-/// gated_act_q8_1, gate_up_act_q8_1 and matvec_add_rms_norm_q8_1 (NaN in the residual).
+/// gated_act_q8_1 and gate_up_act_q8_1.
 #[test]
 fn activation_quantizers_propagate_nan() {
     let Some(gpu) = gpu() else { return };
@@ -1054,15 +1004,6 @@ fn activation_quantizers_propagate_nan() {
     gpu.gate_up_act_q8_1(&gm, &um, &yq, GatedAct::Silu, &mut out, &mut sync, &mut clean).unwrap();
     gpu.gate_up_act_q8_1(&gm_nan, &um, &yq, GatedAct::Silu, &mut out, &mut sync, &mut got).unwrap();
     check_q8("gate_up_act_q8_1", &gpu.download(&got).unwrap(), &gpu.download(&clean).unwrap(), Q8_1_BYTES, 4);
-    // The fused product + residual + norm, a NaN in the residual: the sum of squares is NaN, so
-    // every block is NaN-scaled.
-    let (_, dm) = random_matrix(gpu, GgmlType::Q4_K, cols, n, &mut rng);
-    let mut counters = gpu.alloc::<u32>(1 + n / 32).unwrap();
-    let nwd = gpu.upload(&w).unwrap();
-    gpu.matvec_add_rms_norm_q8_1(&dm, &yq, &mut out, &mut gpu.upload(&xn).unwrap(), &nwd, 1e-6, &mut got, &mut counters).unwrap();
-    let g = gpu.download(&got).unwrap();
-    assert!(blocks(&g, Q8_1_BYTES).iter().all(|b| nan_block(b, 4)), "matvec_add_rms_norm_q8_1: a block with a finite scale after a NaN residual");
-    println!("matvec_add_rms_norm_q8_1: a NaN residual gives every block the scale NaN and zero quants");
 }
 
 /// Biases, Q/K norms, RoPE and the KV-cache write in one launch (`rope_kv_write`): the floats of

@@ -7,8 +7,6 @@
 //!   place of two products, the activation and the quantization.
 //! - [`CudaBackend::rope_kv_write`]: biases, Q/K norms, RoPE of queries and keys, and the KV
 //!   cache write, one launch in place of up to seven.
-//! - [`CudaBackend::matvec_add_rms_norm_q8_1`]: a product, the residual addition and the next
-//!   RMSNorm quantized to Q8_1, one launch in place of two.
 
 use cudarc::driver::{CudaFunction, DevicePtrMut};
 use ggml_kernels::ops::RopeKind;
@@ -24,25 +22,11 @@ pub(super) struct FusedKernels {
     matvec_multi: CudaFunction,
     gate_up: CudaFunction,
     rope_kv: CudaFunction,
-    /// `matvec2_add_norm_<type>_w<1, 2, 4>`, per type of [`MATVEC_TYPES`].
-    add_norm: Vec<[CudaFunction; 3]>,
 }
 
 impl FusedKernels {
     pub(super) fn load(func: &dyn Fn(&str) -> Result<CudaFunction, CudaError>) -> Result<FusedKernels, CudaError> {
-        let add_norm = MATVEC_TYPES
-            .iter()
-            .map(|t| {
-                let n = t.to_string().to_lowercase();
-                Ok([func(&format!("matvec2_add_norm_{n}_w1"))?, func(&format!("matvec2_add_norm_{n}_w2"))?, func(&format!("matvec2_add_norm_{n}_w4"))?])
-            })
-            .collect::<Result<_, CudaError>>()?;
-        Ok(FusedKernels {
-            matvec_multi: func("matvec_multi")?,
-            gate_up: func("matvec_gate_up_q8_1")?,
-            rope_kv: func("rope_kv_write_f16")?,
-            add_norm,
-        })
+        Ok(FusedKernels { matvec_multi: func("matvec_multi")?, gate_up: func("matvec_gate_up_q8_1")?, rope_kv: func("rope_kv_write_f16")? })
     }
 }
 
@@ -206,73 +190,6 @@ impl CudaBackend {
         // (rows long), counts in sync[r / 32] (rows / 32 long) and, for the last of a block's 32
         // rows, block r / 32 of out_q8 (rows / 32 blocks); lengths checked above.
         unsafe { b.launch(cfg((grid, 1), 32 * MV2_WARPS as u32)) }.map_err(driver("launch matvec_gate_up_q8_1"))?;
-        Ok(())
-    }
-
-    /// Decode, fused: `out = w x` (`x` given as Q8_1 blocks), then `resid += out` and the RMSNorm
-    /// of `resid` times `norm_w` (epsilon `eps`) quantized to Q8_1 into `out_q8`, in one launch:
-    /// the floats and bytes of [`CudaBackend::matvec`] then [`CudaBackend::add_rms_norm_q8_1`]
-    /// (the block that finishes last does the norm, in that kernel's summation order). For the
-    /// products the residual stream adds next (attention output, FFN down), with the next norm.
-    /// `w` has as many rows as `resid`, `norm_w` and `out` have elements, a multiple of 32;
-    /// `counters` holds `1 + rows / 32` u32, zero before the launch and zero again after it
-    /// (allocate them zeroed once and reuse them).
-    #[allow(clippy::too_many_arguments)]
-    pub fn matvec_add_rms_norm_q8_1(
-        &self,
-        w: &DeviceMatrix,
-        x_q8_1: &DeviceBuffer<u8>,
-        out: &mut DeviceBuffer<f32>,
-        resid: &mut DeviceBuffer<f32>,
-        norm_w: &DeviceBuffer<f32>,
-        eps: f32,
-        out_q8: &mut DeviceBuffer<u8>,
-        counters: &mut DeviceBuffer<u32>,
-    ) -> Result<(), CudaError> {
-        self.matvec_add_rms_norm_q8_1_with(MatvecKernel::Auto, w, x_q8_1, out, resid, norm_w, eps, out_q8, counters)
-    }
-
-    /// [`CudaBackend::matvec_add_rms_norm_q8_1`] with a chosen version-2 kernel (tests).
-    #[allow(clippy::too_many_arguments)]
-    pub fn matvec_add_rms_norm_q8_1_with(
-        &self,
-        kernel: MatvecKernel,
-        w: &DeviceMatrix,
-        x_q8_1: &DeviceBuffer<u8>,
-        out: &mut DeviceBuffer<f32>,
-        resid: &mut DeviceBuffer<f32>,
-        norm_w: &DeviceBuffer<f32>,
-        eps: f32,
-        out_q8: &mut DeviceBuffer<u8>,
-        counters: &mut DeviceBuffer<u32>,
-    ) -> Result<(), CudaError> {
-        let n = w.rows;
-        if n % 32 != 0 {
-            return Err(CudaError::Invalid(format!("matvec_add_rms_norm_q8_1: {n} rows are not whole Q8_1 blocks")));
-        }
-        expect_len("matvec activations (Q8_1 bytes)", w.cols / 32 * Q8_1_BYTES, x_q8_1.len())?;
-        expect_len("matvec output", n, out.len())?;
-        expect_len("residual", n, resid.len())?;
-        expect_len("norm weights", n, norm_w.len())?;
-        expect_len("quantized norm (bytes)", n / 32 * Q8_1_BYTES, out_q8.len())?;
-        expect_len("matvec_add_rms_norm_q8_1 counters", 1 + n / 32, counters.len())?;
-        let ti = MATVEC_TYPES.iter().position(|&t| t == w.ty).ok_or(CudaError::UnsupportedType(w.ty))?;
-        if n == 0 {
-            return Ok(());
-        }
-        let wpr = self.fused_warps(kernel, w)?;
-        let grid = as_u32("matrix rows", n.div_ceil(MV2_WARPS / wpr as usize))?;
-        let (cols, rows) = (as_i32("matrix columns", w.cols)?, as_i32("matrix rows", n)?);
-        let mut b = self.launch_pdl(&self.fk.add_norm[ti][wpr.trailing_zeros() as usize]);
-        b.arg(&w.data.inner).arg(&x_q8_1.inner).arg(&mut out.inner).arg(&cols).arg(&rows);
-        b.arg(&mut resid.inner).arg(&norm_w.inner).arg(&eps).arg(&mut out_q8.inner).arg(&mut counters.inner);
-        // SAFETY: each row r < rows of w (checked at upload to be rows x cols of its type) is read
-        // by its warps with the cols / 32 activation blocks, and its writer stores out[r] and
-        // resid[r] (rows long each); the last block reads resid and norm_w (rows each) and writes
-        // the rows / 32 blocks of out_q8; the blocks count themselves in the 1 + rows / 32
-        // counters (at most one per 32 blocks, and a block has at least one row); lengths
-        // checked above.
-        unsafe { b.launch(cfg((grid, 1), 32 * MV2_WARPS as u32)) }.map_err(driver("launch matvec2_add_norm"))?;
         Ok(())
     }
 

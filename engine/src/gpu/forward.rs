@@ -44,10 +44,7 @@ pub(super) fn decode_launches(
     let (Some(logits), Some(dq), Some((nonfinite, _))) = (b.logits.as_mut(), b.dq.as_mut(), b.nonfinite.as_mut()) else {
         return Err(GpuError::Unsupported("decode buffers missing".into()));
     };
-    // (With fused norms the last down product normed and quantized x already.)
-    if !m.fused_norm {
-        be.add_rms_norm_q8_1(&mut b.x, None, &m.output_norm, c.rms_eps, &mut dq.embd)?;
-    }
+    be.add_rms_norm_q8_1(&mut b.x, None, &m.output_norm, c.rms_eps, &mut dq.embd)?;
     be.matvec_checked(m.output_matrix(), &dq.embd, logits, nonfinite)?;
     Ok(())
 }
@@ -71,10 +68,6 @@ fn blocks(
 
     // Token embeddings (Gemma: times sqrt(n_embd)). x: [n][n_embd]
     be.get_rows(&m.token_embd, &b.ids, c.embd_scale.unwrap_or(1.0), &mut b.x)?;
-    // Decode without post-norms: each product the residual stream adds (attention output, FFN
-    // down) also adds it and computes the next norm, quantized (the next layer's attention norm,
-    // after the last layer the output norm), in its own launch.
-    let fused = b.dq.is_some() && m.fused_norm;
 
     for (il, (w, kv)) in m.layers.iter().zip(cache.iter_mut()).enumerate() {
         let rope = |n_head| RopeParams {
@@ -89,7 +82,6 @@ fn blocks(
         // Attention RMSNorm. h: [n][n_embd]. Decode goes straight to Q8_1, in one launch with the
         // previous block's residual addition (deferred from its end).
         match b.dq.as_mut() {
-            Some(_) if fused && il > 0 => {} // done by the previous layer's down product
             Some(dq) => be.add_rms_norm_q8_1(&mut b.x, (il > 0).then_some(&b.o), &w.attn_norm, c.rms_eps, &mut dq.embd)?,
             None => be.rms_norm(&b.x, &w.attn_norm, c.rms_eps, &mut b.h)?,
         }
@@ -183,9 +175,7 @@ fn blocks(
         }
 
         // Output projection, post-attention norm (Gemma 3), residual.
-        if let Some(dq) = b.dq.as_mut().filter(|_| fused) {
-            be.matvec_add_rms_norm_q8_1(&w.wo, &dq.attn, &mut b.o, &mut b.x, &w.ffn_norm, c.rms_eps, &mut dq.embd, &mut dq.norm_sync)?;
-        } else if let Some(dq) = b.dq.as_mut() {
+        if let Some(dq) = b.dq.as_mut() {
             be.matvec(&w.wo, &dq.attn, &mut b.o)?;
         } else {
             be.matmul_w16(&w.wo, w16(3), &b.attn, n, mm, &mut b.o)?;
@@ -197,11 +187,7 @@ fn blocks(
         // FFN: residual, pre-norm, act(gate) * up (GELU-tanh: Gemma 3; SiLU: Llama), down,
         // post-norm (Gemma 3), residual. Decode fuses the residual addition with the norm and
         // its quantization, and gate, up, the activation and its quantization in one launch.
-        if let Some(dq) = b.dq.as_mut().filter(|_| fused) {
-            be.gate_up_act_q8_1(&w.ffn_gate, &w.ffn_up, &dq.embd, act, &mut b.gate, &mut dq.ff_sync, &mut dq.ff)?;
-            let next_norm = m.layers.get(il + 1).map_or(&m.output_norm, |l| &l.attn_norm);
-            be.matvec_add_rms_norm_q8_1(&w.ffn_down, &dq.ff, &mut b.o, &mut b.x, next_norm, c.rms_eps, &mut dq.embd, &mut dq.norm_sync)?;
-        } else if let Some(dq) = b.dq.as_mut() {
+        if let Some(dq) = b.dq.as_mut() {
             be.add_rms_norm_q8_1(&mut b.x, Some(&b.o), &w.ffn_norm, c.rms_eps, &mut dq.embd)?;
             be.gate_up_act_q8_1(&w.ffn_gate, &w.ffn_up, &dq.embd, act, &mut b.gate, &mut dq.ff_sync, &mut dq.ff)?;
             be.matvec(&w.ffn_down, &dq.ff, &mut b.o)?;
@@ -216,8 +202,8 @@ fn blocks(
         if let Some(pn) = &w.post_ffw_norm {
             be.rms_norm_inplace(&mut b.o, pn, c.rms_eps)?;
         }
-        // (Decode defers this addition to the next block's fused norm, or made it already.)
-        if b.dq.is_none() || (il + 1 == m.layers.len() && !fused) {
+        // (Decode defers this addition to the next block's fused norm.)
+        if b.dq.is_none() || il + 1 == m.layers.len() {
             be.add(&mut b.x, &b.o)?;
         }
     }

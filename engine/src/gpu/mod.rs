@@ -106,10 +106,6 @@ pub struct GpuModel {
     max_matrix: usize,
     /// Bytes of the f16 weight copies kept for prefill (0: none).
     f16_bytes: u64,
-    /// Decode fuses each residual addition and the norm after it into the product before it
-    /// (`matvec_add_rms_norm_q8_1`): for models without post-norms (which would come between
-    /// the product and the addition), unless `ENGINE_CUDA_FUSED_NORM=0`.
-    fused_norm: bool,
 }
 
 impl GpuModel {
@@ -195,8 +191,7 @@ impl GpuModel {
         };
         let output_norm = be.upload(&w.output_norm)?;
         be.synchronize()?;
-        let fused_norm = std::env::var("ENGINE_CUDA_FUSED_NORM").map_or(true, |v| v != "0");
-        let mut gm = GpuModel {
+        Ok(GpuModel {
             cfg: model.cfg.clone(),
             be,
             token_embd,
@@ -207,25 +202,7 @@ impl GpuModel {
             weight_bytes: model.weight_bytes(),
             max_matrix,
             f16_bytes,
-            fused_norm,
-        };
-        gm.set_fused_norm(fused_norm);
-        Ok(gm)
-    }
-
-    /// Whether decode fuses each residual addition and the norm after it into the product
-    /// before it (see [`GpuModel::set_fused_norm`]).
-    pub fn fused_norm(&self) -> bool {
-        self.fused_norm
-    }
-
-    /// Turns that fusion on (where the model allows it: no post-norms, `n_embd` whole Q8_1
-    /// blocks) or off, for sessions created afterwards. The logits are the same floats either
-    /// way; on by default (`ENGINE_CUDA_FUSED_NORM=0`: off).
-    pub fn set_fused_norm(&mut self, on: bool) {
-        self.fused_norm = on
-            && self.cfg.n_embd % 32 == 0
-            && self.layers.iter().all(|l| l.post_attn_norm.is_none() && l.post_ffw_norm.is_none());
+        })
     }
 
     /// Bytes of weights on the device.
@@ -338,14 +315,12 @@ struct Batch {
 }
 
 /// Q8_1 copies of the decode step's matrix inputs: `[n_embd]`, `[n_head * head_dim_v]`, `[n_ff]`;
-/// the counters of the fused gate/up product `[n_ff / 32]` and of the fused product + norm
-/// `[1 + n_embd / 32]` (zero between launches).
+/// and the counters of the fused gate/up product (zero between launches) `[n_ff / 32]`.
 struct DecodeQ8 {
     embd: DeviceBuffer<u8>,
     attn: DeviceBuffer<u8>,
     ff: DeviceBuffer<u8>,
     ff_sync: DeviceBuffer<i32>,
-    norm_sync: DeviceBuffer<u32>,
 }
 
 impl Batch {
@@ -379,7 +354,6 @@ impl Batch {
                 let q8 = |cols: usize| be.alloc::<u8>(cols / 32 * engine_cuda::Q8_1_BYTES);
                 Some(DecodeQ8 { embd: q8(c.n_embd)?, attn: q8(c.n_head * c.head_dim_v)?, ff: q8(c.n_ff)?,
                     ff_sync: be.alloc(c.n_ff / 32)?,
-                    norm_sync: be.alloc(1 + c.n_embd / 32)?,
                 })
             } else {
                 None
@@ -399,7 +373,7 @@ impl Batch {
         let floats = n * (2 * c.n_embd + c.n_head * c.head_dim + c.n_head_kv * (c.head_dim + c.head_dim_v))
             + n * (c.n_head * c.head_dim_v + c.n_embd + 2 * c.n_ff)
             + n * c.n_head
-            + if n == 1 { c.n_vocab + c.n_ff / 32 + 1 + c.n_embd / 32 } else { 0 };
+            + if n == 1 { c.n_vocab + c.n_ff / 32 } else { 0 };
         ((floats + n * (2 + 2 * n_groups)) * 4) as u64
     }
 }
