@@ -34,6 +34,13 @@
 #define AD_INFLIGHT_G8 8
 #endif
 #define AD_INFLIGHT(G) ((G) <= 4 ? AD_INFLIGHT_G4 : AD_INFLIGHT_G8)
+// attn_decode_g<G>_short: the same kernel with AD_SHORT_INFLIGHT pieces in flight, about a quarter
+// of the unrolled code, for short splits (the host picks it below AD_SHORT_SPLIT slots, default
+// never): a decode over a few slots is bound by fetching the kernel's instructions, cold at each
+// launch. The order of every sum is the same, so the outputs are the same floats.
+#ifndef AD_SHORT_INFLIGHT
+#define AD_SHORT_INFLIGHT 4
+#endif
 #define AD_MAX_SPLITS 256
 #define AD_MERGE_THREADS 256
 #define ATT_MAX_D 256
@@ -76,7 +83,7 @@ __device__ __forceinline__ void unpack_half8(const half8_t& h, float* f) {
 // VEC: both head dimensions are multiples of 8 (every model's), so every key and value piece is
 // one 16-byte load and the element-wise fallback is not compiled in (it doubled the code, and a
 // decode over a few slots is bound by fetching the kernel's instructions).
-template <int G, bool VEC>
+template <int G, bool VEC, int INF>
 __device__ __forceinline__ void attn_decode_body(const float* __restrict__ q, const u16* __restrict__ k,
                                                  const u16* __restrict__ v, const int* __restrict__ kpos,
                                                  const int* __restrict__ qpos, const int* __restrict__ base,
@@ -111,7 +118,7 @@ __device__ __forceinline__ void attn_decode_body(const float* __restrict__ q, co
     const bool kvec = VEC || D % 8 == 0, vvec = VEC || Dv % 8 == 0;
     const int n_groups = AD_TILE / pv, pc = tid % pv, gr = tid / pv;
     const long long k_stride = (long long)n_head_kv * D, v_stride = (long long)n_head_kv * Dv;
-    constexpr int KCHUNK = AD_INFLIGHT(G), VUNROLL = AD_INFLIGHT(G);
+    constexpr int KCHUNK = INF, VUNROLL = INF;
     const u16* kb = k + ((long long)b * n_head_kv + kvh) * D;
     const u16* vb = v + ((long long)b * n_head_kv + kvh) * Dv + 8 * pc;
 
@@ -273,19 +280,21 @@ __device__ __forceinline__ void attn_decode_body(const float* __restrict__ q, co
     }
 }
 
-// attn_decode_g<G>: head dimensions multiples of 8; attn_decode_g<G>_any: any.
-#define ATTN_DECODE_KERNEL_VARIANT(name, G, VEC)                                                                         \
+// attn_decode_g<G>: head dimensions multiples of 8; attn_decode_g<G>_any: any;
+// attn_decode_g<G>_short: multiples of 8, fewer pieces in flight (AD_SHORT_INFLIGHT).
+#define ATTN_DECODE_KERNEL_VARIANT(name, G, VEC, INF)                                                                    \
     extern "C" __global__ void __launch_bounds__(AD_TILE)                                                                \
         name(const float* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v,                          \
              const int* __restrict__ kpos, const int* __restrict__ qpos, const int* __restrict__ base,                  \
              float* __restrict__ part, int n_slots, int total_slots, int n_head, int n_head_kv, int D, int Dv,          \
              float scale, int window, int sink, int span, int split, int positional) {                                  \
-        attn_decode_body<G, VEC>(q, k, v, kpos, qpos, base, part, n_slots, total_slots, n_head, n_head_kv, D, Dv,      \
-                                 scale, window, sink, span, split, positional);                                         \
+        attn_decode_body<G, VEC, INF>(q, k, v, kpos, qpos, base, part, n_slots, total_slots, n_head, n_head_kv, D, Dv, \
+                                      scale, window, sink, span, split, positional);                                    \
     }
-#define ATTN_DECODE_KERNEL(G)                                   \
-    ATTN_DECODE_KERNEL_VARIANT(attn_decode_g##G, G, true)       \
-    ATTN_DECODE_KERNEL_VARIANT(attn_decode_g##G##_any, G, false)
+#define ATTN_DECODE_KERNEL(G)                                                        \
+    ATTN_DECODE_KERNEL_VARIANT(attn_decode_g##G, G, true, AD_INFLIGHT(G))            \
+    ATTN_DECODE_KERNEL_VARIANT(attn_decode_g##G##_any, G, false, AD_INFLIGHT(G))     \
+    ATTN_DECODE_KERNEL_VARIANT(attn_decode_g##G##_short, G, true, AD_SHORT_INFLIGHT)
 ATTN_DECODE_KERNEL(1)
 ATTN_DECODE_KERNEL(2)
 ATTN_DECODE_KERNEL(4)

@@ -322,6 +322,8 @@ struct Kernels {
     attn_decode: [CudaFunction; 4],
     /// The same for head dimensions that are not multiples of 8.
     attn_decode_any: [CudaFunction; 4],
+    /// Multiples of 8 with less code, for short splits (`attn_decode_g<G>_short`).
+    attn_decode_short: [CudaFunction; 4],
     attn_merge: CudaFunction,
 }
 
@@ -339,6 +341,9 @@ pub struct CudaBackend {
     blas: Result<cudarc::cublas::CudaBlas, String>,
     /// Decode launches use programmatic dependent launch (see `launch.rs`).
     pdl: bool,
+    /// Decode attention splits of at most this many slots take the short kernels
+    /// ([`CudaBackend::set_attention_short_split`]).
+    attn_short_split: std::sync::atomic::AtomicUsize,
 }
 
 /// The type's name in kernel names (`q4_k`).
@@ -425,13 +430,21 @@ impl CudaBackend {
                 func("attn_decode_g4_any")?,
                 func("attn_decode_g8_any")?,
             ],
+            attn_decode_short: [
+                func("attn_decode_g1_short")?,
+                func("attn_decode_g2_short")?,
+                func("attn_decode_g4_short")?,
+                func("attn_decode_g8_short")?,
+            ],
             attn_merge: func("attn_decode_merge")?,
         };
         let mk = model_ops::ModelKernels::load(&func)?;
         let fk = fused::FusedKernels::load(&func)?;
         let blas = model_ops::open_blas(&stream);
         let pdl = launch::pdl_enabled(major);
-        Ok(CudaBackend { ctx, stream, info, multiprocessors, modules, k, mk, fk, blas, pdl })
+        let short = nvrtc::tuning_value("AD_SHORT_SPLIT").and_then(|v| usize::try_from(v).ok()).unwrap_or(0);
+        let attn_short_split = std::sync::atomic::AtomicUsize::new(short);
+        Ok(CudaBackend { ctx, stream, info, multiprocessors, modules, k, mk, fk, blas, pdl, attn_short_split })
     }
 
     /// A launch of `f` that may start before the previous kernel ends (PDL, when enabled): for
@@ -443,6 +456,16 @@ impl CudaBackend {
     /// Whether decode launches use programmatic dependent launch.
     pub fn uses_pdl(&self) -> bool {
         self.pdl
+    }
+
+    /// Decode attention runs splits of at most `slots` slots (head dimensions multiples of 8)
+    /// with `attn_decode_g<G>_short`, the kernel with a quarter of the unrolled code
+    /// (`AD_SHORT_INFLIGHT` pieces in flight, 128 registers instead of 254): the same floats,
+    /// possibly faster where a launch over a few slots waits on fetching instructions. 0 (the
+    /// default, or `AD_SHORT_SPLIT` in `ENGINE_CUDA_DEFINES`): never. Applies to later launches
+    /// (a captured graph keeps its kernels).
+    pub fn set_attention_short_split(&self, slots: usize) {
+        self.attn_short_split.store(slots, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The device.
@@ -980,7 +1003,14 @@ impl CudaBackend {
         let heads = decode_heads_per_block(group);
         // (Head dimensions that are not whole 16-byte pieces take the kernels with the
         // element-wise fallback.)
-        let kernels = if s.head_dim % 8 == 0 && s.head_dim_v % 8 == 0 { &self.k.attn_decode } else { &self.k.attn_decode_any };
+        let vec = s.head_dim % 8 == 0 && s.head_dim_v % 8 == 0;
+        let kernels = if !vec {
+            &self.k.attn_decode_any
+        } else if split <= self.attn_short_split.load(std::sync::atomic::Ordering::Relaxed) {
+            &self.k.attn_decode_short
+        } else {
+            &self.k.attn_decode
+        };
         let f = &kernels[AD_GROUPS.iter().position(|&g| g == heads).unwrap_or(AD_GROUPS.len() - 1)];
         let grid_x = as_u32("attention blocks per token", s.n_head_kv * group.div_ceil(heads))?;
         let (n_slots32, total32, split32) = (as_i32("slots", n_slots)?, as_i32("cache slots", total)?, as_i32("split", split)?);

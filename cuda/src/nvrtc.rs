@@ -81,6 +81,10 @@ pub(crate) const FILES: &[KernelFile] = &[
             "attn_decode_g2_any",
             "attn_decode_g4_any",
             "attn_decode_g8_any",
+            "attn_decode_g1_short",
+            "attn_decode_g2_short",
+            "attn_decode_g4_short",
+            "attn_decode_g8_short",
             "attn_decode_merge",
             "attn_prefill",
         ],
@@ -485,8 +489,8 @@ mod tests {
                 if let Some(ty) = func.strip_prefix("get_rows_").or_else(|| func.strip_prefix("dequant_f16_")) {
                     patterns.push(format!("DEQUANT_KERNELS({ty}, "));
                 }
-                // Defined by `ATTN_DECODE_KERNEL(G)` as attn_decode_g<G> and attn_decode_g<G>_any.
-                if let Some(g) = func.strip_prefix("attn_decode_g").map(|g| g.trim_end_matches("_any")) {
+                // Defined by `ATTN_DECODE_KERNEL(G)` as attn_decode_g<G>, _any and _short.
+                if let Some(g) = func.strip_prefix("attn_decode_g").map(|g| g.trim_end_matches("_any").trim_end_matches("_short")) {
                     patterns.push(format!("ATTN_DECODE_KERNEL({g})"));
                 }
                 let defined = patterns.iter().any(|p| f.source.contains(p));

@@ -10,6 +10,7 @@
 //! |---|---|---|
 //! | RMSNorm, RoPE, GELU-tanh/SiLU gated | `ggml_kernels::ops` | 1e-10 [<= 1.2e-14] |
 //! | attention, f16 KV, causal/window/sink (decode: GQA groups 1-16, head sizes 32-256, up to 20,000 slots, several sequences per call) | `ggml_kernels::attention` | 1e-9 [<= 7.0e-12, the 20,000-slot case]; LSE 1e-4 relative [<= 9.6e-7 abs] |
+//! | decode attention, the short-split kernels | the default kernels | bits equal [not yet run] |
 //! | Q8_0 / Q8_1 activation quantization | `quants::quantize` | bytes equal [equal] |
 //! | matvec vs dequantized weights . f32 activations (cases of 32+ rows, and pooled per type) | `matmul::matmul_reference` | 2e-4 [case <= 5.1e-5, pooled <= 2.8e-5] |
 //! | matvec vs dequantized weights . dequantized Q8_1 activations (f64) | (the same integers) | 1e-10 [<= 1.9e-12] |
@@ -399,6 +400,21 @@ fn attention_case(gpu: &CudaBackend, c: &AttnCase, seed: u64) {
     let mut lse = gpu.upload(&vec![f32::NAN; c.n_head]).unwrap();
     gpu.attention_decode_batch(&shape, &qd, &qp, &base, n_slots, &kd, &vd, &pd, c.mask, false, &mut part, &mut out, &mut lse, None).unwrap();
     check_attention(&format!("{case} (batch of 1)"), &gpu.download(&out).unwrap(), &want, &gpu.download(&lse).unwrap(), &want_lse);
+
+    // The kernels with less code for short splits (`set_attention_short_split`), here for every
+    // split: the same floats (head dimensions multiples of 8; others keep their kernels). (The
+    // setting is the backend's: a test running beside this one meanwhile gets the same floats.)
+    let (long_out, long_lse) = (gpu.download(&out).unwrap(), gpu.download(&lse).unwrap());
+    gpu.set_attention_short_split(usize::MAX);
+    let mut out = gpu.upload(&vec![f32::NAN; want.len()]).unwrap();
+    let mut lse = gpu.upload(&vec![f32::NAN; c.n_head]).unwrap();
+    let r = gpu.attention_decode_batch(&shape, &qd, &qp, &base, n_slots, &kd, &vd, &pd, c.mask, false, &mut part, &mut out, &mut lse, None);
+    gpu.set_attention_short_split(0);
+    r.unwrap();
+    let (short_out, short_lse) = (gpu.download(&out).unwrap(), gpu.download(&lse).unwrap());
+    check_attention(&format!("{case} (short kernels)"), &short_out, &want, &short_lse, &want_lse);
+    assert_eq!(bits(&short_out), bits(&long_out), "{case}: the short kernels' output differs");
+    assert_eq!(bits(&short_lse), bits(&long_lse), "{case}: the short kernels' log-sum-exp differs");
 
     // Caches whose slot i never holds a position below i (the engine's layouts) may skip the
     // splits past the query's position: same results.
