@@ -91,13 +91,20 @@ __device__ __forceinline__ float nan_f32() { return __int_as_float(0x7fc00000); 
 // (q8_0::act_scale_of), so that every product reading it is NaN: the maximum skips a NaN, and
 // the block would otherwise be quantized as if the NaN were not there, a model that went wrong
 // giving finite logits. Every lane of the warp must call it.
-__device__ __forceinline__ void quantize_q8_1_warp(float v, block_q8_1* __restrict__ out) {
-    const int lane = threadIdx.x % WARP_SIZE;
+// The scale d of a Q8 block held one element per lane, and the lane's quant: what
+// quantize_q8_1_warp and quantize_q8_0 share. Every lane of the warp must call it.
+__device__ __forceinline__ int q8_warp_quant(float v, float& d) {
     const float amax = warp_max(fabsf(v));
     const bool nan = __any_sync(FULL_MASK, isnan(v));
-    const float d = nan ? nan_f32() : amax / 127.0f;
+    d = nan ? nan_f32() : amax / 127.0f;
     const float id = !nan && d != 0.0f ? 1.0f / d : 0.0f;
-    const int q = (int)roundf(v * id);
+    return (int)roundf(v * id);
+}
+
+__device__ __forceinline__ void quantize_q8_1_warp(float v, block_q8_1* __restrict__ out) {
+    const int lane = threadIdx.x % WARP_SIZE;
+    float d;
+    const int q = q8_warp_quant(v, d);
     const int sum = warp_sum_int(q);
     out->qs[lane] = (i8)q;
     if (lane == 0) {

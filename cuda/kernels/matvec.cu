@@ -222,15 +222,6 @@ extern "C" __global__ void __launch_bounds__(MV_THREADS) matvec_q6_k(const u8* _
 #ifndef MV_FUSED_MIN_BLOCKS
 #define MV_FUSED_MIN_BLOCKS 8
 #endif
-// MV_GU_SYNC: how matvec_gate_up_q8_1 counts the rows of a Q8_1 block: 0, each row's writer
-// with a __threadfence() and an atomic (a full fence that also invalidates L1, per row); 1 (the
-// default), each block's rows with one release atomic after a barrier (atomic_add_release_gpu).
-// H200 tg128, same binary, 1 against 0: 8B Q4_K_M 366.83 / 368.15 against 357.87 / 360.75,
-// 8B Q4_0 374.69 / 375.72 against 368.06 / 367.62, 1B 1,208.72 / 1,219.83 against 1,193.53 /
-// 1,194.32 (docs/PERFORMANCE.md, Session 8).
-#ifndef MV_GU_SYNC
-#define MV_GU_SYNC 1
-#endif
 #ifndef MV_GATE_UP_MIN_BLOCKS
 #define MV_GATE_UP_MIN_BLOCKS 0
 #endif
@@ -698,7 +689,9 @@ extern "C" __global__ void MV_FUSED_BOUNDS
 // act(gate[r] . y) * (up[r] . y) (act 0 = GELU-tanh, 1 = SiLU), and the Q8_1
 // quantization of out into outq: the thread block that writes the last of a Q8_1 block's 32 rows
 // quantizes it. Each thread block publishes its rows and counts them in sync[r / 32] with one
-// release atomic (MV_GU_SYNC); the block whose count completes the 32 reads them back (volatile:
+// release atomic (a __threadfence() and an atomic per row, before, invalidated L1 at each row:
+// 2% of decode on an H200, docs/PERFORMANCE.md Session 8); the block whose count completes the
+// 32 reads them back (volatile:
 // past the L1), quantizes them and resets the counter to zero for the next launch (sync: nrows /
 // 32 zeroed counters). The bytes equal
 // matvec2 on gate and up with the same warps per row, then gated_act_q8_1.
@@ -723,19 +716,6 @@ extern "C" __global__ void MV_GATE_UP_BOUNDS
     }
     const bool owner = row_total(g, partial_g, lane, warp, part, wpr);
     row_total(u, partial_u, lane, warp, part, wpr);
-#if MV_GU_SYNC == 0
-    if (row >= nrows || part != 0) return;  // whole warps leave; no barrier follows
-    unsigned int before = 0;
-    if (owner) {
-        out[row] = gated(act, g, u);
-        __threadfence();
-        before = atomicAdd(&sync[row / 32], 1u);
-    }
-    before = __shfl_sync(FULL_MASK, before, 0);
-    if (before != 31) return;
-    __threadfence();
-    const long long b = row / 32;
-#else
     // The block's rows (MV2_WARPS / wpr of them, within one block of 32 as nrows is a multiple
     // of 32), counted together by one release atomic after a barrier.
     if (owner && row < nrows) out[row] = gated(act, g, u);
@@ -750,7 +730,6 @@ extern "C" __global__ void MV_GATE_UP_BOUNDS
     if (!last_gu || warp != 0) return;
     fence_acquire_gpu();
     const long long b = first_row / 32;
-#endif
     const float v = ((volatile const float*)out)[b * 32 + lane];
     quantize_q8_1_warp(v, outq + b);
     if (lane == 0) sync[b] = 0;

@@ -5,13 +5,7 @@
 
 // One warp per block of 32 elements, one element per lane; n_blocks = n / 32.
 __device__ __forceinline__ void q8_block(const float* __restrict__ x, long long b, float& d, int& q) {
-    const int lane = threadIdx.x % WARP_SIZE;
-    const float v = x[b * 32 + lane];
-    const float amax = warp_max(fabsf(v));
-    const bool nan = __any_sync(FULL_MASK, isnan(v));  // as quantize_q8_1_warp
-    d = nan ? nan_f32() : amax / 127.0f;
-    const float id = !nan && d != 0.0f ? 1.0f / d : 0.0f;
-    q = (int)roundf(v * id);
+    q = q8_warp_quant(x[b * 32 + threadIdx.x % WARP_SIZE], d);
 }
 
 extern "C" __global__ void quantize_q8_0(const float* __restrict__ x, u8* __restrict__ out, long long n_blocks) {
