@@ -22,6 +22,7 @@
 pub mod attention;
 mod crew;
 pub mod dot;
+pub mod llamacpp;
 pub mod matmul;
 pub mod ops;
 pub mod pages;

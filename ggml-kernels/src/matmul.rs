@@ -65,6 +65,8 @@ pub enum MatError {
     Shape { what: &'static str, expected: usize, got: usize },
     /// No dequantizer for this type.
     Quant(QuantError),
+    /// A computation that does not cover this type (`what` names it).
+    Unsupported { ty: GgmlType, what: &'static str },
 }
 
 impl std::fmt::Display for MatError {
@@ -78,6 +80,7 @@ impl std::fmt::Display for MatError {
             }
             MatError::Shape { what, expected, got } => write!(f, "{what}: expected {expected} elements, got {got}"),
             MatError::Quant(e) => write!(f, "{e}"),
+            MatError::Unsupported { ty, what } => write!(f, "{what} does not cover {ty}"),
         }
     }
 }

@@ -55,7 +55,8 @@ pub enum RopeAngles {
     /// As ggml's CPU backend computes them (`ggml_rope_cache_init`, no YaRN): theta starts at
     /// `pos * freq_scale` in f32 and is multiplied by `theta_scale = base^(-2/d)` (f32 `powf`)
     /// once per pair, cosine and sine in f32. The repeated rounding moves the angles by up to
-    /// about 1e-4 radians at position 600, so the fast path takes them as llama.cpp does.
+    /// about 1e-4 radians at position 600, so the fast path takes them as llama.cpp does, and
+    /// rotates each pair with ggml's fused multiply-adds.
     Ggml,
 }
 
@@ -116,6 +117,10 @@ impl RopeTable {
                 }
             }
         }
+        // ggml's `rotate_pairs` writes `x0*cos - x1*sin` and `x0*sin + x1*cos`; GCC compiles each
+        // (`-ffp-contract=fast`, with FMA) as one fused multiply-add of the first product, which
+        // the Ggml angles reproduce (bit for bit, checked against llama.cpp's tensors).
+        let fused = angles == RopeAngles::Ggml;
         for head in xs.iter_mut().flat_map(|x| x.chunks_exact_mut(head_dim)) {
             for (i, &(cos, sin)) in cs.iter().enumerate() {
                 let (a, b) = match self.kind {
@@ -123,8 +128,13 @@ impl RopeTable {
                     RopeKind::Neox => (i, i + half),
                 };
                 let (x0, x1) = (head[a], head[b]);
-                head[a] = x0 * cos - x1 * sin;
-                head[b] = x0 * sin + x1 * cos;
+                if fused {
+                    head[a] = x0.mul_add(cos, -(x1 * sin));
+                    head[b] = x0.mul_add(sin, x1 * cos);
+                } else {
+                    head[a] = x0 * cos - x1 * sin;
+                    head[b] = x0 * sin + x1 * cos;
+                }
             }
         }
     }
@@ -166,7 +176,11 @@ fn gelu_f16_table() -> &'static [f32; 1 << 16] {
         let mut t = Box::new([0f32; 1 << 16]);
         for (bits, y) in t.iter_mut().enumerate() {
             let x = half::f16::from_bits(bits as u16).to_f32();
-            let g = 0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + GELU_COEF_A * x * x)).tanh());
+            // ggml's `0.5f*x*(1.0f + tanhf(SQRT_2_OVER_PI*x*(1.0f + GELU_COEF_A*x*x)))` as GCC
+            // compiles it for x86 with FMA (`-ffp-contract=fast`, its default outside ISO C
+            // mode): `1.0f + (GELU_COEF_A*x)*x` is one fused multiply-add. Unfused, a few
+            // hundred of the table's entries differ by one f16 step.
+            let g = 0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (GELU_COEF_A * x).mul_add(x, 1.0)).tanh());
             *y = half::f16::from_f32(g).to_f32();
         }
         t

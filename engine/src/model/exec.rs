@@ -106,14 +106,16 @@ impl<'e, 'm, 't> Exec<'e, 'm, 't> {
     /// `out = rms_norm(x) * w`, each row.
     pub fn rms_norm(&self, x: &TeamVec, w: &[f32], out: &TeamVec) {
         // SAFETY: one thread reads `x` and writes `out` during the op; the others wait.
-        self.ctx.single(|| unsafe { ggml_kernels::ops::rms_norm(x.get(), w, self.m.cfg.rms_eps, out.get_mut()) });
+        let norm = if self.m.llamacpp_numerics { ggml_kernels::llamacpp::rms_norm } else { ggml_kernels::ops::rms_norm };
+        self.ctx.single(|| unsafe { norm(x.get(), w, self.m.cfg.rms_eps, out.get_mut()) });
     }
 
     /// `x = rms_norm(x) * w` in place, each row (`w.len()` elements) when `w` is given.
     pub fn rms_norm_inplace(&self, x: &TeamVec, w: Option<&Vec<f32>>) {
         if let Some(w) = w {
             // SAFETY: one thread touches `x` during the op; the others wait.
-            self.ctx.single(|| unsafe { ggml_kernels::ops::rms_norm_inplace(x.get_mut(), w, self.m.cfg.rms_eps) });
+            let norm = if self.m.llamacpp_numerics { ggml_kernels::llamacpp::rms_norm_inplace } else { ggml_kernels::ops::rms_norm_inplace };
+            self.ctx.single(|| unsafe { norm(x.get_mut(), w, self.m.cfg.rms_eps) });
         }
     }
 
@@ -147,7 +149,11 @@ impl<'e, 'm, 't> Exec<'e, 'm, 't> {
             // SAFETY: this piece alone touches `x` during the op.
             let x = unsafe { x.get_mut() };
             if let Some(w) = norm {
-                ggml_kernels::ops::rms_norm_inplace(x, w, eps);
+                if self.m.llamacpp_numerics {
+                    ggml_kernels::llamacpp::rms_norm_inplace(x, w, eps);
+                } else {
+                    ggml_kernels::ops::rms_norm_inplace(x, w, eps);
+                }
             }
             for (t, &p) in pos.iter().enumerate() {
                 rope.apply_all(&mut [&mut x[t * row..(t + 1) * row]], c.head_dim, p as i64, angles);
@@ -233,7 +239,7 @@ impl Exec<'_, '_, '_> {
             return Ok(());
         }
         self.rms_norm(&a.x, &m.weights.output_norm, &a.h);
-        self.mm(&m.weights.output.cpu(), &a.h, logits)
+        self.mm(&m.view(&m.weights.output), &a.h, logits)
     }
 }
 
@@ -241,5 +247,5 @@ impl Exec<'_, '_, '_> {
 /// one sequence, one token, the integer products, and no LightTransfer-Test probe (whose
 /// measurement needs the whole attention on one thread).
 pub(crate) fn team_decodes(m: &Model<'_>, seqs: &[SeqBatch<'_>]) -> bool {
-    m.decode_team && !m.exact_matmul && matches!(seqs, [s] if s.n == 1 && s.cache.probe.is_none())
+    m.decode_team && !m.exact_matmul && !m.llamacpp_numerics && matches!(seqs, [s] if s.n == 1 && s.cache.probe.is_none())
 }

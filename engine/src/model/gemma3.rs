@@ -21,7 +21,7 @@ pub(crate) fn layer(ex: &Exec<'_, '_, '_>, il: usize, a: &Acts, seqs: &Seqs<'_, 
     ex.rms_norm(&a.x, &w.attn_norm, &a.h);
 
     // Q, K, V projections. q: [n][n_head][hd], k: [n][n_head_kv][hd], v: [n][n_head_kv][hd_v]
-    ex.mm_many([&w.wq.cpu(), &w.wk.cpu(), &w.wv.cpu()], &a.h, [&a.q, &a.k, &a.v])?;
+    ex.mm_many([&ex.m.view(&w.wq), &ex.m.view(&w.wk), &ex.m.view(&w.wv)], &a.h, [&a.q, &a.k, &a.v])?;
 
     // Per-head Q and K RMSNorms, then RoPE (NeoX) at each token's position.
     let qk_norms = w.q_norm.as_ref().zip(w.k_norm.as_ref());
@@ -31,7 +31,7 @@ pub(crate) fn layer(ex: &Exec<'_, '_, '_>, il: usize, a: &Acts, seqs: &Seqs<'_, 
     ex.attend(seqs, il, &a.q, &a.k, &a.v, &a.attn);
 
     // Output projection, post-attention norm, residual.
-    ex.mm(&w.wo.cpu(), &a.attn, &a.o)?;
+    ex.mm(&ex.m.view(&w.wo), &a.attn, &a.o)?;
     ex.rms_norm_inplace(&a.o, w.post_attn_norm.as_ref());
     ex.add(&a.x, &a.o);
 
@@ -40,10 +40,10 @@ pub(crate) fn layer(ex: &Exec<'_, '_, '_>, il: usize, a: &Acts, seqs: &Seqs<'_, 
     // (quantized or f16 weights); the exact GELU on the exact path and with f32 weights, whose
     // products are exact.
     ex.rms_norm(&a.x, &w.ffn_norm, &a.h);
-    let (wg, wu) = (w.ffn_gate.cpu(), w.ffn_up.cpu());
+    let (wg, wu) = (ex.m.view(&w.ffn_gate), ex.m.view(&w.ffn_up));
     let gelu = if ex.m.exact_matmul || wg.ty == GgmlType::F32 { gelu_tanh } else { gelu_tanh_f16 };
     ex.mm_gated(&wg, &wu, &a.h, gelu, &a.ff)?;
-    ex.mm(&w.ffn_down.cpu(), &a.ff, &a.o)?;
+    ex.mm(&ex.m.view(&w.ffn_down), &a.ff, &a.o)?;
     ex.rms_norm_inplace(&a.o, w.post_ffw_norm.as_ref());
     ex.add(&a.x, &a.o);
     Ok(())

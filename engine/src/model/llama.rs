@@ -19,7 +19,7 @@ pub(crate) fn layer(ex: &Exec<'_, '_, '_>, il: usize, a: &Acts, seqs: &Seqs<'_, 
     ex.rms_norm(&a.x, &w.attn_norm, &a.h);
 
     // Q, K, V projections (+ biases for Qwen2). q: [n][n_head][hd], k, v: [n][n_head_kv][hd]
-    ex.mm_many([&w.wq.cpu(), &w.wk.cpu(), &w.wv.cpu()], &a.h, [&a.q, &a.k, &a.v])?;
+    ex.mm_many([&ex.m.view(&w.wq), &ex.m.view(&w.wk), &ex.m.view(&w.wv)], &a.h, [&a.q, &a.k, &a.v])?;
     ex.add_bias(&a.q, w.bq.as_ref());
     ex.add_bias(&a.k, w.bk.as_ref());
     ex.add_bias(&a.v, w.bv.as_ref());
@@ -29,13 +29,13 @@ pub(crate) fn layer(ex: &Exec<'_, '_, '_>, il: usize, a: &Acts, seqs: &Seqs<'_, 
 
     // Attention over each sequence's cache, output projection, residual.
     ex.attend(seqs, il, &a.q, &a.k, &a.v, &a.attn);
-    ex.mm(&w.wo.cpu(), &a.attn, &a.o)?;
+    ex.mm(&ex.m.view(&w.wo), &a.attn, &a.o)?;
     ex.add(&a.x, &a.o);
 
     // FFN: pre-norm, SiLU gate times up, down, residual.
     ex.rms_norm(&a.x, &w.ffn_norm, &a.h);
-    ex.mm_gated(&w.ffn_gate.cpu(), &w.ffn_up.cpu(), &a.h, silu, &a.ff)?;
-    ex.mm(&w.ffn_down.cpu(), &a.ff, &a.o)?;
+    ex.mm_gated(&ex.m.view(&w.ffn_gate), &ex.m.view(&w.ffn_up), &a.h, silu, &a.ff)?;
+    ex.mm(&ex.m.view(&w.ffn_down), &a.ff, &a.o)?;
     ex.add(&a.x, &a.o);
     Ok(())
 }

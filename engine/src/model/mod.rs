@@ -44,6 +44,8 @@ pub enum ModelError {
     NonFinite { pos: usize },
     #[error("kernel error: {0}")]
     Kernel(String),
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 /// A model ready to run: its configuration and weights borrowed from the file.
@@ -61,6 +63,11 @@ pub struct Model<'a> {
     /// fork-join (the earlier path, bit-identical; for comparisons). `ENGINE_DECODE_TEAM=0`
     /// makes it false.
     pub decode_team: bool,
+    /// Compute as llama.cpp's x86 CPU backend does, bit for bit (`ggml_kernels::llamacpp`: its
+    /// summation orders, fused multiply-adds and f16 roundings), so that greedy decoding follows
+    /// llama.cpp's token for token. Slower than the fast path (scalar code, every product from
+    /// the file's layout). Set by [`Model::use_llamacpp_numerics`].
+    pub llamacpp_numerics: bool,
     file: &'a GgufFile,
     /// Each layer's RoPE frequencies.
     pub(crate) rope: Vec<RopeTable>,
@@ -82,7 +89,34 @@ impl<'a> Model<'a> {
         let weights = Weights::load(file, &cfg)?;
         let rope = cfg.layers.iter().map(|l| RopeTable::new(cfg.rope_kind, cfg.n_rot, l.rope_base, cfg.rope_freq_scale)).collect();
         let decode_team = !std::env::var("ENGINE_DECODE_TEAM").is_ok_and(|v| v == "0");
-        Ok(Model { cfg, weights, exact_matmul: false, decode_team, file, rope })
+        Ok(Model { cfg, weights, exact_matmul: false, decode_team, llamacpp_numerics: false, file, rope })
+    }
+
+    /// Switches to llama.cpp's numerics ([`Model::llamacpp_numerics`]). They cover Gemma 3 with
+    /// weights of the types `ggml_kernels::llamacpp::supports` lists (those of the default
+    /// model); anything else is an error naming what is not covered.
+    pub fn use_llamacpp_numerics(&mut self) -> Result<(), ModelError> {
+        if self.cfg.arch != Arch::Gemma3 {
+            return Err(ModelError::Unsupported(format!("llama.cpp's numerics cover gemma3 only, not {:?}", self.cfg.arch)));
+        }
+        let w = &self.weights;
+        let mats = w.layers.iter().flat_map(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.ffn_gate, &l.ffn_up, &l.ffn_down]).chain([&w.output]);
+        if let Some(bad) = mats.map(|m| m.file.ty).find(|&t| !ggml_kernels::llamacpp::supports(t)) {
+            return Err(ModelError::Unsupported(format!("llama.cpp's numerics do not cover {bad} weights")));
+        }
+        self.llamacpp_numerics = true;
+        self.exact_matmul = false;
+        Ok(())
+    }
+
+    /// The layout a CPU product reads `w` in: the file's for llama.cpp's numerics, else the
+    /// CPU's own where it has one.
+    pub(crate) fn view<'m>(&self, w: &'m weights::Matrix<'_>) -> ggml_kernels::matmul::QMatrix<'m> {
+        if self.llamacpp_numerics {
+            w.file
+        } else {
+            w.cpu()
+        }
     }
 
     /// Builds the CPU's own layouts of the output projection and the layer matrices that have
@@ -94,6 +128,9 @@ impl<'a> Model<'a> {
     /// [`Session::new`] calls this.
     pub fn prepare_cpu(&self) {
         use rayon::prelude::*;
+        if self.llamacpp_numerics {
+            return;
+        }
         // The output projection first: the largest, so it starts while the layers are shared out.
         let all: Vec<&weights::Matrix<'a>> = self.packable_matrices().collect();
         all.par_iter().for_each(|m| m.prepare(&|bytes| self.file.release_pages(bytes)));
@@ -462,6 +499,12 @@ fn forward_layer_major(
 /// call, so decode quantizes the input once and starts the threads once for all of them.
 pub(crate) fn mm_many_into<const N: usize>(m: &Model<'_>, ws: [&QMatrix<'_>; N], x: &[f32], outs: &mut [&mut [f32]; N]) -> Result<(), ModelError> {
     let n = ws.first().map_or(0, |w| x.len() / w.cols.max(1));
+    if m.llamacpp_numerics {
+        for (w, out) in ws.iter().zip(outs.iter_mut()) {
+            ggml_kernels::llamacpp::matmul(w, x, n, out).map_err(|e| ModelError::Kernel(e.to_string()))?;
+        }
+        return Ok(());
+    }
     if m.exact_matmul {
         for (w, out) in ws.iter().zip(outs.iter_mut()) {
             matmul_reference(w, x, n, out).map_err(|e| ModelError::Kernel(e.to_string()))?;
@@ -475,7 +518,7 @@ pub(crate) fn mm_many_into<const N: usize>(m: &Model<'_>, ws: [&QMatrix<'_>; N],
 /// that applies `act` to each chunk of rows as it is computed (`matmul_gated`).
 pub(crate) fn mm_gated_into(m: &Model<'_>, gate: &QMatrix<'_>, up: &QMatrix<'_>, x: &[f32], act: fn(f32) -> f32, out: &mut [f32]) -> Result<(), ModelError> {
     let n = x.len() / gate.cols.max(1);
-    if m.exact_matmul {
+    if m.exact_matmul || m.llamacpp_numerics {
         let mut u = vec![0f32; out.len()];
         mm_many_into(m, [gate, up], x, &mut [&mut *out, &mut u])?;
         ggml_kernels::ops::gated_act(out, &u, act);
@@ -487,7 +530,13 @@ pub(crate) fn mm_gated_into(m: &Model<'_>, gate: &QMatrix<'_>, up: &QMatrix<'_>,
 /// `out = W x` for `n` vectors, mapping kernel errors.
 pub(crate) fn mm(m: &Model<'_>, w: &QMatrix<'_>, x: &[f32], n: usize) -> Result<Vec<f32>, ModelError> {
     let mut out = vec![0f32; n * w.rows];
-    let product = if m.exact_matmul { matmul_reference } else { matmul };
+    let product = if m.llamacpp_numerics {
+        ggml_kernels::llamacpp::matmul
+    } else if m.exact_matmul {
+        matmul_reference
+    } else {
+        matmul
+    };
     product(w, x, n, &mut out).map_err(|e| ModelError::Kernel(e.to_string()))?;
     Ok(out)
 }
@@ -529,8 +578,9 @@ pub(crate) fn output_logits(m: &Model<'_>, x: &[f32], seqs: &[(usize, Logits)]) 
         return Ok(Vec::new());
     }
     let mut normed = vec![0f32; picked.len()];
-    ggml_kernels::ops::rms_norm(&picked, &m.weights.output_norm, m.cfg.rms_eps, &mut normed);
-    mm(m, &m.weights.output.cpu(), &normed, picked.len() / e)
+    let norm = if m.llamacpp_numerics { ggml_kernels::llamacpp::rms_norm } else { ggml_kernels::ops::rms_norm };
+    norm(&picked, &m.weights.output_norm, m.cfg.rms_eps, &mut normed);
+    mm(m, &m.view(&m.weights.output), &normed, picked.len() / e)
 }
 
 /// Attention of every sequence of a forward call over its own cache (`q`, `k`, `v`: the call's
@@ -615,7 +665,11 @@ pub(crate) fn attend(
         layer.write(pos0, k, v);
     } else {
         layer.write(pos0, k, v);
-        attention(&shape, q, &qpos, layer.keys(), layer.values(), layer.positions(), mask, &mut out, None);
+        if m.llamacpp_numerics {
+            ggml_kernels::llamacpp::attention(&shape, q, &qpos, layer.keys(), layer.values(), layer.positions(), mask, &mut out);
+        } else {
+            attention(&shape, q, &qpos, layer.keys(), layer.values(), layer.positions(), mask, &mut out, None);
+        }
     }
     cache.note_resident();
 

@@ -22,7 +22,7 @@ use crate::types::{GgmlType, ALL_TYPES};
 
 pub mod finite;
 pub mod float16;
-mod search;
+pub(crate) mod search;
 
 pub mod iq4_nl;
 pub mod iq4_xs;
