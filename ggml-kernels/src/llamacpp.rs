@@ -22,8 +22,9 @@
 //!   - Q4_K: the repacked 8x8 kernels (`ggml_gemv_q4_K_8x8_q8_K`, `ggml_gemm_..`): one integer
 //!     per super-block for the scales and one for the mins, each folded into its own float sum
 //!     by a fused multiply-add, the two subtracted at the end;
-//!   - Q6_K: `ggml_vec_dot_q6_K_q8_K` (eight integer lanes per super-block, the mins
-//!     subtracted per lane, folded by fused multiply-adds, `hsum_float_8`).
+//!   - Q6_K: below 8 tokens `ggml_vec_dot_q6_K_q8_K` (eight integer lanes per super-block, the
+//!     mins subtracted per lane, folded by fused multiply-adds, `hsum_float_8`); from 8 tokens
+//!     ggml's tiled K-quant product (one integer per super-block, scaled, then folded).
 //! - [`attention`]: the non-flash path of llama.cpp's graph (`kq = K q`, `soft_max_ext`,
 //!   `kqv = V^T softmax`) over an f16 cache: the query and the softmax weights rounded to f16;
 //!   for one token `ggml_vec_dot_f16` (four registers of eight lanes, reduced pairwise), for more
@@ -80,6 +81,15 @@ fn rms_scale(x: &[f32], eps: f32) -> f32 {
     }
     let mean = (sum / x.len() as f64) as f32;
     1.0 / (mean + eps).sqrt()
+}
+
+/// `ggml_vec_geglu_f32` with `GGML_GELU_FP16`: `gate[i] = gelu(gate[i]) * up[i]` by ggml's f16
+/// table ([`crate::ops::gelu_tanh_f16`]), except that a gate at or below -10 gives +0 whatever
+/// `up` is (not `0 * up`, which is -0 for a negative `up`).
+pub fn geglu(gate: &mut [f32], up: &[f32]) {
+    for (g, &u) in gate.iter_mut().zip(up) {
+        *g = if *g <= -10.0 { 0.0 } else { crate::ops::gelu_tanh_f16(*g) * u };
+    }
 }
 
 /// `hsum_float_8` (and llamafile's `hsum` of a 256-bit register): the upper four lanes added to
@@ -196,6 +206,32 @@ fn dot_q6_k(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
     hsum8(&acc)
 }
 
+/// One row of a Q6_K matrix against Q8_K activations by ggml's tiled K-quant product
+/// (`ggml_compute_forward_mul_mat_tiled`, taken for batches of 8 tokens or more): per
+/// super-block the exact integer `sum(scale * (q - 32) * a)`, times the weight's scale, folded
+/// into one float sum by a fused multiply-add with the activation's scale.
+#[inline(always)]
+fn dot_q6_k_tiled(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
+    let mut acc = 0f32;
+    for (wb, ab) in w.iter().zip(a) {
+        let mut sum = 0i32;
+        for half in 0..2 {
+            let (ql, qh) = (&wb.ql[64 * half..], &wb.qh[32 * half..]);
+            for k in 0..4 {
+                for b in 0..32 {
+                    let low = if k % 2 == 0 { ql[b] } else { ql[32 + b] };
+                    let low = if k < 2 { low & 0x0F } else { low >> 4 };
+                    let q = i32::from(low | (((qh[b] >> (2 * k)) & 3) << 4)) - 32;
+                    let e = 128 * half + 32 * k + b;
+                    sum += i32::from(wb.scales[e / 16]) * q * i32::from(ab.qs[e]);
+                }
+            }
+        }
+        acc = (wb.d.to_f32() * sum as f32).mul_add(ab.d, acc);
+    }
+    acc
+}
+
 /// `out = W x` for `n` vectors (`x`: `[n][cols]`, `out`: `[n][rows]`) as llama.cpp computes it
 /// on x86 with AVX2; for the weight types of [`supports`], read in ggml's row layout.
 pub fn matmul(w: &QMatrix<'_>, x: &[f32], n: usize, out: &mut [f32]) -> Result<(), MatError> {
@@ -248,6 +284,8 @@ pub fn matmul(w: &QMatrix<'_>, x: &[f32], n: usize, out: &mut [f32]) -> Result<(
                 let a = &acts[t * nb..(t + 1) * nb];
                 if q4 {
                     dot_q4_k(crate::quants::blocks(&bytes).expect("whole Q4_K blocks"), a, t < gemm_rows)
+                } else if n >= 8 {
+                    dot_q6_k_tiled(crate::quants::blocks(&bytes).expect("whole Q6_K blocks"), a)
                 } else {
                     dot_q6_k(crate::quants::blocks(&bytes).expect("whole Q6_K blocks"), a)
                 }

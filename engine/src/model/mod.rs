@@ -518,6 +518,13 @@ pub(crate) fn mm_many_into<const N: usize>(m: &Model<'_>, ws: [&QMatrix<'_>; N],
 /// that applies `act` to each chunk of rows as it is computed (`matmul_gated`).
 pub(crate) fn mm_gated_into(m: &Model<'_>, gate: &QMatrix<'_>, up: &QMatrix<'_>, x: &[f32], act: fn(f32) -> f32, out: &mut [f32]) -> Result<(), ModelError> {
     let n = x.len() / gate.cols.max(1);
+    // llama.cpp's numerics cover Gemma 3 alone (`Model::use_llamacpp_numerics`): its gate is GELU.
+    if m.llamacpp_numerics {
+        let mut u = vec![0f32; out.len()];
+        mm_many_into(m, [gate, up], x, &mut [&mut *out, &mut u])?;
+        ggml_kernels::llamacpp::geglu(out, &u);
+        return Ok(());
+    }
     if m.exact_matmul || m.llamacpp_numerics {
         let mut u = vec![0f32; out.len()];
         mm_many_into(m, [gate, up], x, &mut [&mut *out, &mut u])?;
