@@ -97,7 +97,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let file = open_model(&args.model)?;
     let tok = tokenizer(&file)?;
-    let model = Model::load(&file).context("loading the model")?;
+    let mut model = Model::load(&file).context("loading the model")?;
+    args.model.apply_numerics(&mut model)?;
     let template = match args.chat_template.as_deref() {
         None | Some("file") => {
             let t = ChatTemplate::from_gguf(&file)?;
@@ -116,7 +117,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let native = model.native_layer_kinds();
     let mut params = args.model.session_params(model.cfg.n_ctx_train, 4096);
     params.layer_kinds = Some(mode.kinds(&native));
-    let gpu = if args.device.cuda(model.cfg.n_layer)? {
+    let cuda = args.device.cuda(model.cfg.n_layer)?;
+    if cuda && model.llamacpp_numerics {
+        bail!("--numerics llamacpp computes on the CPU; run it without -ngl");
+    }
+    let gpu = if cuda {
         Some(engine::gpu::GpuModel::upload(&model, 0).context("loading the model onto the GPU")?)
     } else {
         None

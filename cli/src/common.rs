@@ -46,6 +46,21 @@ pub struct ModelArgs {
     /// Read the model into memory instead of mapping it.
     #[arg(long)]
     pub no_mmap: bool,
+    /// How the CPU computes: `fast` (our kernels), or `llamacpp`: llama.cpp's x86 CPU numerics,
+    /// bit for bit, so that greedy output equals llama.cpp's token for token (Gemma 3 with the
+    /// default model's weight types; slower; the CPU only).
+    #[arg(long, default_value = "fast", value_parser = ["fast", "llamacpp"])]
+    pub numerics: String,
+}
+
+impl ModelArgs {
+    /// Applies `--numerics` to a loaded model.
+    pub fn apply_numerics(&self, model: &mut engine::model::Model<'_>) -> anyhow::Result<()> {
+        if self.numerics == "llamacpp" {
+            model.use_llamacpp_numerics().map_err(|e| anyhow::anyhow!("--numerics llamacpp: {e}"))?;
+        }
+        Ok(())
+    }
 }
 
 /// Where the model runs (`run`, `bench`).

@@ -34,7 +34,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
     let file = open_model(&args.model)?;
     let tok = tokenizer(&file)?;
-    let model = Model::load(&file).context("loading the model")?;
+    let mut model = Model::load(&file).context("loading the model")?;
+    args.model.apply_numerics(&mut model)?;
     // -c is the chunk size here, as in llama-perplexity (default 512 there too).
     let mode = args.hybrid.mode(&file, &model)?;
     if matches!(mode, engine::lighttransfer::HybridMode::Test { .. }) {

@@ -51,14 +51,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let threads = init_threads(args.model.threads)?;
     let file = open_model(&args.model)?;
     let tok = tokenizer(&file)?;
-    let model = Model::load(&file).context("loading the model")?;
+    let mut model = Model::load(&file).context("loading the model")?;
+    args.model.apply_numerics(&mut model)?;
     let mode = args.hybrid.mode(&file, &model)?;
     let native = model.native_layer_kinds();
     let mut params = args.model.session_params(model.cfg.n_ctx_train, 4096);
     params.layer_kinds = Some(mode.kinds(&native));
     let mut sampler = Sampler::new(sampler_params.clone())?;
     let ids = tok.tokenize(&prompt, TokenizeOptions::default());
-    if args.device.cuda(model.cfg.n_layer)? {
+    let cuda = args.device.cuda(model.cfg.n_layer)?;
+    if cuda && model.llamacpp_numerics {
+        anyhow::bail!("--numerics llamacpp computes on the CPU; run it without -ngl");
+    }
+    if cuda {
         let gpu = engine::gpu::GpuModel::upload(&model, 0).context("loading the model onto the GPU")?;
         let mut session = engine::gpu::GpuSession::new(&gpu, &params)?;
         session.probe = mode.probe(&native, ids.len());
