@@ -197,3 +197,51 @@ fn greedy_continuations_equal_llama_cpps_with_its_numerics() {
     }
     assert!(failures.is_empty(), "continuations that part from llama.cpp's (prompt, tokens equal): {failures:?}");
 }
+
+/// With llama.cpp's numerics, the logits are llama.cpp's bits: a SHA-256 of each case's f32 rows
+/// (`tests/fixtures/gemma3/llamacpp_logits.json`, from `tests/scripts/make_llamacpp_logit_hashes.py`)
+/// over one token, batches under and over 8 tokens, and a 627-token prompt past the 512-token
+/// sliding window.
+#[test]
+fn logits_equal_llama_cpps_bit_for_bit_with_its_numerics() {
+    use engine::model::{Logits, Model, Session, SessionParams};
+    use serde_json::Value;
+    use sha2::{Digest, Sha256};
+    let Some(path) = engine_tests::default_model() else { return };
+    let p = format!("{}/fixtures/gemma3/llamacpp_logits.json", env!("CARGO_MANIFEST_DIR"));
+    let fix: Value = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+    let file = GgufFile::open(&path).unwrap();
+    let mut model = Model::load(&file).unwrap();
+    model.use_llamacpp_numerics().unwrap();
+    let n_vocab = model.cfg.n_vocab;
+    let u32s = |v: &Value| -> Vec<u32> { v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect() };
+    let mut failures = Vec::new();
+    // A case whose `pre` is the previous case's tokens continues that session.
+    let mut prev: Option<(Vec<u32>, Session<'_, '_>)> = None;
+    for c in fix["cases"].as_array().unwrap() {
+        let (pre, tokens) = (u32s(&c["pre"]), u32s(&c["tokens"]));
+        let mut s = match prev.take() {
+            Some((t, s)) if !pre.is_empty() && t == pre => s,
+            _ => {
+                let mut s = Session::new(&model, &SessionParams { n_ctx: 1024, ..SessionParams::default() }).unwrap();
+                if !pre.is_empty() {
+                    s.eval(&pre, Logits::Last).unwrap();
+                }
+                s
+            }
+        };
+        let which = if c["rows"] == "last" { Logits::Last } else { Logits::All };
+        let rows = s.eval(&tokens, which).unwrap();
+        let bytes: Vec<u8> = rows.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let hash: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+        let last = &rows[rows.len() - n_vocab..];
+        let (arg, max) = last.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b });
+        let name = c["name"].as_str().unwrap();
+        eprintln!("{name}: {} rows, sha256 {}…, last row's top token {arg} at {max}", rows.len() / n_vocab, &hash[..16]);
+        if hash != c["sha256"].as_str().unwrap() {
+            failures.push(format!("{name}: top {arg} at {max}, llama.cpp's {} at {}", c["last_argmax"], c["last_max"]));
+        }
+        prev = Some((tokens, s));
+    }
+    assert!(failures.is_empty(), "logits that differ from llama.cpp's: {failures:?}");
+}
