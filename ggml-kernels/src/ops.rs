@@ -55,9 +55,13 @@ pub enum RopeAngles {
     /// As ggml's CPU backend computes them (`ggml_rope_cache_init`, no YaRN): theta starts at
     /// `pos * freq_scale` in f32 and is multiplied by `theta_scale = base^(-2/d)` (f32 `powf`)
     /// once per pair, cosine and sine in f32. The repeated rounding moves the angles by up to
-    /// about 1e-4 radians at position 600, so the fast path takes them as llama.cpp does, and
-    /// rotates each pair with ggml's fused multiply-adds.
+    /// about 1e-4 radians at position 600, so the fast path takes them as llama.cpp does.
     Ggml,
+    /// [`RopeAngles::Ggml`]'s angles, each pair rotated with the fused multiply-adds of ggml's
+    /// x86 build (`ggml_kernels::llamacpp`'s numerics). Not the fast path's: its batched and
+    /// single-sequence products differ in the last bits, and a change of rotation moves which
+    /// of those differences cross an 8-bit rounding boundary (`tests/batched_decode.rs`).
+    GgmlFused,
 }
 
 /// The rotation angles' frequencies: `base^(-2i/d)` for `i < d/2`, each divided by `freq_scale`'s
@@ -108,7 +112,7 @@ impl RopeTable {
                     *c = (theta.cos() as f32, theta.sin() as f32);
                 }
             }
-            RopeAngles::Ggml => {
+            RopeAngles::Ggml | RopeAngles::GgmlFused => {
                 let mut theta = pos as f32;
                 for c in cs.iter_mut() {
                     let t = self.freq_scale * theta;
@@ -119,8 +123,8 @@ impl RopeTable {
         }
         // ggml's `rotate_pairs` writes `x0*cos - x1*sin` and `x0*sin + x1*cos`; GCC compiles each
         // (`-ffp-contract=fast`, with FMA) as one fused multiply-add of the first product, which
-        // the Ggml angles reproduce (bit for bit, checked against llama.cpp's tensors).
-        let fused = angles == RopeAngles::Ggml;
+        // `GgmlFused` reproduces (bit for bit, checked against llama.cpp's tensors).
+        let fused = angles == RopeAngles::GgmlFused;
         for head in xs.iter_mut().flat_map(|x| x.chunks_exact_mut(head_dim)) {
             for (i, &(cos, sin)) in cs.iter().enumerate() {
                 let (a, b) = match self.kind {

@@ -79,6 +79,8 @@ impl<'a> Model<'a> {
     pub(crate) fn rope_angles(&self) -> RopeAngles {
         if self.exact_matmul {
             RopeAngles::Exact
+        } else if self.llamacpp_numerics {
+            RopeAngles::GgmlFused
         } else {
             RopeAngles::Ggml
         }
