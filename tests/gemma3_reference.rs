@@ -176,7 +176,9 @@ fn llama_cpp_greedy() -> Vec<Vec<u32>> {
 /// ones, ours 1.03 (0.255) from them (`fast_path_logits_distance_to_llama_cpp`), and its greedy
 /// continuations part from the fixture's on two of the six prompts ("Once upon a time" after 1
 /// token, Zürich after 11, with margins up to 0.2 between its two candidates). Equality in full
-/// therefore cannot be required of every prompt; see the bounds below.
+/// therefore cannot be required of the fast path on every prompt; see the bounds below. It is
+/// required, and holds, of llama.cpp's numerics (`Model::use_llamacpp_numerics`, which keeps
+/// llama.cpp's summation orders too): `tests/llamacpp_numerics.rs`.
 #[test]
 fn fast_path_greedy_continuations_equal_llama_cpps() {
     let Some(path) = engine_tests::default_model() else { return };
