@@ -1,5 +1,15 @@
-"""Dump llama.cpp's intermediate tensors (cb_eval) for a token sequence.
-usage: dump.py OUTDIR TOKENS_JSON [PRE_TOKENS_JSON]   -- eval PRE (batched) first, then TOKENS (batched), dump the second eval."""
+"""llama.cpp's intermediate tensors for one evaluation of the default model, for the op-by-op
+check of our llama.cpp numerics (tests/llamacpp_numerics.rs, `ops_match_a_llama_cpp_dump` and
+`logits_match_a_llama_cpp_dump`, ignored: measuring tools).
+
+    /tmp/llvenv/bin/python tests/scripts/dump_llamacpp_tensors.py OUTDIR TOKENS_JSON [PRE_JSON [MODEL]]
+
+Evaluates PRE as one batch (when given), then TOKENS as one batch, and writes every f32 tensor of
+the second evaluation that llama.cpp's graph callback (`cb_eval`) reports to OUTDIR/NAME.f32
+(NAME#k for the k-th repeat of a name), the graph (names, ops, shapes, sources) to
+OUTDIR/graph.json, and TOKENS' logit rows to OUTDIR/logits.f32. DUMP_ONLY=REGEX keeps only the
+tensors whose names match.
+"""
 import ctypes, json, sys, os
 import numpy as np
 import llama_cpp
@@ -13,6 +23,8 @@ class T(ctypes.Structure):
 
 out = sys.argv[1]; toks = json.loads(sys.argv[2]); pre = json.loads(sys.argv[3]) if len(sys.argv) > 3 else []
 os.makedirs(out, exist_ok=True)
+import re
+ONLY = re.compile(os.environ["DUMP_ONLY"]) if os.environ.get("DUMP_ONLY") is not None else None
 rec = {"on": False, "list": [], "seen": {}}
 def name_of(p):
     return T.from_address(p).name.decode() if p else None
@@ -21,6 +33,7 @@ def cb(t, ask, ud):
     if ask: return True
     if not rec["on"]: return True
     x = T.from_address(t)
+    if ONLY is not None and not ONLY.search(x.name.decode()): return True
     nm = x.name.decode(); ne = list(x.ne); nb = list(x.nb)
     srcs = [name_of(s) for s in x.src if s]
     entry = {"name": nm, "op": x.op, "type": x.type, "ne": ne, "src": srcs}
