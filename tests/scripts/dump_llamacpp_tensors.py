@@ -38,11 +38,9 @@ def cb(t, ask, ud):
     srcs = [name_of(s) for s in x.src if s]
     entry = {"name": nm, "op": x.op, "type": x.type, "ne": ne, "src": srcs}
     if x.type == 0 and x.data:
-        n = ne[0]*ne[1]*ne[2]*ne[3]
         # gather with strides
         base = x.data
         arr = np.zeros((ne[3], ne[2], ne[1], ne[0]), np.float32)
-        buf = (ctypes.c_char * (nb[3]*ne[3] if ne[3] else 0)).from_address(base) if False else None
         for i3 in range(ne[3]):
             for i2 in range(ne[2]):
                 for i1 in range(ne[1]):
@@ -57,7 +55,6 @@ def cb(t, ask, ud):
     rec["list"].append(entry)
     return True
 
-params = llama_cpp.Llama  # noqa
 from llama_cpp import Llama
 model = sys.argv[4] if len(sys.argv) > 4 else os.path.expanduser("~/.cache/engine/models/gemma-3-270m-q4_k_m.gguf")
 llm = Llama(model_path=model, n_ctx=1024, n_batch=1024, n_ubatch=1024, logits_all=True, verbose=False, n_threads=2)
