@@ -245,3 +245,39 @@ fn logits_equal_llama_cpps_bit_for_bit_with_its_numerics() {
     }
     assert!(failures.is_empty(), "logits that differ from llama.cpp's: {failures:?}");
 }
+
+/// `engine run --numerics llamacpp`: greedy text on stdout is llama.cpp's continuation (the
+/// fixture's tokens, detokenized); a model the mode does not cover is an error that says so.
+#[test]
+fn run_with_llamacpp_numerics_prints_llama_cpps_continuation() {
+    use engine::tokenizer::Tokenizer;
+    use engine_tests::bin::engine_bin;
+    use serde_json::Value;
+    use std::process::Command;
+    let Some(path) = engine_tests::default_model() else { return };
+    let fix = |name: &str| -> Value {
+        let p = format!("{}/fixtures/gemma3/{name}", env!("CARGO_MANIFEST_DIR"));
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    };
+    let (hf, llama) = (fix("hf_reference.json"), fix("llamacpp.json"));
+    let (text, greedy) = (hf["cases"][0]["text"].as_str().unwrap(), &llama["cases"][0]["greedy"]);
+    let want: Vec<u32> = greedy.as_array().unwrap().iter().take(12).map(|x| x.as_u64().unwrap() as u32).collect();
+    let file = GgufFile::open(&path).unwrap();
+    let tok = Tokenizer::from_gguf(&file).unwrap();
+    let want_text = tok.detokenize_lossy(&want, engine::tokenizer::DecodeOptions::default()).unwrap();
+    let out = Command::new(engine_bin())
+        .args(["run", "-m", path.to_str().unwrap(), "-p", text, "-n", "12", "--temp", "0", "--numerics", "llamacpp", "--no-display-prompt"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim_end(), want_text.trim_end());
+
+    // A Llama-family model: not covered, said so, no panic.
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = dir.path().join("tiny.gguf");
+    let o = Command::new(engine_bin()).args(["synth", "--arch", "llama", "--preset", "llama-tiny", "--type", "q8_0", "--quiet", "-o"]).arg(&tiny).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = Command::new(engine_bin()).args(["run", "-m", tiny.to_str().unwrap(), "-p", "hi", "-n", "2", "--numerics", "llamacpp"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("llama.cpp's numerics cover gemma3 only") && !err.contains("panicked"), "{err}");
+}
