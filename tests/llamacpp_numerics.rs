@@ -21,6 +21,17 @@ fn load(name: &str) -> Vec<f32> {
     bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
 }
 
+/// A JSON fixture of `tests/fixtures/gemma3`.
+fn fixture(name: &str) -> serde_json::Value {
+    let p = format!("{}/fixtures/gemma3/{name}", env!("CARGO_MANIFEST_DIR"));
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+/// A JSON array of token ids.
+fn u32s(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
 fn report(label: &str, ours: &[f32], theirs: &[f32]) -> usize {
     assert_eq!(ours.len(), theirs.len(), "{label}: lengths");
     let differ = ours.iter().zip(theirs).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
@@ -160,25 +171,20 @@ fn logits_match_a_llama_cpp_dump() {
 /// Issue 4's criterion: with llama.cpp's numerics, greedy 32-token continuations of the committed
 /// prompts equal llama.cpp's (`tests/fixtures/gemma3/llamacpp.json`: llama-cpp-python 0.3.36 on
 /// this x86 CPU, the prompt as one batch, then one token at a time, f16 KV cache), token for
-/// token, on every prompt (the emulation is plain Rust: the same on any CPU). The fast path parts from them at near-ties (`gemma3_reference`'s
-/// `fast_path_greedy_continuations_equal_llama_cpps`); these logits are llama.cpp's own bits.
+/// token, on every prompt (the emulation gives the same bits on any CPU). The fast path parts from
+/// them at near-ties (`gemma3_reference`'s `fast_path_greedy_continuations_equal_llama_cpps`);
+/// these logits are llama.cpp's own bits.
 #[test]
 fn greedy_continuations_equal_llama_cpps_with_its_numerics() {
     use engine::model::{Logits, Model, Session, SessionParams};
-    use serde_json::Value;
     let Some(path) = engine_tests::default_model() else { return };
-    let fix = |name: &str| -> Value {
-        let p = format!("{}/fixtures/gemma3/{name}", env!("CARGO_MANIFEST_DIR"));
-        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
-    };
-    let (hf, llama) = (fix("hf_reference.json"), fix("llamacpp.json"));
+    let (hf, llama) = (fixture("hf_reference.json"), fixture("llamacpp.json"));
     let file = GgufFile::open(&path).unwrap();
     let mut model = Model::load(&file).unwrap();
     model.use_llamacpp_numerics().unwrap();
     let n_vocab = model.cfg.n_vocab;
     // The first of equal maxima, as numpy's argmax (the fixture's).
     let argmax = |row: &[f32]| row.iter().enumerate().fold(0, |b, (i, &v)| if v > row[b] { i } else { b }) as u32;
-    let u32s = |v: &Value| -> Vec<u32> { v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect() };
     let mut failures = Vec::new();
     for (case, theirs) in hf["cases"].as_array().unwrap().iter().zip(llama["cases"].as_array().unwrap()) {
         let (ids, want) = (u32s(&case["ids"]), u32s(&theirs["greedy"]));
@@ -205,16 +211,13 @@ fn greedy_continuations_equal_llama_cpps_with_its_numerics() {
 #[test]
 fn logits_equal_llama_cpps_bit_for_bit_with_its_numerics() {
     use engine::model::{Logits, Model, Session, SessionParams};
-    use serde_json::Value;
     use sha2::{Digest, Sha256};
     let Some(path) = engine_tests::default_model() else { return };
-    let p = format!("{}/fixtures/gemma3/llamacpp_logits.json", env!("CARGO_MANIFEST_DIR"));
-    let fix: Value = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+    let fix = fixture("llamacpp_logits.json");
     let file = GgufFile::open(&path).unwrap();
     let mut model = Model::load(&file).unwrap();
     model.use_llamacpp_numerics().unwrap();
     let n_vocab = model.cfg.n_vocab;
-    let u32s = |v: &Value| -> Vec<u32> { v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect() };
     let mut failures = Vec::new();
     // A case whose `pre` is the previous case's tokens continues that session.
     let mut prev: Option<(Vec<u32>, Session<'_, '_>)> = None;
@@ -252,16 +255,11 @@ fn logits_equal_llama_cpps_bit_for_bit_with_its_numerics() {
 fn run_with_llamacpp_numerics_prints_llama_cpps_continuation() {
     use engine::tokenizer::Tokenizer;
     use engine_tests::bin::engine_bin;
-    use serde_json::Value;
     use std::process::Command;
     let Some(path) = engine_tests::default_model() else { return };
-    let fix = |name: &str| -> Value {
-        let p = format!("{}/fixtures/gemma3/{name}", env!("CARGO_MANIFEST_DIR"));
-        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
-    };
-    let (hf, llama) = (fix("hf_reference.json"), fix("llamacpp.json"));
+    let (hf, llama) = (fixture("hf_reference.json"), fixture("llamacpp.json"));
     let (text, greedy) = (hf["cases"][0]["text"].as_str().unwrap(), &llama["cases"][0]["greedy"]);
-    let want: Vec<u32> = greedy.as_array().unwrap().iter().take(12).map(|x| x.as_u64().unwrap() as u32).collect();
+    let want: Vec<u32> = u32s(greedy).into_iter().take(12).collect();
     let file = GgufFile::open(&path).unwrap();
     let tok = Tokenizer::from_gguf(&file).unwrap();
     let want_text = tok.detokenize_lossy(&want, engine::tokenizer::DecodeOptions::default()).unwrap();

@@ -411,7 +411,7 @@ fn axpy(y: &mut [f32], w: f32, x: &[f32]) {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod simd {
+pub(crate) mod simd {
     use std::sync::OnceLock;
 
     pub fn has_avx2_fma() -> bool {

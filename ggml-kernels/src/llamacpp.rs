@@ -52,14 +52,8 @@ pub fn supports(ty: GgmlType) -> bool {
 /// the squares (each rounded to f32) summed in double in order, the mean rounded to f32,
 /// `scale = 1 / sqrtf(mean + eps)`, each element `(x * scale) * w`.
 pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
-    let n = w.len();
-    debug_assert!(n > 0 && x.len() == out.len() && x.len() % n == 0);
-    for (xr, yr) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
-        let scale = rms_scale(xr, eps);
-        for ((y, &v), &g) in yr.iter_mut().zip(xr).zip(w) {
-            *y = v * scale * g;
-        }
-    }
+    out.copy_from_slice(x);
+    rms_norm_inplace(out, w, eps);
 }
 
 /// [`rms_norm`] in place.
@@ -283,18 +277,11 @@ pub fn matmul(w: &QMatrix<'_>, x: &[f32], n: usize, out: &mut [f32]) -> Result<(
 #[inline(always)]
 fn row_q0(q5: bool, bytes: &[u8], a: &[BlockQ8_0]) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() {
+    if crate::attention::simd::has_avx2_fma() {
         // SAFETY: the CPU has AVX2 and FMA (checked).
         return unsafe { avx2::row_q0(q5, bytes, a) };
     }
     row_q0_scalar(q5, bytes, a)
-}
-
-#[cfg(target_arch = "x86_64")]
-fn has_avx2_fma() -> bool {
-    use std::sync::OnceLock;
-    static HAS: OnceLock<bool> = OnceLock::new();
-    *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
 }
 
 /// [`row_q0`] with ggml's own AVX2 instructions (`ggml_vec_dot_q8_0_q8_0`, `_q5_0_q8_0`): the
@@ -499,33 +486,29 @@ pub fn attention(s: &AttnShape, q: &[f32], qpos: &[i64], k: KvView<'_>, v: KvVie
     // padding adds only zero terms, which leave every sum as llama.cpp's longer padding does.
     let top = qpos.iter().chain(kpos.iter()).copied().max().unwrap_or(0).max(0) as usize + 1;
     let n_kv = top.div_ceil(32) * 32;
-    // The cached rows by position, as f32 (absent positions stay zero and are masked).
-    let gather = |view: KvView<'_>, width: usize| -> (Vec<f32>, Vec<bool>, bool) {
-        let row = s.n_head_kv * width;
-        let (mut rows, mut present) = (vec![0f32; n_kv * row], vec![false; n_kv]);
-        for (slot, &p) in kpos.iter().enumerate() {
-            if p < 0 {
-                continue;
-            }
-            let (p, dst) = (p as usize, &mut rows[p as usize * row..][..row]);
-            present[p] = true;
-            match view {
-                KvView::F32(x) => dst.copy_from_slice(&x[slot * row..][..row]),
-                KvView::F16(x) => dst.iter_mut().zip(&x[slot * row..][..row]).for_each(|(o, h)| *o = h.to_f32()),
-            }
-        }
-        (rows, present, matches!(view, KvView::F16(_)))
+    // The cached keys by position (`[position][kv head][d]`, absent positions zero and masked)
+    // and the values transposed (`[kv head][column][position]`, the rows `kqv`'s dot products
+    // take), as f32; `k16`, `v16`: whether the products take f16 operands.
+    let (kr, vr) = (s.n_head_kv * d, s.n_head_kv * dv);
+    let (mut kc, mut present, mut vt) = (vec![0f32; n_kv * kr], vec![false; n_kv], vec![0f32; vr * n_kv]);
+    let at = |view: KvView<'_>, i: usize| match view {
+        KvView::F32(x) => x[i],
+        KvView::F16(x) => x[i].to_f32(),
     };
-    let ((kc, present, k16), (vc, _, v16)) = (gather(k, d), gather(v, dv));
-    // The values transposed, `[kv head][column][position]` (the rows `kqv`'s dot products take).
-    let mut vt = vec![0f32; s.n_head_kv * dv * n_kv];
-    for p in 0..n_kv {
-        for g in 0..s.n_head_kv {
-            for c in 0..dv {
-                vt[(g * dv + c) * n_kv + p] = vc[(p * s.n_head_kv + g) * dv + c];
-            }
+    for (slot, &p) in kpos.iter().enumerate() {
+        if p < 0 {
+            continue;
+        }
+        let p = p as usize;
+        present[p] = true;
+        for (j, o) in kc[p * kr..(p + 1) * kr].iter_mut().enumerate() {
+            *o = at(k, slot * kr + j);
+        }
+        for j in 0..vr {
+            vt[j * n_kv + p] = at(v, slot * vr + j);
         }
     }
+    let (k16, v16) = (matches!(k, KvView::F16(_)), matches!(v, KvView::F16(_)));
     let round = |x: f32, yes: bool| if yes { f16::from_f32(x).to_f32() } else { x };
     let dot = if qpos.len() > 1 { dot_f16_many } else { dot_f16_one };
     out.par_chunks_mut(dv).enumerate().for_each(|(task, o)| {

@@ -106,7 +106,7 @@ impl<'e, 'm, 't> Exec<'e, 'm, 't> {
     /// `out = rms_norm(x) * w`, each row.
     pub fn rms_norm(&self, x: &TeamVec, w: &[f32], out: &TeamVec) {
         // SAFETY: one thread reads `x` and writes `out` during the op; the others wait.
-        let norm = if self.m.llamacpp_numerics { ggml_kernels::llamacpp::rms_norm } else { ggml_kernels::ops::rms_norm };
+        let norm = self.m.rms_norms().0;
         self.ctx.single(|| unsafe { norm(x.get(), w, self.m.cfg.rms_eps, out.get_mut()) });
     }
 
@@ -114,7 +114,7 @@ impl<'e, 'm, 't> Exec<'e, 'm, 't> {
     pub fn rms_norm_inplace(&self, x: &TeamVec, w: Option<&Vec<f32>>) {
         if let Some(w) = w {
             // SAFETY: one thread touches `x` during the op; the others wait.
-            let norm = if self.m.llamacpp_numerics { ggml_kernels::llamacpp::rms_norm_inplace } else { ggml_kernels::ops::rms_norm_inplace };
+            let norm = self.m.rms_norms().1;
             self.ctx.single(|| unsafe { norm(x.get_mut(), w, self.m.cfg.rms_eps) });
         }
     }
@@ -141,19 +141,15 @@ impl<'e, 'm, 't> Exec<'e, 'm, 't> {
     /// Per-head RMSNorms of the queries and keys (when `norms` are given), then RoPE of each
     /// row at its position. In a team the queries go to one thread and the keys to another.
     pub fn norm_rope(&self, q: &TeamVec, k: &TeamVec, norms: Option<(&Vec<f32>, &Vec<f32>)>, rope: &RopeTable, pos: &[usize]) {
-        let (c, eps, angles) = (&self.m.cfg, self.m.cfg.rms_eps, self.m.rope_angles());
+        let (c, eps, angles, norm) = (&self.m.cfg, self.m.cfg.rms_eps, self.m.rope_angles(), self.m.rms_norms().1);
         let (qr, kr) = (c.n_head * c.head_dim, c.n_head_kv * c.head_dim);
         // The queries and the keys as two pieces (a team of one runs them in turn).
         self.ctx.parallel(2, &mut |i| {
-            let (x, row, norm) = if i == 0 { (q, qr, norms.map(|n| n.0)) } else { (k, kr, norms.map(|n| n.1)) };
+            let (x, row, weights) = if i == 0 { (q, qr, norms.map(|n| n.0)) } else { (k, kr, norms.map(|n| n.1)) };
             // SAFETY: this piece alone touches `x` during the op.
             let x = unsafe { x.get_mut() };
-            if let Some(w) = norm {
-                if self.m.llamacpp_numerics {
-                    ggml_kernels::llamacpp::rms_norm_inplace(x, w, eps);
-                } else {
-                    ggml_kernels::ops::rms_norm_inplace(x, w, eps);
-                }
+            if let Some(w) = weights {
+                norm(x, w, eps);
             }
             for (t, &p) in pos.iter().enumerate() {
                 rope.apply_all(&mut [&mut x[t * row..(t + 1) * row]], c.head_dim, p as i64, angles);

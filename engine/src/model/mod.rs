@@ -48,6 +48,11 @@ pub enum ModelError {
     Unsupported(String),
 }
 
+/// An RMSNorm of rows `x` times `w` into `out` (`x, w, eps, out`).
+pub(crate) type NormInto = fn(&[f32], &[f32], f32, &mut [f32]);
+/// An RMSNorm of rows in place (`x, w, eps`).
+pub(crate) type NormInPlace = fn(&mut [f32], &[f32], f32);
+
 /// A model ready to run: its configuration and weights borrowed from the file.
 pub struct Model<'a> {
     pub cfg: ModelConfig,
@@ -109,6 +114,16 @@ impl<'a> Model<'a> {
         self.llamacpp_numerics = true;
         self.exact_matmul = false;
         Ok(())
+    }
+
+    /// The RMSNorms of the CPU forward pass (into `out`, and in place): llama.cpp's for its
+    /// numerics, else the fast path's.
+    pub(crate) fn rms_norms(&self) -> (NormInto, NormInPlace) {
+        if self.llamacpp_numerics {
+            (ggml_kernels::llamacpp::rms_norm, ggml_kernels::llamacpp::rms_norm_inplace)
+        } else {
+            (ggml_kernels::ops::rms_norm, ggml_kernels::ops::rms_norm_inplace)
+        }
     }
 
     /// The layout a CPU product reads `w` in: the file's for llama.cpp's numerics, else the
@@ -520,17 +535,15 @@ pub(crate) fn mm_many_into<const N: usize>(m: &Model<'_>, ws: [&QMatrix<'_>; N],
 /// that applies `act` to each chunk of rows as it is computed (`matmul_gated`).
 pub(crate) fn mm_gated_into(m: &Model<'_>, gate: &QMatrix<'_>, up: &QMatrix<'_>, x: &[f32], act: fn(f32) -> f32, out: &mut [f32]) -> Result<(), ModelError> {
     let n = x.len() / gate.cols.max(1);
-    // llama.cpp's numerics cover Gemma 3 alone (`Model::use_llamacpp_numerics`): its gate is GELU.
-    if m.llamacpp_numerics {
-        let mut u = vec![0f32; out.len()];
-        mm_many_into(m, [gate, up], x, &mut [&mut *out, &mut u])?;
-        ggml_kernels::llamacpp::geglu(out, &u);
-        return Ok(());
-    }
     if m.exact_matmul || m.llamacpp_numerics {
         let mut u = vec![0f32; out.len()];
         mm_many_into(m, [gate, up], x, &mut [&mut *out, &mut u])?;
-        ggml_kernels::ops::gated_act(out, &u, act);
+        if m.llamacpp_numerics {
+            // Its numerics cover Gemma 3 alone (`Model::use_llamacpp_numerics`): the gate is GELU.
+            ggml_kernels::llamacpp::geglu(out, &u);
+        } else {
+            ggml_kernels::ops::gated_act(out, &u, act);
+        }
         return Ok(());
     }
     matmul_gated(gate, up, x, n, act, out).map_err(|e| ModelError::Kernel(e.to_string()))
@@ -587,8 +600,7 @@ pub(crate) fn output_logits(m: &Model<'_>, x: &[f32], seqs: &[(usize, Logits)]) 
         return Ok(Vec::new());
     }
     let mut normed = vec![0f32; picked.len()];
-    let norm = if m.llamacpp_numerics { ggml_kernels::llamacpp::rms_norm } else { ggml_kernels::ops::rms_norm };
-    norm(&picked, &m.weights.output_norm, m.cfg.rms_eps, &mut normed);
+    (m.rms_norms().0)(&picked, &m.weights.output_norm, m.cfg.rms_eps, &mut normed);
     mm(m, &m.view(&m.weights.output), &normed, picked.len() / e)
 }
 
