@@ -278,4 +278,17 @@ fn run_with_llamacpp_numerics_prints_llama_cpps_continuation() {
     let out = Command::new(engine_bin()).args(["run", "-m", tiny.to_str().unwrap(), "-p", "hi", "-n", "2", "--numerics", "llamacpp"]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("llama.cpp's numerics cover gemma3 only") && !err.contains("panicked"), "{err}");
+
+    // A Gemma 3 model with weights of a type it does not cover (Q4_0), and the GPU asked for.
+    let q40 = dir.path().join("g3-q4_0.gguf");
+    let o = Command::new(engine_bin()).args(["synth", "--arch", "gemma3", "--preset", "gemma3-tiny", "--type", "q4_0", "--quiet", "-o"]).arg(&q40).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for (args, expect) in [
+        (vec!["run", "-m", q40.to_str().unwrap(), "-p", "hi", "-n", "2", "--numerics", "llamacpp"], "llama.cpp's numerics do not cover Q4_0 weights"),
+        (vec!["run", "-m", path.to_str().unwrap(), "-p", "hi", "-n", "2", "-ngl", "99", "--numerics", "llamacpp"], "--numerics llamacpp computes on the CPU"),
+    ] {
+        let out = Command::new(engine_bin()).args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(expect) && !err.contains("panicked"), "{args:?}: {err}");
+    }
 }
